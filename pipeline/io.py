@@ -1,0 +1,191 @@
+"""File plumbing shared by every stage: atomic outputs, PNG I/O, manifests, flat JSON metrics.
+
+Every output is written to a temporary sibling and renamed into place when complete, so a
+crash or a failed check never leaves a half-written file or folder behind for DVC to cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+# Columns every stage's manifest carries, in this order; later stages append their own
+# (`split` adds `split` and `mini_test`). Paths are relative to the manifest's own folder.
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "id",
+    "case_id",
+    "class",
+    "source",
+    "source_id",
+    "image_path",
+    "mask_path",
+    "width",
+    "height",
+    "lesion_pixels",
+)
+MANIFEST_DTYPES: dict[str, str] = {
+    "id": "string",
+    "case_id": "string",
+    "class": "string",
+    "source": "string",
+    "source_id": "string",
+    "image_path": "string",
+    "mask_path": "string",
+    "width": "int64",
+    "height": "int64",
+    "lesion_pixels": "int64",
+}
+
+
+class DataError(RuntimeError):
+    """An input file or manifest is missing, unreadable or inconsistent; names the file."""
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; on success move it onto `target`.
+
+    Works for files and folders alike: whatever the caller creates at the yielded path
+    replaces `target` in one rename. On error the temporary path is removed and `target`
+    keeps its previous content (or stays absent).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    temporary = scratch / target.name
+    try:
+        yield temporary
+        if not temporary.exists():
+            raise DataError(f"{target}: the writer produced nothing")
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        os.replace(temporary, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def write_bytes_atomic(path: Path | str, data: bytes) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+
+
+def write_text_atomic(path: Path | str, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def _json_ready(value: object) -> object:
+    """Plain JSON types; NaN and infinities become null (JSON has no such numbers)."""
+    if isinstance(value, Mapping):
+        return {str(key): _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def write_json(path: Path | str, payload: Mapping[str, object]) -> None:
+    """Write a (flat, for metrics) JSON document atomically, keys in the given order."""
+    text = json.dumps(_json_ready(payload), indent=2, allow_nan=False) + "\n"
+    write_text_atomic(path, text)
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of a grey (H, W) or RGB (H, W, 3) uint8 array; deterministic for equal input."""
+    if array.dtype != np.uint8:
+        raise ValueError(f"PNG arrays must be uint8, got {array.dtype}")
+    pixels = array if array.ndim == 2 else cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, buffer = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise DataError("OpenCV could not encode a PNG")
+    return buffer.tobytes()
+
+
+def write_png(path: Path | str, array: np.ndarray) -> None:
+    """Write a grey or RGB uint8 array as PNG, atomically."""
+    write_bytes_atomic(path, encode_png(array))
+
+
+def decode_image(data: bytes, source: str, *, color: bool) -> np.ndarray:
+    """Decode PNG/JPEG bytes to grey (H, W) or RGB (H, W, 3) uint8; DataError if corrupt."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
+    image = cv2.imdecode(buffer, flag) if buffer.size else None
+    if image is None:
+        raise DataError(f"{source}: not a readable image (corrupt, truncated or not PNG/JPEG)")
+    if image.dtype != np.uint8:
+        image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0))
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if color else image
+
+
+def read_image(path: Path | str, *, color: bool = False) -> np.ndarray:
+    """Read an image file as grey (H, W) or RGB (H, W, 3) uint8; DataError names the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    return decode_image(data, str(path), color=color)
+
+
+def read_manifest(path: Path | str, extra_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Load a stage manifest, checking that the contract's columns are there.
+
+    Paths stay as written (relative to the manifest's folder); use `resolve_path`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found (did the upstream stage run?)")
+    try:
+        frame = pd.read_csv(
+            path, dtype={"id": "string", "case_id": "string"}, keep_default_na=False
+        )
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not a readable CSV manifest ({error})") from None
+    missing = [c for c in (*MANIFEST_COLUMNS, *extra_columns) if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: manifest lacks columns {missing}")
+    for column, dtype in MANIFEST_DTYPES.items():
+        frame[column] = frame[column].astype(dtype)
+    if frame["id"].duplicated().any():
+        duplicated = frame.loc[frame["id"].duplicated(), "id"].head(5).tolist()
+        raise DataError(f"{path}: duplicate ids in manifest, e.g. {duplicated}")
+    frame.attrs["root"] = str(path.parent)
+    return frame
+
+
+def write_manifest(path: Path | str, frame: pd.DataFrame) -> None:
+    """Write a manifest atomically: contract columns first, rows sorted by id (deterministic)."""
+    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"manifest for {path} lacks columns {missing}")
+    extra = [c for c in frame.columns if c not in MANIFEST_COLUMNS]
+    ordered = frame[[*MANIFEST_COLUMNS, *extra]].sort_values("id", kind="stable")
+    write_text_atomic(path, ordered.to_csv(index=False, lineterminator="\n"))
+
+
+def resolve_path(manifest: pd.DataFrame, relative: str) -> Path:
+    """Absolute-or-cwd-relative path of a manifest entry (entries are relative to its folder)."""
+    return Path(manifest.attrs.get("root", ".")) / relative
+
+
+def relative_to(path: Path, folder: Path) -> str:
+    """`path` written relative to `folder` (may climb with `..`), with forward slashes."""
+    return Path(os.path.relpath(path, folder)).as_posix()

@@ -1,0 +1,346 @@
+"""Typed, validated view of params.yaml.
+
+The file is validated once, here, into frozen pydantic models. Unknown keys, wrong types and
+out-of-range values raise `ParamsError` with the full dotted key path and what is allowed, so a
+typo never falls back silently to a default (the reference's `eval()`-and-default config did).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+HuRange = tuple[float, float]
+Rgb = tuple[
+    Annotated[int, Field(ge=0, le=255)],
+    Annotated[int, Field(ge=0, le=255)],
+    Annotated[int, Field(ge=0, le=255)],
+]
+ClassName = Literal["Hemorrhagic", "Ischemic"]
+CLASS_NAMES: tuple[ClassName, ...] = ("Hemorrhagic", "Ischemic")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, malformed, or holds a key or value that is not allowed."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+def _ordered_range(value: HuRange, name: str) -> None:
+    if value[0] > value[1]:
+        raise ValueError(f"{name} must be [low, high] with low <= high, got {list(value)}")
+
+
+class PhantomParams(StrictModel):
+    """Synthetic non-contrast head CT laid out like the Kaggle archive (stage `synthesize`)."""
+
+    image_size: Annotated[int, Field(ge=32, le=1024)] = 512
+    hemorrhagic_cases: PositiveInt = 8
+    ischemic_cases: PositiveInt = 24
+    slices_per_case: Annotated[int, Field(ge=4, le=64)] = 16
+    hemorrhagic_cases_without_mask: NonNegativeInt = 1
+    testing_cases_per_class: NonNegativeInt = 2
+    files_per_other_modality: NonNegativeInt = 3
+    first_hemorrhagic_case: NonNegativeInt = 49
+    first_ischemic_case: NonNegativeInt = 19983
+    window_level_hu: float = 40.0
+    window_width_hu: PositiveFloat = 80.0
+    skull_hu: float = 1000.0
+    grey_matter_hu: float = 36.0
+    white_matter_hu: float = 28.0
+    csf_hu: HuRange = (0.0, 15.0)
+    hemorrhage_hu: HuRange = (55.0, 90.0)
+    ischemic_drop_hu: HuRange = (5.0, 15.0)
+    noise_hu: HuRange = (3.0, 6.0)
+    blur_sigma_px: Annotated[float, Field(ge=0.0, le=5.0)] = 0.7
+    table_probability: Probability = 0.5
+    lesion_free_slice_share: Probability = 0.25
+
+    @model_validator(mode="after")
+    def _check(self) -> PhantomParams:
+        for name in ("csf_hu", "hemorrhage_hu", "ischemic_drop_hu", "noise_hu"):
+            _ordered_range(getattr(self, name), name)
+        if self.hemorrhagic_cases_without_mask >= self.hemorrhagic_cases:
+            raise ValueError("hemorrhagic_cases_without_mask must be below hemorrhagic_cases")
+        return self
+
+
+class ExtractParams(StrictModel):
+    """Stage `extract`: the archive (zip or unpacked folder) and which CT subsets to read."""
+
+    archive: str = "data/raw/phantom.zip"
+    subsets: tuple[Literal["Training", "Testing"], ...] = ("Training",)
+    mask_suffix: str = ""
+    max_uncompressed_mb: PositiveFloat = 4096.0
+
+    @model_validator(mode="after")
+    def _check(self) -> ExtractParams:
+        if not self.subsets:
+            raise ValueError("subsets must name at least one of Training, Testing")
+        return self
+
+
+class CountBounds(StrictModel):
+    min: NonNegativeInt = 1
+    max: PositiveInt = 1_000_000
+
+    @model_validator(mode="after")
+    def _check(self) -> CountBounds:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class ValidateParams(StrictModel):
+    """Stage `validate`: bounds of the Great Expectations data-quality suite."""
+
+    min_side: PositiveInt = 32
+    max_side: PositiveInt = 4096
+    slices_per_class: CountBounds = CountBounds(min=20, max=100_000)
+    cases_per_class: CountBounds = CountBounds(min=3, max=10_000)
+    min_lesion_slice_share: Probability = 0.3
+
+
+class ColorizeParams(StrictModel):
+    """Stage `colorize`: image resize interpolation (masks always use nearest)."""
+
+    image_interpolation: Literal["area", "linear"] = "area"
+    workers: NonNegativeInt = 0  # 0 = one per core
+
+
+class SplitRatios(StrictModel):
+    train: Probability = 0.7
+    valid: Probability = 0.15
+    test: Probability = 0.15
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitRatios:
+        total = self.train + self.valid + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + valid + test must be 1.0, got {total:g}")
+        return self
+
+
+class SplitParams(StrictModel):
+    """Stage `split`: case-level (patient-level) split, stratified by class."""
+
+    ratios: SplitRatios = SplitRatios()
+    mini_test_per_class: PositiveInt = 3
+
+
+class BarrelParams(StrictModel):
+    radius: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
+    amounts: tuple[Annotated[float, Field(ge=-1.0, le=1.0)], ...] = (0.3, -0.3)
+    centres: tuple[tuple[Probability, Probability], ...] = (
+        (0.3, 0.3),
+        (0.7, 0.3),
+        (0.5, 0.5),
+        (0.3, 0.7),
+        (0.7, 0.7),
+    )
+
+
+class ElasticParams(StrictModel):
+    alpha: Annotated[float, Field(ge=0.0)] = 34.0
+    sigma: PositiveFloat = 4.0
+    variants: PositiveInt = 2
+
+
+class AugmentParams(StrictModel):
+    """Stage `augment`: offline distortion of the hemorrhagic training slices."""
+
+    target_ratio: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
+    transforms: tuple[Literal["barrel", "pincushion", "elastic"], ...] = (
+        "barrel",
+        "pincushion",
+        "elastic",
+    )
+    barrel: BarrelParams = BarrelParams()
+    elastic: ElasticParams = ElasticParams()
+    workers: NonNegativeInt = 0  # 0 = one per core
+
+
+class ModelParams(StrictModel):
+    """FlexUNet knobs; the reference is base_filters 16, base_kernels 9, num_layers 8."""
+
+    base_filters: PositiveInt = 16
+    base_kernels: Annotated[int, Field(ge=1, le=15)] = 3
+    num_layers: Annotated[int, Field(ge=2, le=9)] = 5
+    dropout_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    dilation: PositiveInt = 1
+    batch_norm: bool = True
+    input_normalize: bool = True
+    residual: bool = False
+
+
+class ReduceLrParams(StrictModel):
+    enabled: bool = True
+    factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    patience: NonNegativeInt = 4
+    min_lr: Annotated[float, Field(ge=0.0)] = 1e-6
+
+
+class EarlyStoppingParams(StrictModel):
+    enabled: bool = True
+    patience: NonNegativeInt = 10
+
+
+class TrainParams(StrictModel):
+    """Stage `train` (the learning rate is the top-level `lr`)."""
+
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 8
+    loss: Literal["categorical_crossentropy", "dice", "dice_ce", "focal", "tversky"] = "dice_ce"
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4
+    clipvalue: Annotated[float, Field(gt=0.0)] = 0.5
+    reduce_lr: ReduceLrParams = ReduceLrParams()
+    early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+    balanced_sampling: bool = False
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    strategy: Literal["auto", "mirrored", "multi_worker"] = "auto"
+    epoch_change_infer: bool = True
+
+
+class EvaluateParams(StrictModel):
+    """Stage `evaluate`: surface-metric tolerance and how many best/worst slices to show."""
+
+    nsd_tolerance_px: PositiveFloat = 2.0
+    overlay_slices: PositiveInt = 4
+    batch_size: PositiveInt = 8
+
+
+class InferParams(StrictModel):
+    """Stage `infer` and the new-images command."""
+
+    tta_flip: bool = False
+    batch_size: PositiveInt = 8
+    latency_repeats: PositiveInt = 20
+    overlay_alpha: Probability = 0.45
+
+
+class Params(StrictModel):
+    seed: NonNegativeInt = 42
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 128
+    rgb_map: dict[str, Rgb] = {
+        "background": (0, 0, 0),
+        "Hemorrhagic": (255, 0, 0),
+        "Ischemic": (0, 255, 0),
+    }
+    phantom: PhantomParams = PhantomParams()
+    extract: ExtractParams = ExtractParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    colorize: ColorizeParams = ColorizeParams()
+    split: SplitParams = SplitParams()
+    augment: AugmentParams = AugmentParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    infer: InferParams = InferParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+
+    @field_validator("rgb_map")
+    @classmethod
+    def _check_rgb_map(cls, rgb_map: dict[str, Rgb]) -> dict[str, Rgb]:
+        expected = ["background", *CLASS_NAMES]
+        if list(rgb_map) != expected:
+            raise ValueError(
+                f"must list exactly {expected} in this order (it fixes the class "
+                f"indices 0, 1, 2), got {list(rgb_map)}"
+            )
+        if len(set(rgb_map.values())) != len(rgb_map):
+            raise ValueError("colours must be distinct")
+        return rgb_map
+
+    @property
+    def validate_params(self) -> ValidateParams:
+        return self.validate_
+
+    @property
+    def palette(self) -> tuple[Rgb, ...]:
+        """Colours by class index: 0 background, 1 Hemorrhagic, 2 Ischemic."""
+        return tuple(self.rgb_map.values())
+
+
+def _format_location(location: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in location:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "<top level>"
+
+
+def _allowed_keys(location: tuple[int | str, ...]) -> list[str]:
+    """Keys the model at `location` accepts (by their YAML names), for unknown-key messages."""
+    model: type[BaseModel] | None = Params
+    for item in location:
+        field = model.model_fields.get(str(item)) if model else None
+        if field is None:
+            field = next(
+                (f for f in (model.model_fields.values() if model else []) if f.alias == item),
+                None,
+            )
+        annotation = field.annotation if field else None
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
+    if model is None:
+        return []
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for item in error.errors():
+        location = tuple(item["loc"])
+        key = _format_location(location)
+        if item["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(location[:-1]))
+            lines.append(f"  {key}: unknown key (allowed here: {allowed})")
+        else:
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: object, source: str = "params.yaml") -> Params:
+    """Validate an already-loaded YAML document into `Params`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(_format_errors(error, source)) from None
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS_PATH) -> Params:
+    """Read and validate params.yaml; every stage calls this once at start."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ParamsError(f"{path}: cannot read parameters file ({error.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    return parse_params(raw, source=str(path))

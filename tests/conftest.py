@@ -1,0 +1,146 @@
+"""Shared fixtures: a tiny-phantom DVC project in a temporary git repository.
+
+End-to-end tests drive the real `git` and `dvc` command-line tools on a copy of this
+project's code, with params shrunk so that a full `dvc repro` takes seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+# What a project copy needs to run the pipeline: code, the DAG and the params.
+PROJECT_FILES = ("pipeline", "stages", "dvc.yaml", "params.yaml", ".gitignore")
+
+# Small enough for seconds per stage, large enough that every split holds every class.
+TINY_PARAMS: dict = {
+    "image_size": 32,
+    "phantom": {
+        "image_size": 64,
+        "hemorrhagic_cases": 4,
+        "ischemic_cases": 3,
+        "slices_per_case": 4,
+        "hemorrhagic_cases_without_mask": 1,
+        "testing_cases_per_class": 1,
+        "files_per_other_modality": 1,
+    },
+    "validate": {
+        "slices_per_class": {"min": 4, "max": 1000},
+        "cases_per_class": {"min": 3, "max": 100},
+        "min_lesion_slice_share": 0.2,
+    },
+    "split": {"ratios": {"train": 0.34, "valid": 0.33, "test": 0.33}, "mini_test_per_class": 1},
+    "augment": {"elastic": {"alpha": 4.0, "sigma": 2.0, "variants": 1}},
+    "model": {"base_filters": 4, "num_layers": 3},
+    "train": {"epochs": 1, "batch_size": 4},
+    "evaluate": {"overlay_slices": 1},
+    "infer": {"latency_repeats": 2},
+}
+
+
+def deep_merge(base: Mapping, overrides: Mapping) -> dict:
+    """`base` with `overrides` applied recursively (mappings merge, everything else replaces)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def tool_env() -> dict[str, str]:
+    """Environment for subprocesses: this venv's tools first, quiet TensorFlow, no analytics."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(
+        DVC_NO_ANALYTICS="1",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONHASHSEED="0",
+        GIT_AUTHOR_NAME="test",
+        GIT_AUTHOR_EMAIL="test@example.invalid",
+        GIT_COMMITTER_NAME="test",
+        GIT_COMMITTER_EMAIL="test@example.invalid",
+    )
+    return env
+
+
+@dataclass
+class DvcProject:
+    """A throw-away copy of the project, as its own git + DVC repository."""
+
+    path: Path
+
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 600
+    ) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            list(args),
+            cwd=self.path,
+            env=tool_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout}"
+                f"\n--- stderr\n{result.stderr}"
+            )
+        return result
+
+    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run("dvc", *args, check=check)
+
+    def git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run("git", *args, check=check)
+
+    def params(self) -> dict:
+        return yaml.safe_load((self.path / "params.yaml").read_text())
+
+    def update_params(self, overrides: Mapping) -> None:
+        merged = deep_merge(self.params(), overrides)
+        (self.path / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+
+
+def create_project(destination: Path, overrides: Mapping | None = None) -> DvcProject:
+    """Copy the project's code into `destination`, shrink its params, init git and DVC."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        source = PROJECT_ROOT / name
+        if source.is_dir():
+            shutil.copytree(
+                source, destination / name, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:
+            shutil.copy2(source, destination / name)
+    project = DvcProject(destination)
+    project.update_params(deep_merge(TINY_PARAMS, overrides or {}))
+    project.git("init", "-q", "-b", "main")
+    project.dvc("init", "-q")
+    project.dvc("config", "core.analytics", "false")
+    project.git("add", "-A")
+    project.git("commit", "-q", "-m", "tiny project")
+    return project
+
+
+@pytest.fixture
+def make_project(tmp_path: Path) -> Callable[..., DvcProject]:
+    """Factory: `make_project(overrides)` returns a fresh tiny DvcProject under tmp_path."""
+    counter = iter(range(1000))
+
+    def factory(overrides: Mapping | None = None) -> DvcProject:
+        return create_project(tmp_path / f"project{next(counter)}", overrides)
+
+    return factory
