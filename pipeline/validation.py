@@ -22,7 +22,7 @@ import pandas as pd
 from great_expectations import expectations as gxe
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
-from pipeline.io import atomic_path
+from pipeline.io import DataError, atomic_path
 
 __all__ = [
     "Check",
@@ -87,7 +87,7 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(DataError):
     """Raised by `enforce` when a critical check failed; the message is the human summary."""
 
     def __init__(self, report: ValidationReport) -> None:

@@ -1,0 +1,151 @@
+"""Shared plumbing: atomic outputs, PNG and manifest I/O, palette masks, ordered parallel map,
+pictures, and the Great Expectations gate machinery."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from pipeline import io, masks, parallel, visualize
+from pipeline.params import Params
+
+PALETTE = Params().palette
+
+
+def test_atomic_path_replaces_only_on_success(tmp_path):
+    target = tmp_path / "out"
+    with io.atomic_path(target) as temporary:
+        temporary.mkdir()
+        (temporary / "a.txt").write_text("first")
+    assert (target / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError), io.atomic_path(target) as temporary:
+        temporary.mkdir()
+        (temporary / "a.txt").write_text("half")
+        raise RuntimeError("writer crashed")
+    assert (target / "a.txt").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"], "temporary files were left behind"
+
+
+def test_png_round_trip_and_corrupt_file_named(tmp_path):
+    grey = np.arange(64 * 48, dtype=np.uint32).reshape(48, 64).astype(np.uint8)
+    rgb = np.stack([grey, grey[::-1], 255 - grey], axis=-1)
+    io.write_png(tmp_path / "g.png", grey)
+    io.write_png(tmp_path / "c.png", rgb)
+    assert np.array_equal(io.read_image(tmp_path / "g.png"), grey)
+    assert np.array_equal(io.read_image(tmp_path / "c.png", color=True), rgb)
+    assert io.encode_png(rgb) == io.encode_png(rgb.copy()), "PNG encoding must be deterministic"
+    truncated = tmp_path / "t.png"
+    truncated.write_bytes((tmp_path / "g.png").read_bytes()[:40])
+    with pytest.raises(io.DataError, match=r"t\.png: not a readable image"):
+        io.read_image(truncated)
+
+
+def _manifest(ids):
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "case_id": ["049"] * len(ids),
+            "class": ["Hemorrhagic"] * len(ids),
+            "source": ["original"] * len(ids),
+            "source_id": ids,
+            "image_path": [f"images/{i}.png" for i in ids],
+            "mask_path": [f"masks/{i}.png" for i in ids],
+            "width": [64] * len(ids),
+            "height": [64] * len(ids),
+            "lesion_pixels": [3] * len(ids),
+        }
+    )
+
+
+def test_manifest_round_trip_sorts_keeps_zero_padding_and_rejects_duplicates(tmp_path):
+    path = tmp_path / "manifest.csv"
+    io.write_manifest(path, _manifest(["b", "a"]))
+    loaded = io.read_manifest(path)
+    assert loaded["id"].tolist() == ["a", "b"]
+    assert loaded["case_id"].tolist() == ["049", "049"]
+    assert io.resolve_path(loaded, "images/a.png") == tmp_path / "images/a.png"
+    io.write_manifest(path, _manifest(["a", "a"]))
+    with pytest.raises(io.DataError, match="duplicate ids"):
+        io.read_manifest(path)
+    path.write_text("id,case_id\nx,1\n")
+    with pytest.raises(io.DataError, match="lacks columns"):
+        io.read_manifest(path)
+
+
+def test_write_json_turns_nan_into_null(tmp_path):
+    io.write_json(tmp_path / "m.json", {"a": np.float32(0.5), "b": float("nan"), "c": np.int64(3)})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 0.5, "b": None, "c": 3}
+
+
+@settings(max_examples=30, deadline=None)
+@given(arrays(np.uint8, (8, 9), elements=st.integers(0, 2)))
+def test_palette_round_trip(index_mask):
+    colour = masks.index_to_colour(index_mask, PALETTE)
+    assert np.array_equal(masks.colour_to_index(colour, PALETTE), index_mask)
+    assert np.array_equal(masks.nearest_palette_index(colour, PALETTE), index_mask)
+
+
+def test_foreign_colour_is_an_error_and_shades_snap_to_nearest():
+    shaded = np.zeros((2, 2, 3), np.uint8)
+    shaded[0, 0] = (200, 30, 10)
+    with pytest.raises(io.DataError, match="outside rgb_map"):
+        masks.colour_to_index(shaded, PALETTE, source="m.png")
+    assert masks.nearest_palette_index(shaded, PALETTE)[0, 0] == 1
+
+
+def test_binary_to_colour_uses_the_class_colour():
+    binary = np.array([[0, 255], [1, 0]], np.uint8)
+    colour = masks.binary_to_colour(binary, 2, PALETTE)
+    assert colour[0, 1].tolist() == [0, 255, 0] and colour[0, 0].tolist() == [0, 0, 0]
+    assert masks.class_pixel_counts(masks.colour_to_index(colour, PALETTE), 3).tolist() == [2, 0, 2]
+
+
+def _square(value: int) -> int:
+    return value * value
+
+
+def test_ordered_map_keeps_input_order_for_any_worker_count():
+    tasks = list(range(23))
+    expected = [t * t for t in tasks]
+    assert parallel.ordered_map(_square, tasks, workers=1, description="one") == expected
+    assert parallel.ordered_map(_square, tasks, workers=2, description="two") == expected
+    assert parallel.worker_count(0) >= 1
+
+
+def test_pictures_have_expected_geometry():
+    grey = np.full((20, 30), 100, np.uint8)
+    colour = masks.index_to_colour(np.eye(20, 30, dtype=np.uint8), PALETTE)
+    blended = visualize.overlay(grey, colour, alpha=0.5)
+    assert blended[0, 0].tolist() == [178, 50, 50] and blended[0, 1].tolist() == [100] * 3
+    assert visualize.panel(grey, colour, colour).shape == (20, 3 * 30 + 2 * 4, 3)
+    assert visualize.montage([grey] * 5, columns=2).shape == (3 * 20 + 2 * 4, 2 * 30 + 4, 3)
+
+
+def test_gate_reports_failed_checks_with_example_ids(tmp_path, capsys):
+    from pipeline.validation import Check, ValidationFailed, enforce, gxe, run_suite
+
+    table = pd.DataFrame({"id": ["a", "b", "c"], "size": [64, 64, 7], "cls": ["x", "y", "y"]})
+    checks = [
+        Check(
+            "sizes within bounds", gxe.ExpectColumnValuesToBeBetween(column="size", min_value=32)
+        ),
+        Check(
+            "known classes",
+            gxe.ExpectColumnValuesToBeInSet(column="cls", value_set=["y"]),
+            critical=False,
+        ),
+        Check("ids unique", gxe.ExpectColumnValuesToBeUnique(column="id")),
+    ]
+    report = run_suite(table, checks, "demo", data_docs_dir=tmp_path / "docs")
+    assert [o.success for o in report.outcomes] == [False, False, True]
+    assert report.outcomes[0].examples == ("c",) and report.outcomes[0].unexpected_count == 1
+    assert (tmp_path / "docs" / "index.html").is_file()
+    with pytest.raises(ValidationFailed, match=r"sizes within bounds .*1 rows, e\.g\. c"):
+        enforce(report)
+    assert "known classes" in capsys.readouterr().err
