@@ -22,7 +22,7 @@ repro: setup
 	dvc repro
 
 test: setup
-	python -m pytest -n 2 -q
+	python -m pytest -n 2 --dist loadfile -q
 
 bench: setup
 	set -e; for script in benchmarks/*.py; do echo "== $$script"; python $$script; done

@@ -4,13 +4,22 @@ A stage script is `run_stage(main)` where `main(params)` does the work through `
 Bad params or bad data end the stage with a one-paragraph message on stderr naming the key or
 the file, and a non-zero exit status that stops `dvc repro`; anything else is a bug and
 keeps its traceback.
+
+With `PIPELINE_PARAMS_TRACE=<file>` set, the stage records every params key it reads (as
+dotted paths, one JSON line per stage run). The DVC contract test compares that record with
+the params each stage declares in dvc.yaml, so a stage can neither read an undeclared key
+(stale cache) nor declare one it never reads (needless reruns).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
 
 from pipeline.io import DataError
 from pipeline.params import Params, ParamsError, load_params
@@ -18,12 +27,65 @@ from pipeline.params import Params, ParamsError, load_params
 # Before TensorFlow is imported anywhere: keep its C++ logging to errors.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+TRACE_VARIABLE = "PIPELINE_PARAMS_TRACE"
+# Python names that differ from the YAML key they expose.
+_YAML_NAMES = {"validate_": "validate", "validate_params": "validate", "palette": "rgb_map"}
+
+
+class TracedParams:
+    """Read-only stand-in for a params model that records the dotted keys read through it."""
+
+    def __init__(self, model: BaseModel, path: str, reads: set[str]) -> None:
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_path", path)
+        object.__setattr__(self, "_reads", reads)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._model, name)
+        key = _YAML_NAMES.get(name, name)
+        dotted = f"{self._path}.{key}" if self._path else key
+        if name.startswith("model_"):  # pydantic API (model_dump, ...) reads the whole section
+            self._reads.add(self._path or "<all>")
+            return value
+        if isinstance(value, BaseModel):
+            return TracedParams(value, dotted, self._reads)
+        self._reads.add(dotted)
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("params are read-only")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Worker processes get the plain model: the parent has recorded the section it passed.
+        self._reads.add(self._path or "<all>")
+        return (_identity, (self._model,))
+
+    def __eq__(self, other: object) -> bool:
+        other_model = other._model if isinstance(other, TracedParams) else other
+        return self._model == other_model
+
+    __hash__ = None
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def stage_name() -> str:
+    return os.path.basename(sys.argv[0]).removesuffix(".py")
+
 
 def run_stage(main: Callable[[Params], None], params_path: str = "params.yaml") -> None:
     """Validate params.yaml, call `main(params)`, exit 1 with a clear message on bad input."""
-    name = os.path.basename(sys.argv[0]).removesuffix(".py")
+    trace_file = os.environ.get(TRACE_VARIABLE)
+    reads: set[str] = set()
     try:
-        main(load_params(params_path))
+        params = load_params(params_path)
+        main(TracedParams(params, "", reads) if trace_file else params)  # type: ignore[arg-type]
     except (ParamsError, DataError) as error:
-        print(f"stage {name} failed: {error}", file=sys.stderr)
+        print(f"stage {stage_name()} failed: {error}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        if trace_file:
+            with open(trace_file, "a", encoding="utf-8") as trace:
+                trace.write(json.dumps({"stage": stage_name(), "reads": sorted(reads)}) + "\n")

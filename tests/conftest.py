@@ -83,12 +83,16 @@ class DvcProject:
     path: Path
 
     def run(
-        self, *args: str, check: bool = True, timeout: float = 600
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 600,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
         result = subprocess.run(
             list(args),
             cwd=self.path,
-            env=tool_env(),
+            env={**tool_env(), **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -100,8 +104,10 @@ class DvcProject:
             )
         return result
 
-    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.run("dvc", *args, check=check)
+    def dvc(
+        self, *args: str, check: bool = True, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
+        return self.run("dvc", *args, check=check, env=env)
 
     def git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.run("git", *args, check=check)

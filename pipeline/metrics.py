@@ -1,0 +1,408 @@
+"""Segmentation metrics per lesion class, background excluded, with explicit empty-mask rules.
+
+Every per-slice function takes boolean masks of one class and returns a float, or None where
+the metric is undefined for that slice (for example Dice when neither mask holds the class);
+callers skip None and say why in the report instead of inventing a 0 or a 1.
+
+Surface metrics follow medpy 0.5 (`medpy.metric.binary.hd95`, connectivity 1) exactly: the
+border of a mask is the mask minus its erosion by the 4-connected cross (pixels outside the
+image count as background), distances are Euclidean in pixels between border pixels
+(`scipy.ndimage.distance_transform_edt`), and HD95 is the 95th percentile (numpy's linear
+interpolation) of the union of both directed border-to-border distance sets. Normalised
+surface Dice uses the same borders and distances, as MONAI's `compute_surface_dice` without
+sub-voxel surfaces: the share of border pixels of both masks lying within the tolerance of
+the other mask's border.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+# Class indices 1 and 2 of the model output, by their metric names.
+LESION_CLASSES: dict[int, str] = {1: "hemorrhagic", 2: "ischemic"}
+CLASS_LABELS: tuple[str, ...] = ("background", "hemorrhagic", "ischemic")
+NO_LESION = "none"
+FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+EIGHT_CONNECTED = ndimage.generate_binary_structure(2, 2)
+# Keras' clipping of probabilities in categorical cross-entropy.
+KERAS_EPSILON = 1e-7
+# The reference's smoothing term in dice_coef_multiclass.
+REFERENCE_SMOOTH = 1e-6
+
+
+def dice(truth: np.ndarray, prediction: np.ndarray) -> float | None:
+    """2|T∩P| / (|T|+|P|); None when both masks are empty."""
+    total = int(truth.sum()) + int(prediction.sum())
+    if total == 0:
+        return None
+    return 2.0 * int(np.logical_and(truth, prediction).sum()) / total
+
+
+def iou(truth: np.ndarray, prediction: np.ndarray) -> float | None:
+    """|T∩P| / |T∪P|; None when both masks are empty."""
+    union = int(np.logical_or(truth, prediction).sum())
+    if union == 0:
+        return None
+    return int(np.logical_and(truth, prediction).sum()) / union
+
+
+def surface_border(mask: np.ndarray) -> np.ndarray:
+    """Pixels of `mask` with a 4-neighbour outside it (the image exterior counts as outside)."""
+    mask = mask.astype(bool)
+    return mask & ~ndimage.binary_erosion(mask, structure=FOUR_CONNECTED, border_value=0)
+
+
+def directed_surface_distances(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Distance (px) from each border pixel of `source` to the nearest border pixel of `target`."""
+    to_target = ndimage.distance_transform_edt(~surface_border(target))
+    return to_target[surface_border(source)]
+
+
+def surface_distances(
+    truth: np.ndarray, prediction: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(truth-to-prediction, prediction-to-truth) border distances; None if a mask is empty."""
+    if not truth.any() or not prediction.any():
+        return None
+    return (
+        directed_surface_distances(truth, prediction),
+        directed_surface_distances(prediction, truth),
+    )
+
+
+def hd95_of(distances: tuple[np.ndarray, np.ndarray]) -> float:
+    """95th percentile (numpy linear interpolation) of both directed distance sets pooled."""
+    return float(np.percentile(np.concatenate(distances), 95))
+
+
+def nsd_of(distances: tuple[np.ndarray, np.ndarray], tolerance: float) -> float:
+    """Share of border pixels of both masks lying within `tolerance` of the other's border."""
+    near = sum(int((directed <= tolerance).sum()) for directed in distances)
+    return near / sum(directed.size for directed in distances)
+
+
+def hd95(truth: np.ndarray, prediction: np.ndarray) -> float | None:
+    """95th percentile Hausdorff distance in pixels, as medpy's hd95; None if a mask is empty."""
+    distances = surface_distances(truth, prediction)
+    return None if distances is None else hd95_of(distances)
+
+
+def normalized_surface_dice(
+    truth: np.ndarray, prediction: np.ndarray, tolerance: float
+) -> float | None:
+    """Normalised surface Dice at `tolerance` px; None if a mask is empty (the other mask's
+    border has nothing to be near)."""
+    distances = surface_distances(truth, prediction)
+    return None if distances is None else nsd_of(distances, tolerance)
+
+
+@dataclass
+class LesionCounts:
+    """Connected components (8-connectivity) of one class, and how many overlap the other mask."""
+
+    truth_lesions: int = 0
+    truth_detected: int = 0
+    predicted_lesions: int = 0
+    predicted_true: int = 0
+
+    def __iadd__(self, other: LesionCounts) -> LesionCounts:
+        self.truth_lesions += other.truth_lesions
+        self.truth_detected += other.truth_detected
+        self.predicted_lesions += other.predicted_lesions
+        self.predicted_true += other.predicted_true
+        return self
+
+
+def _components_overlapping(mask: np.ndarray, other: np.ndarray) -> tuple[int, int]:
+    """(components of `mask`, how many of them share at least one pixel with `other`)."""
+    labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    hit = np.unique(labels[np.logical_and(labels > 0, other)])
+    return count, int(hit.size)
+
+
+def lesion_counts(truth: np.ndarray, prediction: np.ndarray) -> LesionCounts:
+    """Lesion-wise matching: a lesion is detected, or a predicted one true, on any overlap."""
+    truth_lesions, truth_detected = _components_overlapping(truth, prediction)
+    predicted_lesions, predicted_true = _components_overlapping(prediction, truth)
+    return LesionCounts(truth_lesions, truth_detected, predicted_lesions, predicted_true)
+
+
+@dataclass(frozen=True)
+class DetectionScores:
+    precision: float | None
+    recall: float | None
+    f1: float | None
+
+
+def detection_scores(counts: LesionCounts) -> DetectionScores:
+    """Lesion precision, recall and F1 (harmonic mean).
+
+    Precision is undefined without predicted lesions and recall without true ones; F1 is 0
+    when only one side has lesions (all missed, or all false alarms) and undefined when
+    neither has any.
+    """
+    precision = (
+        counts.predicted_true / counts.predicted_lesions if counts.predicted_lesions else None
+    )
+    recall = counts.truth_detected / counts.truth_lesions if counts.truth_lesions else None
+    if precision is None and recall is None:
+        return DetectionScores(None, None, None)
+    if precision is None or recall is None or precision + recall == 0.0:
+        return DetectionScores(precision, recall, 0.0)
+    return DetectionScores(precision, recall, 2.0 * precision * recall / (precision + recall))
+
+
+def confusion_matrix(truth: np.ndarray, prediction: np.ndarray, num_classes: int) -> np.ndarray:
+    """(actual, predicted) pixel counts, int64 (num_classes, num_classes)."""
+    pairs = truth.astype(np.int64).ravel() * num_classes + prediction.astype(np.int64).ravel()
+    counts = np.bincount(pairs, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+def dice_coef_multiclass(truth_index: np.ndarray, softmax: np.ndarray) -> float:
+    """The reference's metric for one slice: soft overlap summed over all classes.
+
+    With one-hot truth and a softmax this is soft pixel accuracy, background included; kept
+    only for comparison with the reference's 0.9926.
+    """
+    one_hot = np.eye(softmax.shape[-1], dtype=np.float64)[truth_index]
+    probabilities = softmax.astype(np.float64)
+    overlap = float((one_hot * probabilities).sum())
+    total = float(one_hot.sum() + probabilities.sum())
+    return (2.0 * overlap + REFERENCE_SMOOTH) / (total + REFERENCE_SMOOTH)
+
+
+def crossentropy_sum(truth_index: np.ndarray, softmax: np.ndarray) -> float:
+    """Sum over pixels of Keras' categorical cross-entropy (probabilities clipped to 1e-7)."""
+    probabilities = softmax.astype(np.float64)
+    probabilities = probabilities / probabilities.sum(axis=-1, keepdims=True)
+    picked = np.take_along_axis(probabilities, truth_index[..., None].astype(np.int64), axis=-1)
+    return float(-np.log(np.clip(picked, KERAS_EPSILON, 1.0 - KERAS_EPSILON)).sum())
+
+
+def dominant_label(index_mask: np.ndarray) -> str:
+    """The lesion class with the most pixels on a slice (lower index on a tie), else 'none'."""
+    counts = np.bincount(index_mask.ravel(), minlength=len(CLASS_LABELS))[1:]
+    if counts.max() == 0:
+        return NO_LESION
+    return CLASS_LABELS[1 + int(counts.argmax())]
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+class FlatMetrics(dict[str, float | int | str | None]):
+    """Flat metrics document where every null value carries a `<key>_null_reason`."""
+
+    def put(self, key: str, value: float | None, reason: str) -> None:
+        self[key] = value
+        if value is None:
+            self[f"{key}_null_reason"] = reason
+
+
+@dataclass(frozen=True)
+class SliceClassScores:
+    """One class on one slice. Dice is None when neither mask holds the class; the surface
+    metrics are None unless both do."""
+
+    in_truth: bool
+    in_prediction: bool
+    dice: float | None
+    hd95: float | None
+    nsd: float | None
+
+
+@dataclass(frozen=True)
+class SliceScores:
+    slice_id: str
+    classes: dict[str, SliceClassScores]
+    actual: str
+    predicted: str
+
+    @property
+    def score(self) -> float | None:
+        """Mean Dice over the classes counted on this slice (for best/worst ranking)."""
+        return _mean([c.dice for c in self.classes.values() if c.dice is not None])
+
+
+@dataclass
+class _ClassTotals:
+    intersection: int = 0
+    truth_pixels: int = 0
+    predicted_pixels: int = 0
+    union: int = 0
+    slice_dice: list[float] = field(default_factory=list)
+    hd95: list[float] = field(default_factory=list)
+    nsd: list[float] = field(default_factory=list)
+    lesions: LesionCounts = field(default_factory=LesionCounts)
+    true_positive_slices: int = 0
+    false_negative_slices: int = 0
+    true_negative_slices: int = 0
+    false_positive_slices: int = 0
+
+
+class SegmentationEvaluation:
+    """Accumulates slice after slice (bounded memory) and reports flat metrics at the end."""
+
+    def __init__(self, tolerance_px: float) -> None:
+        self.tolerance_px = tolerance_px
+        self.num_classes = len(CLASS_LABELS)
+        self.slices: list[SliceScores] = []
+        self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        self._totals = {name: _ClassTotals() for name in LESION_CLASSES.values()}
+        self._reference_dice: list[float] = []
+        self._crossentropy = 0.0
+        self._pixels = 0
+
+    def add(self, slice_id: str, truth_index: np.ndarray, softmax: np.ndarray) -> SliceScores:
+        """Score one slice: class-index truth (H, W) and softmax (H, W, classes)."""
+        if softmax.shape[:2] != truth_index.shape or softmax.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"{slice_id}: softmax {softmax.shape} does not match truth {truth_index.shape}"
+            )
+        prediction = softmax.argmax(axis=-1).astype(np.uint8)
+        self.confusion += confusion_matrix(truth_index, prediction, self.num_classes)
+        self._reference_dice.append(dice_coef_multiclass(truth_index, softmax))
+        self._crossentropy += crossentropy_sum(truth_index, softmax)
+        self._pixels += truth_index.size
+        classes = {
+            name: self._add_class(self._totals[name], truth_index == index, prediction == index)
+            for index, name in LESION_CLASSES.items()
+        }
+        scores = SliceScores(
+            slice_id, classes, dominant_label(truth_index), dominant_label(prediction)
+        )
+        self.slices.append(scores)
+        return scores
+
+    def _add_class(
+        self, totals: _ClassTotals, truth: np.ndarray, prediction: np.ndarray
+    ) -> SliceClassScores:
+        intersection = int(np.logical_and(truth, prediction).sum())
+        totals.intersection += intersection
+        totals.truth_pixels += int(truth.sum())
+        totals.predicted_pixels += int(prediction.sum())
+        totals.union += int(np.logical_or(truth, prediction).sum())
+        in_truth, in_prediction = bool(truth.any()), bool(prediction.any())
+        distances = surface_distances(truth, prediction)
+        scores = SliceClassScores(
+            in_truth,
+            in_prediction,
+            dice(truth, prediction),
+            None if distances is None else hd95_of(distances),
+            None if distances is None else nsd_of(distances, self.tolerance_px),
+        )
+        if scores.dice is not None:
+            totals.slice_dice.append(scores.dice)
+        if scores.hd95 is not None and scores.nsd is not None:
+            totals.hd95.append(scores.hd95)
+            totals.nsd.append(scores.nsd)
+        totals.lesions += lesion_counts(truth, prediction)
+        totals.true_positive_slices += in_truth and in_prediction
+        totals.false_negative_slices += in_truth and not in_prediction
+        totals.true_negative_slices += not in_truth and not in_prediction
+        totals.false_positive_slices += in_prediction and not in_truth
+        return scores
+
+    def metrics(self) -> FlatMetrics:
+        """Flat metrics; every None value comes with a `<key>_null_reason` string."""
+        result = FlatMetrics(test_slices=len(self.slices))
+        dice_values: list[float] = []
+        for name, totals in self._totals.items():
+            neither = f"no test pixel of {name} in the ground truth or the prediction"
+            predicted_or_true = totals.truth_pixels + totals.predicted_pixels
+            pooled = _ratio(2.0 * totals.intersection, predicted_or_true)
+            result.put(f"dice_{name}", pooled, neither)
+            result.put(f"iou_{name}", _ratio(totals.intersection, totals.union), neither)
+            if pooled is not None:
+                dice_values.append(pooled)
+            result.put(
+                f"slice_dice_{name}",
+                _mean(totals.slice_dice),
+                f"no test slice holds {name} in the ground truth or the prediction",
+            )
+            result[f"slice_dice_count_{name}"] = len(totals.slice_dice)
+            both = f"no test slice where both truth and prediction hold {name}"
+            result.put(f"hd95_{name}", _mean(totals.hd95), both)
+            result.put(f"nsd_{name}", _mean(totals.nsd), both)
+            result[f"surface_slice_count_{name}"] = len(totals.hd95)
+            self._put_detection(result, name, totals)
+        result.put("dice_mean", _mean(dice_values), "no lesion class has a defined Dice")
+        result.put(
+            "pixel_accuracy",
+            _ratio(float(np.trace(self.confusion)), int(self.confusion.sum())),
+            "no test pixels",
+        )
+        result.put("dice_coef_multiclass", _mean(self._reference_dice), "no test slices")
+        result.put(
+            "categorical_crossentropy", _ratio(self._crossentropy, self._pixels), "no test pixels"
+        )
+        for actual, predicted, count in self.confusion_cells():
+            result[f"pixels_true_{actual}_pred_{predicted}"] = count
+        return result
+
+    @staticmethod
+    def _put_detection(result: FlatMetrics, name: str, totals: _ClassTotals) -> None:
+        lesions = totals.lesions
+        scores = detection_scores(lesions)
+        result.put(f"lesion_precision_{name}", scores.precision, f"no predicted {name} lesion")
+        result.put(f"lesion_recall_{name}", scores.recall, f"no {name} lesion in the ground truth")
+        result.put(
+            f"lesion_f1_{name}",
+            scores.f1,
+            f"no {name} lesion in the ground truth or the prediction",
+        )
+        result[f"truth_lesions_{name}"] = lesions.truth_lesions
+        result[f"predicted_lesions_{name}"] = lesions.predicted_lesions
+        positives = totals.true_positive_slices + totals.false_negative_slices
+        negatives = totals.true_negative_slices + totals.false_positive_slices
+        result.put(
+            f"slice_sensitivity_{name}",
+            _ratio(totals.true_positive_slices, positives),
+            f"no test slice holds {name} in the ground truth",
+        )
+        result.put(
+            f"slice_specificity_{name}",
+            _ratio(totals.true_negative_slices, negatives),
+            f"every test slice holds {name} in the ground truth",
+        )
+
+    def confusion_cells(self) -> Iterator[tuple[str, str, int]]:
+        for actual in range(self.num_classes):
+            for predicted in range(self.num_classes):
+                yield (
+                    CLASS_LABELS[actual],
+                    CLASS_LABELS[predicted],
+                    int(self.confusion[actual, predicted]),
+                )
+
+    def slice_dice_rows(self) -> list[dict[str, str | float]]:
+        """Every (slice, class) counted in the per-slice Dice mean; `slice_class` is unique
+        (a slice can count for both classes), for plots keyed by row."""
+        rows: list[dict[str, str | float]] = []
+        for scores in sorted(self.slices, key=lambda s: s.slice_id):
+            for name, class_scores in scores.classes.items():
+                if class_scores.dice is not None:
+                    rows.append(
+                        {
+                            "id": scores.slice_id,
+                            "class": name,
+                            "slice_class": f"{scores.slice_id} {name}",
+                            "dice": class_scores.dice,
+                        }
+                    )
+        return rows
+
+    def ranked_slices(self) -> list[SliceScores]:
+        """Slices with a score, best first (ties by id)."""
+        scored = [s for s in self.slices if s.score is not None]
+        return sorted(scored, key=lambda s: (-(s.score or 0.0), s.slice_id))

@@ -1,0 +1,314 @@
+"""Inference, the `evaluate` and `infer` stage functions, and the new-images command, with a
+tiny fixed-weight Keras model: bright pixels (grey > 128) are hemorrhagic, the rest background,
+ischemic never, so every prediction is known in advance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.evaluation import run_evaluation
+from pipeline.inference import (
+    Segmenter,
+    labels_at_size,
+    load_model,
+    run_mini_test,
+    segment_files,
+    to_model_input,
+)
+from pipeline.io import DataError, read_image, write_manifest, write_png
+from pipeline.masks import index_to_colour, palette_array
+from pipeline.params import parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_SAMPLES = ROOT.parent / "shared" / "real-ct-samples" / "images"
+MODEL_SIZE = 32
+PARAMS = parse_params(
+    {
+        "image_size": MODEL_SIZE,
+        "evaluate": {"overlay_slices": 1, "batch_size": 2},
+        "infer": {"latency_repeats": 2, "batch_size": 2},
+    }
+)
+PALETTE = palette_array(PARAMS.palette)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """1x1 convolution: logits (0, (mean grey - 128) / 2, -1000) -> softmax."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    inputs = keras.Input((MODEL_SIZE, MODEL_SIZE, 3))
+    outputs = keras.layers.Conv2D(3, 1, activation="softmax")(inputs)
+    model = keras.Model(inputs, outputs)
+    weights = np.zeros((1, 1, 3, 3), dtype=np.float32)
+    weights[0, 0, :, 1] = 0.5 / 3.0
+    model.layers[-1].set_weights([weights, np.array([0.0, -64.0, -1000.0], dtype=np.float32)])
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    model.save(path)
+    return path
+
+
+def numpy_forward(batch: np.ndarray) -> np.ndarray:
+    """A forward pass that is not mirror-symmetric: the left half always leans hemorrhagic."""
+    logits = np.zeros((*batch.shape[:3], 3), dtype=np.float32)
+    logits[..., 1] = (batch.mean(axis=-1) - 128.0) / 32.0
+    logits[:, :, : batch.shape[2] // 2, 1] += 1.0
+    exponentials = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exponentials / exponentials.sum(axis=-1, keepdims=True)
+
+
+# ---- pieces ---------------------------------------------------------------------------------
+
+
+def test_to_model_input_resizes_and_replicates_grey():
+    grey = np.arange(64 * 48, dtype=np.uint32).reshape(64, 48).astype(np.uint8)
+    model_input = to_model_input(grey, 32)
+    assert model_input.shape == (32, 32, 3) and model_input.dtype == np.float32
+    assert np.array_equal(model_input[..., 0], model_input[..., 2])
+    same = to_model_input(grey[:32, :32], 32)
+    np.testing.assert_array_equal(same[..., 1], grey[:32, :32])
+
+
+def test_labels_back_at_input_size_keep_only_classes():
+    softmax = numpy_forward(np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)))[0]
+    labels = labels_at_size(softmax, (300, 212))
+    assert labels.shape == (300, 212)
+    assert set(np.unique(labels)) <= set(np.unique(softmax.argmax(-1)))
+
+
+def test_flip_tta_averages_prediction_with_flipped_back_prediction():
+    images = np.random.default_rng(1).uniform(0, 255, (3, 8, 8, 3)).astype(np.float32)
+    plain = Segmenter(numpy_forward, 8, batch_size=2).softmax(images)
+    tta = Segmenter(numpy_forward, 8, batch_size=2, tta_flip=True).softmax(images)
+    expected = 0.5 * (numpy_forward(images) + numpy_forward(images[:, :, ::-1])[:, :, ::-1])
+    np.testing.assert_allclose(tta, expected, rtol=1e-6)
+    assert not np.allclose(plain, tta)
+
+
+def test_model_contract_is_checked(tmp_path, tiny_model):
+    with pytest.raises(DataError, match="model file not found"):
+        load_model(tmp_path / "missing.keras")
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="not a loadable Keras model"):
+        load_model(broken)
+    segmenter = Segmenter.from_file(tiny_model, batch_size=2)
+    bright = np.full((3, MODEL_SIZE, MODEL_SIZE, 3), 20.0, dtype=np.float32)
+    bright[:, :10, :10] = 220.0
+    labels = segmenter.softmax(bright).argmax(-1)
+    assert (labels[:, :10, :10] == 1).all() and (labels[:, 10:, 10:] == 0).all()
+
+
+# ---- the new-images command -----------------------------------------------------------------
+
+
+def run_command(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """The command as a user runs it, from another folder, with its own small params file."""
+    params = tmp_path / "params.yaml"
+    params.write_text("infer:\n  batch_size: 4\n")
+    return subprocess.run(
+        [sys.executable, "-m", "stages.infer", "--params", str(params), *args],
+        cwd=tmp_path,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_new_images_command_on_real_ct(tmp_path, tiny_model):
+    inputs = tmp_path / "in"
+    shutil.copytree(REAL_SAMPLES, inputs)
+    (inputs / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    colour = cv2.cvtColor(
+        read_image(next(REAL_SAMPLES.glob("*.png")), color=True), cv2.COLOR_RGB2BGR
+    )
+    cv2.imwrite(str(inputs / "colour_small.jpg"), cv2.resize(colour, (300, 200)))
+    output = tmp_path / "out"
+
+    result = run_command(
+        tmp_path, "--model", str(tiny_model), "--input", str(inputs), "--output", str(output)
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "corrupt.png" in result.stderr and "skipped 1" in result.stderr
+    names = sorted(p.name for p in REAL_SAMPLES.glob("*.png"))
+    assert sorted(p.name for p in (output / "masks").iterdir()) == sorted(
+        [*names, "colour_small.png"]
+    )
+    for name in names:
+        mask = read_image(output / "masks" / name, color=True)
+        assert mask.shape == (512, 512, 3)
+        colours = np.unique(mask.reshape(-1, 3), axis=0)
+        assert all((colour == PALETTE).all(axis=1).any() for colour in colours)
+        assert (mask == PALETTE[1]).all(axis=-1).any()  # the bright skull is "hemorrhagic"
+        assert read_image(output / "overlays" / name, color=True).shape == (512, 512, 3)
+    assert read_image(output / "masks" / "colour_small.png").shape == (200, 300)
+
+
+def test_new_images_command_fails_only_when_nothing_is_segmented(tmp_path, tiny_model):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"")
+    result = run_command(
+        tmp_path,
+        "--model",
+        str(tiny_model),
+        "--input",
+        str(bad),
+        str(tmp_path / "nope.png"),
+        "--output",
+        str(tmp_path / "out"),
+    )
+    assert result.returncode == 1
+    assert "bad.jpg" in result.stderr and "nope.png" in result.stderr
+    assert "segmented 0" in result.stderr
+
+
+def test_segment_files_with_flip_tta_and_duplicate_names(tmp_path, tiny_model):
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    grey = np.full((40, 50), 30, dtype=np.uint8)
+    grey[5:20, 5:25] = 230
+    write_png(first / "slice.png", grey)
+    cv2.imwrite(str(second / "slice.jpg"), grey)
+    segmenter = Segmenter.from_file(tiny_model, batch_size=2, tta_flip=True)
+    summary = segment_files(segmenter, [first, second], tmp_path / "out", PARAMS.palette, 0.5)
+    assert summary.segmented == [str(first / "slice.png")]
+    assert [problem.source for problem in summary.skipped] == [str(second / "slice.jpg")]
+    mask = read_image(tmp_path / "out" / "masks" / "slice.png", color=True)
+    np.testing.assert_array_equal(mask[10, 10], PALETTE[1])
+    np.testing.assert_array_equal(mask[30, 40], PALETTE[0])
+
+
+# ---- stages on a tiny hand-made split -------------------------------------------------------
+
+
+def make_split(root: Path) -> Path:
+    """Six 32 px slices: bright squares labelled hemorrhagic (found), a dim ischemic patch
+    (never predicted), a lesion-free slice and a bright false positive."""
+    rows = []
+    cases = [
+        ("Hemorrhagic_001_000", "Hemorrhagic", "test", True, [(4, 14, 4, 14, 1, 230)]),
+        ("Hemorrhagic_001_001", "Hemorrhagic", "test", False, [(10, 20, 12, 26, 1, 230)]),
+        ("Ischemic_002_000", "Ischemic", "test", True, [(8, 18, 8, 18, 2, 70)]),
+        ("Ischemic_002_001", "Ischemic", "test", False, []),
+        ("Ischemic_002_002", "Ischemic", "test", False, [(20, 24, 20, 24, 0, 240)]),
+        ("Hemorrhagic_003_000", "Hemorrhagic", "train", False, [(4, 8, 4, 8, 1, 230)]),
+    ]
+    for slice_id, label, split, mini_test, regions in cases:
+        grey = np.full((MODEL_SIZE, MODEL_SIZE), 40, dtype=np.uint8)
+        truth = np.zeros((MODEL_SIZE, MODEL_SIZE), dtype=np.uint8)
+        for top, bottom, left, right, index, value in regions:
+            grey[top:bottom, left:right] = value
+            truth[top:bottom, left:right] = index
+        write_png(root / "colorized" / "images" / f"{slice_id}.png", grey)
+        write_png(root / "colorized" / "masks" / f"{slice_id}.png", index_to_colour(truth, PALETTE))
+        case_id = slice_id.split("_")[1]
+        rows.append(
+            {
+                "id": slice_id,
+                "case_id": case_id,
+                "class": label,
+                "source": "original",
+                "source_id": slice_id,
+                "image_path": f"../colorized/images/{slice_id}.png",
+                "mask_path": f"../colorized/masks/{slice_id}.png",
+                "width": MODEL_SIZE,
+                "height": MODEL_SIZE,
+                "lesion_pixels": int((truth > 0).sum()),
+                "split": split,
+                "mini_test": mini_test,
+            }
+        )
+    manifest = root / "split" / "manifest.csv"
+    write_manifest(manifest, pd.DataFrame(rows))
+    return manifest
+
+
+def test_evaluate_writes_every_key_or_a_reason_and_is_deterministic(tmp_path, tiny_model):
+    manifest = make_split(tmp_path / "data")
+    outputs = []
+    for run in ("first", "second"):
+        folder = tmp_path / run
+        metrics = run_evaluation(
+            PARAMS,
+            manifest,
+            tiny_model,
+            folder / "reports" / "evaluate",
+            folder / "metrics" / "evaluate.json",
+            folder / "metrics" / "confusion.csv",
+        )
+        outputs.append(folder)
+    saved = json.loads((outputs[0] / "metrics" / "evaluate.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    for key in (
+        "dice_hemorrhagic", "dice_ischemic", "dice_mean", "iou_hemorrhagic", "iou_ischemic",
+        "hd95_hemorrhagic", "hd95_ischemic", "nsd_hemorrhagic", "nsd_ischemic",
+        "lesion_f1_hemorrhagic", "lesion_f1_ischemic", "dice_coef_multiclass",
+        "categorical_crossentropy",
+    ):  # fmt: skip
+        if saved[key] is None:
+            assert saved[f"{key}_null_reason"], key
+        else:
+            assert math.isfinite(saved[key]), key
+    assert saved["test_slices"] == 5
+    # two squares found exactly, plus a 16 px false positive
+    assert saved["dice_hemorrhagic"] == pytest.approx(2 * 240 / (240 + 256))
+    assert saved["lesion_precision_hemorrhagic"] == pytest.approx(2 / 3)
+    assert saved["lesion_recall_hemorrhagic"] == 1.0
+    assert saved["dice_ischemic"] == 0.0
+    assert saved["lesion_f1_ischemic"] == 0.0
+    assert saved["hd95_ischemic"] is None
+    assert saved["hd95_ischemic_null_reason"] == (
+        "no test slice where both truth and prediction hold ischemic"
+    )
+    assert saved["slice_sensitivity_ischemic"] == 0.0
+
+    report = outputs[0] / "reports" / "evaluate"
+    lines = (report / "evaluation.csv").read_text().splitlines()
+    assert lines[0].startswith("categorical_crossentropy,") and lines[1].startswith(
+        "dice_coef_multiclass,"
+    )
+    assert "hd95_ischemic," in lines
+    slice_dice = pd.read_csv(report / "slice_dice.csv")
+    assert list(slice_dice.columns) == ["id", "class", "slice_class", "dice"]
+    assert len(slice_dice) == 4 and slice_dice["slice_class"].is_unique
+    confusion = pd.read_csv(outputs[0] / "metrics" / "confusion.csv")
+    assert list(confusion.columns) == ["id", "actual", "predicted"] and len(confusion) == 5
+    assert sorted(p.name.split("_")[0] for p in (report / "overlays").iterdir()) == [
+        "best",
+        "worst",
+    ]
+    for path in sorted(p for p in outputs[0].rglob("*") if p.is_file()):
+        twin = outputs[1] / path.relative_to(outputs[0])
+        assert path.read_bytes() == twin.read_bytes(), path
+
+
+def test_infer_stage_writes_predictions_montage_and_speed(tmp_path, tiny_model):
+    manifest = make_split(tmp_path / "data")
+    output = tmp_path / "data" / "predictions"
+    metrics = run_mini_test(PARAMS, manifest, tiny_model, output, tmp_path / "infer.json")
+    names = ["Hemorrhagic_001_000.png", "Ischemic_002_000.png"]
+    for folder in ("masks", "overlays", "panels"):
+        assert sorted(p.name for p in (output / folder).iterdir()) == names
+    mask = read_image(output / "masks" / names[0], color=True)
+    np.testing.assert_array_equal(mask[5, 5], PALETTE[1])
+    assert read_image(output / "mini_test_output.png").shape[0] == 256  # enlarged panels
+    saved = json.loads((tmp_path / "infer.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert saved["latency_ms_p95"] >= saved["latency_ms_p50"] > 0
+    assert saved["slices_per_s"] > 0 and saved["mini_test_slices"] == 2

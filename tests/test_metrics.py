@@ -1,0 +1,346 @@
+"""Lesion metrics: hand-computed cases, empty-mask rules, and agreement with independent
+implementations (medpy for Dice, IoU and HD95; brute force written here for NSD and borders).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from medpy.metric import binary as medpy_binary
+from scipy import ndimage
+from scipy.spatial.distance import cdist
+
+from pipeline.metrics import (
+    SegmentationEvaluation,
+    confusion_matrix,
+    crossentropy_sum,
+    detection_scores,
+    dice,
+    dice_coef_multiclass,
+    hd95,
+    iou,
+    lesion_counts,
+    normalized_surface_dice,
+    surface_border,
+)
+
+REQUIRED_KEYS = (
+    "dice_hemorrhagic",
+    "dice_ischemic",
+    "dice_mean",
+    "iou_hemorrhagic",
+    "iou_ischemic",
+    "hd95_hemorrhagic",
+    "hd95_ischemic",
+    "nsd_hemorrhagic",
+    "nsd_ischemic",
+    "lesion_f1_hemorrhagic",
+    "lesion_f1_ischemic",
+    "dice_coef_multiclass",
+    "categorical_crossentropy",
+)
+
+
+def mask(shape: tuple[int, int], *pixels: tuple[int, int]) -> np.ndarray:
+    array = np.zeros(shape, dtype=bool)
+    for row, column in pixels:
+        array[row, column] = True
+    return array
+
+
+# ---- hand-computed cases -------------------------------------------------------------------
+
+
+def test_dice_and_iou_empty_rules():
+    empty = np.zeros((6, 6), dtype=bool)
+    lesion = mask((6, 6), (2, 2))
+    assert dice(empty, empty) is None and iou(empty, empty) is None
+    assert dice(empty, lesion) == 0.0 and iou(empty, lesion) == 0.0
+    assert dice(lesion, empty) == 0.0 and iou(lesion, empty) == 0.0
+    assert dice(lesion, lesion) == 1.0 and iou(lesion, lesion) == 1.0
+
+
+def test_dice_and_iou_partial_overlap():
+    truth = np.zeros((6, 6), dtype=bool)
+    truth[1:3, 1:3] = True  # 4 px
+    prediction = mask((6, 6), (1, 1), (1, 2), (4, 4))  # 2 inside, 1 outside
+    assert dice(truth, prediction) == pytest.approx(2 * 2 / (4 + 3))
+    assert iou(truth, prediction) == pytest.approx(2 / 5)
+
+
+def test_surface_metrics_undefined_when_a_mask_is_empty():
+    empty = np.zeros((8, 8), dtype=bool)
+    lesion = mask((8, 8), (3, 3))
+    for truth, prediction in ((empty, lesion), (lesion, empty), (empty, empty)):
+        assert hd95(truth, prediction) is None
+        assert normalized_surface_dice(truth, prediction, 2.0) is None
+
+
+def test_one_pixel_lesions():
+    truth = mask((10, 10), (5, 5))
+    prediction = mask((10, 10), (5, 8))
+    assert hd95(truth, prediction) == pytest.approx(3.0)
+    assert normalized_surface_dice(truth, prediction, 2.0) == 0.0
+    assert normalized_surface_dice(truth, prediction, 3.0) == 1.0
+    assert dice(truth, prediction) == 0.0
+
+
+def test_hd95_and_nsd_with_a_distant_false_positive():
+    truth = mask((8, 10), (2, 2))
+    prediction = mask((8, 10), (2, 2), (2, 6))
+    # distances: prediction->truth {0, 4}, truth->prediction {0}; pooled [0, 0, 4]
+    assert hd95(truth, prediction) == pytest.approx(0.0 + 0.9 * 4.0)
+    assert normalized_surface_dice(truth, prediction, 2.0) == pytest.approx(2 / 3)
+    assert normalized_surface_dice(truth, prediction, 4.0) == pytest.approx(1.0)
+
+
+def test_border_excludes_interior_and_includes_image_edge():
+    square = np.zeros((5, 5), dtype=bool)
+    square[1:4, 1:4] = True
+    border = surface_border(square)
+    assert border.sum() == 8 and not border[2, 2]
+    full = np.ones((3, 3), dtype=bool)
+    assert surface_border(full).sum() == 8  # outside the image counts as background
+
+
+def test_identical_masks_are_perfect():
+    square = np.zeros((9, 9), dtype=bool)
+    square[2:7, 3:8] = True
+    assert hd95(square, square) == 0.0
+    assert normalized_surface_dice(square, square, 0.0) == 1.0
+
+
+def test_two_lesions_one_missed():
+    truth = mask((12, 12), (1, 1), (1, 2), (8, 8), (9, 9))  # 2 lesions (diagonal joins, 8-conn.)
+    prediction = mask((12, 12), (1, 2), (1, 3))  # overlaps the first only
+    counts = lesion_counts(truth, prediction)
+    assert (counts.truth_lesions, counts.truth_detected) == (2, 1)
+    assert (counts.predicted_lesions, counts.predicted_true) == (1, 1)
+    scores = detection_scores(counts)
+    assert scores.precision == 1.0
+    assert scores.recall == 0.5
+    assert scores.f1 == pytest.approx(2 / 3)
+
+
+def test_false_positive_lesion_lowers_precision():
+    truth = mask((12, 12), (1, 1), (8, 8))
+    prediction = mask((12, 12), (1, 1), (5, 1))
+    scores = detection_scores(lesion_counts(truth, prediction))
+    assert (scores.precision, scores.recall, scores.f1) == (0.5, 0.5, 0.5)
+
+
+def test_detection_empty_rules():
+    empty = np.zeros((6, 6), dtype=bool)
+    lesion = mask((6, 6), (2, 2))
+    none = detection_scores(lesion_counts(empty, empty))
+    assert (none.precision, none.recall, none.f1) == (None, None, None)
+    all_missed = detection_scores(lesion_counts(lesion, empty))
+    assert (all_missed.precision, all_missed.recall, all_missed.f1) == (None, 0.0, 0.0)
+    all_false = detection_scores(lesion_counts(empty, lesion))
+    assert (all_false.precision, all_false.recall, all_false.f1) == (0.0, None, 0.0)
+
+
+def test_confusion_matrix_counts_pairs():
+    truth = np.array([[0, 0, 1], [2, 2, 1]], dtype=np.uint8)
+    prediction = np.array([[0, 1, 1], [2, 0, 0]], dtype=np.uint8)
+    expected = np.array([[1, 1, 0], [1, 1, 0], [1, 0, 1]])
+    np.testing.assert_array_equal(confusion_matrix(truth, prediction, 3), expected)
+
+
+def test_reference_metric_is_soft_pixel_accuracy():
+    truth = np.array([[0, 1]], dtype=np.uint8)
+    all_background = np.array([[[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]])
+    assert dice_coef_multiclass(truth, all_background) == pytest.approx(
+        (2 * 1 + 1e-6) / (4 + 1e-6), abs=1e-12
+    )
+
+
+def test_crossentropy_matches_keras_definition():
+    truth = np.array([[0, 2]], dtype=np.uint8)
+    softmax = np.array([[[0.5, 0.25, 0.25], [0.25, 0.25, 0.5]]])
+    assert crossentropy_sum(truth, softmax) == pytest.approx(2 * math.log(2))
+    certain_wrong = np.array([[[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]]])
+    assert crossentropy_sum(truth, certain_wrong) == pytest.approx(-2 * math.log(1e-7))
+
+
+# ---- against independent implementations ----------------------------------------------------
+
+
+def random_mask(rng: np.random.Generator, shape: tuple[int, int], smooth: float) -> np.ndarray:
+    """Blobby (smooth > 0) or speckled random mask; never empty."""
+    noise = rng.random(shape)
+    if smooth:
+        noise = ndimage.gaussian_filter(noise, smooth)
+    threshold = np.quantile(noise, rng.uniform(0.6, 0.95))
+    result = noise > threshold
+    result[tuple(rng.integers(0, s) for s in shape)] = True
+    return result
+
+
+def brute_border(array: np.ndarray) -> np.ndarray:
+    """Pixels with a 4-neighbour outside the mask or outside the image, by explicit loops."""
+    height, width = array.shape
+    border = np.zeros_like(array)
+    for row in range(height):
+        for column in range(width):
+            if not array[row, column]:
+                continue
+            for d_row, d_column in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+                r, c = row + d_row, column + d_column
+                if not (0 <= r < height and 0 <= c < width) or not array[r, c]:
+                    border[row, column] = True
+    return border
+
+
+def brute_directed(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    return cdist(np.argwhere(brute_border(source)), np.argwhere(brute_border(target))).min(axis=1)
+
+
+def brute_nsd(truth: np.ndarray, prediction: np.ndarray, tolerance: float) -> float:
+    forward, backward = brute_directed(truth, prediction), brute_directed(prediction, truth)
+    near = (forward <= tolerance).sum() + (backward <= tolerance).sum()
+    return near / (forward.size + backward.size)
+
+
+def brute_dice(truth: np.ndarray, prediction: np.ndarray) -> float:
+    truth_set = {tuple(p) for p in np.argwhere(truth)}
+    prediction_set = {tuple(p) for p in np.argwhere(prediction)}
+    return 2 * len(truth_set & prediction_set) / (len(truth_set) + len(prediction_set))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_agrees_with_medpy_and_brute_force_on_random_masks(seed):
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(12, 40)), int(rng.integers(12, 40)))
+    smooth = (0.0, 1.5, 3.0)[seed % 3]
+    truth, prediction = random_mask(rng, shape, smooth), random_mask(rng, shape, smooth)
+    assert dice(truth, prediction) == pytest.approx(medpy_binary.dc(prediction, truth), abs=1e-6)
+    assert dice(truth, prediction) == pytest.approx(brute_dice(truth, prediction), abs=1e-6)
+    assert iou(truth, prediction) == pytest.approx(medpy_binary.jc(prediction, truth), abs=1e-6)
+    assert hd95(truth, prediction) == pytest.approx(
+        medpy_binary.hd95(prediction, truth, connectivity=1), abs=1e-3
+    )
+    np.testing.assert_array_equal(surface_border(truth), brute_border(truth))
+    for tolerance in (0.0, 1.0, 2.0, 3.5):
+        assert normalized_surface_dice(truth, prediction, tolerance) == pytest.approx(
+            brute_nsd(truth, prediction, tolerance), abs=1e-6
+        )
+
+
+def brute_lesion_counts(truth: np.ndarray, prediction: np.ndarray) -> tuple[int, int, int, int]:
+    """Components by flood fill over 8 neighbours, written independently of scipy.label."""
+
+    def components(array: np.ndarray) -> list[set[tuple[int, int]]]:
+        remaining = {tuple(p) for p in np.argwhere(array)}
+        found = []
+        while remaining:
+            stack = [remaining.pop()]
+            component = set(stack)
+            while stack:
+                row, column = stack.pop()
+                for d_row in (-1, 0, 1):
+                    for d_column in (-1, 0, 1):
+                        neighbour = (row + d_row, column + d_column)
+                        if neighbour in remaining:
+                            remaining.remove(neighbour)
+                            component.add(neighbour)
+                            stack.append(neighbour)
+            found.append(component)
+        return found
+
+    truth_set = {tuple(p) for p in np.argwhere(truth)}
+    prediction_set = {tuple(p) for p in np.argwhere(prediction)}
+    truth_parts, prediction_parts = components(truth), components(prediction)
+    return (
+        len(truth_parts),
+        sum(bool(part & prediction_set) for part in truth_parts),
+        len(prediction_parts),
+        sum(bool(part & truth_set) for part in prediction_parts),
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), smooth=st.sampled_from([0.0, 1.0, 2.5]))
+def test_lesion_counts_match_flood_fill(seed, smooth):
+    rng = np.random.default_rng(seed)
+    truth, prediction = random_mask(rng, (20, 24), smooth), random_mask(rng, (20, 24), smooth)
+    counts = lesion_counts(truth, prediction)
+    assert (
+        counts.truth_lesions,
+        counts.truth_detected,
+        counts.predicted_lesions,
+        counts.predicted_true,
+    ) == brute_lesion_counts(truth, prediction)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), smooth=st.sampled_from([0.0, 1.0, 2.5]))
+def test_metric_invariants(seed, smooth):
+    rng = np.random.default_rng(seed)
+    truth, prediction = random_mask(rng, (16, 16), smooth), random_mask(rng, (16, 16), smooth)
+    assert dice(truth, prediction) == pytest.approx(dice(prediction, truth))
+    assert hd95(truth, prediction) == pytest.approx(hd95(prediction, truth))
+    value = normalized_surface_dice(truth, prediction, 2.0)
+    assert 0.0 <= value <= 1.0
+    assert value == pytest.approx(normalized_surface_dice(prediction, truth, 2.0))
+    assert 0.0 <= iou(truth, prediction) <= dice(truth, prediction) <= 1.0
+
+
+# ---- the flat metrics document -------------------------------------------------------------
+
+
+def one_hot_softmax(labels: np.ndarray) -> np.ndarray:
+    softmax = np.full((*labels.shape, 3), 0.05, dtype=np.float32)
+    np.put_along_axis(softmax, labels[..., None].astype(np.int64), 0.9, axis=-1)
+    return softmax
+
+
+def test_evaluation_metrics_keys_values_and_null_reasons():
+    evaluation = SegmentationEvaluation(tolerance_px=2.0)
+    truth_a = np.zeros((16, 16), dtype=np.uint8)
+    truth_a[2:6, 2:6] = 1
+    prediction_a = truth_a.copy()
+    truth_b = np.zeros((16, 16), dtype=np.uint8)
+    truth_b[8:12, 8:12] = 1
+    prediction_b = np.zeros((16, 16), dtype=np.uint8)  # lesion missed
+    empty = np.zeros((16, 16), dtype=np.uint8)
+    evaluation.add("a", truth_a, one_hot_softmax(prediction_a))
+    evaluation.add("b", truth_b, one_hot_softmax(prediction_b))
+    evaluation.add("c", empty, one_hot_softmax(empty))
+    metrics = evaluation.metrics()
+
+    for key in REQUIRED_KEYS:
+        assert key in metrics
+        value = metrics[key]
+        if value is None:
+            assert isinstance(metrics[f"{key}_null_reason"], str)
+        else:
+            assert math.isfinite(value)
+    assert metrics["test_slices"] == 3
+    assert metrics["dice_hemorrhagic"] == pytest.approx(2 * 16 / (32 + 16))
+    assert metrics["slice_dice_hemorrhagic"] == pytest.approx(0.5)  # a: 1, b: 0, c: not counted
+    assert metrics["slice_dice_count_hemorrhagic"] == 2
+    assert metrics["hd95_hemorrhagic"] == 0.0 and metrics["nsd_hemorrhagic"] == 1.0
+    assert metrics["surface_slice_count_hemorrhagic"] == 1
+    assert metrics["lesion_recall_hemorrhagic"] == 0.5
+    assert metrics["lesion_precision_hemorrhagic"] == 1.0
+    assert metrics["slice_sensitivity_hemorrhagic"] == 0.5
+    assert metrics["slice_specificity_hemorrhagic"] == 1.0
+    assert metrics["dice_mean"] == metrics["dice_hemorrhagic"]  # ischemic undefined
+    for key in ("dice_ischemic", "iou_ischemic", "hd95_ischemic", "nsd_ischemic"):
+        assert metrics[key] is None and "ischemic" in metrics[f"{key}_null_reason"]
+    assert metrics["lesion_f1_ischemic"] is None
+    assert metrics["slice_specificity_ischemic"] == 1.0
+    assert metrics["slice_sensitivity_ischemic"] is None
+    assert metrics["pixels_true_hemorrhagic_pred_background"] == 16
+    assert metrics["pixel_accuracy"] == pytest.approx(1 - 16 / (3 * 256))
+    assert [(s.actual, s.predicted) for s in evaluation.slices] == [
+        ("hemorrhagic", "hemorrhagic"),
+        ("hemorrhagic", "none"),
+        ("none", "none"),
+    ]
+    assert [s.slice_id for s in evaluation.ranked_slices()] == ["a", "b"]
