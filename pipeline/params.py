@@ -42,6 +42,10 @@ def _ordered_range(value: HuRange, name: str) -> None:
         raise ValueError(f"{name} must be [low, high] with low <= high, got {list(value)}")
 
 
+# Largest random step between consecutive ischemic case ids of the phantom.
+ISCHEMIC_ID_MAX_STEP = 60_000
+
+
 class PhantomParams(StrictModel):
     """Synthetic non-contrast head CT laid out like the Kaggle archive (stage `synthesize`)."""
 
@@ -57,38 +61,58 @@ class PhantomParams(StrictModel):
     window_level_hu: float = 40.0
     window_width_hu: PositiveFloat = 80.0
     skull_hu: float = 1000.0
-    grey_matter_hu: float = 36.0
-    white_matter_hu: float = 28.0
+    grey_matter_hu: float = 38.0
+    white_matter_hu: float = 31.0
     csf_hu: HuRange = (0.0, 15.0)
     hemorrhage_hu: HuRange = (55.0, 90.0)
     ischemic_drop_hu: HuRange = (5.0, 15.0)
+    parenchyma_hu: HuRange = (25.0, 40.0)
+    texture_hu: Annotated[float, Field(ge=0.0, le=10.0)] = 2.5
+    falx_hu: float = 50.0
     noise_hu: HuRange = (3.0, 6.0)
-    blur_sigma_px: Annotated[float, Field(ge=0.0, le=5.0)] = 0.7
+    noise_grain_px: Annotated[float, Field(ge=0.0, le=5.0)] = 1.1
+    blur_sigma_px: Annotated[float, Field(ge=0.0, le=5.0)] = 0.8
     table_probability: Probability = 0.5
-    lesion_free_slice_share: Probability = 0.25
+    lesion_free_slice_share: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
+    workers: NonNegativeInt = 0  # 0 = one per core
 
     @model_validator(mode="after")
     def _check(self) -> PhantomParams:
-        for name in ("csf_hu", "hemorrhage_hu", "ischemic_drop_hu", "noise_hu"):
+        for name in ("csf_hu", "hemorrhage_hu", "ischemic_drop_hu", "parenchyma_hu", "noise_hu"):
             _ordered_range(getattr(self, name), name)
         if self.hemorrhagic_cases_without_mask >= self.hemorrhagic_cases:
             raise ValueError("hemorrhagic_cases_without_mask must be below hemorrhagic_cases")
+        low, high = self.parenchyma_hu
+        for name in ("grey_matter_hu", "white_matter_hu"):
+            if not low <= getattr(self, name) <= high:
+                raise ValueError(f"{name} must lie within parenchyma_hu {list(self.parenchyma_hu)}")
+        if (
+            self.first_hemorrhagic_case + self.hemorrhagic_cases + self.testing_cases_per_class
+            > 1000
+        ):
+            raise ValueError("hemorrhagic case ids must fit in 3 digits (first_hemorrhagic_case)")
+        ischemic_total = self.ischemic_cases + self.testing_cases_per_class
+        if self.first_ischemic_case + ISCHEMIC_ID_MAX_STEP * ischemic_total > 9_999_999:
+            raise ValueError("ischemic case ids must fit in 7 digits (first_ischemic_case)")
         return self
 
 
 class ExtractParams(StrictModel):
     """Stage `extract`: the archive (zip or unpacked folder) and which CT subsets to read."""
 
-    archive: str = "data/raw/phantom.zip"
+    archive: Annotated[str, Field(min_length=1)] = "data/raw/phantom.zip"
     subsets: tuple[Literal["Training", "Testing"], ...] = ("Training",)
-    mask_suffix: str = ""
+    mask_suffix: Annotated[str, Field(pattern=r"^[\w.()+-]*$")] = ""
     max_uncompressed_mb: PositiveFloat = 4096.0
 
-    @model_validator(mode="after")
-    def _check(self) -> ExtractParams:
-        if not self.subsets:
-            raise ValueError("subsets must name at least one of Training, Testing")
-        return self
+    @field_validator("subsets")
+    @classmethod
+    def _check_subsets(cls, subsets: tuple[str, ...]) -> tuple[str, ...]:
+        if not subsets:
+            raise ValueError("must name at least one of Training, Testing")
+        if len(set(subsets)) != len(subsets):
+            raise ValueError(f"lists a subset twice: {list(subsets)}")
+        return subsets
 
 
 class CountBounds(StrictModel):
@@ -110,6 +134,15 @@ class ValidateParams(StrictModel):
     slices_per_class: CountBounds = CountBounds(min=20, max=100_000)
     cases_per_class: CountBounds = CountBounds(min=3, max=10_000)
     min_lesion_slice_share: Probability = 0.3
+    workers: NonNegativeInt = 0  # 0 = one per core
+
+    @model_validator(mode="after")
+    def _check(self) -> ValidateParams:
+        if self.min_side > self.max_side:
+            raise ValueError(
+                f"min_side ({self.min_side}) must not exceed max_side ({self.max_side})"
+            )
+        return self
 
 
 class ColorizeParams(StrictModel):
@@ -119,10 +152,15 @@ class ColorizeParams(StrictModel):
     workers: NonNegativeInt = 0  # 0 = one per core
 
 
+SplitShare = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
 class SplitRatios(StrictModel):
-    train: Probability = 0.7
-    valid: Probability = 0.15
-    test: Probability = 0.15
+    """Shares of each class's cases per split; all three > 0 so every split has every class."""
+
+    train: SplitShare = 0.7
+    valid: SplitShare = 0.15
+    test: SplitShare = 0.15
 
     @model_validator(mode="after")
     def _check(self) -> SplitRatios:
@@ -133,15 +171,31 @@ class SplitRatios(StrictModel):
 
 
 class SplitParams(StrictModel):
-    """Stage `split`: case-level (patient-level) split, stratified by class."""
+    """Stage `split`: case-level (patient-level) split, stratified by class.
+
+    `mini_test_per_class` test slices with lesions per class form `mini_test`, the slices
+    that training previews after every epoch and that `infer` shows.
+    """
 
     ratios: SplitRatios = SplitRatios()
     mini_test_per_class: PositiveInt = 3
 
 
+def _distinct(values: tuple, name: str) -> None:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} must be distinct, got {list(values)}")
+
+
 class BarrelParams(StrictModel):
+    """Barrel (amount > 0) and pincushion (amount < 0) distortion, the reference's formula.
+
+    `radius` is a share of the image width; `centres` are (x, y) shares of width and height.
+    Amount -1 is excluded: there the formula's limit at the centre is a circle, not a point,
+    so the warp would tear the image open.
+    """
+
     radius: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
-    amounts: tuple[Annotated[float, Field(ge=-1.0, le=1.0)], ...] = (0.3, -0.3)
+    amounts: tuple[Annotated[float, Field(gt=-1.0, le=1.0)], ...] = (0.3, -0.3)
     centres: tuple[tuple[Probability, Probability], ...] = (
         (0.3, 0.3),
         (0.7, 0.3),
@@ -150,15 +204,29 @@ class BarrelParams(StrictModel):
         (0.7, 0.7),
     )
 
+    @model_validator(mode="after")
+    def _check(self) -> BarrelParams:
+        if 0.0 in self.amounts:
+            raise ValueError("amounts must be non-zero (amount 0 is the identity: a plain copy)")
+        _distinct(self.amounts, "amounts")
+        _distinct(self.centres, "centres")
+        return self
+
 
 class ElasticParams(StrictModel):
-    alpha: Annotated[float, Field(ge=0.0)] = 34.0
+    """Elastic deformation (Simard et al. 2003): uniform noise smoothed by a Gaussian of
+    `sigma` pixels, scaled by `alpha` pixels; `variants` random fields per original."""
+
+    alpha: PositiveFloat = 34.0
     sigma: PositiveFloat = 4.0
     variants: PositiveInt = 2
 
 
 class AugmentParams(StrictModel):
-    """Stage `augment`: offline distortion of the hemorrhagic training slices."""
+    """Stage `augment`: offline distortion of the hemorrhagic training slices.
+
+    `target_ratio` is the wanted hemorrhagic:ischemic slice ratio in train (1.0 = balanced).
+    """
 
     target_ratio: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
     transforms: tuple[Literal["barrel", "pincushion", "elastic"], ...] = (
@@ -169,6 +237,20 @@ class AugmentParams(StrictModel):
     barrel: BarrelParams = BarrelParams()
     elastic: ElasticParams = ElasticParams()
     workers: NonNegativeInt = 0  # 0 = one per core
+
+    @model_validator(mode="after")
+    def _check(self) -> AugmentParams:
+        if not self.transforms:
+            raise ValueError("transforms must name at least one of barrel, pincushion, elastic")
+        _distinct(self.transforms, "transforms")
+        amounts = self.barrel.amounts
+        if "barrel" in self.transforms and not any(a > 0 for a in amounts):
+            raise ValueError("transforms lists barrel but barrel.amounts has no positive amount")
+        if "pincushion" in self.transforms and not any(a < 0 for a in amounts):
+            raise ValueError(
+                "transforms lists pincushion but barrel.amounts has no negative amount"
+            )
+        return self
 
 
 class ModelParams(StrictModel):

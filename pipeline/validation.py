@@ -9,6 +9,7 @@ Great Expectations is imported here only, so stages that do not validate start f
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import sys
@@ -150,9 +151,12 @@ def run_suite(
     if len(set(names)) != len(names):
         raise ValueError(f"{suite_name}: check names must be unique, got {names}")
     for check in checks:
-        # The check's name travels in `meta` so results can be matched back to it.
-        check.expectation.meta = {**(check.expectation.meta or {}), "check": check.name}
-        suite.add_expectation(check.expectation)
+        # A copy, so that the caller's Check can be run again (GX binds an expectation to the
+        # first suite it joins); the check's name travels in `meta` to match results back.
+        expectation = copy.deepcopy(check.expectation)
+        expectation.id = None
+        expectation.meta = {**(check.expectation.meta or {}), "check": check.name}
+        suite.add_expectation(expectation)
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(data=batch, suite=suite, name=f"{suite_name}_validation")
     )
@@ -170,7 +174,9 @@ def run_suite(
                 },
             },
         )
-        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs"))
+        # Only this site: building the ephemeral context's default site too would leave a
+        # full copy of the docs in a temporary folder that nothing removes.
+        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["reports"]))
     checkpoint = context.checkpoints.add(
         gx.Checkpoint(
             name=f"{suite_name}_checkpoint",

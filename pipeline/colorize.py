@@ -1,0 +1,145 @@
+"""The `colorize` stage: binary lesion masks to `rgb_map` colour masks, everything resized.
+
+Images are resampled with area averaging (or bilinear) to `image_size`; masks are resampled as
+class indices with nearest neighbour and coloured afterwards, so every mask pixel holds exactly
+one palette colour (the reference interpolated masks and got shades of red on every edge).
+Non-square inputs are stretched to the square model input, as the model expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from pipeline.io import (
+    DataError,
+    atomic_path,
+    encode_png,
+    read_image,
+    resolve_path,
+    write_manifest,
+)
+from pipeline.masks import Palette, binary_to_colour
+from pipeline.parallel import ordered_map
+
+IMAGE_INTERPOLATIONS: Mapping[str, int] = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
+# Picks the source pixel whose centre is nearest (OpenCV's plain INTER_NEAREST is biased
+# towards the top-left), so a mask does not shift by half a source pixel when shrunk.
+MASK_INTERPOLATION = cv2.INTER_NEAREST_EXACT
+
+
+def resize_image(image: np.ndarray, size: int, interpolation: str) -> np.ndarray:
+    """Grey uint8 image resampled to (size, size) with `area` or `linear` interpolation."""
+    if interpolation not in IMAGE_INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {sorted(IMAGE_INTERPOLATIONS)}")
+    if image.shape[:2] == (size, size):
+        return image.copy()
+    return cv2.resize(image, (size, size), interpolation=IMAGE_INTERPOLATIONS[interpolation])
+
+
+def resize_lesion_mask(binary_mask: np.ndarray, size: int) -> np.ndarray:
+    """Boolean lesion mask (values > 0) resampled to (size, size) with nearest neighbour."""
+    lesion = (binary_mask > 0).astype(np.uint8)
+    if lesion.shape[:2] != (size, size):
+        lesion = cv2.resize(lesion, (size, size), interpolation=MASK_INTERPOLATION)
+    return lesion.astype(bool)
+
+
+def colorize_slice(
+    image: np.ndarray,
+    binary_mask: np.ndarray,
+    class_index: int,
+    palette: Palette,
+    size: int,
+    interpolation: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(resized grey image, resized RGB colour mask) of one slice whose lesions are one class."""
+    if image.shape[:2] != binary_mask.shape[:2]:
+        raise ValueError(f"image {image.shape[:2]} and mask {binary_mask.shape[:2]} sizes differ")
+    lesion = resize_lesion_mask(binary_mask, size)
+    colour = binary_to_colour(lesion, class_index, palette)
+    return resize_image(image, size, interpolation), colour
+
+
+@dataclass(frozen=True)
+class SliceJob:
+    """Everything one worker needs to colorize one slice (picklable, no shared state)."""
+
+    slice_id: str
+    image_path: str
+    mask_path: str
+    class_index: int
+    palette: tuple[tuple[int, int, int], ...]
+    size: int
+    interpolation: str
+    output_folder: str
+
+
+def colorize_file(job: SliceJob) -> int:
+    """Read, colorize and write one slice into the output folder; return its lesion pixels."""
+    image = read_image(job.image_path)
+    mask = read_image(job.mask_path)
+    if image.shape != mask.shape:
+        raise DataError(
+            f"{job.mask_path}: mask size {mask.shape} differs from its image {image.shape}"
+        )
+    resized, colour = colorize_slice(
+        image, mask, job.class_index, job.palette, job.size, job.interpolation
+    )
+    folder = Path(job.output_folder)
+    # Plain writes: the whole output folder is renamed into place only when complete.
+    (folder / "images" / f"{job.slice_id}.png").write_bytes(encode_png(resized))
+    (folder / "masks" / f"{job.slice_id}.png").write_bytes(encode_png(colour))
+    return int(np.count_nonzero(np.any(colour != np.asarray(job.palette[0]), axis=-1)))
+
+
+def colorize_dataset(
+    manifest: pd.DataFrame,
+    output_folder: Path,
+    *,
+    size: int,
+    rgb_map: Mapping[str, tuple[int, int, int]],
+    interpolation: str,
+    workers: int = 0,
+) -> pd.DataFrame:
+    """Write `output_folder/{images,masks}/<id>.png` and its manifest; return the manifest.
+
+    The class of each row picks its colour from `rgb_map` (keys: background, then the class
+    names in class-index order). The folder replaces any previous one only when complete.
+    """
+    class_names: Sequence[str] = list(rgb_map)
+    unknown = sorted(set(manifest["class"]) - set(class_names[1:]))
+    if unknown:
+        raise DataError(f"manifest lists classes without a colour in rgb_map: {unknown}")
+    palette = tuple(tuple(colour) for colour in rgb_map.values())
+    with atomic_path(output_folder) as temporary:
+        (temporary / "images").mkdir(parents=True)
+        (temporary / "masks").mkdir()
+        jobs = [
+            SliceJob(
+                slice_id=str(row["id"]),
+                image_path=str(resolve_path(manifest, row["image_path"])),
+                mask_path=str(resolve_path(manifest, row["mask_path"])),
+                class_index=class_names.index(row["class"]),
+                palette=palette,
+                size=size,
+                interpolation=interpolation,
+                output_folder=str(temporary),
+            )
+            for row in manifest.to_dict("records")
+        ]
+        lesion_pixels = ordered_map(colorize_file, jobs, workers=workers, description="colorize")
+        colorized = manifest.copy()
+        colorized["image_path"] = [f"images/{job.slice_id}.png" for job in jobs]
+        colorized["mask_path"] = [f"masks/{job.slice_id}.png" for job in jobs]
+        colorized["width"] = size
+        colorized["height"] = size
+        colorized["lesion_pixels"] = lesion_pixels
+        write_manifest(temporary / "manifest.csv", colorized)
+    colorized.attrs["root"] = str(output_folder)
+    return colorized

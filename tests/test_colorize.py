@@ -1,0 +1,216 @@
+"""The `colorize` stage: palette-exact colour masks, lesion area kept through resizing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.colorize import colorize_dataset, resize_image, resize_lesion_mask
+from pipeline.io import (
+    MANIFEST_COLUMNS,
+    DataError,
+    read_image,
+    read_manifest,
+    resolve_path,
+    write_manifest,
+    write_png,
+)
+from pipeline.params import Params
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RGB_MAP = Params().rgb_map
+SOURCE_SIDE = 64
+SIZE = 24  # not a divisor of 64, so area and linear resampling differ
+
+
+def write_validated(root: Path) -> Path:
+    """Extracted-like files under root/extracted and a manifest under root/validated."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for class_name, case_id in (("Hemorrhagic", "049"), ("Ischemic", "0019983")):
+        for number in range(3):
+            slice_id = f"{class_name}_{case_id}_{number:03d}"
+            mask = np.zeros((SOURCE_SIDE, SOURCE_SIDE), np.uint8)
+            if number:
+                cv2.circle(mask, (20 + 8 * number, 30), 6 * number, 255, -1)
+            write_png(
+                root / "extracted" / "images" / f"{slice_id}.png",
+                rng.integers(0, 256, mask.shape, np.uint8),
+            )
+            write_png(root / "extracted" / "masks" / f"{slice_id}.png", mask)
+            rows.append(
+                {
+                    "id": slice_id,
+                    "case_id": case_id,
+                    "class": class_name,
+                    "source": "original",
+                    "source_id": slice_id,
+                    "image_path": f"../extracted/images/{slice_id}.png",
+                    "mask_path": f"../extracted/masks/{slice_id}.png",
+                    "width": SOURCE_SIDE,
+                    "height": SOURCE_SIDE,
+                    "lesion_pixels": int((mask > 0).sum()),
+                }
+            )
+    write_manifest(root / "validated" / "manifest.csv", pd.DataFrame(rows))
+    return root / "validated" / "manifest.csv"
+
+
+def colorize(manifest_path: Path, output: Path, *, interpolation: str = "area", workers: int = 1):
+    return colorize_dataset(
+        read_manifest(manifest_path),
+        output,
+        size=SIZE,
+        rgb_map=RGB_MAP,
+        interpolation=interpolation,
+        workers=workers,
+    )
+
+
+def test_masks_hold_exactly_the_palette_and_manifest_is_updated(tmp_path: Path):
+    manifest_path = write_validated(tmp_path)
+    output = tmp_path / "colorized"
+    colorize(manifest_path, output)
+    written = read_manifest(output / "manifest.csv")
+    source = read_manifest(manifest_path)
+    assert list(written.columns) == list(MANIFEST_COLUMNS)
+    assert written["id"].tolist() == source["id"].tolist()
+    assert (written["width"] == SIZE).all() and (written["height"] == SIZE).all()
+    colours_seen: set[tuple[int, ...]] = set()
+    for row in written.to_dict("records"):
+        image = read_image(resolve_path(written, row["image_path"]))
+        assert image.shape == (SIZE, SIZE) and image.dtype == np.uint8
+        mask = read_image(resolve_path(written, row["mask_path"]), color=True)
+        assert mask.shape == (SIZE, SIZE, 3)
+        colours = {tuple(c) for c in np.unique(mask.reshape(-1, 3), axis=0).tolist()}
+        # Only background and this slice's own class colour: no shade, no other class.
+        assert colours <= {RGB_MAP["background"], RGB_MAP[row["class"]]}
+        lesion = np.any(mask != RGB_MAP["background"], axis=-1)
+        assert int(lesion.sum()) == row["lesion_pixels"]
+        colours_seen |= colours
+    assert colours_seen == set(RGB_MAP.values())
+    assert written.loc[written["id"] == "Hemorrhagic_049_000", "lesion_pixels"].item() == 0
+
+
+def mixed_footprints(mask: np.ndarray, size: int) -> int:
+    """Output pixels whose source footprint holds both lesion and background.
+
+    Output pixel i covers source [i*n/size, (i+1)*n/size); every source pixel it touches is in
+    [floor(i*n/size), ceil((i+1)*n/size)). Footprints that are all lesion or all background
+    resize exactly under any interpolation that samples inside the footprint.
+    """
+    rows, columns = mask.shape
+    mixed = 0
+    for i in range(size):
+        top, bottom = i * rows // size, -(-(i + 1) * rows // size)
+        for j in range(size):
+            left, right = j * columns // size, -(-(j + 1) * columns // size)
+            block = mask[top:bottom, left:right]
+            mixed += bool(block.any() and not block.all())
+    return mixed
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    source=st.integers(16, 80),
+    size=st.integers(8, 96),
+    box=st.tuples(st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1)),
+)
+def test_lesion_area_is_kept_up_to_the_boundary(source, size, box):
+    top, bottom = sorted(int(v * source) for v in box[:2])
+    left, right = sorted(int(v * source) for v in box[2:])
+    mask = np.zeros((source, source), np.uint8)
+    mask[top:bottom, left:right] = 255
+    resized = resize_lesion_mask(mask, size)
+    assert resized.shape == (size, size) and resized.dtype == bool
+    scale = size / source
+    expected = (mask > 0).sum() * scale**2
+    error = abs(int(resized.sum()) - expected)
+    # Exact bound: only footprints straddling the lesion's edge can be wrong, by one pixel each.
+    mixed = mixed_footprints(mask > 0, size)
+    assert error <= mixed + 1e-9
+    # ...which is a band along the perimeter one output pixel wide (plus the corners).
+    perimeter = 2 * ((bottom - top) + (right - left)) if bottom > top and right > left else 0
+    assert mixed <= perimeter * scale + 8
+
+
+def test_image_interpolation_param_is_used():
+    noise = np.random.default_rng(2).integers(0, 256, (64, 64), np.uint8)
+    area = resize_image(noise, 16, "area")
+    linear = resize_image(noise, 16, "linear")
+    # Area averages each 4x4 block; linear only blends the 2x2 pixels around each centre.
+    block_means = noise.reshape(16, 4, 16, 4).mean(axis=(1, 3))
+    assert np.abs(area - block_means).max() <= 0.5 + 1e-9
+    assert np.array_equal(linear, cv2.resize(noise, (16, 16), interpolation=cv2.INTER_LINEAR))
+    assert np.abs(linear - block_means).max() > 10
+    with pytest.raises(ValueError, match="interpolation"):
+        resize_image(noise, 16, "cubic")
+
+
+def test_dataset_interpolation_and_worker_independence(tmp_path: Path):
+    manifest_path = write_validated(tmp_path)
+    serial = tmp_path / "serial"
+    colorize(manifest_path, serial, workers=1)
+    colorize(manifest_path, tmp_path / "parallel", workers=2)
+    colorize(manifest_path, tmp_path / "linear", interpolation="linear")
+    files = sorted(p.relative_to(serial) for p in serial.rglob("*") if p.is_file())
+    assert len(files) == 13
+    for name in files:
+        assert (serial / name).read_bytes() == (tmp_path / "parallel" / name).read_bytes()
+    image = "images/Ischemic_0019983_001.png"
+    assert (serial / image).read_bytes() != (tmp_path / "linear" / image).read_bytes()
+    mask = "masks/Ischemic_0019983_001.png"
+    assert (serial / mask).read_bytes() == (tmp_path / "linear" / mask).read_bytes()
+
+
+def test_missing_input_names_the_file_and_keeps_previous_output(tmp_path: Path):
+    manifest_path = write_validated(tmp_path)
+    output = tmp_path / "colorized"
+    colorize(manifest_path, output)
+    before = (output / "manifest.csv").read_bytes()
+    (tmp_path / "extracted" / "masks" / "Ischemic_0019983_002.png").unlink()
+    with pytest.raises(DataError, match=r"Ischemic_0019983_002\.png"):
+        colorize(manifest_path, output)
+    assert (output / "manifest.csv").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["colorized", "extracted", "validated"]
+
+
+def test_unknown_class_is_refused(tmp_path: Path):
+    manifest_path = write_validated(tmp_path)
+    manifest = read_manifest(manifest_path)
+    manifest.loc[0, "class"] = "Tumour"
+    with pytest.raises(DataError, match="Tumour"):
+        colorize_dataset(
+            manifest, tmp_path / "out", size=SIZE, rgb_map=RGB_MAP, interpolation="area"
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_stage_entry_point(tmp_path: Path):
+    write_validated(tmp_path / "data")
+    params = {"image_size": 20, "colorize": {"image_interpolation": "linear", "workers": 1}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.colorize"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    written = read_manifest(tmp_path / "data" / "colorized" / "manifest.csv")
+    assert len(written) == 6 and (written["width"] == 20).all()
+    assert read_image(
+        tmp_path / "data" / "colorized" / written["mask_path"].iloc[1], color=True
+    ).shape == (20, 20, 3)
