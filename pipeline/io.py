@@ -107,12 +107,22 @@ def write_json(path: Path | str, payload: Mapping[str, object]) -> None:
     write_text_atomic(path, text)
 
 
+# One fixed filter and run-length deflate: lossless, deterministic, about 3x faster than the
+# adaptive filter search and smaller on CT slices and flat-colour masks (benchmarks/augment_speed).
+PNG_ENCODE_FLAGS = [
+    cv2.IMWRITE_PNG_FILTER,
+    cv2.IMWRITE_PNG_FILTER_UP,
+    cv2.IMWRITE_PNG_STRATEGY,
+    cv2.IMWRITE_PNG_STRATEGY_RLE,
+]
+
+
 def encode_png(array: np.ndarray) -> bytes:
     """PNG bytes of a grey (H, W) or RGB (H, W, 3) uint8 array; deterministic for equal input."""
     if array.dtype != np.uint8:
         raise ValueError(f"PNG arrays must be uint8, got {array.dtype}")
     pixels = array if array.ndim == 2 else cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    ok, buffer = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    ok, buffer = cv2.imencode(".png", pixels, PNG_ENCODE_FLAGS)
     if not ok:
         raise DataError("OpenCV could not encode a PNG")
     return buffer.tobytes()
