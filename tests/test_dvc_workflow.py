@@ -1,0 +1,215 @@
+"""The DVC workflow contract, proven through the real `git` and `dvc` CLIs on a tiny phantom.
+
+One project is built per module (a full `dvc repro` of every stage, about a minute) and then
+exercised the way people use it: a no-op repro, cache precision per params group and per code
+file, experiments with `-S`, a queued sweep, and metrics/params/plots diffs across branches.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import DvcProject, create_project
+
+STAGES = (
+    "synthesize",
+    "extract",
+    "validate",
+    "colorize",
+    "split",
+    "augment",
+    "train",
+    "evaluate",
+    "infer",
+)
+
+# param (dotted) -> new value -> the stages that read it (and only those).
+READERS: list[tuple[str, object, set[str]]] = [
+    ("seed", 7, {"synthesize", "split", "augment", "train"}),
+    ("phantom.noise_hu", [2.0, 4.0], {"synthesize"}),
+    ("extract.max_uncompressed_mb", 2048.0, {"extract"}),
+    ("validate.min_lesion_slice_share", 0.1, {"validate"}),
+    ("colorize.image_interpolation", "linear", {"colorize"}),
+    ("image_size", 48, {"colorize", "train"}),
+    (
+        "rgb_map",
+        {"background": [0, 0, 0], "Hemorrhagic": [255, 0, 255], "Ischemic": [0, 255, 0]},
+        {"colorize", "augment", "train", "evaluate", "infer"},
+    ),
+    ("split.mini_test_per_class", 2, {"split"}),
+    ("augment.elastic.alpha", 6.0, {"augment"}),
+    ("lr", 0.0005, {"train"}),
+    ("model.dropout_rate", 0.1, {"train"}),
+    ("train.clipvalue", 1.0, {"train"}),
+    ("evaluate.nsd_tolerance_px", 1.0, {"evaluate"}),
+    ("infer.overlay_alpha", 0.3, {"infer"}),
+]
+
+
+def nested(dotted: str, value: object) -> dict:
+    result: object = value
+    for part in reversed(dotted.split(".")):
+        result = {part: result}
+    return result  # type: ignore[return-value]
+
+
+def ran_and_skipped(output: str) -> tuple[set[str], set[str]]:
+    ran = set(re.findall(r"Running stage '([\w-]+)'", output))
+    skipped = set(re.findall(r"Stage '([\w-]+)' didn't change, skipping", output))
+    return ran, skipped
+
+
+def status_stages(project: DvcProject) -> set[str]:
+    return set(json.loads(project.dvc("status", "--json").stdout or "{}"))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[DvcProject, str, Path]:
+    """A tiny project after one full `dvc repro`, committed on main, with the params trace."""
+    project = create_project(tmp_path_factory.mktemp("workflow") / "project")
+    trace = project.path.parent / "params-trace.jsonl"
+    result = project.dvc("repro", env={"PIPELINE_PARAMS_TRACE": str(trace)})
+    project.git("add", "-A")
+    project.git("commit", "-q", "-m", "baseline run")
+    return project, result.stdout, trace
+
+
+def test_fresh_repro_runs_every_stage_and_a_second_runs_none(built):
+    project, first_output, _ = built
+    ran, _ = ran_and_skipped(first_output)
+    assert ran == set(STAGES)
+    second = project.dvc("repro").stdout
+    assert ran_and_skipped(second)[0] == set()
+    assert "up to date" in second
+    assert status_stages(project) == set()
+
+
+def test_each_stage_declares_exactly_the_params_it_reads(built):
+    project, _, trace = built
+    reads: dict[str, set[str]] = {}
+    for line in trace.read_text().splitlines():
+        record = json.loads(line)
+        reads.setdefault(record["stage"], set()).update(record["reads"])
+    stages = yaml.safe_load((project.path / "dvc.yaml").read_text())["stages"]
+    for name in STAGES:
+        declared = set(stages[name].get("params", []))
+        read = reads.get(name, set())
+        undeclared = {k for k in read if not any(k == d or k.startswith(d + ".") for d in declared)}
+        unused = {d for d in declared if not any(k == d or k.startswith(d + ".") for k in read)}
+        assert not undeclared, f"{name} reads params it does not declare: {sorted(undeclared)}"
+        assert not unused, f"{name} declares params it never reads: {sorted(unused)}"
+
+
+@pytest.mark.parametrize(("key", "value", "readers"), READERS, ids=[r[0] for r in READERS])
+def test_changing_a_param_flags_exactly_its_readers(built, key, value, readers):
+    project, _, _ = built
+    try:
+        project.update_params(nested(key, value))
+        assert status_stages(project) == readers
+    finally:
+        project.git("checkout", "--", "params.yaml")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reruns"),
+    [
+        ("augment.elastic.alpha", 6.0, {"augment", "train", "evaluate", "infer"}),
+        ("lr", 0.002, {"train", "evaluate", "infer"}),
+        ("infer.overlay_alpha", 0.3, {"infer"}),
+    ],
+)
+def test_repro_reruns_readers_and_downstream_and_skips_the_rest(built, key, value, reruns):
+    project, _, _ = built
+    try:
+        project.update_params(nested(key, value))
+        ran, skipped = ran_and_skipped(project.dvc("repro").stdout)
+        assert ran == reruns
+        assert skipped == set(STAGES) - reruns
+    finally:
+        project.git("checkout", "--", ".")
+        project.dvc("checkout", "-q", "--force")
+
+
+def test_editing_a_pipeline_module_flags_only_the_stages_that_import_it(built):
+    project, _, _ = built
+    module = project.path / "pipeline" / "augment.py"
+    try:
+        module.write_text(module.read_text() + "\n# an edit\n")
+        assert status_stages(project) == {"augment"}
+    finally:
+        project.git("checkout", "--", "pipeline/augment.py")
+
+
+def test_committed_metrics_are_readable_before_running_anything(built, tmp_path):
+    project, _, _ = built
+    clone = tmp_path / "clone"
+    project.run("git", "clone", "-q", str(project.path), str(clone))
+    fresh = DvcProject(clone)
+    shown = json.loads(fresh.dvc("metrics", "show", "--json").stdout)
+    evaluate = next(iter(shown.values()))["data"]["metrics/evaluate.json"]["data"]
+    assert "dice_hemorrhagic" in evaluate
+    assert not (clone / "data" / "colorized").exists(), "large outputs must stay out of git"
+
+
+def test_metrics_params_and_plots_diff_across_branches(built):
+    project, _, _ = built
+    project.git("checkout", "-q", "-b", "faster-lr")
+    try:
+        project.update_params({"lr": 0.005})
+        project.dvc("repro")
+        project.git("add", "-A")
+        project.git("commit", "-q", "-m", "lr 0.005")
+        metrics = json.loads(project.dvc("metrics", "diff", "main", "faster-lr", "--json").stdout)
+        changed = metrics["metrics/evaluate.json"]
+        assert {"dice_hemorrhagic", "dice_ischemic", "categorical_crossentropy"} <= set(changed)
+        params = json.loads(project.dvc("params", "diff", "main", "faster-lr", "--json").stdout)
+        assert params["params.yaml"]["lr"] == {"old": 0.001, "new": 0.005}
+        out = project.path.parent / "plots-diff"
+        project.dvc("plots", "diff", "main", "faster-lr", "-o", str(out))
+        html = (out / "index.html").read_text()
+        assert "main" in html and "faster-lr" in html
+    finally:
+        project.git("checkout", "-q", "main")
+        project.dvc("checkout", "-q")
+
+
+def test_experiments_with_set_param_and_a_queued_sweep(built):
+    project, _, _ = built
+    project.dvc("exp", "run", "-S", "lr=0.0005")
+    shown = json.loads(project.dvc("exp", "show", "--json").stdout)
+    experiments = [e for rev in shown for e in (rev.get("experiments") or [])]
+    assert experiments, "dvc exp run produced no experiment"
+
+    def params_and_metrics(record: dict) -> tuple[float, float]:
+        data = record["data"]
+        lr = data["params"]["params.yaml"]["data"]["lr"]
+        ce = data["metrics"]["metrics/evaluate.json"]["data"]["categorical_crossentropy"]
+        return lr, ce
+
+    baseline = params_and_metrics(shown[0])
+    experiment = params_and_metrics(experiments[0]["revs"][0])
+    assert experiment[0] == 0.0005 and baseline[0] == 0.001
+    assert experiment[1] != baseline[1]
+
+    project.git("checkout", "--", ".")
+    project.dvc("checkout", "-q", "--force")
+    for lr in ("0.002", "0.003"):
+        project.dvc("exp", "run", "--queue", "-S", f"lr={lr}")
+    project.dvc("queue", "start", "-j", "1")
+    deadline = time.monotonic() + 420
+    while time.monotonic() < deadline:
+        status = project.dvc("queue", "status").stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(3)
+    else:
+        pytest.fail(f"queued experiments did not finish:\n{status}")
+    assert "Failed" not in status, status
+    table = project.dvc("exp", "show", "--md").stdout
+    assert "0.002" in table and "0.003" in table
