@@ -40,7 +40,7 @@ READERS: list[tuple[str, object, set[str]]] = [
     (
         "rgb_map",
         {"background": [0, 0, 0], "Hemorrhagic": [255, 0, 255], "Ischemic": [0, 255, 0]},
-        {"colorize", "augment", "train", "evaluate", "infer"},
+        {"synthesize", "colorize", "augment", "train", "evaluate", "infer"},
     ),
     ("split.mini_test_per_class", 2, {"split"}),
     ("augment.elastic.alpha", 6.0, {"augment"}),

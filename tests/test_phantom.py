@@ -1,0 +1,370 @@
+"""The CT phantom: tissue densities, lesion masks, determinism and the Kaggle archive layout."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.params import ParamsError, PhantomParams, parse_params
+from pipeline.phantom import (
+    ARCHIVE_ROOT,
+    CT_DATA_ROOT,
+    PARENCHYMA,
+    Tissue,
+    build_case,
+    phantom_montage,
+    plan_cases,
+    render_slice,
+    synthesize_archive,
+    window,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SMALL = {
+    "image_size": 64,
+    "hemorrhagic_cases": 3,
+    "ischemic_cases": 3,
+    "slices_per_case": 6,
+    "hemorrhagic_cases_without_mask": 1,
+    "testing_cases_per_class": 1,
+    "files_per_other_modality": 3,
+    "workers": 1,
+}
+
+
+def small_params(**overrides: object) -> PhantomParams:
+    return PhantomParams(**{**SMALL, **overrides})
+
+
+@pytest.fixture(scope="module")
+def small_archive(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("phantom") / "phantom.zip"
+    summary, rendered = synthesize_archive(path, small_params(), seed=7)
+    return path, summary, rendered
+
+
+@pytest.fixture(scope="module")
+def rendered_slices() -> list[tuple[PhantomParams, object]]:
+    """Every slice of four cases (two per class) at 128 px, with their params."""
+    params = small_params(image_size=128)
+    cases = plan_cases(params, seed=3)
+    chosen = [c for c in cases if c.class_name == "Hemorrhagic"][:2]
+    chosen += [c for c in cases if c.class_name == "Ischemic"][:2]
+    slices = []
+    for spec in chosen:
+        case = build_case(spec, params)
+        slices += [(spec, render_slice(case, i)) for i in range(params.slices_per_case)]
+    return [(params, spec, rendered) for spec, rendered in slices]
+
+
+def test_window_maps_the_brain_window_to_8_bit():
+    hu = np.array([-1000.0, 0.0, 40.0, 80.0, 1000.0, 20.0], dtype=np.float32)
+    assert window(hu, 40.0, 80.0).tolist() == [0, 0, 128, 255, 255, 64]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.floats(-2000, 3000, width=32), min_size=2, max_size=20),
+    st.floats(-50, 100),
+    st.floats(1, 400),
+)
+def test_window_is_monotonic_and_clipped(values, level, width):
+    hu = np.sort(np.array(values, dtype=np.float32))
+    image = window(hu, level, width)
+    assert image.dtype == np.uint8
+    assert np.all(np.diff(image.astype(int)) >= 0)
+    assert image[hu <= level - width / 2].max(initial=0) == 0
+    assert image[hu >= level + width / 2].min(initial=255) == 255
+
+
+def test_slice_arrays_have_the_image_shape(rendered_slices):
+    for params, _, rendered in rendered_slices:
+        size = params.image_size
+        for array in (rendered.hu, rendered.clean_hu, rendered.baseline_hu):
+            assert array.shape == (size, size) and array.dtype == np.float32
+        assert rendered.tissue.shape == (size, size) and rendered.tissue.dtype == np.uint8
+        assert rendered.lesion.shape == (size, size) and rendered.lesion.dtype == bool
+
+
+def test_tissue_densities_follow_the_params(rendered_slices):
+    seen: set[Tissue] = set()
+    for params, _, rendered in rendered_slices:
+        tissue, clean = rendered.tissue, rendered.clean_hu
+        seen |= {Tissue(value) for value in np.unique(tissue)}
+
+        def values(label: Tissue, clean=clean, tissue=tissue) -> np.ndarray:
+            return clean[tissue == label]
+
+        assert np.all(values(Tissue.AIR) <= -900)
+        assert np.all(values(Tissue.FAT) < -50)
+        assert np.all((values(Tissue.SOFT_TISSUE) >= 0) & (values(Tissue.SOFT_TISSUE) <= 60))
+        assert np.all(values(Tissue.BONE) >= 300), "skull must saturate far above 80 HU"
+        assert np.all(values(Tissue.TABLE) > 80)
+        low, high = params.csf_hu
+        assert np.all((values(Tissue.CSF) >= low) & (values(Tissue.CSF) <= high))
+        low, high = params.parenchyma_hu
+        for label in PARENCHYMA:
+            assert np.all((values(label) >= low) & (values(label) <= high))
+        assert np.all(values(Tissue.FALX) == params.falx_hu)
+        low, high = params.hemorrhage_hu
+        bleed = values(Tissue.HEMORRHAGE)
+        assert np.all((bleed >= low) & (bleed <= high))
+        infarct = tissue == Tissue.ISCHEMIA
+        drop = rendered.baseline_hu[infarct] - clean[infarct]
+        low, high = params.ischemic_drop_hu
+        assert np.all((drop >= low - 1e-4) & (drop <= high + 1e-4))
+        # The infarct sits in parenchyma: without it, those pixels are grey or white matter.
+        assert np.all((rendered.baseline_hu[infarct] >= 25) & (rendered.baseline_hu[infarct] <= 40))
+    assert seen >= set(Tissue), f"tissues never rendered: {set(Tissue) - seen}"
+
+
+def test_cortex_is_brighter_than_white_matter(rendered_slices):
+    for _, _, rendered in rendered_slices:
+        grey = rendered.clean_hu[rendered.tissue == Tissue.GREY_MATTER]
+        white = rendered.clean_hu[rendered.tissue == Tissue.WHITE_MATTER]
+        if grey.size > 50 and white.size > 50:
+            assert grey.mean() > white.mean() + 3
+
+
+def test_noise_on_top_of_the_blurred_tissue_model_is_within_range(rendered_slices):
+    for params, _, rendered in rendered_slices:
+        sigma = params.blur_sigma_px * params.image_size / 512
+        blurred = cv2.GaussianBlur(
+            rendered.clean_hu, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE
+        )
+        noise = float((rendered.hu - blurred).std())
+        low, high = params.noise_hu
+        assert low - 0.01 <= noise <= high + 0.01
+
+
+def test_mask_is_exactly_the_lesion(rendered_slices):
+    for _, spec, rendered in rendered_slices:
+        lesion_label = Tissue.HEMORRHAGE if spec.class_name == "Hemorrhagic" else Tissue.ISCHEMIA
+        assert np.array_equal(rendered.lesion, rendered.tissue == lesion_label)
+        assert np.array_equal(rendered.lesion, rendered.clean_hu != rendered.baseline_hu)
+        other = Tissue.ISCHEMIA if lesion_label == Tissue.HEMORRHAGE else Tissue.HEMORRHAGE
+        assert not np.any(rendered.tissue == other), "a case holds lesions of its class only"
+
+
+def test_lesions_stay_inside_the_cranium(rendered_slices):
+    outside = [Tissue.AIR, Tissue.FAT, Tissue.SOFT_TISSUE, Tissue.BONE, Tissue.TABLE]
+    for _, _, rendered in rendered_slices:
+        baseline_tissue_hu = rendered.baseline_hu[rendered.lesion]
+        assert np.all((baseline_tissue_hu >= 0) & (baseline_tissue_hu <= 60))
+        assert not np.any(np.isin(rendered.tissue[rendered.lesion], outside))
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), slices=st.integers(4, 12), share=st.floats(0.05, 0.6))
+def test_lesion_spans_consecutive_slices_and_leaves_some_free(seed, slices, share):
+    params = PhantomParams(
+        image_size=64,
+        hemorrhagic_cases=1,
+        ischemic_cases=1,
+        hemorrhagic_cases_without_mask=0,
+        testing_cases_per_class=0,
+        slices_per_case=slices,
+        lesion_free_slice_share=share,
+    )
+    for spec in plan_cases(params, seed):
+        case = build_case(spec, params)
+        present = [bool(render_slice(case, i).lesion.any()) for i in range(slices)]
+        assert any(present), f"{spec.case_id}: no lesion at all"
+        assert sum(not p for p in present) >= max(1, int(share * slices))
+        first, last = present.index(True), len(present) - 1 - present[::-1].index(True)
+        assert all(present[first : last + 1]), f"{spec.case_id}: lesion not one 3-D blob {present}"
+
+
+def test_archive_is_deterministic_and_independent_of_workers(tmp_path, small_archive):
+    path, _, _ = small_archive
+    again = tmp_path / "again.zip"
+    synthesize_archive(again, small_params(workers=2), seed=7)
+    assert again.read_bytes() == path.read_bytes()
+    other = tmp_path / "other.zip"
+    synthesize_archive(other, small_params(), seed=8)
+    assert other.read_bytes() != path.read_bytes()
+
+
+def test_archive_layout_matches_the_kaggle_download(small_archive):
+    path, summary, _ = small_archive
+    params = small_params()
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        names = [info.filename for info in infos]
+        assert names == sorted(names)
+        assert all(info.compress_type == zipfile.ZIP_STORED for info in infos)
+        assert {info.date_time for info in infos} == {(1980, 1, 1, 0, 0, 0)}
+        assert all(name.startswith(ARCHIVE_ROOT + "/") for name in names)
+
+        pattern = re.compile(
+            re.escape(CT_DATA_ROOT)
+            + r"/(Training|Testing)/(Hemorrhagic|Ischemic)/(images|mask)/(\d+)/(\d{3})\.png"
+        )
+        ct = [pattern.fullmatch(name) for name in names if name.startswith(CT_DATA_ROOT)]
+        assert all(ct), "every CT member follows subset/class/images|mask/case/slice.png"
+        cases: dict[tuple[str, str, str], dict[str, set[str]]] = {}
+        for match in ct:
+            subset, class_name, kind, case_id, stem = match.groups()
+            digits = 3 if class_name == "Hemorrhagic" else 7
+            assert len(case_id) == digits
+            folders = cases.setdefault(
+                (subset, class_name, case_id), {"images": set(), "mask": set()}
+            )
+            folders[kind].add(stem)
+        for class_name, training in (("Hemorrhagic", 3), ("Ischemic", 3)):
+            for subset, count in (("Training", training), ("Testing", 1)):
+                ids = sorted(c for s, k, c in cases if s == subset and k == class_name)
+                assert len(ids) == count, (subset, class_name)
+        for key, folders in cases.items():
+            assert len(folders["images"]) == params.slices_per_case, key
+            assert folders["mask"] in (set(), folders["images"]), f"{key}: masks pair by name"
+        unmasked = [key for key, folders in cases.items() if not folders["mask"]]
+        assert len(unmasked) == params.hemorrhagic_cases_without_mask
+        assert all(s == "Training" and k == "Hemorrhagic" for s, k, _ in unmasked)
+        ischemic_ids = [int(c) for s, k, c in sorted(cases) if k == "Ischemic" and s == "Training"]
+        assert ischemic_ids == sorted(set(ischemic_ids))
+
+        others = [n for n in names if not n.startswith(f"{ARCHIVE_ROOT}/CT Images/")]
+        for modality in ("MRI Images", "PET Images"):
+            files = [n for n in others if n.startswith(f"{ARCHIVE_ROOT}/{modality}/")]
+            assert len(files) == params.files_per_other_modality
+            assert {Path(n).suffix for n in files} == {".png", ".jpg", ".txt"}
+        assert len(others) == 2 * params.files_per_other_modality
+
+        for name in names:
+            if "/mask/" in name or "/images/" in name:
+                array = cv2.imdecode(
+                    np.frombuffer(archive.read(name), np.uint8), cv2.IMREAD_UNCHANGED
+                )
+                assert array.shape == (64, 64) and array.dtype == np.uint8, name
+                if "/mask/" in name:
+                    assert set(np.unique(array).tolist()) <= {0, 255}, name
+    assert summary.slices == 8 * params.slices_per_case
+    assert summary.masks == 7 * params.slices_per_case
+    assert summary.archive_bytes == path.stat().st_size
+
+
+def test_case_plan_invariants():
+    @settings(max_examples=25, deadline=None)
+    @given(
+        seed=st.integers(0, 2**32 - 1),
+        hemorrhagic=st.integers(1, 12),
+        ischemic=st.integers(1, 40),
+        testing=st.integers(0, 4),
+        data=st.data(),
+    )
+    def check(seed, hemorrhagic, ischemic, testing, data):
+        unmasked = data.draw(st.integers(0, hemorrhagic - 1))
+        params = PhantomParams(
+            hemorrhagic_cases=hemorrhagic,
+            ischemic_cases=ischemic,
+            testing_cases_per_class=testing,
+            hemorrhagic_cases_without_mask=unmasked,
+        )
+        cases = plan_cases(params, seed)
+        assert len(cases) == hemorrhagic + ischemic + 2 * testing
+        assert len({(c.class_name, c.case_id) for c in cases}) == len(cases)
+        assert len({c.entropy for c in cases}) == len(cases)
+        for class_name, digits in (("Hemorrhagic", 3), ("Ischemic", 7)):
+            ids = [c.case_id for c in cases if c.class_name == class_name]
+            assert all(len(i) == digits and i.isdigit() for i in ids)
+            assert ids == sorted(ids)
+            subsets = [c.subset for c in cases if c.class_name == class_name]
+            assert subsets.count("Testing") == testing
+        assert sum(not c.has_mask for c in cases) == unmasked
+        assert all(c.has_mask for c in cases if c.subset == "Testing")
+        assert plan_cases(params, seed) == cases
+
+    check()
+
+
+@pytest.mark.parametrize(
+    ("phantom", "expected"),
+    [
+        ({"slices_per_case": 2}, "phantom.slices_per_case: Input should be greater than or equal"),
+        ({"slices": 3}, "phantom.slices: unknown key"),
+        ({"csf_hu": [15, 0]}, "csf_hu must be [low, high]"),
+        ({"noise_hu": "loud"}, "phantom.noise_hu: Input should be a valid"),
+        ({"hemorrhagic_cases_without_mask": 8}, "hemorrhagic_cases_without_mask must be below"),
+        ({"grey_matter_hu": 45.0}, "grey_matter_hu must lie within parenchyma_hu"),
+        ({"first_hemorrhagic_case": 995}, "first_hemorrhagic_case"),
+        ({"workers": -1}, "phantom.workers: Input should be greater than or equal to 0"),
+        ({"lesion_free_slice_share": 1.0}, "phantom.lesion_free_slice_share"),
+    ],
+)
+def test_params_errors_name_the_key(phantom, expected):
+    with pytest.raises(ParamsError) as caught:
+        parse_params({"phantom": phantom})
+    assert expected in str(caught.value)
+    assert "phantom" in str(caught.value)
+
+
+def test_montage_shows_both_classes(small_archive):
+    _, _, rendered = small_archive
+    palette = ((0, 0, 0), (255, 0, 0), (0, 255, 0))
+    picture = phantom_montage(rendered, palette)
+    assert picture.ndim == 3 and picture.dtype == np.uint8
+    red, green = picture[..., 0].astype(int), picture[..., 1].astype(int)
+    assert np.sum(red - green > 80) > 10, "hemorrhage overlaid in red"
+    assert np.sum(green - red > 80) > 10, "infarct overlaid in green"
+
+
+def test_default_size_slice_looks_like_brain_window_ct():
+    """One 512 px slice at the ventricle level, against grey-level statistics measured on
+    ../shared/real-ct-samples (black ~50-60 %, saturated white 3-15 %, brain median 105-127)."""
+    params = PhantomParams()
+    spec = next(c for c in plan_cases(params, seed=42) if c.class_name == "Ischemic")
+    rendered = render_slice(build_case(spec, params), index=params.slices_per_case // 2)
+    image = window(rendered.hu, params.window_level_hu, params.window_width_hu)
+    assert image.shape == (512, 512)
+    assert 0.4 < np.mean(image == 0) < 0.75
+    assert 0.01 < np.mean(image == 255) < 0.2
+    brain = np.isin(rendered.tissue, [*PARENCHYMA, Tissue.ISCHEMIA])
+    assert brain.mean() > 0.25
+    assert 90 <= np.median(image[brain]) <= 130
+    ventricles = (rendered.tissue == Tissue.CSF) & (rendered.clean_hu < 20)
+    assert ventricles.sum() > 200, "CSF spaces visible at the ventricle level"
+
+
+def test_stage_writes_the_archive_and_the_montage(tmp_path):
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["phantom"].update(SMALL)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.synthesize"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "slices/s" in result.stdout
+    assert zipfile.is_zipfile(tmp_path / "data/raw/phantom.zip")
+    montage = cv2.imread(str(tmp_path / "reports/phantom_montage.png"))
+    assert montage is not None and montage.shape[2] == 3
+
+    params["phantom"]["slices_per_case"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    failed = subprocess.run(
+        [sys.executable, "-m", "stages.synthesize"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert failed.returncode == 1
+    assert "phantom.slices_per_case" in failed.stderr
