@@ -29,7 +29,7 @@ TINY_PARAMS: dict = {
     "phantom": {
         "image_size": 64,
         "hemorrhagic_cases": 4,
-        "ischemic_cases": 3,
+        "ischemic_cases": 5,
         "slices_per_case": 4,
         "hemorrhagic_cases_without_mask": 1,
         "testing_cases_per_class": 1,
