@@ -254,26 +254,33 @@ class AugmentParams(StrictModel):
 
 
 class ModelParams(StrictModel):
-    """FlexUNet knobs; the reference is base_filters 16, base_kernels 9, num_layers 8."""
+    """FlexUNet knobs (pipeline/model.py). The reference is base_filters 16, base_kernels 9,
+    num_layers 8, dropout_rate 0.05, dilation 1, no batch_norm, no input_normalize."""
 
     base_filters: PositiveInt = 16
-    base_kernels: Annotated[int, Field(ge=1, le=15)] = 3
-    num_layers: Annotated[int, Field(ge=2, le=9)] = 5
-    dropout_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    base_kernels: Annotated[int, Field(ge=1, le=15)] = 3  # k: level i uses max(3, k - 2i)
+    num_layers: Annotated[int, Field(ge=2, le=9)] = 5  # levels, the bridge included
+    dropout_rate: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.05  # level i drops rate * i
     dilation: PositiveInt = 1
     batch_norm: bool = True
-    input_normalize: bool = True
-    residual: bool = False
+    batch_norm_from_level: Annotated[int, Field(ge=0, le=8)] = 0  # 1: none at full size
+    input_normalize: bool = True  # x / 255 inside the model
+    residual: bool = False  # 1x1-projected shortcut around every conv block
+    stem_stride: Literal[1, 2, 4] = 1  # >1: strided conv in, transposed conv out, UNet between
 
 
 class ReduceLrParams(StrictModel):
+    """ReduceLROnPlateau on val_dice_mean (mode max); needs lr_schedule constant."""
+
     enabled: bool = True
     factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
     patience: NonNegativeInt = 4
-    min_lr: Annotated[float, Field(ge=0.0)] = 1e-6
+    min_lr: Annotated[float, Field(ge=0.0)] = 1e-6  # also the floor of the cosine schedule
 
 
 class EarlyStoppingParams(StrictModel):
+    """EarlyStopping on val_dice_mean (mode max)."""
+
     enabled: bool = True
     patience: NonNegativeInt = 10
 
@@ -285,15 +292,30 @@ class TrainParams(StrictModel):
     batch_size: PositiveInt = 8
     loss: Literal["categorical_crossentropy", "dice", "dice_ce", "focal", "tversky"] = "dice_ce"
     optimizer: Literal["adam", "adamw"] = "adam"
-    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4
+    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4  # AdamW only
     clipvalue: Annotated[float, Field(gt=0.0)] = 0.5
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     reduce_lr: ReduceLrParams = ReduceLrParams()
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
-    balanced_sampling: bool = False
-    mixed_precision: bool = False
-    jit_compile: bool = False
-    strategy: Literal["auto", "mirrored", "multi_worker"] = "auto"
-    epoch_change_infer: bool = True
+    balanced_sampling: bool = False  # draw Hemorrhagic and Ischemic slices equally often
+    random_flip: bool = False  # left-right flips of training slices
+    shuffle_buffer: PositiveInt = 1024
+    cache: Literal["auto", "memory", "disk", "none"] = "auto"  # decoded slices
+    cache_memory_mb: PositiveFloat = 1024.0  # `auto` caches in memory up to this size
+    mixed_precision: bool = False  # mixed_float16 (GPU); the softmax head stays float32
+    jit_compile: bool = False  # XLA
+    intra_op_threads: NonNegativeInt = 0  # 0 = TensorFlow's default (all cores)
+    inter_op_threads: NonNegativeInt = 0
+    epoch_change_infer: bool = True  # predict the mini_test slices after every epoch
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainParams:
+        if self.lr_schedule == "cosine" and self.reduce_lr.enabled:
+            raise ValueError(
+                "lr_schedule cosine and reduce_lr.enabled both set the learning rate; "
+                "disable one of them"
+            )
+        return self
 
 
 class EvaluateParams(StrictModel):

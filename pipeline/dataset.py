@@ -1,0 +1,255 @@
+"""tf.data input pipelines for training: manifests in, (image, one-hot mask) batches out.
+
+Nothing is preloaded: file paths go into the pipeline and PNGs are decoded in parallel
+(`map(num_parallel_calls=AUTOTUNE)`). Decoded slices are cached as uint8 (4 bytes a pixel) in
+memory when they fit `cache_memory_mb`, otherwise in a file cache on disk, so memory stays
+bounded as the data set grows; the float image and the one-hot mask are made after the cache.
+
+Training batches come from one endless, seeded stream (shuffle -> repeat -> batch): an epoch is
+`steps_per_epoch` batches of it, and a resumed run skips the batches already trained, so the
+data order does not depend on where a run was interrupted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from pipeline.io import DataError, read_manifest, resolve_path
+from pipeline.params import CLASS_NAMES
+
+AUTOTUNE = tf.data.AUTOTUNE
+BYTES_PER_CACHED_PIXEL = 4  # uint8 RGB image + uint8 class index
+
+
+@dataclass(frozen=True)
+class TrainingTables:
+    """The rows the train stage reads: the training set, validation and mini_test slices."""
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    mini_test: pd.DataFrame
+
+
+def _is_true(column: pd.Series) -> pd.Series:
+    return column.astype(str).str.strip().str.lower() == "true"
+
+
+def read_training_tables(augmented_manifest: Path | str, split_manifest: Path | str):
+    """Training rows (the augmented manifest, originals and copies), valid and mini_test rows."""
+    train = read_manifest(augmented_manifest)
+    split = read_manifest(split_manifest, extra_columns=("split", "mini_test"))
+    valid = split[split["split"] == "valid"].copy()
+    mini_test = split[_is_true(split["mini_test"])].copy()
+    for frame in (valid, mini_test):
+        frame.attrs["root"] = split.attrs["root"]
+    for name, frame, source in (
+        ("training", train, augmented_manifest),
+        ("validation", valid, split_manifest),
+    ):
+        if frame.empty:
+            raise DataError(f"{source}: no {name} slices")
+    return TrainingTables(train=train, valid=valid, mini_test=mini_test)
+
+
+def slice_paths(frame: pd.DataFrame, image_size: int, source: str) -> tuple[list[str], list[str]]:
+    """Resolved image and mask paths of `frame`, after checking sizes and that files exist.
+
+    Checks what the manifest states before any decoding, so a stale or foreign manifest fails
+    at once with the file and the offending ids instead of deep inside a training epoch.
+    """
+    wrong_size = frame[(frame["width"] != image_size) | (frame["height"] != image_size)]
+    if len(wrong_size):
+        raise DataError(
+            f"{source}: {len(wrong_size)} slices are not {image_size}x{image_size} (image_size), "
+            f"e.g. {wrong_size['id'].head(3).tolist()}; rerun the colorize stage"
+        )
+    images = [str(resolve_path(frame, path)) for path in frame["image_path"]]
+    masks = [str(resolve_path(frame, path)) for path in frame["mask_path"]]
+    missing = [path for path in (*images, *masks) if not Path(path).is_file()]
+    if missing:
+        raise DataError(f"{source}: {len(missing)} listed files are missing, e.g. {missing[:3]}")
+    return images, masks
+
+
+def decode_slice(image_path, mask_path, palette: tf.Tensor, image_size: int):
+    """(uint8 RGB image, uint8 class-index mask) of one slice; errors name the file.
+
+    A grey PNG decodes to three equal channels. Mask colours must be exactly the palette's
+    (masks are resized with nearest neighbour only), so a foreign shade is a data error.
+    """
+    image = tf.io.decode_png(tf.io.read_file(image_path), channels=3)
+    mask = tf.io.decode_png(tf.io.read_file(mask_path), channels=3)
+    expected = tf.constant([image_size, image_size], tf.int32)
+    matches = tf.reduce_all(mask[:, :, None, :] == palette[None, None], axis=-1)
+    checks = [
+        tf.debugging.Assert(
+            tf.reduce_all(tf.shape(image)[:2] == expected),
+            [image_path, "image is not image_size x image_size", tf.shape(image)],
+        ),
+        tf.debugging.Assert(
+            tf.reduce_all(tf.shape(mask)[:2] == tf.shape(image)[:2]),
+            [mask_path, "mask size differs from its image", tf.shape(mask)],
+        ),
+        tf.debugging.Assert(
+            tf.reduce_all(tf.reduce_any(matches, axis=-1)),
+            [mask_path, "mask holds colours outside rgb_map"],
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        labels = tf.argmax(tf.cast(matches, tf.uint8), axis=-1, output_type=tf.int32)
+        image = tf.ensure_shape(image, (image_size, image_size, 3))
+    labels = tf.ensure_shape(tf.cast(labels, tf.uint8), (image_size, image_size))
+    return image, labels
+
+
+def to_model_inputs(image, labels, num_classes: int):
+    """float32 0..255 image and float32 one-hot mask, the model's input and target."""
+    return tf.cast(image, tf.float32), tf.one_hot(tf.cast(labels, tf.int32), num_classes)
+
+
+def random_flip(image, labels, seed):
+    """Left-right flip of image and mask together (brains are roughly mirror-symmetric)."""
+    flip = tf.random.stateless_uniform((), seed=seed) < 0.5
+    return (
+        tf.where(flip, tf.reverse(image, axis=[1]), image),
+        tf.where(flip, tf.reverse(labels, axis=[1]), labels),
+    )
+
+
+def resolve_cache(mode: str, slices: int, image_size: int, memory_limit_mb: float) -> str:
+    """`memory`, `disk` or `none`; `auto` picks memory when the decoded slices fit the limit."""
+    if mode != "auto":
+        return mode
+    decoded_mb = slices * image_size * image_size * BYTES_PER_CACHED_PIXEL / 2**20
+    return "memory" if decoded_mb <= memory_limit_mb else "disk"
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How slices are decoded and cached; shared by the training and evaluation pipelines."""
+
+    palette: tuple[tuple[int, int, int], ...]
+    image_size: int
+    cache: str = "memory"  # memory | disk | none (see resolve_cache)
+    cache_dir: Path | None = None  # required for the disk cache; caller owns and removes it
+    num_classes: int = 3
+
+
+def _decoded(images: list[str], masks: list[str], options: PipelineOptions, name: str):
+    palette = tf.constant(np.asarray(options.palette, np.uint8).reshape(-1, 3))
+    dataset = tf.data.Dataset.from_tensor_slices((images, masks)).map(
+        lambda image, mask: decode_slice(image, mask, palette, options.image_size),
+        num_parallel_calls=AUTOTUNE,
+    )
+    if options.cache == "memory":
+        return dataset.cache()
+    if options.cache == "disk":
+        if options.cache_dir is None:
+            raise ValueError("the disk cache needs a cache_dir")
+        return dataset.cache(str(options.cache_dir / name))
+    return dataset
+
+
+def make_train_dataset(
+    frame: pd.DataFrame,
+    options: PipelineOptions,
+    *,
+    batch_size: int,
+    seed: int,
+    shuffle_buffer: int,
+    balanced: bool = False,
+    flip: bool = False,
+    skip_epochs: int = 0,
+    num_shards: int = 1,
+    shard_index: int = 0,
+) -> tuple[tf.data.Dataset, int]:
+    """Endless stream of training batches and the number of batches per epoch.
+
+    `balanced` draws Hemorrhagic and Ischemic slices with equal probability (one cached,
+    shuffled, repeated stream per class, mixed by `sample_from_datasets`). `skip_epochs`
+    fast-forwards a resumed run past the epochs it already trained. Sharding is by file,
+    before decoding, so workers of a distributed run read different slices.
+    """
+    source = str(Path(frame.attrs.get("root", ".")) / "manifest.csv")
+    frame = frame.sort_values("id").iloc[shard_index::num_shards]
+    images, masks = slice_paths(frame, options.image_size, source)
+    steps = len(images) // batch_size
+    if steps == 0:
+        raise DataError(
+            f"{source}: {len(images)} training slices in this shard, fewer than one batch of "
+            f"{batch_size}; lower train.batch_size"
+        )
+
+    def shuffled_stream(indices: list[int], stream_seed: int, name: str) -> tf.data.Dataset:
+        stream = _decoded([images[i] for i in indices], [masks[i] for i in indices], options, name)
+        buffer = max(1, min(shuffle_buffer, len(indices)))
+        return stream.shuffle(buffer, seed=stream_seed, reshuffle_each_iteration=True).repeat()
+
+    if balanced:
+        classes = frame["class"].to_numpy()
+        present = [name for name in CLASS_NAMES if (classes == name).any()]
+        streams = [
+            shuffled_stream(
+                [i for i in range(len(classes)) if classes[i] == name], seed + offset, name
+            )
+            for offset, name in enumerate(present)
+        ]
+        dataset = tf.data.Dataset.sample_from_datasets(
+            streams, weights=[1.0 / len(streams)] * len(streams), seed=seed
+        )
+    else:
+        dataset = shuffled_stream(list(range(len(images))), seed, "train")
+    if flip:
+        flip_seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        dataset = tf.data.Dataset.zip(dataset, flip_seeds).map(
+            lambda pair, flip_seed: random_flip(*pair, flip_seed),
+            num_parallel_calls=AUTOTUNE,
+        )
+    dataset = dataset.map(
+        lambda image, labels: to_model_inputs(image, labels, options.num_classes),
+        num_parallel_calls=AUTOTUNE,
+    )
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    if skip_epochs:
+        dataset = dataset.skip(skip_epochs * steps)
+    return dataset.prefetch(AUTOTUNE), steps
+
+
+def make_eval_dataset(
+    frame: pd.DataFrame, options: PipelineOptions, *, batch_size: int, name: str = "valid"
+) -> tf.data.Dataset:
+    """Finite, ordered batches of `frame` (sorted by id) for validation."""
+    source = str(Path(frame.attrs.get("root", ".")) / "manifest.csv")
+    images, masks = slice_paths(frame.sort_values("id"), options.image_size, source)
+    dataset = _decoded(images, masks, options, name).map(
+        lambda image, labels: to_model_inputs(image, labels, options.num_classes),
+        num_parallel_calls=AUTOTUNE,
+    )
+    return dataset.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def load_slices(
+    frame: pd.DataFrame, options: PipelineOptions
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A handful of slices (the mini_test) as uint8 images, index masks and ids, in id order."""
+    frame = frame.sort_values("id")
+    source = str(Path(frame.attrs.get("root", ".")) / "manifest.csv")
+    images, masks = slice_paths(frame, options.image_size, source)
+    palette = tf.constant(np.asarray(options.palette, np.uint8).reshape(-1, 3))
+    decoded = [
+        decode_slice(image, mask, palette, options.image_size)
+        for image, mask in zip(images, masks, strict=True)
+    ]
+    if not decoded:
+        size = options.image_size
+        return np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), np.uint8), []
+    return (
+        np.stack([image.numpy() for image, _ in decoded]),
+        np.stack([labels.numpy() for _, labels in decoded]),
+        frame["id"].tolist(),
+    )

@@ -1,0 +1,29 @@
+"""Stage `train`: fit the FlexUNet on the augmented training set, select by validation Dice.
+
+Reads data/augmented/manifest.csv (training slices) and data/split/manifest.csv (valid and
+mini_test rows). Writes models/model.keras (the epoch with the best validation mean lesion
+Dice), metrics/train.json, dvclive/ (per-epoch metrics and plots) and reports/train/ (metric
+and loss CSVs and plots, epoch-change panels of the mini_test slices and their montage).
+A killed run resumes from its last completed epoch when rerun (state in models/.backup_train/).
+"""
+
+from __future__ import annotations
+
+from pipeline.params import Params
+from pipeline.training import TrainPaths, train_model
+from stages.common import run_stage
+
+
+def main(params: Params) -> None:
+    summary = train_model(params, TrainPaths())
+    print(
+        f"train: best epoch {summary['best_epoch']} of {summary['epochs']}: validation Dice "
+        f"hemorrhagic {summary['val_dice_hemorrhagic']:.3f}, ischemic "
+        f"{summary['val_dice_ischemic']:.3f}, mean {summary['val_dice_mean']:.3f}; "
+        f"{summary['train_seconds']:.0f} s, {summary['train_images_per_s']:.1f} images/s; "
+        "models/model.keras, reports/train/, metrics/train.json"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)
