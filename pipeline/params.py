@@ -255,24 +255,25 @@ class AugmentParams(StrictModel):
 
 class ModelParams(StrictModel):
     """FlexUNet knobs (pipeline/model.py). The reference is base_filters 16, base_kernels 9,
-    num_layers 8, dropout_rate 0.05, dilation 1, no batch_norm, no input_normalize."""
+    num_layers 8, dropout_rate 0.05, dilation 1, no batch_norm, no input_normalize, and a
+    max_working_size of at least its image size."""
 
-    base_filters: PositiveInt = 16
+    base_filters: PositiveInt = 8
     base_kernels: Annotated[int, Field(ge=1, le=15)] = 3  # k: level i uses max(3, k - 2i)
     num_layers: Annotated[int, Field(ge=2, le=9)] = 5  # levels, the bridge included
     dropout_rate: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.05  # level i drops rate * i
     dilation: PositiveInt = 1
     batch_norm: bool = True
-    batch_norm_from_level: Annotated[int, Field(ge=0, le=8)] = 0  # 1: none at full size
     input_normalize: bool = True  # x / 255 inside the model
     residual: bool = False  # 1x1-projected shortcut around every conv block
-    stem_stride: Literal[1, 2, 4] = 1  # >1: strided conv in, transposed conv out, UNet between
+    # Larger inputs run the UNet behind a strided stem at <= this size (plus one full-size conv)
+    max_working_size: Annotated[int, Field(ge=16)] = 256
 
 
 class ReduceLrParams(StrictModel):
     """ReduceLROnPlateau on val_dice_mean (mode max); needs lr_schedule constant."""
 
-    enabled: bool = True
+    enabled: bool = False
     factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
     patience: NonNegativeInt = 4
     min_lr: Annotated[float, Field(ge=0.0)] = 1e-6  # also the floor of the cosine schedule
@@ -288,17 +289,17 @@ class EarlyStoppingParams(StrictModel):
 class TrainParams(StrictModel):
     """Stage `train` (the learning rate is the top-level `lr`)."""
 
-    epochs: PositiveInt = 20
+    epochs: PositiveInt = 30
     batch_size: PositiveInt = 8
     loss: Literal["categorical_crossentropy", "dice", "dice_ce", "focal", "tversky"] = "dice_ce"
     optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4  # AdamW only
     clipvalue: Annotated[float, Field(gt=0.0)] = 0.5
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
     reduce_lr: ReduceLrParams = ReduceLrParams()
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
     balanced_sampling: bool = False  # draw Hemorrhagic and Ischemic slices equally often
-    random_flip: bool = False  # left-right flips of training slices
+    random_flip: bool = True  # left-right flips of training slices
     shuffle_buffer: PositiveInt = 1024
     cache: Literal["auto", "memory", "disk", "none"] = "auto"  # decoded slices
     cache_memory_mb: PositiveFloat = 1024.0  # `auto` caches in memory up to this size
@@ -307,6 +308,8 @@ class TrainParams(StrictModel):
     intra_op_threads: NonNegativeInt = 0  # 0 = TensorFlow's default (all cores)
     inter_op_threads: NonNegativeInt = 0
     epoch_change_infer: bool = True  # predict the mini_test slices after every epoch
+    # tf.distribute: auto = one device, or all local GPUs mirrored; multi_worker reads TF_CONFIG
+    strategy: Literal["auto", "mirrored", "multi_worker"] = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
