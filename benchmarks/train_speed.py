@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -85,14 +86,25 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=6)
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument(
+        "--max-working-size",
+        type=int,
+        help="override the default model's model.max_working_size (e.g. 512: no stem at 512)",
+    )
     args = parser.parse_args()
 
     params = load_params(args.params)
     default = UNetConfig.from_params(params.model, args.image_size)
-    reference = UNetConfig(**{**REFERENCE_CONFIG.__dict__, "image_size": args.image_size})
+    if args.max_working_size:
+        default = replace(default, max_working_size=args.max_working_size)
+    # The reference runs every level at full size whatever the input: no working-size cap.
+    reference = replace(
+        REFERENCE_CONFIG, image_size=args.image_size, max_working_size=args.image_size
+    )
     print(
         f"backend {keras.backend.backend()}, {args.image_size}x{args.image_size}, "
-        f"batch {args.batch_size}, {os.cpu_count()} CPUs",
+        f"batch {args.batch_size}, {os.cpu_count()} CPUs; default model stem stride "
+        f"{default.stem_stride} (max_working_size {default.max_working_size})",
         flush=True,
     )
     measured_default = measure(default, "default", args)
@@ -100,6 +112,7 @@ def main() -> None:
     summary = {
         "image_size": args.image_size,
         "batch_size": args.batch_size,
+        "default_max_working_size": default.max_working_size,
         "reference_params": measured_reference["params"],
         "default_params": measured_default["params"],
         "reference_train_img_per_s": round(measured_reference["train_img_per_s"], 3),

@@ -1,9 +1,10 @@
 """FlexUNet: the reference's configurable UNet, rebuilt as a Keras 3 functional model.
 
 With the reference's knobs (512x512x3, base_filters 16, base_kernels 9, num_layers 8, dropout
-0.05, dilation 1, no BatchNorm, no input normalisation) this builds the reference's exact layer
-structure and parameter count (124,996,883). The default in params.yaml is a smaller, faster
-configuration chosen by measurement (see README and benchmarks/train_speed.py).
+0.05, dilation 1, no BatchNorm, no input normalisation, no working-size cap) this builds the
+reference's exact layer structure and parameter count (124,996,883). The default in
+params.yaml is a smaller, faster configuration chosen by measurement (see README and
+benchmarks/train_speed.py).
 
 Only `keras` layers and `keras.ops` are used here, so the model runs on any Keras backend.
 """
@@ -27,21 +28,28 @@ class UNetConfig:
     """Everything the builder needs; `from_params` maps params.yaml onto it."""
 
     image_size: int
-    base_filters: int = 16
+    base_filters: int = 8
     base_kernels: int = 3
     num_layers: int = 5
     dropout_rate: float = 0.05
     dilation: int = 1
     batch_norm: bool = True
-    batch_norm_from_level: int = 0
     input_normalize: bool = True
     residual: bool = False
-    stem_stride: int = 1
+    max_working_size: int = 256
     num_classes: int = NUM_CLASSES
 
     @classmethod
     def from_params(cls, model: ModelParams, image_size: int) -> UNetConfig:
         return cls(image_size=image_size, **model.model_dump())
+
+    @property
+    def stem_stride(self) -> int:
+        """Smallest power of two that brings image_size down to max_working_size or less."""
+        stride = 1
+        while self.image_size // stride > self.max_working_size:
+            stride *= 2
+        return stride
 
 
 # The reference's own configuration, kept reproducible as one point of the search space.
@@ -55,6 +63,7 @@ REFERENCE_CONFIG = UNetConfig(
     batch_norm=False,
     input_normalize=False,
     residual=False,
+    max_working_size=512,
 )
 
 
@@ -75,76 +84,38 @@ def _conv(filters: int, kernel: int, dilation: int, name: str, activation: str |
     )
 
 
-def _normalized(config: UNetConfig, level: int) -> bool:
-    """BatchNorm at `level` (0 = full resolution)? Full-resolution BN costs the most memory
-    traffic per image, so `batch_norm_from_level` 1 keeps it to the coarser levels."""
-    return config.batch_norm and level >= config.batch_norm_from_level
+def _normalized(x, config: UNetConfig, name: str):
+    return layers.BatchNormalization(name=name)(x) if config.batch_norm else x
 
 
 def _conv_block(x, filters: int, level: int, config: UNetConfig, name: str):
     """The reference block: Conv(relu) -> [BN] -> Dropout -> Conv(relu) -> [BN].
 
-    Dropout rate is dropout_rate * level, the kernel `level_kernel(base_kernels, level)`.
-
-    With `residual`, the second conv's activation moves after the sum with a 1x1-projected
-    shortcut of the block input (a pre-sum ReLU would make the block's output non-negative
-    on one branch only).
+    Level `level` uses kernel `level_kernel(base_kernels, level)` and dropout
+    dropout_rate * level. With `residual`, the second conv's activation moves after the sum
+    with a 1x1-projected shortcut of the block input (a pre-sum ReLU would make the block's
+    output non-negative on one branch only).
     """
     kernel = level_kernel(config.base_kernels, level)
-    normalize = _normalized(config, level)
     shortcut = x
     x = _conv(filters, kernel, config.dilation, f"{name}_conv1")(x)
-    if normalize:
-        x = layers.BatchNormalization(name=f"{name}_bn1")(x)
+    x = _normalized(x, config, f"{name}_bn1")
     x = layers.Dropout(config.dropout_rate * level, name=f"{name}_dropout")(x)
     if not config.residual:
         x = _conv(filters, kernel, config.dilation, f"{name}_conv2")(x)
-        if normalize:
-            x = layers.BatchNormalization(name=f"{name}_bn2")(x)
-        return x
+        return _normalized(x, config, f"{name}_bn2")
     x = _conv(filters, kernel, config.dilation, f"{name}_conv2", activation=None)(x)
-    if normalize:
-        x = layers.BatchNormalization(name=f"{name}_bn2")(x)
+    x = _normalized(x, config, f"{name}_bn2")
     shortcut = _conv(filters, 1, 1, f"{name}_shortcut", activation=None)(shortcut)
-    if normalize:
-        shortcut = layers.BatchNormalization(name=f"{name}_shortcut_bn")(shortcut)
+    shortcut = _normalized(shortcut, config, f"{name}_shortcut_bn")
     x = layers.Add(name=f"{name}_add")([x, shortcut])
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def _resampling(kind: type, config: UNetConfig, name: str):
-    """Stride-s s x s (transposed) conv: the UNet then runs at 1/s of the input resolution."""
-    return kind(
-        config.base_filters,
-        config.stem_stride,
-        strides=config.stem_stride,
-        kernel_initializer="he_normal",
-        activation="relu",
-        name=name,
-    )
-
-
-def build_unet(config: UNetConfig, name: str = "flexunet") -> keras.Model:
-    """The FlexUNet for `config`: input (S, S, 3) float 0..255, output (S, S, classes) softmax.
-
-    Encoder level i has base_filters * 2**i filters and kernel `level_kernel(k, i)`, dropout
-    rate dropout_rate * i; a 2x2 max-pool follows every level but the last (the bridge). The
-    decoder mirrors it with 2x2 stride-2 transposed convs and skip concatenation.
-    """
-    downsampling = config.stem_stride * 2 ** (config.num_layers - 1)
-    if config.image_size % downsampling:
-        raise ValueError(
-            f"image_size {config.image_size} must be divisible by stem_stride * "
-            f"2**(num_layers-1) = {downsampling} for {config.num_layers} levels"
-        )
-    inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
-    x = inputs
-    if config.input_normalize:
-        x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
-    if config.stem_stride > 1:
-        x = _resampling(layers.Conv2D, config, "stem")(x)
-        if _normalized(config, 0):
-            x = layers.BatchNormalization(name="stem_bn")(x)
+def _unet(x, config: UNetConfig):
+    """Encoder level i: base_filters * 2**i filters, 2x2 max-pool after every level but the
+    last (the bridge); the decoder mirrors it with 2x2 stride-2 transposed convs and skip
+    concatenation."""
     skips = []
     for level in range(config.num_layers):
         x = _conv_block(x, config.base_filters * 2**level, level, config, f"encoder{level}")
@@ -156,10 +127,54 @@ def build_unet(config: UNetConfig, name: str = "flexunet") -> keras.Model:
         x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level}")(x)
         x = layers.Concatenate(name=f"decoder{level}_concat")([x, skips[level]])
         x = _conv_block(x, filters, level, config, f"decoder{level}")
-    if config.stem_stride > 1:
-        x = _resampling(layers.Conv2DTranspose, config, "unstem")(x)
-        if _normalized(config, 0):
-            x = layers.BatchNormalization(name="unstem_bn")(x)
+    return x
+
+
+def build_unet(config: UNetConfig, name: str = "flexunet") -> keras.Model:
+    """The FlexUNet for `config`: input (S, S, 3) float 0..255, output (S, S, classes) softmax.
+
+    Inputs larger than `max_working_size` enter the UNet through a strided stem conv (stride
+    `config.stem_stride`) and leave it through a transposed conv; one full-resolution conv over
+    those features and the input then restores the edge detail the stem skipped. Most of a
+    small UNet's time at 512 px goes to memory-bound passes over full-resolution maps, so the
+    cap is what makes large inputs cheap; inputs at or below the cap see the plain UNet.
+    """
+    stride = config.stem_stride
+    downsampling = stride * 2 ** (config.num_layers - 1)
+    if config.image_size % downsampling:
+        raise ValueError(
+            f"image_size {config.image_size} must be divisible by {downsampling} "
+            f"(stem stride {stride} x 2**(num_layers-1) for {config.num_layers} levels)"
+        )
+    inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
+    x = inputs
+    if config.input_normalize:
+        x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
+    full_resolution = x
+    if stride > 1:
+        x = layers.Conv2D(
+            config.base_filters,
+            stride,
+            strides=stride,
+            kernel_initializer="he_normal",
+            activation="relu",
+            name="stem",
+        )(x)
+        x = _normalized(x, config, "stem_bn")
+    x = _unet(x, config)
+    if stride > 1:
+        x = layers.Conv2DTranspose(
+            config.base_filters,
+            stride,
+            strides=stride,
+            kernel_initializer="he_normal",
+            activation="relu",
+            name="unstem",
+        )(x)
+        x = _normalized(x, config, "unstem_bn")
+        x = layers.Concatenate(name="refine_concat")([x, full_resolution])
+        x = _conv(config.base_filters, 3, 1, "refine_conv")(x)
+        x = _normalized(x, config, "refine_bn")
     # float32 head: under the mixed_float16 policy the softmax must not run in half precision.
     outputs = layers.Conv2D(
         config.num_classes, 1, activation="softmax", dtype="float32", name="head"

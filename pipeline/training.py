@@ -1,8 +1,8 @@
 """Stage `train`: fit the FlexUNet, keep the best epoch, resume after a crash, report.
 
-The pieces are separate so that a distribution strategy can wrap them later:
-`build_compiled_model` (model + optimizer + loss + metrics, to run inside a strategy scope) and
-`make_datasets` (the tf.data pipelines, shardable by worker).
+The pieces are separate so that a distribution strategy (pipeline/distribute.py) wraps them:
+`build_compiled_model` (model + optimizer + loss + metrics, run inside the strategy scope) and
+`make_datasets` (the tf.data pipelines, sharded by worker).
 
 Crash safety: after every epoch the complete training state -- weights with optimizer state,
 the history, the ReduceLROnPlateau/EarlyStopping counters and the best model so far -- is
@@ -43,8 +43,15 @@ from pipeline.dataset import (
     read_training_tables,
     resolve_cache,
 )
+from pipeline.distribute import (
+    Distribution,
+    fingerprint,
+    replica_safe_loss,
+    start_distribution,
+    worker_outputs,
+)
 from pipeline.io import DataError, atomic_path, write_json, write_png
-from pipeline.losses import make_loss, make_metrics
+from pipeline.losses import make_metrics
 from pipeline.masks import index_to_colour
 from pipeline.model import build_model
 from pipeline.params import Params, TrainParams
@@ -67,6 +74,10 @@ class TrainPaths:
     reports_dir: Path = Path("reports/train")
     metrics: Path = Path("metrics/train.json")
     dvclive_dir: Path = Path("dvclive")
+
+
+# What each worker writes: the real paths on the chief, a temporary copy on the other workers.
+WORKER_OUTPUTS = ("model", "backup_dir", "reports_dir", "metrics", "dvclive_dir")
 
 
 # ---------------------------------------------------------------------------------- runtime
@@ -113,7 +124,7 @@ def build_compiled_model(params: Params, steps_per_epoch: int) -> keras.Model:
     model = build_model(params)
     model.compile(
         optimizer=make_optimizer(params.train, params.lr, steps_per_epoch * params.train.epochs),
-        loss=make_loss(params.train.loss),
+        loss=replica_safe_loss(params.train.loss),
         metrics=make_metrics(),
         jit_compile=params.train.jit_compile,
     )
@@ -122,8 +133,8 @@ def build_compiled_model(params: Params, steps_per_epoch: int) -> keras.Model:
 
 @dataclass
 class Datasets:
-    train: tf.data.Dataset
-    valid: tf.data.Dataset
+    train: tf.data.Dataset | tf.distribute.DistributedDataset
+    valid: tf.data.Dataset | tf.distribute.DistributedDataset
     steps_per_epoch: int
     train_slices: int
 
@@ -133,11 +144,12 @@ def make_datasets(
     tables: TrainingTables,
     cache_dir: Path,
     skip_epochs: int = 0,
-    num_shards: int = 1,
-    shard_index: int = 0,
+    distribution: Distribution | None = None,
 ) -> Datasets:
-    """The training stream (sharded by file when distributed) and the validation batches."""
+    """The training stream (sharded by file across workers) and the validation batches, in
+    per-replica batches of `train.batch_size`; one device when `distribution` is None."""
     train = params.train
+    distribution = distribution or Distribution(tf.distribute.get_strategy())
     cache = resolve_cache(
         train.cache,
         len(tables.train) + len(tables.valid),
@@ -150,19 +162,36 @@ def make_datasets(
         cache=cache,
         cache_dir=cache_dir,
     )
-    train_dataset, steps = make_train_dataset(
-        tables.train,
-        options,
-        batch_size=train.batch_size,
-        seed=params.seed,
-        shuffle_buffer=train.shuffle_buffer,
-        balanced=train.balanced_sampling,
-        flip=train.random_flip,
-        skip_epochs=skip_epochs,
-        num_shards=num_shards,
-        shard_index=shard_index,
-    )
-    valid_dataset = make_eval_dataset(tables.valid, options, batch_size=train.batch_size)
+    # An epoch is one pass over the training set by all workers together, so every worker
+    # runs the same number of steps (each step is a collective operation).
+    global_batch = distribution.global_batch(train.batch_size)
+    steps = len(tables.train) // global_batch
+    if steps == 0:
+        raise DataError(
+            f"{Path(tables.train.attrs.get('root', '.')) / 'manifest.csv'}: "
+            f"{len(tables.train)} training slices, fewer than one batch of {global_batch} "
+            f"(train.batch_size {train.batch_size} x {distribution.replicas} replicas); "
+            "lower train.batch_size"
+        )
+
+    def train_shard(num_shards: int, shard_index: int) -> tf.data.Dataset:
+        return make_train_dataset(
+            tables.train,
+            options,
+            batch_size=train.batch_size,
+            seed=params.seed,
+            shuffle_buffer=train.shuffle_buffer,
+            balanced=train.balanced_sampling,
+            flip=train.random_flip,
+            num_shards=num_shards,
+            shard_index=shard_index,
+        )[0]
+
+    def valid_set(num_shards: int, shard_index: int) -> tf.data.Dataset:
+        return make_eval_dataset(tables.valid, options, batch_size=train.batch_size)
+
+    train_dataset = distribution.per_worker(train_shard, shard=True, skip_steps=skip_epochs * steps)
+    valid_dataset = distribution.per_worker(valid_set, shard=False)
     return Datasets(train_dataset, valid_dataset, steps, len(tables.train))
 
 
@@ -294,8 +323,11 @@ class EpochChangeInference(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if not self.ids:
             return
-        probabilities = self.model.predict_on_batch(self.images.astype(np.float32))
-        predictions = np.argmax(probabilities, axis=-1).astype(np.uint8)
+        # A direct call, not predict_on_batch: under a strategy every replica would predict
+        # the whole batch and Keras would return the copies concatenated.
+        probabilities = self.model(self.images.astype(np.float32), training=False)
+        predictions = np.argmax(keras.ops.convert_to_numpy(probabilities), axis=-1)
+        predictions = predictions.astype(np.uint8)
         for image, truth, prediction, slice_id in zip(
             self.images, self.truths, predictions, self.ids, strict=True
         ):
@@ -556,17 +588,50 @@ def make_callbacks(
 
 
 def train_model(
-    params: Params, paths: TrainPaths, extra_callbacks: Sequence[keras.callbacks.Callback] = ()
+    params: Params,
+    paths: TrainPaths,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+    distribution: Distribution | None = None,
 ) -> dict[str, object]:
     """Train (or resume) and publish model, reports, metrics and dvclive; returns the metrics.
 
-    `extra_callbacks` run after the recorder (tests use one to interrupt a run).
+    `distribution` defaults to the strategy `train.strategy` names. Every worker of a
+    distributed run calls this; only the chief writes `paths`, the others write a temporary
+    copy that is removed at the end. `extra_callbacks` run after the recorder (tests use one to
+    interrupt a run).
     """
     configure_runtime(params)
+    distribution = distribution or start_distribution(params.train.strategy)
+    with worker_outputs(paths, distribution, WORKER_OUTPUTS, resume_state="backup_dir") as paths:
+        return train_on_worker(params, paths, distribution, extra_callbacks)
+
+
+def train_on_worker(
+    params: Params,
+    paths: TrainPaths,
+    distribution: Distribution,
+    extra_callbacks: Sequence[keras.callbacks.Callback],
+) -> dict[str, object]:
+    """`train_model` on one worker, writing `paths`."""
     tables = read_training_tables(paths.augmented_manifest, paths.split_manifest)
     store = CheckpointStore(paths.backup_dir / "checkpoints")
     latest = store.latest()
     state = latest[1] if latest else TrainingState()
+    distribution.require_same_on_all_workers(
+        state.epochs_done,
+        f"the epochs completed in {store.root}",
+        "all workers resume from the chief's checkpoint: keep it on storage that every node "
+        "shares, or delete it on every node to start over",
+    )
+    distribution.require_same_on_all_workers(
+        fingerprint(
+            [params.seed, params.lr, params.image_size, params.palette],
+            [params.model.model_dump(), params.train.model_dump()],
+            [sorted(tables.train["id"]), sorted(tables.valid["id"])],
+        ),
+        "the params and slices they train on (fingerprints)",
+        "run every worker with the same code, params.yaml and data",
+    )
     staging = paths.backup_dir / "epoch_change_infer"
     palette = tuple(params.palette)
     mini_test = load_slices(
@@ -574,14 +639,20 @@ def train_model(
         PipelineOptions(palette=palette, image_size=params.image_size),
     )
     with tempfile.TemporaryDirectory(prefix="train-cache-") as cache_dir:
-        datasets = make_datasets(params, tables, Path(cache_dir), skip_epochs=state.epochs_done)
-        model = build_compiled_model(params, datasets.steps_per_epoch)
+        datasets = make_datasets(
+            params, tables, Path(cache_dir), state.epochs_done, distribution=distribution
+        )
+        global_batch = distribution.global_batch(params.train.batch_size)
+        with distribution.strategy.scope():  # variables of model, optimizer and metrics
+            model = build_compiled_model(params, datasets.steps_per_epoch)
+            if latest:
+                restore(model, latest[0])
         if latest:
-            restore(model, latest[0])
             print(f"train: resuming after epoch {state.epochs_done} from {latest[0]}", flush=True)
         print(
             f"train: {datasets.train_slices} training slices ({datasets.steps_per_epoch} steps of "
-            f"{params.train.batch_size}), {len(tables.valid)} validation, "
+            f"{global_batch} = {params.train.batch_size} x {distribution.replicas} replicas), "
+            f"{len(tables.valid)} validation, "
             f"{model.count_params():,} parameters",
             flush=True,
         )
@@ -598,7 +669,7 @@ def train_model(
                 state,
                 monitors,
                 live,
-                datasets.steps_per_epoch * params.train.batch_size,
+                datasets.steps_per_epoch * global_batch,
                 params.train.epochs,
             )
         )

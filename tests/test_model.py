@@ -1,0 +1,155 @@
+"""FlexUNet builder: exact parity with the reference config, and the knobs doing what they say."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.model import REFERENCE_CONFIG, UNetConfig, build_model, build_unet, level_kernel
+from pipeline.params import ParamsError, parse_params
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def layers_of(model: keras.Model, kind: type) -> list:
+    return [layer for layer in model.layers if type(layer) is kind]
+
+
+def test_reference_config_has_the_reference_parameter_count_and_layer_structure() -> None:
+    model = build_unet(REFERENCE_CONFIG)
+    assert model.count_params() == 124_996_883
+    assert model.input_shape == (None, 512, 512, 3)
+    assert model.output_shape == (None, 512, 512, 3)
+    convs = layers_of(model, keras.layers.Conv2D)
+    # 8 encoder levels and 7 decoder levels of two convs each, and the 1x1 head.
+    assert len(convs) == 2 * 8 + 2 * 7 + 1
+    assert len(layers_of(model, keras.layers.Conv2DTranspose)) == 7
+    assert len(layers_of(model, keras.layers.MaxPooling2D)) == 7
+    assert len(layers_of(model, keras.layers.Concatenate)) == 7
+    assert len(layers_of(model, keras.layers.Dropout)) == 15
+    assert not layers_of(model, keras.layers.BatchNormalization)
+    assert not layers_of(model, keras.layers.Rescaling)
+    encoder_kernels = [model.get_layer(f"encoder{i}_conv1").kernel_size for i in range(8)]
+    assert encoder_kernels == [(k, k) for k in (9, 7, 5, 3, 3, 3, 3, 3)]
+    assert [model.get_layer(f"encoder{i}_conv2").filters for i in range(8)] == [
+        16 * 2**i for i in range(8)
+    ]
+    assert model.get_layer("decoder0_conv1").kernel_size == (9, 9)
+    assert model.get_layer("encoder3_dropout").rate == pytest.approx(0.15)
+    head = model.get_layer("head")
+    assert head.kernel_size == (1, 1) and head.activation.__name__ == "softmax"
+
+
+def test_level_kernel_shrinks_by_two_per_level_down_to_three() -> None:
+    assert [level_kernel(9, level) for level in range(6)] == [9, 7, 5, 3, 3, 3]
+    assert [level_kernel(3, level) for level in range(3)] == [3, 3, 3]
+    assert level_kernel(1, 0) == 3
+
+
+def test_default_params_build_the_configured_model() -> None:
+    params = parse_params({"image_size": 32, "model": {"base_filters": 4, "num_layers": 3}})
+    model = build_model(params)
+    assert model.input_shape == (None, 32, 32, 3)
+    assert model.output_shape == (None, 32, 32, 3)
+    assert layers_of(model, keras.layers.Rescaling)
+    assert layers_of(model, keras.layers.BatchNormalization)
+    assert model.get_layer("encoder2_conv1").filters == 16
+
+
+def test_residual_blocks_add_a_projected_shortcut_per_block() -> None:
+    config = UNetConfig(image_size=32, base_filters=4, num_layers=3, residual=True)
+    model = build_unet(config)
+    assert len(layers_of(model, keras.layers.Add)) == 3 + 2
+    plain = build_unet(UNetConfig(image_size=32, base_filters=4, num_layers=3))
+    assert model.count_params() > plain.count_params()
+
+
+def test_inputs_above_the_working_size_run_the_unet_behind_a_strided_stem() -> None:
+    config = UNetConfig(image_size=64, base_filters=4, num_layers=3, max_working_size=32)
+    assert config.stem_stride == 2
+    model = build_unet(config)
+    assert model.get_layer("encoder0_conv1").output.shape[1:3] == (32, 32)
+    assert model.get_layer("refine_conv").output.shape[1:3] == (64, 64)
+    assert model.output_shape == (None, 64, 64, 3)
+    assert UNetConfig(image_size=512, max_working_size=100).stem_stride == 8
+    plain = build_unet(UNetConfig(image_size=32, base_filters=4, num_layers=3))
+    assert "stem" not in {layer.name for layer in plain.layers}
+
+
+def test_image_size_must_survive_every_pooling() -> None:
+    with pytest.raises(ValueError, match="must be divisible by"):
+        build_unet(UNetConfig(image_size=36, num_layers=4))
+
+
+def test_mixed_precision_keeps_a_float32_softmax() -> None:
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build_unet(UNetConfig(image_size=32, base_filters=4, num_layers=3))
+        assert model.get_layer("encoder0_conv1").compute_dtype == "float16"
+        output = model(np.zeros((1, 32, 32, 3), np.float32))
+        assert keras.backend.standardize_dtype(output.dtype) == "float32"
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    base_filters=st.integers(2, 6),
+    base_kernels=st.sampled_from([1, 3, 5]),
+    num_layers=st.integers(2, 4),
+    dilation=st.integers(1, 2),
+    batch_norm=st.booleans(),
+    residual=st.booleans(),
+    max_working_size=st.sampled_from([8, 16]),
+)
+def test_any_configuration_maps_images_to_per_pixel_probabilities(
+    base_filters: int,
+    base_kernels: int,
+    num_layers: int,
+    dilation: int,
+    batch_norm: bool,
+    residual: bool,
+    max_working_size: int,
+) -> None:
+    config = UNetConfig(
+        image_size=16,
+        base_filters=base_filters,
+        base_kernels=base_kernels,
+        num_layers=num_layers,
+        dilation=dilation,
+        batch_norm=batch_norm,
+        residual=residual,
+        max_working_size=max_working_size,
+    )
+    images = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype(np.float32)
+    probabilities = np.asarray(build_unet(config)(images, training=False))
+    assert probabilities.shape == (2, 16, 16, 3)
+    assert np.all(probabilities >= 0)
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("module", ["pipeline/model.py", "pipeline/losses.py"])
+def test_model_and_losses_use_keras_only_so_they_run_on_any_backend(module: str) -> None:
+    tree = ast.parse((PROJECT_ROOT / module).read_text())
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert not imported & {"tensorflow", "jax", "torch"}
+
+
+def test_dropout_that_would_silence_the_deepest_level_is_refused() -> None:
+    with pytest.raises(ParamsError, match="deepest level"):
+        parse_params({"model": {"dropout_rate": 0.3, "num_layers": 5}})

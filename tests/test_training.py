@@ -1,0 +1,354 @@
+"""Input pipeline and training loop on a tiny data set built here (32x32 slices).
+
+The training runs go through `pipeline.training.train_model`, the function the stage calls,
+with real files: manifests written by `write_manifest`, PNGs, checkpoints, reports.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from pipeline.dataset import (
+    PipelineOptions,
+    make_eval_dataset,
+    make_train_dataset,
+    read_training_tables,
+    resolve_cache,
+)
+from pipeline.io import DataError, write_manifest, write_png
+from pipeline.masks import index_to_colour
+from pipeline.params import Params, parse_params
+from pipeline.training import TrainPaths, train_model
+
+SIZE = 32
+PALETTE = ((0, 0, 0), (255, 0, 0), (0, 255, 0))
+CLASS_INDEX = {"Hemorrhagic": 1, "Ischemic": 2}
+
+
+def tiny_slice(class_name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A grey 'head' with a bright (hemorrhagic) or dark (ischemic) square lesion."""
+    rng = np.random.default_rng(seed)
+    image = np.full((SIZE, SIZE), 20, np.uint8)
+    image[4:28, 4:28] = 110
+    labels = np.zeros((SIZE, SIZE), np.uint8)
+    top, left = rng.integers(6, 20, size=2)
+    labels[top : top + 6, left : left + 6] = CLASS_INDEX[class_name]
+    image[labels > 0] = 220 if class_name == "Hemorrhagic" else 60
+    return image, labels
+
+
+def write_tiny_project(root: Path, train_per_class: int = 4) -> TrainPaths:
+    """Colorized slices plus the split and augmented manifests the train stage reads."""
+    rows = []
+    plan = [("train", n) for n in range(train_per_class)] + [("valid", 0), ("valid", 1)]
+    plan += [("test", 0)]
+    for class_name in CLASS_INDEX:
+        for index, (split, number) in enumerate(plan):
+            slice_id = f"{class_name}_{split}{number}_{index:03d}"
+            image, labels = tiny_slice(class_name, seed=len(rows))
+            write_png(root / "data/colorized/images" / f"{slice_id}.png", image)
+            write_png(
+                root / "data/colorized/masks" / f"{slice_id}.png", index_to_colour(labels, PALETTE)
+            )
+            rows.append(
+                {
+                    "id": slice_id,
+                    "case_id": f"{split}{number}",
+                    "class": class_name,
+                    "source": "original",
+                    "source_id": slice_id,
+                    "image_path": f"../colorized/images/{slice_id}.png",
+                    "mask_path": f"../colorized/masks/{slice_id}.png",
+                    "width": SIZE,
+                    "height": SIZE,
+                    "lesion_pixels": int((labels > 0).sum()),
+                    "split": split,
+                    "mini_test": split == "test",
+                }
+            )
+    split_manifest = pd.DataFrame(rows)
+    write_manifest(root / "data/split/manifest.csv", split_manifest)
+    train_rows = split_manifest[split_manifest["split"] == "train"].drop(
+        columns=["split", "mini_test"]
+    )
+    write_manifest(root / "data/augmented/manifest.csv", train_rows)
+    return TrainPaths(
+        augmented_manifest=root / "data/augmented/manifest.csv",
+        split_manifest=root / "data/split/manifest.csv",
+        model=root / "models/model.keras",
+        backup_dir=root / "models/.backup_train",
+        reports_dir=root / "reports/train",
+        metrics=root / "metrics/train.json",
+        dvclive_dir=root / "dvclive",
+    )
+
+
+def tiny_params(**train: object) -> Params:
+    return parse_params(
+        {
+            "image_size": SIZE,
+            "lr": 0.01,
+            "model": {"base_filters": 4, "num_layers": 3},
+            "train": {"epochs": 1, "batch_size": 4, **train},
+        }
+    )
+
+
+def options(**overrides: object) -> PipelineOptions:
+    return PipelineOptions(palette=PALETTE, image_size=SIZE, **overrides)
+
+
+class EpochsSeen(keras.callbacks.Callback):
+    """Records the epochs a run trains and the optimizer's step count at its start."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epochs: list[int] = []
+        self.start_steps: int | None = None
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        if self.start_steps is None:
+            self.start_steps = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self.epochs.append(epoch)
+
+
+class Interrupted(Exception):
+    """Stands in for a killed process: nothing after the raise runs."""
+
+
+class InterruptAfterEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if epoch + 1 == self.epoch:
+            raise Interrupted
+
+
+# ------------------------------------------------------------------------------ tf.data
+def test_decoded_batches_hold_images_and_one_hot_masks(tmp_path: Path) -> None:
+    paths = write_tiny_project(tmp_path)
+    tables = read_training_tables(paths.augmented_manifest, paths.split_manifest)
+    assert len(tables.train) == 8 and len(tables.valid) == 4 and len(tables.mini_test) == 2
+    images, targets = next(iter(make_eval_dataset(tables.valid, options(), batch_size=4)))
+    assert images.shape == (4, SIZE, SIZE, 3) and images.dtype == tf.float32
+    assert targets.shape == (4, SIZE, SIZE, 3)
+    expected = [CLASS_INDEX[name] for name in tables.valid.sort_values("id")["class"]]
+    np.testing.assert_array_equal(targets.numpy().sum(axis=-1), 1.0)
+    np.testing.assert_array_equal(targets.numpy().argmax(-1).max(axis=(1, 2)), expected)
+    # Grey PNGs arrive as three equal channels, values 0..255.
+    np.testing.assert_array_equal(images[..., 0], images[..., 2])
+    assert float(tf.reduce_max(images)) == 220.0
+
+
+def test_training_stream_is_seeded_endless_and_fast_forwards(tmp_path: Path) -> None:
+    paths = write_tiny_project(tmp_path)
+    train = read_training_tables(paths.augmented_manifest, paths.split_manifest).train
+
+    def batches(seed: int, skip_epochs: int = 0, count: int = 4) -> list[np.ndarray]:
+        dataset, steps = make_train_dataset(
+            train, options(), batch_size=4, seed=seed, shuffle_buffer=64, skip_epochs=skip_epochs
+        )
+        assert steps == 2
+        return [images.numpy() for images, _ in dataset.take(count)]
+
+    first, again, other = batches(1), batches(1), batches(2)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+    resumed = batches(1, skip_epochs=1, count=2)
+    assert all(np.array_equal(a, b) for a, b in zip(first[2:], resumed, strict=True))
+
+
+def test_flips_move_image_and_mask_together(tmp_path: Path) -> None:
+    paths = write_tiny_project(tmp_path)
+    train = read_training_tables(paths.augmented_manifest, paths.split_manifest).train
+    dataset, _ = make_train_dataset(
+        train, options(), batch_size=4, seed=3, shuffle_buffer=8, flip=True
+    )
+    flipped = 0
+    originals = {tiny_slice(c, s)[0].tobytes() for c in CLASS_INDEX for s in range(20)}
+    for images, targets in dataset.take(6):
+        for image, target in zip(images.numpy(), targets.numpy(), strict=True):
+            lesion = target.argmax(-1) > 0
+            assert np.isin(image[..., 0][lesion], [220, 60]).all()
+            assert not np.isin(image[..., 0][~lesion], [220, 60]).any()
+            flipped += image[..., 0].astype(np.uint8).tobytes() not in originals
+    assert flipped > 0
+
+
+def test_balanced_sampling_draws_both_classes_equally(tmp_path: Path) -> None:
+    paths = write_tiny_project(tmp_path, train_per_class=6)
+    train = read_training_tables(paths.augmented_manifest, paths.split_manifest).train
+    lopsided = train[(train["class"] == "Ischemic") | train["id"].str.endswith("000")]
+    lopsided.attrs.update(train.attrs)
+    dataset, _ = make_train_dataset(
+        lopsided, options(), batch_size=4, seed=0, shuffle_buffer=16, balanced=True
+    )
+    classes = [target.numpy().argmax(-1).max(axis=(1, 2)) for _, target in dataset.take(50)]
+    share = float(np.mean(np.concatenate(classes) == 1))
+    assert 0.35 < share < 0.65  # 1 hemorrhagic slice of 7, drawn about half of the time
+
+
+def test_disk_cache_gives_the_same_batches(tmp_path: Path) -> None:
+    paths = write_tiny_project(tmp_path)
+    valid = read_training_tables(paths.augmented_manifest, paths.split_manifest).valid
+    (tmp_path / "cache").mkdir()
+    on_disk = make_eval_dataset(
+        valid, options(cache="disk", cache_dir=tmp_path / "cache"), batch_size=4
+    )
+    in_memory = make_eval_dataset(valid, options(), batch_size=4)
+    for _ in range(2):  # the second pass reads the cache files
+        for (a, _), (b, _) in zip(on_disk, in_memory, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert any((tmp_path / "cache").iterdir())
+
+
+def test_cache_mode_auto_keeps_memory_bounded() -> None:
+    assert resolve_cache("auto", 1000, 128, memory_limit_mb=1024) == "memory"
+    assert resolve_cache("auto", 8000, 512, memory_limit_mb=1024) == "disk"
+    assert resolve_cache("none", 10, 32, memory_limit_mb=1024) == "none"
+
+
+def test_a_foreign_mask_colour_is_reported_with_the_file(tmp_path: Path) -> None:
+    paths = write_tiny_project(tmp_path)
+    valid = read_training_tables(paths.augmented_manifest, paths.split_manifest).valid
+    bad = valid.sort_values("id").iloc[0]
+    mask = np.zeros((SIZE, SIZE, 3), np.uint8)
+    mask[3, 3] = (128, 0, 0)  # a blended edge shade: not a palette colour
+    write_png(tmp_path / "data/split" / bad["mask_path"], mask)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"{bad['id']}.png"):
+        list(make_eval_dataset(valid, options(), batch_size=4))
+
+
+def test_missing_files_and_wrong_sizes_fail_before_training(tmp_path: Path) -> None:
+    paths = write_tiny_project(tmp_path)
+    valid = read_training_tables(paths.augmented_manifest, paths.split_manifest).valid
+    with pytest.raises(DataError, match="not 64x64"):
+        make_eval_dataset(valid, PipelineOptions(palette=PALETTE, image_size=64), batch_size=4)
+    (tmp_path / "data/split" / valid["image_path"].iloc[0]).unlink()
+    with pytest.raises(DataError, match="1 listed files are missing"):
+        make_eval_dataset(valid, options(), batch_size=4)
+
+
+# ------------------------------------------------------------------------------ training
+def test_one_epoch_writes_model_metrics_reports_and_dvclive(tmp_path: Path) -> None:
+    paths = write_tiny_project(tmp_path)
+    summary = train_model(tiny_params(), paths)
+
+    model = keras.saving.load_model(paths.model, compile=False)
+    prediction = model.predict(np.zeros((1, SIZE, SIZE, 3), np.float32), verbose=0)
+    assert prediction.shape == (1, SIZE, SIZE, 3)
+    metrics = json.loads(paths.metrics.read_text())
+    assert metrics == summary
+    assert metrics["epochs"] == 1 and metrics["best_epoch"] == 1
+    for key in ("val_dice_hemorrhagic", "val_dice_ischemic", "val_dice_mean"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["params_count"] == model.count_params()
+    assert metrics["train_seconds"] > 0 and metrics["train_images_per_s"] > 0
+    reports = paths.reports_dir
+    for name in ("train_metrics.csv", "train_losses.csv", "train_metrics.png", "train_losses.png"):
+        assert (reports / name).is_file(), name
+    assert list(pd.read_csv(reports / "train_losses.csv").columns) == ["epoch", "loss", "val_loss"]
+    panels = sorted(path.name for path in (reports / "epoch_change_infer").iterdir())
+    assert panels == ["epoch_001_Hemorrhagic_test0_006.png", "epoch_001_Ischemic_test0_006.png"]
+    assert (reports / "epoch_change_montage.png").is_file()
+    live_metrics = json.loads((paths.dvclive_dir / "metrics.json").read_text())
+    assert {"train", "val", "lr", "step"} <= set(live_metrics)
+    assert (paths.dvclive_dir / "plots/metrics/val/dice_mean.tsv").is_file()
+    assert not (paths.dvclive_dir / "dvc.yaml").exists()
+    assert not paths.backup_dir.exists()
+
+
+def test_learning_rate_really_drops_on_a_plateau(tmp_path: Path) -> None:
+    paths = write_tiny_project(tmp_path)
+    # A vanishing rate and no BatchNorm or dropout freeze the model: val_dice_mean cannot
+    # improve, so after `patience` flat epochs the rate must halve.
+    params = parse_params(
+        {
+            "image_size": SIZE,
+            "lr": 1e-9,
+            "model": {"base_filters": 4, "num_layers": 2, "batch_norm": False, "dropout_rate": 0},
+            "train": {
+                "epochs": 4,
+                "batch_size": 4,
+                "lr_schedule": "constant",
+                "reduce_lr": {"enabled": True, "factor": 0.5, "patience": 1, "min_lr": 0},
+                "early_stopping": {"enabled": False},
+                "epoch_change_infer": False,
+            },
+        }
+    )
+    train_model(params, paths)
+    rates = pd.read_csv(paths.reports_dir / "train_metrics.csv")["lr"].to_numpy()
+    np.testing.assert_allclose(rates, [1e-9, 1e-9, 5e-10, 2.5e-10], rtol=1e-5)
+
+
+def test_early_stopping_ends_a_flat_run(tmp_path: Path) -> None:
+    paths = write_tiny_project(tmp_path)
+    params = parse_params(
+        {
+            "image_size": SIZE,
+            "lr": 1e-9,
+            "model": {"base_filters": 4, "num_layers": 2, "batch_norm": False, "dropout_rate": 0},
+            "train": {
+                "epochs": 6,
+                "batch_size": 4,
+                "reduce_lr": {"enabled": False},
+                "early_stopping": {"enabled": True, "patience": 2},
+                "epoch_change_infer": False,
+            },
+        }
+    )
+    summary = train_model(params, paths)
+    assert summary["stopped_early"] is True
+    assert summary["epochs"] == 3 and summary["best_epoch"] == 1
+
+
+def test_an_interrupted_run_resumes_after_its_last_completed_epoch(tmp_path: Path) -> None:
+    paths = write_tiny_project(tmp_path)
+    params = tiny_params(epochs=3)
+    with pytest.raises(Interrupted):
+        train_model(params, paths, extra_callbacks=[InterruptAfterEpoch(1)])
+    assert not paths.model.exists() and not paths.metrics.exists()
+    checkpoints = sorted(path.name for path in (paths.backup_dir / "checkpoints").iterdir())
+    assert checkpoints == ["epoch_0001"]
+    first_state = json.loads((paths.backup_dir / "checkpoints/epoch_0001/state.json").read_text())
+
+    seen = EpochsSeen()
+    summary = train_model(params, paths, extra_callbacks=[seen])
+    assert seen.epochs == [1, 2]  # epoch 0 (the first) was not trained again
+    assert seen.start_steps == 2  # optimizer state restored: 8 slices / batch 4 = 2 steps
+    assert summary["epochs"] == 3
+    history = pd.read_csv(paths.reports_dir / "train_metrics.csv")
+    assert history["epoch"].tolist() == [1, 2, 3]
+    assert history["dice_mean"].iloc[0] == pytest.approx(first_state["history"][0]["dice_mean"])
+    assert paths.model.is_file() and not paths.backup_dir.exists()
+
+
+def test_a_finished_checkpoint_is_published_without_training_again(tmp_path: Path) -> None:
+    paths = write_tiny_project(tmp_path)
+    params = tiny_params(epochs=1)
+    with pytest.raises(Interrupted):
+        train_model(params, paths, extra_callbacks=[InterruptAfterEpoch(1)])
+    seen = EpochsSeen()
+    summary = train_model(params, paths, extra_callbacks=[seen])
+    assert seen.epochs == [] and summary["epochs"] == 1
+    assert paths.model.is_file()
+
+
+def test_bad_training_data_stops_with_a_data_error(tmp_path: Path) -> None:
+    paths = write_tiny_project(tmp_path)
+    augmented = pd.read_csv(paths.augmented_manifest, dtype=str)
+    augmented.loc[0, "mask_path"] = "../colorized/masks/nowhere.png"
+    augmented.to_csv(paths.augmented_manifest, index=False)
+    with pytest.raises(DataError, match="missing"):
+        train_model(tiny_params(), paths)
+    assert not paths.model.exists()
