@@ -44,10 +44,16 @@ DEFAULT_SCALE = {
     "validate": {"slices_per_class": {"min": 20}, "min_lesion_slice_share": 0.3},
     "split": {"ratios": {"train": 0.7, "valid": 0.15, "test": 0.15}, "mini_test_per_class": 3},
 }
-# 100 + 300 cases x 16 slices = 6,400 originals; augmentation balances train to ~8,600.
+# 50 + 150 cases x 32 slices = 6,400 originals; augmentation balances train to ~8,600.
+# (More cases would not fit the phantom's 7-digit ischemic case ids.)
 KAGGLE_SCALE = {
     **DEFAULT_SCALE,
-    "phantom": {**DEFAULT_SCALE["phantom"], "hemorrhagic_cases": 100, "ischemic_cases": 300},
+    "phantom": {
+        **DEFAULT_SCALE["phantom"],
+        "hemorrhagic_cases": 50,
+        "ischemic_cases": 150,
+        "slices_per_case": 32,
+    },
     "validate": {"slices_per_class": {"min": 20, "max": 100000}, "cases_per_class": {"max": 1000}},
 }
 

@@ -261,13 +261,23 @@ class ModelParams(StrictModel):
     base_filters: PositiveInt = 8
     base_kernels: Annotated[int, Field(ge=1, le=15)] = 3  # k: level i uses max(3, k - 2i)
     num_layers: Annotated[int, Field(ge=2, le=9)] = 5  # levels, the bridge included
-    dropout_rate: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.05  # level i drops rate * i
+    dropout_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05  # level i drops rate * i
     dilation: PositiveInt = 1
     batch_norm: bool = True
     input_normalize: bool = True  # x / 255 inside the model
     residual: bool = False  # 1x1-projected shortcut around every conv block
     # Larger inputs run the UNet behind a strided stem at <= this size (plus one full-size conv)
     max_working_size: Annotated[int, Field(ge=16)] = 256
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelParams:
+        deepest = self.dropout_rate * (self.num_layers - 1)
+        if deepest >= 1.0:
+            raise ValueError(
+                f"dropout_rate {self.dropout_rate} x (num_layers - 1) = {deepest:g} must stay "
+                "below 1: the deepest level would drop every activation"
+            )
+        return self
 
 
 class ReduceLrParams(StrictModel):
