@@ -265,40 +265,34 @@ def restore(model: keras.Model, folder: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- callbacks
-class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+class ResumableCounters:
+    """Mixin for a Keras callback whose counters (`STATE_KEYS`) survive an interrupted run."""
+
+    STATE_KEYS: tuple[str, ...] = ()
+
+    def __init__(self, *args, resume_state: dict | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_state = resume_state or {}
+
+    def on_train_begin(self, logs=None) -> None:
+        super().on_train_begin(logs)
+        for key, value in self.resume_state.items():
+            setattr(self, key, value)
+
+    def state(self) -> dict:
+        return {key: getattr(self, key) for key in self.STATE_KEYS}
+
+
+class ResumableReduceLROnPlateau(ResumableCounters, keras.callbacks.ReduceLROnPlateau):
     """ReduceLROnPlateau whose patience counters survive an interrupted run."""
 
     STATE_KEYS = ("best", "wait", "cooldown_counter")
 
-    def __init__(self, *args, resume_state: dict | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.resume_state = resume_state or {}
 
-    def on_train_begin(self, logs=None) -> None:
-        super().on_train_begin(logs)
-        for key, value in self.resume_state.items():
-            setattr(self, key, value)
-
-    def state(self) -> dict:
-        return {key: getattr(self, key) for key in self.STATE_KEYS}
-
-
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+class ResumableEarlyStopping(ResumableCounters, keras.callbacks.EarlyStopping):
     """EarlyStopping whose patience counters survive an interrupted run."""
 
     STATE_KEYS = ("best", "wait", "best_epoch")
-
-    def __init__(self, *args, resume_state: dict | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.resume_state = resume_state or {}
-
-    def on_train_begin(self, logs=None) -> None:
-        super().on_train_begin(logs)
-        for key, value in self.resume_state.items():
-            setattr(self, key, value)
-
-    def state(self) -> dict:
-        return {key: getattr(self, key) for key in self.STATE_KEYS}
 
 
 def _as_float(value: object) -> float | None:
