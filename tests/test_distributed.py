@@ -30,6 +30,7 @@ import tensorflow as tf
 from conftest import PROJECT_ROOT, DvcProject, tool_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_training import paths_under
 
 from pipeline.distribute import (
     ClusterConfigError,
@@ -41,7 +42,7 @@ from pipeline.distribute import (
     worker_outputs,
 )
 from pipeline.losses import make_loss
-from pipeline.training import WORKER_OUTPUTS, TrainPaths
+from pipeline.training import WORKER_OUTPUTS
 
 STAGE = (sys.executable, "-m", "stages.train")
 PROCESS_TIMEOUT = 150  # seconds for one run of the stage (TensorFlow start included)
@@ -139,16 +140,6 @@ def test_each_worker_reads_its_own_shard_and_skips_its_replicas_batches(
 
 
 # ------------------------------------------------------------------------ chief-only output
-def tiny_paths(root: Path) -> TrainPaths:
-    return TrainPaths(
-        augmented_manifest=root / "data/augmented/manifest.csv",
-        split_manifest=root / "data/split/manifest.csv",
-        model=root / "models/model.keras",
-        backup_dir=root / "models/.backup_train",
-        reports_dir=root / "reports/train",
-        metrics=root / "metrics/train.json",
-        dvclive_dir=root / "dvclive",
-    )
 
 
 def test_other_workers_write_a_temporary_copy_removed_whatever_happens(
@@ -156,7 +147,7 @@ def test_other_workers_write_a_temporary_copy_removed_whatever_happens(
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    paths = tiny_paths(tmp_path / "project")
+    paths = paths_under(tmp_path / "project")
     checkpoint = paths.backup_dir / "checkpoints/epoch_0001"
     checkpoint.mkdir(parents=True)
     (checkpoint / "state.json").write_text('{"epochs_done": 1}')

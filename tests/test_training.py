@@ -79,15 +79,13 @@ def write_tiny_project(root: Path, train_per_class: int = 4) -> TrainPaths:
         columns=["split", "mini_test"]
     )
     write_manifest(root / "data/augmented/manifest.csv", train_rows)
-    return TrainPaths(
-        augmented_manifest=root / "data/augmented/manifest.csv",
-        split_manifest=root / "data/split/manifest.csv",
-        model=root / "models/model.keras",
-        backup_dir=root / "models/.backup_train",
-        reports_dir=root / "reports/train",
-        metrics=root / "metrics/train.json",
-        dvclive_dir=root / "dvclive",
-    )
+    return paths_under(root)
+
+
+def paths_under(root: Path) -> TrainPaths:
+    """The stage's default TrainPaths, relative to a project folder `root`."""
+    defaults = TrainPaths()
+    return TrainPaths(**{field: root / getattr(defaults, field) for field in vars(defaults)})
 
 
 def tiny_params(**train: object) -> Params:
