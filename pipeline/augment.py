@@ -54,6 +54,8 @@ from pipeline.io import (
     read_manifest,
     relative_to,
     resolve_path,
+    verify_content,
+    write_hashed,
     write_manifest,
 )
 from pipeline.parallel import ordered_map
@@ -302,8 +304,17 @@ class OriginalTask:
     background: Rgb
 
 
-def augment_original(task: OriginalTask) -> list[int]:
-    """Write every warp of one original; return the lesion pixel count of each, in order."""
+@dataclass(frozen=True)
+class WarpedSlice:
+    """What the manifest records of one written warp."""
+
+    lesion_pixels: int
+    image_sha256: str
+    mask_sha256: str
+
+
+def augment_original(task: OriginalTask) -> list[WarpedSlice]:
+    """Write every warp of one original; what the manifest records of each, in order."""
     image = read_image(task.image_path)
     mask = read_image(task.mask_path, color=True)
     for path, array in ((task.image_path, image), (task.mask_path, mask)):
@@ -312,16 +323,21 @@ def augment_original(task: OriginalTask) -> list[int]:
                 f"{path}: {array.shape[1]}x{array.shape[0]} pixels, the manifest says "
                 f"{task.width}x{task.height}"
             )
-    lesion_pixels = []
+    written = []
     for transform in task.transforms:
         warp = transform_map(transform, task.height, task.width, task.seed, task.source_id)
         warped_image, warped_mask = warp_pair(image, mask, warp, task.background)
         name = f"{transform.output_id(task.source_id)}.png"
         # Plain writes: the whole output folder is moved into place atomically afterwards.
-        (task.out_folder / "images" / name).write_bytes(encode_png(warped_image))
-        (task.out_folder / "masks" / name).write_bytes(encode_png(warped_mask))
-        lesion_pixels.append(lesion_pixel_count(warped_mask, task.background))
-    return lesion_pixels
+        folder = task.out_folder
+        written.append(
+            WarpedSlice(
+                lesion_pixels=lesion_pixel_count(warped_mask, task.background),
+                image_sha256=write_hashed(folder / "images" / name, encode_png(warped_image)),
+                mask_sha256=write_hashed(folder / "masks" / name, encode_png(warped_mask)),
+            )
+        )
+    return written
 
 
 def _training_rows(split_manifest: Path) -> pd.DataFrame:
@@ -329,14 +345,9 @@ def _training_rows(split_manifest: Path) -> pd.DataFrame:
     train = split[split["split"] == "train"].copy()
     if train.empty:
         raise DataError(f"{split_manifest}: no rows with split == train")
+    verify_content(train)
     for column in ("image_path", "mask_path"):
         train[column] = [str(resolve_path(split, path)) for path in train[column]]
-        missing = [path for path in train[column] if not Path(path).is_file()]
-        if missing:
-            raise DataError(
-                f"{split_manifest}: {len(missing)} training {column} files are missing, "
-                f"e.g. {missing[:3]}"
-            )
     return train
 
 
@@ -378,7 +389,7 @@ def augment_training_set(
             )
             for source_id in sources
         ]
-        lesion_counts = ordered_map(augment_original, tasks, workers=workers, description="augment")
+        warps = ordered_map(augment_original, tasks, workers=workers, description="augment")
         augmented = [
             {
                 "id": transform.output_id(task.source_id),
@@ -390,10 +401,12 @@ def augment_training_set(
                 "mask_path": f"masks/{transform.output_id(task.source_id)}.png",
                 "width": task.width,
                 "height": task.height,
-                "lesion_pixels": pixels,
+                "lesion_pixels": warp.lesion_pixels,
+                "image_sha256": warp.image_sha256,
+                "mask_sha256": warp.mask_sha256,
             }
-            for task, counts in zip(tasks, lesion_counts, strict=True)
-            for transform, pixels in zip(task.transforms, counts, strict=True)
+            for task, task_warps in zip(tasks, warps, strict=True)
+            for transform, warp in zip(task.transforms, task_warps, strict=True)
         ]
         originals = train[list(MANIFEST_COLUMNS)].copy()
         for column in ("image_path", "mask_path"):

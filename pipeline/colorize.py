@@ -22,6 +22,8 @@ from pipeline.io import (
     encode_png,
     read_image,
     resolve_path,
+    verify_content,
+    write_hashed,
     write_manifest,
 )
 from pipeline.masks import Palette, binary_to_colour
@@ -80,8 +82,17 @@ class SliceJob:
     output_folder: str
 
 
-def colorize_file(job: SliceJob) -> int:
-    """Read, colorize and write one slice into the output folder; return its lesion pixels."""
+@dataclass(frozen=True)
+class ColorizedSlice:
+    """What the manifest records of one written slice."""
+
+    lesion_pixels: int
+    image_sha256: str
+    mask_sha256: str
+
+
+def colorize_file(job: SliceJob) -> ColorizedSlice:
+    """Read, colorize and write one slice into the output folder; what the manifest needs."""
     image = read_image(job.image_path)
     mask = read_image(job.mask_path)
     if image.shape != mask.shape:
@@ -93,9 +104,11 @@ def colorize_file(job: SliceJob) -> int:
     )
     folder = Path(job.output_folder)
     # Plain writes: the whole output folder is renamed into place only when complete.
-    (folder / "images" / f"{job.slice_id}.png").write_bytes(encode_png(resized))
-    (folder / "masks" / f"{job.slice_id}.png").write_bytes(encode_png(colour))
-    return int(np.count_nonzero(np.any(colour != np.asarray(job.palette[0]), axis=-1)))
+    return ColorizedSlice(
+        lesion_pixels=int(np.count_nonzero(np.any(colour != np.asarray(job.palette[0]), axis=-1))),
+        image_sha256=write_hashed(folder / "images" / f"{job.slice_id}.png", encode_png(resized)),
+        mask_sha256=write_hashed(folder / "masks" / f"{job.slice_id}.png", encode_png(colour)),
+    )
 
 
 def colorize_dataset(
@@ -117,6 +130,7 @@ def colorize_dataset(
     if unknown:
         raise DataError(f"manifest lists classes without a colour in rgb_map: {unknown}")
     palette = tuple(tuple(colour) for colour in rgb_map.values())
+    verify_content(manifest)
     with atomic_path(output_folder) as temporary:
         (temporary / "images").mkdir(parents=True)
         (temporary / "masks").mkdir()
@@ -133,13 +147,15 @@ def colorize_dataset(
             )
             for row in manifest.to_dict("records")
         ]
-        lesion_pixels = ordered_map(colorize_file, jobs, workers=workers, description="colorize")
+        written = ordered_map(colorize_file, jobs, workers=workers, description="colorize")
         colorized = manifest.copy()
         colorized["image_path"] = [f"images/{job.slice_id}.png" for job in jobs]
         colorized["mask_path"] = [f"masks/{job.slice_id}.png" for job in jobs]
         colorized["width"] = size
         colorized["height"] = size
-        colorized["lesion_pixels"] = lesion_pixels
+        colorized["lesion_pixels"] = [result.lesion_pixels for result in written]
+        colorized["image_sha256"] = [result.image_sha256 for result in written]
+        colorized["mask_sha256"] = [result.mask_sha256 for result in written]
         write_manifest(temporary / "manifest.csv", colorized)
     colorized.attrs["root"] = str(output_folder)
     return colorized

@@ -1,7 +1,8 @@
 """The `validate` gate: facts read from every extracted slice, and the suite they must pass.
 
 `build_slice_table` joins the extracted manifest with what the files actually hold (size,
-channels, dtype, mask values, lesion fraction, a hash of the pixels), `class_table` sums it per
+channels, dtype, mask values, lesion fraction, a hash of the pixels, the sha256 of the bytes
+against the manifest's), `class_table` sums it per
 class, and `validate_extracted` runs both through Great Expectations (`pipeline.validation`).
 
 Severity: every check is critical (the stage fails, nothing is written) except the case-id
@@ -31,6 +32,7 @@ import pandas as pd
 from pipeline.io import (
     MANIFEST_COLUMNS,
     atomic_path,
+    content_hash,
     read_manifest,
     relative_to,
     resolve_path,
@@ -58,11 +60,13 @@ FACT_DTYPES: dict[str, str] = {
     "image_channels": "Int64",
     "image_dtype": "string",
     "content_hash": "string",
+    "image_sha256_measured": "string",
     "mask_exists": "boolean",
     "mask_readable": "boolean",
     "mask_width": "Int64",
     "mask_height": "Int64",
     "mask_channels": "Int64",
+    "mask_sha256_measured": "string",
     "mask_values": "string",
     "mask_binary": "boolean",
     "sizes_equal": "boolean",
@@ -74,6 +78,7 @@ DERIVED_DTYPES: dict[str, str] = {
     "id_names_class_and_case": "boolean",
     "manifest_size_matches_image": "boolean",
     "manifest_lesion_pixels_match_mask": "boolean",
+    "manifest_sha256_matches_files": "boolean",
     "cases_sharing_content": "Int64",
 }
 SLICE_TABLE_COLUMNS: tuple[str, ...] = (*MANIFEST_COLUMNS, *FACT_DTYPES, *DERIVED_DTYPES)
@@ -89,15 +94,18 @@ class ValidateOutputs:
     statistics: Path
 
 
-def _decode_unchanged(path: Path) -> np.ndarray | None:
-    """Pixels exactly as stored (no conversion to grey or 8 bits), or None if unreadable."""
+def _read_unchanged(path: Path) -> tuple[bytes | None, np.ndarray | None]:
+    """(the file's bytes, its pixels exactly as stored: no conversion to grey or 8 bits).
+
+    Either is None when the file cannot be read or decoded.
+    """
     try:
         data = path.read_bytes()
     except OSError:
-        return None
+        return None, None
     if not data:
-        return None
-    return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        return data, None
+    return data, cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
 
 
 def _distinct_values(pixels: np.ndarray) -> np.ndarray:
@@ -121,8 +129,10 @@ def inspect_slice(paths: tuple[str, str]) -> dict[str, object]:
     """
     image_path, mask_path = Path(paths[0]), Path(paths[1]) if paths[1] else None
     facts: dict[str, object] = dict.fromkeys(FACT_DTYPES)
-    image = _decode_unchanged(image_path) if image_path.is_file() else None
+    data, image = _read_unchanged(image_path) if image_path.is_file() else (None, None)
     facts["image_readable"] = image is not None
+    if data is not None:
+        facts["image_sha256_measured"] = content_hash(data)
     if image is not None:
         facts.update(
             image_width=image.shape[1],
@@ -134,7 +144,8 @@ def inspect_slice(paths: tuple[str, str]) -> dict[str, object]:
     facts["mask_exists"] = mask_path is not None and mask_path.is_file()
     if not facts["mask_exists"]:
         return facts
-    mask = _decode_unchanged(mask_path)
+    data, mask = _read_unchanged(mask_path)
+    facts["mask_sha256_measured"] = None if data is None else content_hash(data)
     facts["mask_readable"] = mask is not None
     if mask is None:
         return facts
@@ -178,6 +189,10 @@ def build_slice_table(manifest: pd.DataFrame, workers: int = 0) -> pd.DataFrame:
     table["manifest_lesion_pixels_match_mask"] = (
         table["lesion_pixels"] == table["lesion_pixels_measured"]
     )
+    # Missing (so skipped by the check) where a file could not be read: that defect has its own.
+    table["manifest_sha256_matches_files"] = (
+        table["image_sha256"].astype("string") == table["image_sha256_measured"]
+    ) & (table["mask_sha256"].astype("string") == table["mask_sha256_measured"])
     case_key = table["class"] + "/" + table["case_id"]
     sharing = case_key.groupby(table["content_hash"], dropna=True).transform("nunique")
     table["cases_sharing_content"] = sharing.reindex(table.index)
@@ -247,6 +262,10 @@ def slice_checks(params: ValidateParams) -> list[Check]:
         Check(
             "manifest_lesion_pixels_match_mask",
             _in_set("manifest_lesion_pixels_match_mask", [True]),
+        ),
+        Check(
+            "manifest_sha256_matches_files",
+            _in_set("manifest_sha256_matches_files", [True]),
         ),
         Check(
             "lesion_fraction_within_0_1",

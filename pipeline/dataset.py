@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pipeline.io import DataError, read_manifest, resolve_path
+from pipeline.io import DataError, read_manifest, resolve_path, verify_content
 from pipeline.params import CLASS_NAMES
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -57,7 +57,7 @@ def read_training_tables(augmented_manifest: Path | str, split_manifest: Path | 
 
 
 def slice_paths(frame: pd.DataFrame, image_size: int, source: str) -> tuple[list[str], list[str]]:
-    """Resolved image and mask paths of `frame`, after checking sizes and that files exist.
+    """Resolved image and mask paths of `frame`, after checking sizes and file contents.
 
     Checks what the manifest states before any decoding, so a stale or foreign manifest fails
     at once with the file and the offending ids instead of deep inside a training epoch.
@@ -68,11 +68,9 @@ def slice_paths(frame: pd.DataFrame, image_size: int, source: str) -> tuple[list
             f"{source}: {len(wrong_size)} slices are not {image_size}x{image_size} (image_size), "
             f"e.g. {wrong_size['id'].head(3).tolist()}; rerun the colorize stage"
         )
+    verify_content(frame)
     images = [str(resolve_path(frame, path)) for path in frame["image_path"]]
     masks = [str(resolve_path(frame, path)) for path in frame["mask_path"]]
-    missing = [path for path in (*images, *masks) if not Path(path).is_file()]
-    if missing:
-        raise DataError(f"{source}: {len(missing)} listed files are missing, e.g. {missing[:3]}")
     return images, masks
 
 

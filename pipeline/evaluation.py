@@ -24,6 +24,7 @@ from pipeline.io import (
     read_image,
     read_manifest,
     resolve_path,
+    verify_content,
     write_bytes_atomic,
     write_json,
     write_png,
@@ -53,6 +54,7 @@ def evaluation_rows(manifest_path: Path | str) -> pd.DataFrame:
     chosen = frame[frame["split"] == "test"]
     if chosen.empty:
         raise DataError(f"{manifest_path}: no slice in the test split")
+    verify_content(chosen)
     return chosen.sort_values("id", kind="stable")
 
 

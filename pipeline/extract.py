@@ -38,6 +38,7 @@ from pipeline.io import (
     atomic_path,
     decode_image,
     encode_png,
+    write_hashed,
     write_json,
     write_manifest,
     write_text_atomic,
@@ -510,8 +511,8 @@ def write_pairs(
             problems.extend(error.problems)
             continue
         row = manifest_row(pair, image, mask)
-        (folder / str(row["image_path"])).write_bytes(encode_png(image))
-        (folder / str(row["mask_path"])).write_bytes(encode_png(mask))
+        row["image_sha256"] = write_hashed(folder / str(row["image_path"]), encode_png(image))
+        row["mask_sha256"] = write_hashed(folder / str(row["mask_path"]), encode_png(mask))
         rows.append(row)
     return rows, problems
 

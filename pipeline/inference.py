@@ -27,6 +27,7 @@ from pipeline.io import (
     read_image,
     read_manifest,
     resolve_path,
+    verify_content,
     write_json,
     write_png,
 )
@@ -185,6 +186,7 @@ def mini_test_rows(manifest_path: Path | str) -> pd.DataFrame:
     chosen = frame[frame["mini_test"].astype(str).str.lower() == "true"]
     if chosen.empty:
         raise DataError(f"{manifest_path}: no slice is marked mini_test")
+    verify_content(chosen)
     return chosen.sort_values("id", kind="stable")
 
 

@@ -7,6 +7,7 @@ crash or a failed check never leaves a half-written file or folder behind for DV
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -21,6 +22,10 @@ import pandas as pd
 
 # Columns every stage's manifest carries, in this order; later stages append their own
 # (`split` adds `split` and `mini_test`). Paths are relative to the manifest's own folder.
+# The sha256 of each file makes the manifest a fingerprint of the pixels it lists: downstream
+# stages declare the manifest as their DVC dependency instead of the folder of thousands of
+# PNGs (hashing those on every `dvc status` dominated its time), and check the files they
+# read against it (`verify_content`).
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "id",
     "case_id",
@@ -32,6 +37,8 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "width",
     "height",
     "lesion_pixels",
+    "image_sha256",
+    "mask_sha256",
 )
 MANIFEST_DTYPES: dict[str, str] = {
     "id": "string",
@@ -44,6 +51,8 @@ MANIFEST_DTYPES: dict[str, str] = {
     "width": "int64",
     "height": "int64",
     "lesion_pixels": "int64",
+    "image_sha256": "string",
+    "mask_sha256": "string",
 }
 
 
@@ -128,6 +137,17 @@ def encode_png(array: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
+def content_hash(data: bytes) -> str:
+    """The sha256 hex digest manifests record for a file's bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_hashed(path: Path, data: bytes) -> str:
+    """Write `data` to `path` (plain write: callers build whole folders atomically); its hash."""
+    path.write_bytes(data)
+    return content_hash(data)
+
+
 def write_png(path: Path | str, array: np.ndarray) -> None:
     """Write a grey or RGB uint8 array as PNG, atomically."""
     write_bytes_atomic(path, encode_png(array))
@@ -178,6 +198,7 @@ def read_manifest(path: Path | str, extra_columns: tuple[str, ...] = ()) -> pd.D
         duplicated = frame.loc[frame["id"].duplicated(), "id"].head(5).tolist()
         raise DataError(f"{path}: duplicate ids in manifest, e.g. {duplicated}")
     frame.attrs["root"] = str(path.parent)
+    frame.attrs["path"] = str(path)
     return frame
 
 
@@ -189,6 +210,40 @@ def write_manifest(path: Path | str, frame: pd.DataFrame) -> None:
     extra = [c for c in frame.columns if c not in MANIFEST_COLUMNS]
     ordered = frame[[*MANIFEST_COLUMNS, *extra]].sort_values("id", kind="stable")
     write_text_atomic(path, ordered.to_csv(index=False, lineterminator="\n"))
+
+
+def verify_content(manifest: pd.DataFrame) -> None:
+    """Check that every listed image and mask exists and still has its recorded sha256.
+
+    DataError names the manifest (as `read_manifest` recorded it), how many files are missing
+    or differ, and examples: a file edited or replaced after its stage ran would otherwise be
+    read silently, since DVC tracks downstream stages through the manifest alone.
+    """
+    source = manifest.attrs.get("path", "manifest")
+    missing: list[str] = []
+    changed: list[str] = []
+    for column in ("image", "mask"):
+        for relative, expected in zip(
+            manifest[f"{column}_path"], manifest[f"{column}_sha256"], strict=True
+        ):
+            path = resolve_path(manifest, relative)
+            try:
+                data = path.read_bytes()
+            except OSError:
+                missing.append(str(path))
+                continue
+            if content_hash(data) != expected:
+                changed.append(str(path))
+    if missing:
+        raise DataError(
+            f"{source}: {len(missing)} listed files are missing, e.g. {missing[:3]}; "
+            "run `dvc repro` to rebuild them"
+        )
+    if changed:
+        raise DataError(
+            f"{source}: {len(changed)} listed files differ from their manifest sha256 (edited "
+            f"after the stage that wrote them?), e.g. {changed[:3]}; run `dvc repro`"
+        )
 
 
 def resolve_path(manifest: pd.DataFrame, relative: str) -> Path:

@@ -15,8 +15,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
+
+from pipeline.io import content_hash, read_manifest, write_manifest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -58,6 +61,28 @@ def deep_merge(base: Mapping, overrides: Mapping) -> dict:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def with_sha256(rows: list[dict] | pd.DataFrame, folder: Path) -> pd.DataFrame:
+    """Manifest rows with their `image_sha256` and `mask_sha256` measured from the files.
+
+    Paths are relative to `folder` (where the manifest goes); a missing file gets "".
+    """
+    frame = pd.DataFrame(rows)
+    for kind in ("image", "mask"):
+        # normpath: `folder` may not exist yet, and `..` cannot climb out of a missing folder.
+        files = [Path(os.path.normpath(folder / path)) for path in frame[f"{kind}_path"]]
+        frame[f"{kind}_sha256"] = [
+            content_hash(file.read_bytes()) if file.is_file() else "" for file in files
+        ]
+    return frame
+
+
+def rehash_manifest(path: Path) -> None:
+    """Rewrite a manifest's sha256 columns after a test changed its files on purpose."""
+    frame = read_manifest(path)
+    frame.attrs = {}
+    write_manifest(path, with_sha256(frame, path.parent))
 
 
 def tool_env() -> dict[str, str]:

@@ -31,6 +31,7 @@ from pipeline.io import DataError, read_image, read_manifest, resolve_path, writ
 from pipeline.params import AugmentParams, Params, ParamsError, parse_params
 from pipeline.split import split_manifest
 from stages import augment as augment_stage
+from tests.conftest import rehash_manifest
 from tests.test_split import case_keys, write_colorized
 
 PALETTE = Params().palette
@@ -346,11 +347,14 @@ def test_missing_or_mismatched_originals_are_named(split_root):
     train_hemorrhagic = split[(split["split"] == "train") & (split["lesion_pixels"] > 0)]
     mask_path = resolve_path(split, train_hemorrhagic["mask_path"].iloc[0])
     mask_path.write_bytes(b"")  # not a readable image any more
+    with pytest.raises(DataError, match=r"1 listed files differ from their manifest sha256"):
+        run_augment(split_root)
+    rehash_manifest(split_path)  # as if colorize had written the empty file
     with pytest.raises(DataError, match=f"{mask_path.name}: not a readable image"):
         run_augment(split_root, workers=2)
     image_path = resolve_path(split, train_hemorrhagic["image_path"].iloc[1])
     image_path.unlink()
-    with pytest.raises(DataError, match=r"1 training image_path files are missing.*\.png"):
+    with pytest.raises(DataError, match=r"1 listed files are missing.*\.png"):
         run_augment(split_root)
     assert not (split_root / "data/augmented").exists()
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -26,6 +25,7 @@ from pipeline.io import (
     write_png,
 )
 from pipeline.params import Params
+from tests.conftest import with_sha256
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RGB_MAP = Params().rgb_map
@@ -62,7 +62,7 @@ def write_validated(root: Path) -> Path:
                     "lesion_pixels": int((mask > 0).sum()),
                 }
             )
-    write_manifest(root / "validated" / "manifest.csv", pd.DataFrame(rows))
+    write_manifest(root / "validated" / "manifest.csv", with_sha256(rows, root / "validated"))
     return root / "validated" / "manifest.csv"
 
 

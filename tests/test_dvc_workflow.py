@@ -146,6 +146,28 @@ def test_editing_a_pipeline_module_flags_only_the_stages_that_import_it(built):
         project.git("checkout", "--", "pipeline/augment.py")
 
 
+def test_an_edited_data_file_reruns_only_its_producer(built):
+    """Readers depend on manifests (with each file's sha256), not on the folders of PNGs.
+
+    An edited PNG is an edited output of the stage that wrote it: DVC flags that stage alone,
+    `dvc repro` restores that stage's outputs from its run cache, and every reader is skipped.
+    """
+    project, _, _ = built
+    image = sorted((project.path / "data" / "colorized" / "images").iterdir())[0]
+    original = image.read_bytes()
+    try:
+        image.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        assert status_stages(project) == {"colorize"}
+        output = project.dvc("repro").stdout
+        ran, skipped = ran_and_skipped(output)
+        assert ran == set()
+        assert "Stage 'colorize' is cached - skipping run, checking out outputs" in output
+        assert skipped == set(STAGES) - {"colorize"}
+        assert image.read_bytes() == original
+    finally:
+        project.dvc("checkout", "-q", "--force")
+
+
 def test_committed_metrics_are_readable_before_running_anything(built, tmp_path):
     project, _, _ = built
     clone = tmp_path / "clone"

@@ -30,6 +30,7 @@ from pipeline.inference import (
 from pipeline.io import DataError, read_image, write_manifest, write_png
 from pipeline.masks import index_to_colour, palette_array
 from pipeline.params import parse_params
+from tests.conftest import with_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_SAMPLES = ROOT.parent / "shared" / "real-ct-samples" / "images"
@@ -235,7 +236,7 @@ def make_split(root: Path) -> Path:
             }
         )
     manifest = root / "split" / "manifest.csv"
-    write_manifest(manifest, pd.DataFrame(rows))
+    write_manifest(manifest, with_sha256(rows, manifest.parent))
     return manifest
 
 

@@ -59,6 +59,8 @@ def _manifest(ids):
             "width": [64] * len(ids),
             "height": [64] * len(ids),
             "lesion_pixels": [3] * len(ids),
+            "image_sha256": ["0" * 64] * len(ids),
+            "mask_sha256": ["1" * 64] * len(ids),
         }
     )
 

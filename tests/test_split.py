@@ -23,6 +23,7 @@ from pipeline.split import (
 )
 from pipeline.validation import ValidationFailed
 from stages import split as split_stage
+from tests.conftest import with_sha256
 
 PALETTE = Params().palette
 
@@ -74,7 +75,7 @@ def write_colorized(
                     "lesion_pixels": int(np.count_nonzero(index_mask)),
                 }
             )
-    write_manifest(folder / "manifest.csv", pd.DataFrame(rows))
+    write_manifest(folder / "manifest.csv", with_sha256(rows, folder))
     return folder / "manifest.csv"
 
 

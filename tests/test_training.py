@@ -26,6 +26,7 @@ from pipeline.io import DataError, write_manifest, write_png
 from pipeline.masks import index_to_colour
 from pipeline.params import Params, parse_params
 from pipeline.training import TrainPaths, train_model
+from tests.conftest import rehash_manifest, with_sha256
 
 SIZE = 32
 PALETTE = ((0, 0, 0), (255, 0, 0), (0, 255, 0))
@@ -73,7 +74,7 @@ def write_tiny_project(root: Path, train_per_class: int = 4) -> TrainPaths:
                     "mini_test": split == "test",
                 }
             )
-    split_manifest = pd.DataFrame(rows)
+    split_manifest = with_sha256(rows, root / "data/split")
     write_manifest(root / "data/split/manifest.csv", split_manifest)
     train_rows = split_manifest[split_manifest["split"] == "train"].drop(
         columns=["split", "mini_test"]
@@ -222,6 +223,8 @@ def test_a_foreign_mask_colour_is_reported_with_the_file(tmp_path: Path) -> None
     mask = np.zeros((SIZE, SIZE, 3), np.uint8)
     mask[3, 3] = (128, 0, 0)  # a blended edge shade: not a palette colour
     write_png(tmp_path / "data/split" / bad["mask_path"], mask)
+    rehash_manifest(paths.split_manifest)  # as if colorize had written the shade
+    valid = read_training_tables(paths.augmented_manifest, paths.split_manifest).valid
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"{bad['id']}.png"):
         list(make_eval_dataset(valid, options(), batch_size=4))
 

@@ -32,6 +32,7 @@ from pipeline.io import read_image, read_manifest, resolve_path, write_manifest,
 from pipeline.params import ValidateParams
 from pipeline.stats import class_counts, plot_class_counts
 from pipeline.validation import ValidationFailed, run_suite
+from tests.conftest import rehash_manifest, with_sha256
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SIDE = 32
@@ -83,7 +84,7 @@ def write_dataset(root: Path) -> Path:
                         "lesion_pixels": int((mask > 0).sum()),
                     }
                 )
-    write_manifest(root / "manifest.csv", pd.DataFrame(rows))
+    write_manifest(root / "manifest.csv", with_sha256(rows, root))
     return root / "manifest.csv"
 
 
@@ -242,6 +243,7 @@ def test_each_defect_fails_the_check_that_names_it(
     defect: Callable[[Path], str], failing_checks: set[str], dataset: Path, tmp_path: Path
 ):
     example = defect(dataset)
+    rehash_manifest(dataset)  # each defect stands for files as extract wrote them
     outputs = outputs_under(tmp_path)
     with pytest.raises(ValidationFailed) as raised:
         validate_extracted(dataset, outputs, PARAMS)
@@ -254,6 +256,18 @@ def test_each_defect_fails_the_check_that_names_it(
     assert not outputs.manifest.exists(), "a failed gate must not write the validated manifest"
     metrics = json.loads(outputs.metrics.read_text())
     assert metrics["expectations_failed_critical"] == len(failing_checks)
+
+
+def test_a_file_changed_after_extract_fails_the_sha256_check(dataset: Path, tmp_path: Path):
+    path = dataset.parent / "images" / "Hemorrhagic_050_002.png"
+    image = read_image(path)
+    image[0, 0] ^= 1
+    write_png(path, image)
+    with pytest.raises(ValidationFailed) as raised:
+        validate_extracted(dataset, outputs_under(tmp_path), PARAMS)
+    failed = {outcome.name for outcome in raised.value.report.critical_failures}
+    assert failed == {"manifest_sha256_matches_files"}
+    assert "Hemorrhagic_050_002" in str(raised.value)
 
 
 def test_image_outside_size_bounds_fails(dataset: Path, tmp_path: Path):
