@@ -323,13 +323,13 @@ def augment_original(task: OriginalTask) -> list[WarpedSlice]:
                 f"{path}: {array.shape[1]}x{array.shape[0]} pixels, the manifest says "
                 f"{task.width}x{task.height}"
             )
+    folder = task.out_folder
     written = []
     for transform in task.transforms:
         warp = transform_map(transform, task.height, task.width, task.seed, task.source_id)
         warped_image, warped_mask = warp_pair(image, mask, warp, task.background)
         name = f"{transform.output_id(task.source_id)}.png"
         # Plain writes: the whole output folder is moved into place atomically afterwards.
-        folder = task.out_folder
         written.append(
             WarpedSlice(
                 lesion_pixels=lesion_pixel_count(warped_mask, task.background),

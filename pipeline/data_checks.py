@@ -1,9 +1,9 @@
 """The `validate` gate: facts read from every extracted slice, and the suite they must pass.
 
 `build_slice_table` joins the extracted manifest with what the files actually hold (size,
-channels, dtype, mask values, lesion fraction, a hash of the pixels, the sha256 of the bytes
-against the manifest's), `class_table` sums it per
-class, and `validate_extracted` runs both through Great Expectations (`pipeline.validation`).
+channels, dtype, mask values, lesion fraction, a hash of the pixels, the sha256 of the bytes to
+compare with the manifest's), `class_table` sums it per class, and `validate_extracted` runs
+both through Great Expectations (`pipeline.validation`).
 
 Severity: every check is critical (the stage fails, nothing is written) except the case-id
 formats per class (Hemorrhagic `^\\d{3}$`, Ischemic `^\\d{7}$`). Those describe how the Kaggle
@@ -32,10 +32,10 @@ import pandas as pd
 from pipeline.io import (
     MANIFEST_COLUMNS,
     atomic_path,
-    content_hash,
     read_manifest,
     relative_to,
     resolve_path,
+    sha256_hex,
     write_json,
     write_manifest,
     write_text_atomic,
@@ -132,7 +132,7 @@ def inspect_slice(paths: tuple[str, str]) -> dict[str, object]:
     data, image = _read_unchanged(image_path) if image_path.is_file() else (None, None)
     facts["image_readable"] = image is not None
     if data is not None:
-        facts["image_sha256_measured"] = content_hash(data)
+        facts["image_sha256_measured"] = sha256_hex(data)
     if image is not None:
         facts.update(
             image_width=image.shape[1],
@@ -145,7 +145,7 @@ def inspect_slice(paths: tuple[str, str]) -> dict[str, object]:
     if not facts["mask_exists"]:
         return facts
     data, mask = _read_unchanged(mask_path)
-    facts["mask_sha256_measured"] = None if data is None else content_hash(data)
+    facts["mask_sha256_measured"] = None if data is None else sha256_hex(data)
     facts["mask_readable"] = mask is not None
     if mask is None:
         return facts

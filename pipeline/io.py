@@ -137,7 +137,7 @@ def encode_png(array: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
-def content_hash(data: bytes) -> str:
+def sha256_hex(data: bytes) -> str:
     """The sha256 hex digest manifests record for a file's bytes."""
     return hashlib.sha256(data).hexdigest()
 
@@ -145,7 +145,7 @@ def content_hash(data: bytes) -> str:
 def write_hashed(path: Path, data: bytes) -> str:
     """Write `data` to `path` (plain write: callers build whole folders atomically); its hash."""
     path.write_bytes(data)
-    return content_hash(data)
+    return sha256_hex(data)
 
 
 def write_png(path: Path | str, array: np.ndarray) -> None:
@@ -232,7 +232,7 @@ def verify_content(manifest: pd.DataFrame) -> None:
             except OSError:
                 missing.append(str(path))
                 continue
-            if content_hash(data) != expected:
+            if sha256_hex(data) != expected:
                 changed.append(str(path))
     if missing:
         raise DataError(

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.io import content_hash, read_manifest, write_manifest
+from pipeline.io import read_manifest, sha256_hex, write_manifest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -63,6 +63,27 @@ def deep_merge(base: Mapping, overrides: Mapping) -> dict:
     return merged
 
 
+def original_row(
+    slice_id: str, case_id: str, class_name: str, size: int, lesion_pixels: int, folder: str = ""
+) -> dict[str, object]:
+    """A manifest row (contract columns but the sha256 ones) of an original slice.
+
+    Its files are `<folder>images/<id>.png` and `<folder>masks/<id>.png`.
+    """
+    return {
+        "id": slice_id,
+        "case_id": case_id,
+        "class": class_name,
+        "source": "original",
+        "source_id": slice_id,
+        "image_path": f"{folder}images/{slice_id}.png",
+        "mask_path": f"{folder}masks/{slice_id}.png",
+        "width": size,
+        "height": size,
+        "lesion_pixels": lesion_pixels,
+    }
+
+
 def with_sha256(rows: list[dict] | pd.DataFrame, folder: Path) -> pd.DataFrame:
     """Manifest rows with their `image_sha256` and `mask_sha256` measured from the files.
 
@@ -73,7 +94,7 @@ def with_sha256(rows: list[dict] | pd.DataFrame, folder: Path) -> pd.DataFrame:
         # normpath: `folder` may not exist yet, and `..` cannot climb out of a missing folder.
         files = [Path(os.path.normpath(folder / path)) for path in frame[f"{kind}_path"]]
         frame[f"{kind}_sha256"] = [
-            content_hash(file.read_bytes()) if file.is_file() else "" for file in files
+            sha256_hex(file.read_bytes()) if file.is_file() else "" for file in files
         ]
     return frame
 

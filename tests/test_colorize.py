@@ -25,7 +25,7 @@ from pipeline.io import (
     write_png,
 )
 from pipeline.params import Params
-from tests.conftest import with_sha256
+from tests.conftest import original_row, with_sha256
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RGB_MAP = Params().rgb_map
@@ -48,19 +48,11 @@ def write_validated(root: Path) -> Path:
                 rng.integers(0, 256, mask.shape, np.uint8),
             )
             write_png(root / "extracted" / "masks" / f"{slice_id}.png", mask)
+            lesion_pixels = int((mask > 0).sum())
             rows.append(
-                {
-                    "id": slice_id,
-                    "case_id": case_id,
-                    "class": class_name,
-                    "source": "original",
-                    "source_id": slice_id,
-                    "image_path": f"../extracted/images/{slice_id}.png",
-                    "mask_path": f"../extracted/masks/{slice_id}.png",
-                    "width": SOURCE_SIDE,
-                    "height": SOURCE_SIDE,
-                    "lesion_pixels": int((mask > 0).sum()),
-                }
+                original_row(
+                    slice_id, case_id, class_name, SOURCE_SIDE, lesion_pixels, "../extracted/"
+                )
             )
     write_manifest(root / "validated" / "manifest.csv", with_sha256(rows, root / "validated"))
     return root / "validated" / "manifest.csv"

@@ -30,7 +30,7 @@ from pipeline.inference import (
 from pipeline.io import DataError, read_image, write_manifest, write_png
 from pipeline.masks import index_to_colour, palette_array
 from pipeline.params import parse_params
-from tests.conftest import with_sha256
+from tests.conftest import original_row, with_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_SAMPLES = ROOT.parent / "shared" / "real-ct-samples" / "images"
@@ -219,22 +219,9 @@ def make_split(root: Path) -> Path:
         write_png(root / "colorized" / "images" / f"{slice_id}.png", grey)
         write_png(root / "colorized" / "masks" / f"{slice_id}.png", index_to_colour(truth, PALETTE))
         case_id = slice_id.split("_")[1]
-        rows.append(
-            {
-                "id": slice_id,
-                "case_id": case_id,
-                "class": label,
-                "source": "original",
-                "source_id": slice_id,
-                "image_path": f"../colorized/images/{slice_id}.png",
-                "mask_path": f"../colorized/masks/{slice_id}.png",
-                "width": MODEL_SIZE,
-                "height": MODEL_SIZE,
-                "lesion_pixels": int((truth > 0).sum()),
-                "split": split,
-                "mini_test": mini_test,
-            }
-        )
+        lesion_pixels = int((truth > 0).sum())
+        row = original_row(slice_id, case_id, label, MODEL_SIZE, lesion_pixels, "../colorized/")
+        rows.append({**row, "split": split, "mini_test": mini_test})
     manifest = root / "split" / "manifest.csv"
     write_manifest(manifest, with_sha256(rows, manifest.parent))
     return manifest

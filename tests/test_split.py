@@ -23,7 +23,7 @@ from pipeline.split import (
 )
 from pipeline.validation import ValidationFailed
 from stages import split as split_stage
-from tests.conftest import with_sha256
+from tests.conftest import original_row, with_sha256
 
 PALETTE = Params().palette
 
@@ -61,20 +61,8 @@ def write_colorized(
             mask = np.asarray(PALETTE, np.uint8)[index_mask]
             write_png(folder / "images" / f"{slice_id}.png", image)
             write_png(folder / "masks" / f"{slice_id}.png", mask)
-            rows.append(
-                {
-                    "id": slice_id,
-                    "case_id": case_id,
-                    "class": class_name,
-                    "source": "original",
-                    "source_id": slice_id,
-                    "image_path": f"images/{slice_id}.png",
-                    "mask_path": f"masks/{slice_id}.png",
-                    "width": size,
-                    "height": size,
-                    "lesion_pixels": int(np.count_nonzero(index_mask)),
-                }
-            )
+            lesion_pixels = int(np.count_nonzero(index_mask))
+            rows.append(original_row(slice_id, case_id, class_name, size, lesion_pixels))
     write_manifest(folder / "manifest.csv", with_sha256(rows, folder))
     return folder / "manifest.csv"
 

@@ -26,7 +26,7 @@ from pipeline.io import DataError, write_manifest, write_png
 from pipeline.masks import index_to_colour
 from pipeline.params import Params, parse_params
 from pipeline.training import TrainPaths, train_model
-from tests.conftest import rehash_manifest, with_sha256
+from tests.conftest import original_row, rehash_manifest, with_sha256
 
 SIZE = 32
 PALETTE = ((0, 0, 0), (255, 0, 0), (0, 255, 0))
@@ -58,22 +58,11 @@ def write_tiny_project(root: Path, train_per_class: int = 4) -> TrainPaths:
             write_png(
                 root / "data/colorized/masks" / f"{slice_id}.png", index_to_colour(labels, PALETTE)
             )
-            rows.append(
-                {
-                    "id": slice_id,
-                    "case_id": f"{split}{number}",
-                    "class": class_name,
-                    "source": "original",
-                    "source_id": slice_id,
-                    "image_path": f"../colorized/images/{slice_id}.png",
-                    "mask_path": f"../colorized/masks/{slice_id}.png",
-                    "width": SIZE,
-                    "height": SIZE,
-                    "lesion_pixels": int((labels > 0).sum()),
-                    "split": split,
-                    "mini_test": split == "test",
-                }
+            lesion_pixels = int((labels > 0).sum())
+            row = original_row(
+                slice_id, f"{split}{number}", class_name, SIZE, lesion_pixels, "../colorized/"
             )
+            rows.append({**row, "split": split, "mini_test": split == "test"})
     split_manifest = with_sha256(rows, root / "data/split")
     write_manifest(root / "data/split/manifest.csv", split_manifest)
     train_rows = split_manifest[split_manifest["split"] == "train"].drop(

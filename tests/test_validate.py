@@ -32,7 +32,7 @@ from pipeline.io import read_image, read_manifest, resolve_path, write_manifest,
 from pipeline.params import ValidateParams
 from pipeline.stats import class_counts, plot_class_counts
 from pipeline.validation import ValidationFailed, run_suite
-from tests.conftest import rehash_manifest, with_sha256
+from tests.conftest import original_row, rehash_manifest, with_sha256
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SIDE = 32
@@ -70,20 +70,8 @@ def write_dataset(root: Path) -> Path:
                     rng.integers(0, 256, (SIDE, SIDE), np.uint8),
                 )
                 write_png(root / "masks" / f"{slice_id}.png", mask)
-                rows.append(
-                    {
-                        "id": slice_id,
-                        "case_id": case_id,
-                        "class": class_name,
-                        "source": "original",
-                        "source_id": slice_id,
-                        "image_path": f"images/{slice_id}.png",
-                        "mask_path": f"masks/{slice_id}.png",
-                        "width": SIDE,
-                        "height": SIDE,
-                        "lesion_pixels": int((mask > 0).sum()),
-                    }
-                )
+                lesion_pixels = int((mask > 0).sum())
+                rows.append(original_row(slice_id, case_id, class_name, SIDE, lesion_pixels))
     write_manifest(root / "manifest.csv", with_sha256(rows, root))
     return root / "manifest.csv"
 
