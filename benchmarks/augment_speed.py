@@ -44,6 +44,7 @@ from pipeline.augment import (
 from pipeline.io import encode_png, read_image, write_manifest, write_png
 from pipeline.parallel import ordered_map
 from pipeline.params import AugmentParams, Params
+from tests.conftest import original_row, with_sha256
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "real-ct-samples"
 SIZE = 512
@@ -80,32 +81,18 @@ def build_training_set(root: Path) -> Path:
         slice_id = f"Hemorrhagic_{100 + number // 3:03d}_{number % 3:03d}"
         write_png(root / "colorized/images" / f"{slice_id}.png", np.ascontiguousarray(image))
         write_png(root / "colorized/masks" / f"{slice_id}.png", np.ascontiguousarray(mask))
-        rows.append(row(slice_id, f"{100 + number // 3:03d}", "Hemorrhagic", int(lesion.sum())))
+        case_id = f"{100 + number // 3:03d}"
+        rows.append(
+            original_row(slice_id, case_id, "Hemorrhagic", SIZE, int(lesion.sum()), "../colorized/")
+        )
+    shared_paths = {key: rows[0][key] for key in ("image_path", "mask_path")}
     for number in range(ORIGINALS + OUTPUTS):
         # Ischemic rows only count towards the ratio; they all point at one real slice.
-        rows.append(row(f"Ischemic_0539025_{number:03d}", "0539025", "Ischemic", 1, rows[0]))
-    manifest = pd.DataFrame(rows).assign(split="train", mini_test=False)
+        slice_id = f"Ischemic_0539025_{number:03d}"
+        rows.append({**original_row(slice_id, "0539025", "Ischemic", SIZE, 1), **shared_paths})
+    manifest = with_sha256(rows, root / "split").assign(split="train", mini_test=False)
     write_manifest(root / "split/manifest.csv", manifest)
     return root / "split/manifest.csv"
-
-
-def row(slice_id: str, case_id: str, class_name: str, lesion: int, like: dict | None = None):
-    paths = like or {
-        "image_path": f"../colorized/images/{slice_id}.png",
-        "mask_path": f"../colorized/masks/{slice_id}.png",
-    }
-    return {
-        "id": slice_id,
-        "case_id": case_id,
-        "class": class_name,
-        "source": "original",
-        "source_id": slice_id,
-        "image_path": paths["image_path"],
-        "mask_path": paths["mask_path"],
-        "width": SIZE,
-        "height": SIZE,
-        "lesion_pixels": lesion,
-    }
 
 
 def cpu_seconds() -> float:
