@@ -101,9 +101,7 @@ def with_sha256(rows: list[dict] | pd.DataFrame, folder: Path) -> pd.DataFrame:
 
 def rehash_manifest(path: Path) -> None:
     """Rewrite a manifest's sha256 columns after a test changed its files on purpose."""
-    frame = read_manifest(path)
-    frame.attrs = {}
-    write_manifest(path, with_sha256(frame, path.parent))
+    write_manifest(path, with_sha256(read_manifest(path), path.parent))
 
 
 def tool_env() -> dict[str, str]:
