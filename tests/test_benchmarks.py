@@ -30,6 +30,9 @@ def test_augment_benchmark_builds_a_training_set_the_stage_accepts(tmp_path: Pat
     ["DEFAULT_SCALE", "KAGGLE_SCALE", "KAGGLE_FULL_RESOLUTION"],
 )
 def test_dvc_speed_scales_are_valid_params(scale: str) -> None:
+    overrides = getattr(dvc_speed, scale)
     defaults = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params = parse_params(deep_merge(deep_merge(defaults, TINY_PARAMS), getattr(dvc_speed, scale)))
-    assert params.phantom.slices_per_case >= 16
+    params = parse_params(deep_merge(deep_merge(defaults, TINY_PARAMS), overrides))
+    assert params.image_size == overrides["image_size"]
+    assert params.phantom.image_size == overrides["phantom"]["image_size"]
+    assert params.phantom.ischemic_cases == overrides["phantom"]["ischemic_cases"]

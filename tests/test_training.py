@@ -89,6 +89,19 @@ def tiny_params(**train: object) -> Params:
     )
 
 
+def frozen_params(**train: object) -> Params:
+    """A model that cannot learn: a vanishing rate and no BatchNorm or dropout keep
+    val_dice_mean flat, so plateau callbacks must act on schedule."""
+    return parse_params(
+        {
+            "image_size": SIZE,
+            "lr": 1e-9,
+            "model": {"base_filters": 4, "num_layers": 2, "batch_norm": False, "dropout_rate": 0},
+            "train": {"batch_size": 4, "epoch_change_infer": False, **train},
+        }
+    )
+
+
 def options(**overrides: object) -> PipelineOptions:
     return PipelineOptions(palette=PALETTE, image_size=SIZE, **overrides)
 
@@ -259,22 +272,12 @@ def test_one_epoch_writes_model_metrics_reports_and_dvclive(tmp_path: Path) -> N
 
 def test_learning_rate_really_drops_on_a_plateau(tmp_path: Path) -> None:
     paths = write_tiny_project(tmp_path)
-    # A vanishing rate and no BatchNorm or dropout freeze the model: val_dice_mean cannot
-    # improve, so after `patience` flat epochs the rate must halve.
-    params = parse_params(
-        {
-            "image_size": SIZE,
-            "lr": 1e-9,
-            "model": {"base_filters": 4, "num_layers": 2, "batch_norm": False, "dropout_rate": 0},
-            "train": {
-                "epochs": 4,
-                "batch_size": 4,
-                "lr_schedule": "constant",
-                "reduce_lr": {"enabled": True, "factor": 0.5, "patience": 1, "min_lr": 0},
-                "early_stopping": {"enabled": False},
-                "epoch_change_infer": False,
-            },
-        }
+    # val_dice_mean cannot improve, so after `patience` flat epochs the rate must halve.
+    params = frozen_params(
+        epochs=4,
+        lr_schedule="constant",
+        reduce_lr={"enabled": True, "factor": 0.5, "patience": 1, "min_lr": 0},
+        early_stopping={"enabled": False},
     )
     train_model(params, paths)
     rates = pd.read_csv(paths.reports_dir / "train_metrics.csv")["lr"].to_numpy()
@@ -283,19 +286,8 @@ def test_learning_rate_really_drops_on_a_plateau(tmp_path: Path) -> None:
 
 def test_early_stopping_ends_a_flat_run(tmp_path: Path) -> None:
     paths = write_tiny_project(tmp_path)
-    params = parse_params(
-        {
-            "image_size": SIZE,
-            "lr": 1e-9,
-            "model": {"base_filters": 4, "num_layers": 2, "batch_norm": False, "dropout_rate": 0},
-            "train": {
-                "epochs": 6,
-                "batch_size": 4,
-                "reduce_lr": {"enabled": False},
-                "early_stopping": {"enabled": True, "patience": 2},
-                "epoch_change_infer": False,
-            },
-        }
+    params = frozen_params(
+        epochs=6, reduce_lr={"enabled": False}, early_stopping={"enabled": True, "patience": 2}
     )
     summary = train_model(params, paths)
     assert summary["stopped_early"] is True
