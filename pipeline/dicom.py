@@ -220,7 +220,7 @@ def synthesize_dicom(folder: Path | str, params: PhantomParams, seed: int) -> pd
                     "truth_path": f"truth/{name}",
                     "slices": len(series.slices),
                     "lesion_voxels": series.lesion_voxels,
-                    "lesion_ml": round(series.lesion_voxels * voxel_ml, 6),
+                    "lesion_ml": series.lesion_voxels * voxel_ml,
                 }
             )
         table = pd.DataFrame(rows, columns=list(DICOM_CASES_COLUMNS))
