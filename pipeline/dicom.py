@@ -496,7 +496,11 @@ def read_ct_series(
         groups[uid].append((source, ds))
     yield from refusals
     for uid in sorted(groups):
-        yield _load_series(uid, groups[uid])
+        try:
+            yield _load_series(uid, groups[uid])
+        except (ValueError, TypeError, AttributeError, KeyError) as error:
+            # pydicom raises these for values it cannot convert (an empty Rows, a bad IS)
+            yield SeriesRefusal(uid, f"malformed header ({error})", len(groups[uid]))
 
 
 def _looks_like_dicom(path: Path) -> bool:

@@ -201,7 +201,12 @@ def segment_series(
     summary = series_summary(series, volume, threshold, settings)
     with atomic_path(output_dir / series.series_instance_uid) as folder:
         folder.mkdir(parents=True)
-        build_segmentation(series, volume, model_version).save_as(folder / "seg.dcm")
+        try:
+            segmentation = build_segmentation(series, volume, model_version)
+        except (ValueError, TypeError, AttributeError, KeyError) as error:
+            # highdicom checks the source images against the SEG's needs (patient, study, ...)
+            raise DataError(f"no DICOM SEG can be built on this series ({error})") from None
+        segmentation.save_as(folder / "seg.dcm")
         for position, (grey, mask) in enumerate(zip(greys, labels, strict=True), start=1):
             write_slice_outputs(
                 folder, f"{position:04d}.png", grey, mask, palette, settings.overlay_alpha
@@ -262,17 +267,21 @@ def segment_dicom(
     rows: list[dict[str, object]] = []
     max_bytes = int(settings.max_dicom_file_mb * 1e6)
     for item in read_ct_series(inputs, max_bytes):
-        if isinstance(item, SeriesRefusal):
-            files = f" ({item.files} files)" if item.files > 1 else ""
-            print(f"refused {item.series}{files}: {item.reason}", file=sys.stderr)
-            run.refused.append(item)
-            rows.append(summary_row(None, item))
-            continue
-        summary = segment_series(
-            segmenter, item, output_dir, palette, settings, threshold, model_version
-        )
-        run.segmented.append(summary)
-        rows.append(summary_row(summary, None))
+        if isinstance(item, CtSeries):
+            try:
+                summary = segment_series(
+                    segmenter, item, output_dir, palette, settings, threshold, model_version
+                )
+            except DataError as error:
+                item = SeriesRefusal(item.series_instance_uid, str(error), len(item.datasets))
+            else:
+                run.segmented.append(summary)
+                rows.append(summary_row(summary, None))
+                continue
+        files = f" ({item.files} files)" if item.files > 1 else ""
+        print(f"refused {item.series}{files}: {item.reason}", file=sys.stderr)
+        run.refused.append(item)
+        rows.append(summary_row(None, item))
     table = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     write_text_atomic(output_dir / "summary.csv", table.to_csv(index=False, lineterminator="\n"))
     return run

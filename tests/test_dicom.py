@@ -279,6 +279,9 @@ def malformed_inputs(tmp_path: Path, phantom_dicom: Path) -> dict[str, tuple[Pat
     def gap(index, ds):
         return index != 3
 
+    def short_position(index, ds):
+        ds.ImagePositionPatient = [0.0, float(index)]
+
     text = tmp_path / "text"
     text.mkdir()
     (text / "notes.dcm").write_text("not an image\n")
@@ -303,6 +306,10 @@ def malformed_inputs(tmp_path: Path, phantom_dicom: Path) -> dict[str, tuple[Pat
             "pixel data in JPEG Lossless, Non-Hierarchical, First-Order Prediction",
         ),
         "not CT": (mr, "modality MR, not CT"),
+        "malformed header": (
+            copy_series(source, tmp_path / "short", short_position),
+            "malformed header",
+        ),
         "not DICOM": (text, "notes.dcm: not a DICOM file"),
     }
 
@@ -321,6 +328,7 @@ def malformed(tmp_path_factory, phantom_dicom) -> dict[str, tuple[Path, str]]:
         "compressed",
         "not CT",
         "not DICOM",
+        "malformed header",
     ],
 )
 def test_reader_refuses_each_malformed_series_and_reads_the_others(case, malformed, phantom_dicom):
