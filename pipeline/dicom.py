@@ -398,7 +398,17 @@ def slice_normal(orientation: Sequence[float]) -> np.ndarray:
     return normal / np.linalg.norm(normal)
 
 
-def _spacing_problem(positions_mm: np.ndarray) -> str:
+def order_along_normal(
+    orientation: Sequence[float], positions_mm: Sequence[Sequence[float]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Slice order (indices into `positions_mm`) and the sorted positions along the normal:
+    each ImagePositionPatient projected on the normal of the (shared) orientation."""
+    along = np.asarray(positions_mm, dtype=float) @ slice_normal(orientation)
+    order = np.argsort(along, kind="stable")
+    return order, along[order]
+
+
+def spacing_problem(positions_mm: np.ndarray) -> str:
     """'' when the sorted positions are distinct and evenly spaced; else why not."""
     gaps = np.diff(positions_mm)
     if (gaps < POSITION_TOLERANCE_MM).any():
@@ -417,13 +427,13 @@ def _load_series(uid: str, headers: list[tuple[DicomSource, Dataset]]) -> CtSeri
     problem = _header_problem(headers)
     if problem:
         return SeriesRefusal(uid, problem, len(headers))
-    normal = slice_normal(_numbers(headers[0][1], "ImageOrientationPatient"))
-    along = np.array([np.dot(_numbers(ds, "ImagePositionPatient"), normal) for _, ds in headers])
-    order = np.argsort(along, kind="stable")
-    positions = along[order]
+    order, positions = order_along_normal(
+        _numbers(headers[0][1], "ImageOrientationPatient"),
+        [_numbers(ds, "ImagePositionPatient") for _, ds in headers],
+    )
     first = headers[0][1]
     if len(headers) > 1:
-        problem = _spacing_problem(positions)
+        problem = spacing_problem(positions)
         if problem:
             return SeriesRefusal(uid, problem, len(headers))
         slice_spacing = float(np.median(np.diff(positions)))

@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom import config as pydicom_config
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
@@ -34,8 +36,10 @@ from pipeline.dicom import (
     CtSeries,
     SeriesRefusal,
     is_dicom_input,
+    order_along_normal,
     read_ct_series,
     slice_normal,
+    spacing_problem,
     synthesize_dicom,
 )
 from pipeline.dicom_seg import (
@@ -205,6 +209,50 @@ def test_reader_orders_slices_along_the_normal_not_by_file_name(tmp_path, phanto
         np.testing.assert_array_equal(hu, apply_modality_lut(original.pixel_array, original))
     assert series.slice_spacing_mm == pytest.approx(5.0)
     assert series.voxel_volume_ml == pytest.approx(0.45 * 0.45 * 5.0 / 1000)
+
+
+def rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    cy, sy, cp, sp, cr, sr = (f(a) for a in (yaw, pitch, roll) for f in (np.cos, np.sin))
+    return (
+        np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
+        @ np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
+        @ np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
+    )
+
+
+angles = st.floats(-np.pi, np.pi, allow_nan=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    angles,
+    angles,
+    angles,
+    st.integers(4, 24),  # with 3, one left out leaves one gap: even by definition
+    st.floats(0.5, 10.0),
+    st.lists(st.floats(-500, 500), min_size=3, max_size=3),
+    st.randoms(use_true_random=False),
+)
+def test_slices_are_ordered_along_the_normal_whatever_the_orientation_and_file_order(
+    yaw, pitch, roll, count, spacing_mm, origin_mm, random
+):
+    """Slices of any orientation, given in any order, come out in order along the normal with
+    their spacing; one slice left out, or one doubled, is refused."""
+    matrix = rotation(yaw, pitch, roll)
+    orientation = [*matrix[:, 0], *matrix[:, 1]]
+    normal = slice_normal(orientation)
+    np.testing.assert_allclose(normal, matrix[:, 2], atol=1e-9)
+    positions = [np.asarray(origin_mm) + index * spacing_mm * normal for index in range(count)]
+    shuffled = list(range(count))
+    random.shuffle(shuffled)
+    order, along = order_along_normal(orientation, [positions[i] for i in shuffled])
+    assert [shuffled[i] for i in order] == list(range(count))
+    np.testing.assert_allclose(np.diff(along), spacing_mm, atol=1e-6)
+    assert spacing_problem(along) == ""
+    missing = random.randrange(1, count - 1)
+    assert "uneven slice spacing" in spacing_problem(np.delete(along, missing))
+    doubled = np.sort(np.append(along, along[missing]))
+    assert "same position" in spacing_problem(doubled)
 
 
 def test_reader_on_pydicoms_ct_file_matches_apply_modality_lut_and_geometry():
