@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,14 @@ def build_segmentation(
 
     UIDs derive from the source series and the model version, so the same model on the same
     series gives the same SEG UIDs."""
+    with warnings.catch_warnings():
+        # highdicom warns about the source's one-part PatientName (common after anonymisation);
+        # the SEG copies it as it is, so the warning would only puzzle the user.
+        warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
+        return _segmentation(series, labels, model_version)
+
+
+def _segmentation(series: CtSeries, labels: np.ndarray, model_version: str) -> hd.seg.Segmentation:
     return hd.seg.Segmentation(
         source_images=series.datasets,
         pixel_array=labels,
@@ -189,7 +198,13 @@ def segment_series(
     threshold: TriageThreshold,
     model_version: str,
 ) -> dict[str, object]:
-    """Predict one series and write its folder; returns its summary."""
+    """Predict one series and write its folder; returns its summary. DataError when no SEG
+    can be made on it (nothing is written then)."""
+    if any(not ds.get("FrameOfReferenceUID") for ds in series.datasets):
+        raise DataError(
+            "no FrameOfReferenceUID (anonymisers sometimes remove it): a DICOM SEG must share "
+            "its source's frame of reference"
+        )
     greys = [
         window(slice_hu, settings.window_level_hu, settings.window_width_hu)
         for slice_hu in series.hu

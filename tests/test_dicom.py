@@ -255,21 +255,56 @@ def test_slices_are_ordered_along_the_normal_whatever_the_orientation_and_file_o
     assert "same position" in spacing_problem(doubled)
 
 
-def test_reader_on_pydicoms_ct_file_matches_apply_modality_lut_and_geometry():
-    """pydicom's CT_small.dcm (a 128x128 body CT slice, signed pixels, intercept -1024)."""
-    ds = pydicom.dcmread(CT_SMALL)
-    (series,) = only_series(list(read_ct_series([CT_SMALL], MAX_BYTES)))
+# pydicom's own CT test files: a 128 px body slice (signed, uncompressed), a 512 px head slice
+# in lossy JPEG 2000, and a 512 px head slice in lossless JPEG 2000 with a gantry tilt.
+PYDICOM_CT_FILES = ("CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")
+
+
+@pytest.mark.parametrize("name", PYDICOM_CT_FILES)
+def test_reader_on_pydicoms_ct_files_matches_apply_modality_lut_and_geometry(name):
+    path = Path(get_testdata_file(name))
+    ds = pydicom.dcmread(path)
+    (series,) = only_series(list(read_ct_series([path], MAX_BYTES)))
     expected = apply_modality_lut(ds.pixel_array, ds)
     assert series.hu.shape == (1, ds.Rows, ds.Columns)
     np.testing.assert_allclose(series.hu[0], expected, atol=1e-3)
-    assert float(ds.RescaleIntercept) == -1024.0 and (expected != ds.pixel_array).all()
+    if float(ds.RescaleIntercept) != 0:
+        assert (expected != ds.pixel_array).any()  # the rescale really was applied
     assert series.pixel_spacing_mm == tuple(float(v) for v in ds.PixelSpacing)
     assert series.slice_spacing_mm == float(ds.SliceThickness)
-    normal = slice_normal([float(v) for v in ds.ImageOrientationPatient])
+    orientation = [float(v) for v in ds.ImageOrientationPatient]
+    normal = slice_normal(orientation)
+    np.testing.assert_allclose(normal, np.cross(orientation[:3], orientation[3:]), atol=1e-4)
     position = np.dot([float(v) for v in ds.ImagePositionPatient], normal)
     np.testing.assert_allclose(series.positions_mm, [position])
     row_mm, column_mm = series.pixel_spacing_mm
     assert series.voxel_volume_ml == pytest.approx(row_mm * column_mm * ds.SliceThickness / 1e3)
+
+
+def test_pydicoms_ct_files_get_a_seg_each_unless_they_lack_a_frame_of_reference(tmp_path, model):
+    """Real scanners' headers (one with a gantry tilt) are enough for highdicom's SEG; the
+    anonymised 693_J2KI.dcm has no FrameOfReferenceUID, which a SEG needs, and is refused."""
+    paths = [Path(get_testdata_file(name)) for name in PYDICOM_CT_FILES]
+    segmenter = Segmenter.from_file(model, batch_size=4)
+    threshold = triage_threshold(tmp_path / "absent.json", 0.1)
+    run = segment_dicom(
+        segmenter, paths, tmp_path / "out", PARAMS.palette, PARAMS.infer, threshold, "v1"
+    )
+    (refusal,) = run.refused
+    assert refusal.series == pydicom.dcmread(paths[1]).SeriesInstanceUID
+    assert refusal.reason.startswith("no FrameOfReferenceUID")
+    assert len(run.segmented) == 2
+    for series in only_series(list(read_ct_series([paths[0], paths[2]], MAX_BYTES))):
+        folder = tmp_path / "out" / series.series_instance_uid
+        mask = colour_to_index(
+            read_image(folder / "masks" / "0001.png", color=True), PARAMS.palette
+        )
+        np.testing.assert_array_equal(seg_labels(folder / "seg.dcm", series)[0], mask)
+        source = series.datasets[0]
+        seg = strict_read(folder / "seg.dcm")
+        assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+        referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+        assert referenced.ReferencedSOPInstanceUID == source.SOPInstanceUID
 
 
 def test_reader_reads_zips_and_input_kind_is_detected(tmp_path, phantom_dicom):
