@@ -74,12 +74,21 @@ class PhantomParams(StrictModel):
     blur_sigma_px: Annotated[float, Field(ge=0.0, le=5.0)] = 0.8
     table_probability: Probability = 0.5
     lesion_free_slice_share: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
+    # Geometry of the rendered slices (head CT: ~0.45 mm pixels, 5 mm slices); the DICOM
+    # series carry it as PixelSpacing, SliceThickness and slice positions.
+    pixel_spacing_mm: PositiveFloat = 0.45
+    slice_thickness_mm: PositiveFloat = 5.0
+    # Cases of these subsets are also written as DICOM CT series (data/raw/phantom_dicom);
+    # Testing, the cases no stage trains on, by default: all cases would double the stage's
+    # time and add ~300 MB (README).
+    dicom_subsets: tuple[Literal["Training", "Testing"], ...] = ("Testing",)
     workers: NonNegativeInt = 0  # 0 = one per core
 
     @model_validator(mode="after")
     def _check(self) -> PhantomParams:
         for name in ("csf_hu", "hemorrhage_hu", "ischemic_drop_hu", "parenchyma_hu", "noise_hu"):
             _ordered_range(getattr(self, name), name)
+        _distinct(self.dicom_subsets, "dicom_subsets")
         if self.hemorrhagic_cases_without_mask >= self.hemorrhagic_cases:
             raise ValueError("hemorrhagic_cases_without_mask must be below hemorrhagic_cases")
         low, high = self.parenchyma_hu
@@ -346,6 +355,15 @@ class InferParams(StrictModel):
     batch_size: PositiveInt = 8
     latency_repeats: PositiveInt = 20
     overlay_alpha: Probability = 0.45
+    # DICOM input: the brain window applied to HU before the model (the training window).
+    window_level_hu: float = 40.0
+    window_width_hu: PositiveFloat = 80.0
+    # "Hemorrhage present" when the predicted hemorrhage volume reaches this many mL. Used only
+    # when metrics/evaluate.json holds no validated `triage_threshold_ml_hemorrhagic`; not
+    # validated itself: 0.1 mL (about 100 voxels of 0.45 x 0.45 x 5 mm) ignores a few stray
+    # pixels.
+    triage_threshold_ml_hemorrhagic: Annotated[float, Field(ge=0.0)] = 0.1
+    max_dicom_file_mb: PositiveFloat = 64.0  # larger input files are refused unread
 
 
 class Params(StrictModel):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -1027,15 +1027,22 @@ class PhantomSummary:
     archive_bytes: int
 
 
+def render_case_slices(spec: CaseSpec, params: PhantomParams) -> Iterator[PhantomSlice]:
+    """Every slice of a case in order, in HU before windowing: the one source of the
+    archive's PNGs and of the DICOM series (pipeline/dicom.py)."""
+    case = build_case(spec, params)
+    for index in range(len(spec.slice_stems)):
+        yield render_slice(case, index)
+
+
 def render_case_files(task: tuple[CaseSpec, PhantomParams]) -> CaseFiles:
     """Render every slice of a case to PNG bytes (image, and mask unless the case has
     none). Module-level so that worker processes can run it."""
     spec, params = task
-    case = build_case(spec, params)
     members: list[tuple[str, bytes]] = []
     lesion_pixels: list[int] = []
-    for index, stem in enumerate(spec.slice_stems):
-        rendered = render_slice(case, index)
+    slices = render_case_slices(spec, params)
+    for stem, rendered in zip(spec.slice_stems, slices, strict=True):
         image = window(rendered.hu, params.window_level_hu, params.window_width_hu)
         members.append((spec.member("images", stem), encode_png(image)))
         if spec.has_mask:

@@ -1,8 +1,9 @@
 """Stage `synthesize`: the CT phantom archive laid out like the Kaggle download.
 
-Writes data/raw/phantom.zip (deterministic bytes for a given `seed` and `phantom` params)
-and reports/phantom_montage.png (phantom slices with their masks, to compare by eye with
-real CT such as ../shared/real-ct-samples).
+Writes data/raw/phantom.zip (deterministic bytes for a given `seed` and `phantom` params),
+data/raw/phantom_dicom/ (the cases of `phantom.dicom_subsets` as DICOM CT series in HU, with
+their truth masks) and reports/phantom_montage.png (phantom slices with their masks, to
+compare by eye with real CT such as ../shared/real-ct-samples).
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from pipeline.dicom import synthesize_dicom
 from pipeline.io import write_png
 from pipeline.params import Params
 from pipeline.phantom import phantom_montage, synthesize_archive
 from stages.common import run_stage
 
 ARCHIVE_PATH = Path("data/raw/phantom.zip")
+DICOM_PATH = Path("data/raw/phantom_dicom")
 MONTAGE_PATH = Path("reports/phantom_montage.png")
 
 
@@ -23,12 +26,16 @@ def main(params: Params) -> None:
     started = time.perf_counter()
     summary, rendered = synthesize_archive(ARCHIVE_PATH, params.phantom, params.seed)
     seconds = time.perf_counter() - started
+    started_dicom = time.perf_counter()
+    dicom_cases = synthesize_dicom(DICOM_PATH, params.phantom, params.seed)
+    dicom_seconds = time.perf_counter() - started_dicom
     write_png(MONTAGE_PATH, phantom_montage(rendered, params.palette))
     print(
         f"synthesize: {summary.cases} cases, {summary.slices} slices "
         f"({summary.lesion_slices} with a lesion, {summary.masks} with a mask file) in "
         f"{seconds:.1f} s = {summary.slices / seconds:.1f} slices/s; "
-        f"{ARCHIVE_PATH} {summary.archive_bytes / 1e6:.1f} MB; montage {MONTAGE_PATH}"
+        f"{ARCHIVE_PATH} {summary.archive_bytes / 1e6:.1f} MB; {len(dicom_cases)} DICOM "
+        f"series in {dicom_seconds:.1f} s under {DICOM_PATH}; montage {MONTAGE_PATH}"
     )
 
 

@@ -353,6 +353,7 @@ def test_stage_writes_the_archive_and_the_montage(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "slices/s" in result.stdout
     assert zipfile.is_zipfile(tmp_path / "data/raw/phantom.zip")
+    assert (tmp_path / "data/raw/phantom_dicom/cases.csv").is_file()  # tests/test_dicom.py
     montage = cv2.imread(str(tmp_path / "reports/phantom_montage.png"))
     assert montage is not None and montage.shape[2] == 3
 

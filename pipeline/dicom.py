@@ -1,0 +1,534 @@
+"""DICOM CT series: the phantom written as DICOM (stage `synthesize`), and a reader that turns
+a folder or zip of DICOM files into checked CT series in Hounsfield units (the new-images
+command, pipeline/dicom_seg.py).
+
+Writing: each phantom case becomes one CT Image Storage series, one file per slice, holding
+the HU the phantom rendered before windowing (`render_case_slices`), rounded to whole HU and
+stored as unsigned 16-bit with RescaleIntercept -1024 / RescaleSlope 1 (the usual CT
+convention). Study, series, frame-of-reference and SOP instance UIDs are derived from the
+case's seeded entropy, so the bytes are the same on every run. The ground-truth lesion masks
+go beside the series as 0/255 PNGs named like the slices, with one `cases.csv` row per case.
+
+Reading: files are grouped by SeriesInstanceUID and each series is checked before its pixels
+are decoded; a series that cannot be read right is refused with one sentence that says why
+(`SeriesRefusal`), and the other series still go on. Slices are ordered by their
+ImagePositionPatient projected on the slice normal (ImageOrientationPatient's row x column),
+never by file name.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import uuid
+import zipfile
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pydicom.pixels
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
+
+from pipeline.io import atomic_path, encode_png
+from pipeline.parallel import ordered_map
+from pipeline.params import PhantomParams
+from pipeline.phantom import CaseSpec, plan_cases, render_case_slices
+
+# Stored value = HU + 1024: air (-1000 HU) stays above 0 and dense bone fits in 16 bits.
+RESCALE_INTERCEPT_HU = -1024.0
+STORED_MAX = 65535
+# Fixed, so that the phantom's files do not change with the day they were written.
+PHANTOM_STUDY_DATE = "20260101"
+PHANTOM_STUDY_TIME = "120000"
+# Axial slices: rows run to the patient's left (+x), columns to posterior (+y), the normal to
+# the head (+z). This is how the phantom (and the Kaggle PNGs) are displayed.
+AXIAL_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+# Two orientations are the same when their direction cosines agree this closely.
+ORIENTATION_TOLERANCE = 1e-4
+# Slice gaps may differ from their median by this share (or POSITION_TOLERANCE_MM, if larger):
+# positions are written as decimal strings, rounded to a few digits.
+GAP_TOLERANCE = 0.01
+POSITION_TOLERANCE_MM = 0.05
+# Namespace of this project's name-based UIDs (uuid5 of the project's name in the URL space).
+UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "stroke-ct-lesion-segmentation")
+DICOM_CASES_FILE = "cases.csv"
+DICOM_CASES_COLUMNS = (
+    "case_id",
+    "class",
+    "subset",
+    "series_instance_uid",
+    "series_path",
+    "truth_path",
+    "slices",
+    "lesion_voxels",
+    "lesion_ml",
+)
+
+
+# --------------------------------------------------------------------------- phantom as DICOM
+
+
+def derived_uid(*parts: object) -> str:
+    """A UID in the 2.25 (UUID) form from a name-based UUID (version 5) of `parts`: the same
+    parts give the same UID on every run. (pydicom's generate_uid ignores its entropy
+    sources when it makes a 2.25 UID, and returns a random one.)"""
+    name = "/".join(map(str, parts))
+    return f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}"
+
+
+def case_uid(spec: CaseSpec, kind: str) -> str:
+    """A UID derived from the case's seeded entropy (seed, class, ordinal) and `kind`."""
+    return derived_uid("phantom", *spec.entropy, kind)
+
+
+def case_folder(spec: CaseSpec) -> str:
+    return f"{spec.class_name}_{spec.case_id}"
+
+
+def phantom_slice_dataset(
+    hu: np.ndarray, spec: CaseSpec, index: int, params: PhantomParams
+) -> Dataset:
+    """One CT Image Storage instance of slice `index` of a phantom case (HU before windowing)."""
+    rows, columns = hu.shape
+    spacing_mm = params.pixel_spacing_mm
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = case_uid(spec, f"instance-{index}")
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = PHANTOM_STUDY_DATE
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = PHANTOM_STUDY_TIME
+    ds.AccessionNumber = ""
+    ds.Modality = "CT"
+    ds.Manufacturer = "stroke-ct phantom"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "Synthetic non-contrast head CT"
+    ds.SeriesDescription = f"{spec.class_name} phantom {spec.case_id} ({spec.subset})"
+    ds.PatientName = f"PHANTOM^{spec.case_id}"
+    ds.PatientID = f"phantom-{spec.class_name.lower()}-{spec.case_id}"
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.BodyPartExamined = "HEAD"
+    ds.SliceThickness = f"{params.slice_thickness_mm:g}"
+    ds.KVP = "120"
+    ds.PatientPosition = "HFS"
+    ds.StudyInstanceUID = case_uid(spec, "study")
+    ds.SeriesInstanceUID = case_uid(spec, "series")
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.AcquisitionNumber = 1
+    ds.InstanceNumber = index + 1
+    # The centre of the slice grid sits on the z axis; slice 0 is the lowest (skull base).
+    z_mm = index * params.slice_thickness_mm
+    corner_mm = -(columns - 1) / 2.0 * spacing_mm
+    ds.ImagePositionPatient = [f"{corner_mm:.4f}", f"{corner_mm:.4f}", f"{z_mm:.4f}"]
+    ds.ImageOrientationPatient = [f"{value:g}" for value in AXIAL_ORIENTATION]
+    ds.FrameOfReferenceUID = case_uid(spec, "frame-of-reference")
+    ds.PositionReferenceIndicator = ""
+    ds.SliceLocation = f"{z_mm:.4f}"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.PixelSpacing = [f"{spacing_mm:g}", f"{spacing_mm:g}"]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.WindowCenter = f"{params.window_level_hu:g}"
+    ds.WindowWidth = f"{params.window_width_hu:g}"
+    ds.RescaleIntercept = f"{RESCALE_INTERCEPT_HU:g}"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "HU"
+    stored = np.clip(np.rint(hu.astype(np.float64) - RESCALE_INTERCEPT_HU), 0, STORED_MAX)
+    ds.PixelData = stored.astype("<u2").tobytes()
+    return ds
+
+
+def dataset_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class PhantomSeries:
+    """A phantom case as DICOM: slice files and truth masks (name, bytes), lesion voxels."""
+
+    spec: CaseSpec
+    slices: tuple[tuple[str, bytes], ...]
+    truth: tuple[tuple[str, bytes], ...]
+    lesion_voxels: int
+
+
+def render_phantom_series(task: tuple[CaseSpec, PhantomParams]) -> PhantomSeries:
+    """Render one case to DICOM files and truth PNGs (module-level for worker processes)."""
+    spec, params = task
+    slices: list[tuple[str, bytes]] = []
+    truth: list[tuple[str, bytes]] = []
+    voxels = 0
+    rendered = render_case_slices(spec, params)
+    for index, (stem, slice_) in enumerate(zip(spec.slice_stems, rendered, strict=True)):
+        dataset = phantom_slice_dataset(slice_.hu, spec, index, params)
+        slices.append((f"{stem}.dcm", dataset_bytes(dataset)))
+        mask = np.where(slice_.lesion, np.uint8(255), np.uint8(0))
+        truth.append((f"{stem}.png", encode_png(mask)))
+        voxels += int(np.count_nonzero(slice_.lesion))
+    return PhantomSeries(spec, tuple(slices), tuple(truth), voxels)
+
+
+def synthesize_dicom(folder: Path | str, params: PhantomParams, seed: int) -> pd.DataFrame:
+    """Write the cases of `params.dicom_subsets` as DICOM series under `folder`:
+    `series/<class>_<case>/<slice>.dcm`, `truth/<class>_<case>/<slice>.png` (lesion 255) and
+    `cases.csv` (one row per case). Built in a temporary folder, renamed when complete."""
+    cases = [spec for spec in plan_cases(params, seed) if spec.subset in params.dicom_subsets]
+    rendered = ordered_map(
+        render_phantom_series,
+        [(spec, params) for spec in cases],
+        workers=params.workers,
+        description="synthesize dicom",
+        chunksize=1,
+    )
+    voxel_ml = params.pixel_spacing_mm**2 * params.slice_thickness_mm / 1000.0
+    rows = []
+    with atomic_path(folder) as temporary:
+        temporary.mkdir()
+        for series in rendered:
+            name = case_folder(series.spec)
+            for kind, files in (("series", series.slices), ("truth", series.truth)):
+                (temporary / kind / name).mkdir(parents=True)
+                for file_name, data in files:
+                    (temporary / kind / name / file_name).write_bytes(data)
+            rows.append(
+                {
+                    "case_id": series.spec.case_id,
+                    "class": series.spec.class_name,
+                    "subset": series.spec.subset,
+                    "series_instance_uid": case_uid(series.spec, "series"),
+                    "series_path": f"series/{name}",
+                    "truth_path": f"truth/{name}",
+                    "slices": len(series.slices),
+                    "lesion_voxels": series.lesion_voxels,
+                    "lesion_ml": series.lesion_voxels * voxel_ml,
+                }
+            )
+        table = pd.DataFrame(rows, columns=list(DICOM_CASES_COLUMNS))
+        (temporary / DICOM_CASES_FILE).write_text(table.to_csv(index=False, lineterminator="\n"))
+    return table
+
+
+# --------------------------------------------------------------------------- reading series
+
+
+@dataclass(frozen=True)
+class DicomSource:
+    """One input file: a path, or a member of a zip (`archive.zip!member`)."""
+
+    name: str
+    size_bytes: int
+    read: Callable[[], bytes]
+
+
+@dataclass(frozen=True)
+class SeriesRefusal:
+    """A series (or a file that belongs to none) that is not segmented, and why."""
+
+    series: str  # SeriesInstanceUID, or the file's name when it has none or is not DICOM
+    reason: str
+    files: int = 1
+
+
+@dataclass
+class CtSeries:
+    """A checked CT series, slices ordered along the slice normal (inferior to superior for
+    axial head CT). `hu` is (slices, rows, columns) float32 Hounsfield units."""
+
+    series_instance_uid: str
+    datasets: list[Dataset]
+    sources: list[str]
+    hu: np.ndarray
+    pixel_spacing_mm: tuple[float, float]  # between rows, between columns
+    slice_spacing_mm: float
+    positions_mm: np.ndarray  # each slice's position along the normal
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        row_mm, column_mm = self.pixel_spacing_mm
+        return row_mm * column_mm * self.slice_spacing_mm / 1000.0
+
+
+def _read_file(path: Path) -> Callable[[], bytes]:
+    return path.read_bytes
+
+
+def _read_member(archive: Path, member: str) -> Callable[[], bytes]:
+    def read() -> bytes:
+        with zipfile.ZipFile(archive) as opened:
+            return opened.read(member)
+
+    return read
+
+
+def dicom_sources(inputs: Sequence[Path | str], refusals: list[SeriesRefusal]) -> list[DicomSource]:
+    """Every file of the inputs: folders (recursively, sorted), zips (every member) and
+    single files. A missing input or a broken zip is added to `refusals`."""
+    sources: list[DicomSource] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            for path in sorted(p for p in item.rglob("*") if p.is_file()):
+                sources.append(DicomSource(str(path), path.stat().st_size, _read_file(path)))
+        elif item.is_file() and zipfile.is_zipfile(item):
+            try:
+                with zipfile.ZipFile(item) as archive:
+                    members = [info for info in archive.infolist() if not info.is_dir()]
+            except (zipfile.BadZipFile, OSError) as error:
+                refusals.append(SeriesRefusal(str(item), f"not a readable zip ({error})"))
+                continue
+            for info in sorted(members, key=lambda info: info.filename):
+                sources.append(
+                    DicomSource(
+                        f"{item}!{info.filename}", info.file_size, _read_member(item, info.filename)
+                    )
+                )
+        elif item.is_file():
+            sources.append(DicomSource(str(item), item.stat().st_size, _read_file(item)))
+        else:
+            refusals.append(SeriesRefusal(str(item), "no such file or folder"))
+    return sources
+
+
+def _parse(source: DicomSource, *, pixels: bool) -> Dataset:
+    return pydicom.dcmread(io.BytesIO(source.read()), stop_before_pixels=not pixels)
+
+
+def _numbers(ds: Dataset, keyword: str) -> tuple[float, ...] | None:
+    """A multi-valued decimal attribute as floats; None when absent, empty or malformed."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        values = tuple(float(v) for v in (value if isinstance(value, Sequence) else [value]))
+    except (TypeError, ValueError):
+        return None
+    return values if all(math.isfinite(v) for v in values) else None
+
+
+def _missing(headers: Sequence[tuple[DicomSource, Dataset]], keyword: str, size: int) -> str:
+    lacking = [source.name for source, ds in headers if _numbers(ds, keyword) is None]
+    if not lacking:
+        return ""
+    return f"{keyword} missing or malformed in {len(lacking)} of {len(headers)} files " + (
+        f"(e.g. {lacking[0]})" if size else ""
+    )
+
+
+def _transfer_syntax_problem(ds: Dataset) -> str:
+    """Why this file's pixel data cannot be decoded here, or ''."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = UID(meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)) if meta else None
+    if syntax is None or not syntax.is_compressed:
+        return ""
+    try:
+        decoder = pydicom.pixels.get_decoder(syntax)
+    except NotImplementedError:
+        return f"pixel data in {syntax.name} ({syntax}), which pydicom cannot decode"
+    if decoder.is_available:
+        return ""
+    needs = f" (install one of: {'; '.join(decoder.missing_dependencies)})"
+    return f"pixel data in {syntax.name} ({syntax}) and no decoder for it is installed{needs}"
+
+
+def _header_problem(headers: list[tuple[DicomSource, Dataset]]) -> str:
+    """The first reason this series cannot be segmented, from its headers alone; '' if none."""
+    modalities = sorted({str(ds.get("Modality", "")) for _, ds in headers})
+    if modalities != ["CT"]:
+        shown = ", ".join(m or "(none)" for m in modalities)
+        return f"modality {shown}, not CT"
+    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds in headers):
+        return "multi-frame images (Enhanced CT) are not supported; export single-frame slices"
+    for keyword in ("PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient"):
+        problem = _missing(headers, keyword, len(headers))
+        if problem:
+            return problem
+    for keyword in ("RescaleIntercept", "RescaleSlope"):
+        problem = _missing(headers, keyword, len(headers))
+        if problem:
+            return f"{problem}: Hounsfield units unknown"
+    if any("ModalityLUTSequence" in ds for _, ds in headers):
+        return "a Modality LUT Sequence: only linear RescaleSlope/RescaleIntercept is supported"
+    photometric = {str(ds.get("PhotometricInterpretation", "")) for _, ds in headers}
+    samples = {int(ds.get("SamplesPerPixel", 1)) for _, ds in headers}
+    if samples != {1} or not photometric <= {"MONOCHROME1", "MONOCHROME2"}:
+        return f"not greyscale (PhotometricInterpretation {sorted(photometric)})"
+    sizes = {(int(ds.get("Rows", 0)), int(ds.get("Columns", 0))) for _, ds in headers}
+    if len(sizes) > 1:
+        return f"slices of different sizes {sorted(sizes)}"
+    orientations = np.array([_numbers(ds, "ImageOrientationPatient") for _, ds in headers])
+    if orientations.shape[1] != 6:
+        return "ImageOrientationPatient must hold 6 direction cosines"
+    if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
+        return "mixed orientations (ImageOrientationPatient differs between slices)"
+    spacings = np.array([_numbers(ds, "PixelSpacing") for _, ds in headers])
+    if spacings.shape[1] != 2 or (spacings <= 0).any():
+        return f"PixelSpacing must be two positive numbers, got {spacings[0].tolist()}"
+    if np.abs(spacings - spacings[0]).max() > 1e-6:
+        return "PixelSpacing differs between slices"
+    for source, ds in headers:
+        problem = _transfer_syntax_problem(ds)
+        if problem:
+            return f"{problem} (e.g. {source.name})"
+    return ""
+
+
+def slice_normal(orientation: Sequence[float]) -> np.ndarray:
+    """Unit normal of the slice plane: row direction x column direction."""
+    row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float)
+    normal = np.cross(row, column)
+    return normal / np.linalg.norm(normal)
+
+
+def order_along_normal(
+    orientation: Sequence[float], positions_mm: Sequence[Sequence[float]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Slice order (indices into `positions_mm`) and the sorted positions along the normal:
+    each ImagePositionPatient projected on the normal of the (shared) orientation."""
+    along = np.asarray(positions_mm, dtype=float) @ slice_normal(orientation)
+    order = np.argsort(along, kind="stable")
+    return order, along[order]
+
+
+def spacing_problem(positions_mm: np.ndarray) -> str:
+    """'' when the sorted positions are distinct and evenly spaced; else why not."""
+    gaps = np.diff(positions_mm)
+    if (gaps < POSITION_TOLERANCE_MM).any():
+        return "two or more slices at the same position along the slice normal"
+    median = float(np.median(gaps))
+    tolerance = max(GAP_TOLERANCE * median, POSITION_TOLERANCE_MM)
+    if np.abs(gaps - median).max() > tolerance:
+        return (
+            f"uneven slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm "
+            "(a missing slice, or a series that mixes reconstructions?)"
+        )
+    return ""
+
+
+def _load_series(uid: str, headers: list[tuple[DicomSource, Dataset]]) -> CtSeries | SeriesRefusal:
+    problem = _header_problem(headers)
+    if problem:
+        return SeriesRefusal(uid, problem, len(headers))
+    order, positions = order_along_normal(
+        _numbers(headers[0][1], "ImageOrientationPatient"),
+        [_numbers(ds, "ImagePositionPatient") for _, ds in headers],
+    )
+    first = headers[0][1]
+    if len(headers) > 1:
+        problem = spacing_problem(positions)
+        if problem:
+            return SeriesRefusal(uid, problem, len(headers))
+        slice_spacing = float(np.median(np.diff(positions)))
+    else:
+        thickness = _numbers(first, "SliceThickness")
+        if thickness is None or thickness[0] <= 0:
+            return SeriesRefusal(uid, "one slice without SliceThickness: its volume is unknown")
+        slice_spacing = thickness[0]
+    datasets, sources, volumes = [], [], []
+    for index in order:
+        source = headers[index][0]
+        try:
+            ds = _parse(source, pixels=True)
+            stored = ds.pixel_array
+        except Exception as error:  # decoders raise many types for damaged pixel data
+            return SeriesRefusal(
+                uid, f"pixel data of {source.name} cannot be decoded ({error})", len(headers)
+            )
+        slope = _numbers(ds, "RescaleSlope")[0]
+        intercept = _numbers(ds, "RescaleIntercept")[0]
+        volumes.append((stored.astype(np.float64) * slope + intercept).astype(np.float32))
+        datasets.append(ds)
+        sources.append(source.name)
+    row_mm, column_mm = _numbers(first, "PixelSpacing")
+    return CtSeries(
+        series_instance_uid=uid,
+        datasets=datasets,
+        sources=sources,
+        hu=np.stack(volumes),
+        pixel_spacing_mm=(row_mm, column_mm),
+        slice_spacing_mm=slice_spacing,
+        positions_mm=positions,
+    )
+
+
+def read_ct_series(
+    inputs: Sequence[Path | str], max_file_bytes: int
+) -> Iterator[CtSeries | SeriesRefusal]:
+    """Each series of the inputs, checked and in HU, or the reason it is refused; files that
+    are not DICOM, too large, or belong to no series come out as refusals of their own.
+
+    Headers are read first (without pixels) to group and check every series; pixels are then
+    decoded one series at a time, so memory holds one series.
+    """
+    refusals: list[SeriesRefusal] = []
+    groups: dict[str, list[tuple[DicomSource, Dataset]]] = defaultdict(list)
+    for source in dicom_sources(inputs, refusals):
+        if source.size_bytes > max_file_bytes:
+            refusals.append(
+                SeriesRefusal(
+                    source.name,
+                    f"{source.size_bytes / 1e6:.1f} MB, above the limit of "
+                    f"{max_file_bytes / 1e6:.1f} MB (infer.max_dicom_file_mb)",
+                )
+            )
+            continue
+        try:
+            ds = _parse(source, pixels=False)
+        except InvalidDicomError:
+            refusals.append(SeriesRefusal(source.name, "not a DICOM file"))
+            continue
+        except Exception as error:  # truncated or corrupt files raise many types
+            refusals.append(SeriesRefusal(source.name, f"not a readable DICOM file ({error})"))
+            continue
+        uid = str(ds.get("SeriesInstanceUID", ""))
+        if not uid:
+            kind = "a DICOMDIR index" if "DirectoryRecordSequence" in ds else "a DICOM file"
+            refusals.append(SeriesRefusal(source.name, f"{kind} with no SeriesInstanceUID"))
+            continue
+        groups[uid].append((source, ds))
+    yield from refusals
+    for uid in sorted(groups):
+        try:
+            yield _load_series(uid, groups[uid])
+        except (ValueError, TypeError, AttributeError, KeyError) as error:
+            # pydicom raises these for values it cannot convert (an empty Rows, a bad IS)
+            yield SeriesRefusal(uid, f"malformed header ({error})", len(groups[uid]))
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with path.open("rb") as file:
+            return file.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def is_dicom_input(inputs: Sequence[Path | str]) -> bool:
+    """Whether the new-images command should read these inputs as DICOM: a zip, or a file or
+    a folder (searched recursively) holding a `.dcm` file or a file with the DICOM preamble."""
+    for item in map(Path, inputs):
+        if item.is_file() and (zipfile.is_zipfile(item) or _looks_like_dicom(item)):
+            return True
+        if item.is_dir() and any(_looks_like_dicom(p) for p in item.rglob("*") if p.is_file()):
+            return True
+    return False

@@ -1,0 +1,307 @@
+"""Segment DICOM CT series and write DICOM SEG, overlays and lesion volumes (the new-images
+command with DICOM input).
+
+For each series `pipeline.dicom.read_ct_series` accepts: window the HU with the brain window
+the model was trained with (`infer.window_level_hu` / `window_width_hu`), predict each slice
+(resized to the model and back to the slice grid with nearest, as for PNG input), and write
+
+    OUT/<SeriesInstanceUID>/seg.dcm        DICOM Segmentation (highdicom), one segment per class
+    OUT/<SeriesInstanceUID>/overlays/NNNN.png, masks/NNNN.png   per slice, NNNN = 1-based
+                                           position along the slice normal (inferior first)
+    OUT/<SeriesInstanceUID>/summary.json   volumes in mL, largest-lesion slice, triage call
+    OUT/summary.csv                        one row per series, refused ones included
+
+Volumes count predicted voxels times PixelSpacing (rows x columns) x the spacing between
+slice centres (SliceThickness for a one-slice series). Each series folder is built in a
+temporary folder and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pandas as pd
+from pydicom.sr.codedict import codes
+
+from pipeline.dicom import CtSeries, SeriesRefusal, derived_uid, read_ct_series
+from pipeline.inference import Segmenter, batches, write_slice_outputs
+from pipeline.io import DataError, atomic_path, sha256_hex, write_json, write_text_atomic
+from pipeline.masks import Palette
+from pipeline.params import CLASS_NAMES, InferParams
+from pipeline.phantom import window
+
+ALGORITHM_NAME = "stroke-ct FlexUNet lesion segmentation"
+# SNOMED CT morphologic abnormalities. pydicom's code dictionary has Hemorrhage (50960005,
+# also in DICOM CID 7159 "Lesion Segmentation Types") but no infarct, so Infarct (55641003)
+# is written out here.
+SEGMENTED_PROPERTY_TYPES: dict[str, hd.sr.CodedConcept] = {
+    "Hemorrhagic": hd.sr.CodedConcept(
+        codes.SCT.Hemorrhage.value, codes.SCT.Hemorrhage.scheme_designator, "Hemorrhage"
+    ),
+    "Ischemic": hd.sr.CodedConcept("55641003", "SCT", "Infarct"),
+}
+SUMMARY_COLUMNS = (
+    "series_instance_uid",
+    "status",
+    "reason",
+    "slices",
+    "volume_ml_hemorrhagic",
+    "volume_ml_ischemic",
+    "largest_lesion_slice",
+    "hemorrhage_present",
+    "triage_threshold_ml_hemorrhagic",
+    "seg_path",
+)
+TRIAGE_METRIC = "triage_threshold_ml_hemorrhagic"
+
+
+@dataclass(frozen=True)
+class TriageThreshold:
+    """The hemorrhage volume (mL) from which a series is called "hemorrhage present"."""
+
+    ml: float
+    source: str  # where it came from: the evaluate metrics file, or the params default
+
+
+def triage_threshold(metrics_path: Path | str, default_ml: float) -> TriageThreshold:
+    """The evaluate stage's validated threshold when its metrics hold one, else the default."""
+    path = Path(metrics_path)
+    if path.is_file():
+        try:
+            value = json.loads(path.read_text(encoding="utf-8")).get(TRIAGE_METRIC)
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as error:
+            raise DataError(f"{path}: not a readable metrics file ({error})") from None
+        if isinstance(value, (int, float)) and value >= 0:
+            return TriageThreshold(float(value), f"{path} ({TRIAGE_METRIC}, validated)")
+    return TriageThreshold(default_ml, f"params infer.{TRIAGE_METRIC} (default, not validated)")
+
+
+def segment_descriptions(model_version: str) -> list[hd.seg.SegmentDescription]:
+    """One segment per lesion class, numbered like the class indices (1 Hemorrhagic, 2
+    Ischemic), with the algorithm that made them."""
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=ALGORITHM_NAME,
+        family=codes.cid7162.ArtificialIntelligence,
+        version=model_version,
+    )
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=class_name,
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=SEGMENTED_PROPERTY_TYPES[class_name],
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            anatomic_regions=[codes.SCT.Brain],
+        )
+        for number, class_name in enumerate(CLASS_NAMES, start=1)
+    ]
+
+
+def build_segmentation(
+    series: CtSeries, labels: np.ndarray, model_version: str
+) -> hd.seg.Segmentation:
+    """DICOM SEG of class-index masks (slices, rows, columns) on the series' own slices.
+
+    UIDs derive from the source series and the model version, so the same model on the same
+    series gives the same SEG UIDs."""
+    with warnings.catch_warnings():
+        # highdicom warns about the source's one-part PatientName (common after anonymisation);
+        # the SEG copies it as it is, so the warning would only puzzle the user.
+        warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
+        return _segmentation(series, labels, model_version)
+
+
+def _segmentation(series: CtSeries, labels: np.ndarray, model_version: str) -> hd.seg.Segmentation:
+    return hd.seg.Segmentation(
+        source_images=series.datasets,
+        pixel_array=labels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segment_descriptions(model_version),
+        series_instance_uid=derived_uid("seg-series", series.series_instance_uid, model_version),
+        series_number=int(series.datasets[0].get("SeriesNumber", 0) or 0) + 1000,
+        sop_instance_uid=derived_uid("seg-instance", series.series_instance_uid, model_version),
+        instance_number=1,
+        manufacturer="stroke-ct pipeline (research use only)",
+        manufacturer_model_name=ALGORITHM_NAME,
+        software_versions=model_version,
+        device_serial_number="none",
+        content_description="Lesion segmentation (research tool, not a medical device)",
+        content_label="LESIONS",
+        omit_empty_frames=False,
+    )
+
+
+def largest_lesion_slice(series: CtSeries, labels: np.ndarray) -> dict[str, object] | None:
+    """The slice with the most lesion pixels (any class), or None when there is no lesion."""
+    lesion_pixels = np.count_nonzero(labels, axis=(1, 2))
+    if not lesion_pixels.any():
+        return None
+    index = int(np.argmax(lesion_pixels))
+    row_mm, column_mm = series.pixel_spacing_mm
+    dataset = series.datasets[index]
+    return {
+        "position": index + 1,
+        "instance_number": int(dataset.get("InstanceNumber", 0) or 0),
+        "sop_instance_uid": str(dataset.SOPInstanceUID),
+        "position_mm": float(series.positions_mm[index]),
+        "lesion_pixels": int(lesion_pixels[index]),
+        "lesion_area_mm2": float(lesion_pixels[index] * row_mm * column_mm),
+    }
+
+
+def lesion_volumes_ml(labels: np.ndarray, voxel_volume_ml: float) -> dict[str, float]:
+    """Volume per lesion class in mL: voxels of class index i (1-based) x voxel volume."""
+    return {
+        class_name.lower(): float(np.count_nonzero(labels == index) * voxel_volume_ml)
+        for index, class_name in enumerate(CLASS_NAMES, start=1)
+    }
+
+
+def series_summary(
+    series: CtSeries, labels: np.ndarray, threshold: TriageThreshold, settings: InferParams
+) -> dict[str, object]:
+    volumes = lesion_volumes_ml(labels, series.voxel_volume_ml)
+    return {
+        "series_instance_uid": series.series_instance_uid,
+        "study_instance_uid": str(series.datasets[0].get("StudyInstanceUID", "")),
+        "slices": len(series.datasets),
+        "rows": int(labels.shape[1]),
+        "columns": int(labels.shape[2]),
+        "pixel_spacing_mm": list(series.pixel_spacing_mm),
+        "slice_spacing_mm": series.slice_spacing_mm,
+        "voxel_volume_ml": series.voxel_volume_ml,
+        "window_level_hu": settings.window_level_hu,
+        "window_width_hu": settings.window_width_hu,
+        "volume_ml": volumes,
+        "largest_lesion_slice": largest_lesion_slice(series, labels),
+        "hemorrhage_present": volumes["hemorrhagic"] >= threshold.ml,
+        "triage_threshold_ml_hemorrhagic": threshold.ml,
+        "triage_threshold_source": threshold.source,
+        "note": "research tool, not a medical device",
+    }
+
+
+def segment_series(
+    segmenter: Segmenter,
+    series: CtSeries,
+    output_dir: Path,
+    palette: Palette,
+    settings: InferParams,
+    threshold: TriageThreshold,
+    model_version: str,
+) -> dict[str, object]:
+    """Predict one series and write its folder; returns its summary. DataError when no SEG
+    can be made on it (nothing is written then)."""
+    if any(not ds.get("FrameOfReferenceUID") for ds in series.datasets):
+        raise DataError(
+            "no FrameOfReferenceUID (anonymisers sometimes remove it): a DICOM SEG must share "
+            "its source's frame of reference"
+        )
+    greys = [
+        window(slice_hu, settings.window_level_hu, settings.window_width_hu)
+        for slice_hu in series.hu
+    ]
+    labels: list[np.ndarray] = []
+    for chunk in batches(greys, segmenter.batch_size):
+        labels.extend(segmenter.segment(chunk))
+    volume = np.stack(labels)
+    summary = series_summary(series, volume, threshold, settings)
+    with atomic_path(output_dir / series.series_instance_uid) as folder:
+        folder.mkdir(parents=True)
+        try:
+            segmentation = build_segmentation(series, volume, model_version)
+        except (ValueError, TypeError, AttributeError, KeyError) as error:
+            # highdicom checks the source images against the SEG's needs (patient, study, ...)
+            raise DataError(f"no DICOM SEG can be built on this series ({error})") from None
+        segmentation.save_as(folder / "seg.dcm")
+        for position, (grey, mask) in enumerate(zip(greys, labels, strict=True), start=1):
+            write_slice_outputs(
+                folder, f"{position:04d}.png", grey, mask, palette, settings.overlay_alpha
+            )
+        write_json(folder / "summary.json", summary)
+    return summary
+
+
+@dataclass
+class DicomRun:
+    """What the DICOM command did: a summary per segmented series, refusals with reasons."""
+
+    segmented: list[dict[str, object]] = field(default_factory=list)
+    refused: list[SeriesRefusal] = field(default_factory=list)
+
+
+def summary_row(
+    summary: dict[str, object] | None, refusal: SeriesRefusal | None
+) -> dict[str, object]:
+    if refusal is not None:
+        empty = dict.fromkeys(SUMMARY_COLUMNS, "")
+        return {
+            **empty,
+            "series_instance_uid": refusal.series,
+            "status": "refused",
+            "reason": refusal.reason,
+        }
+    assert summary is not None
+    volumes = summary["volume_ml"]
+    largest = summary["largest_lesion_slice"]
+    return {
+        "series_instance_uid": summary["series_instance_uid"],
+        "status": "segmented",
+        "reason": "",
+        "slices": summary["slices"],
+        "volume_ml_hemorrhagic": round(volumes["hemorrhagic"], 4),
+        "volume_ml_ischemic": round(volumes["ischemic"], 4),
+        "largest_lesion_slice": largest["position"] if largest else "",
+        "hemorrhage_present": summary["hemorrhage_present"],
+        "triage_threshold_ml_hemorrhagic": summary["triage_threshold_ml_hemorrhagic"],
+        "seg_path": f"{summary['series_instance_uid']}/seg.dcm",
+    }
+
+
+def segment_dicom(
+    segmenter: Segmenter,
+    inputs: Sequence[Path | str],
+    output_dir: Path | str,
+    palette: Palette,
+    settings: InferParams,
+    threshold: TriageThreshold,
+    model_version: str,
+) -> DicomRun:
+    """Every series of the inputs: segmented, or refused with its reason on stderr (the other
+    series still run); OUT/summary.csv lists both."""
+    output_dir = Path(output_dir)
+    run = DicomRun()
+    rows: list[dict[str, object]] = []
+    max_bytes = int(settings.max_dicom_file_mb * 1e6)
+    for item in read_ct_series(inputs, max_bytes):
+        if isinstance(item, CtSeries):
+            try:
+                summary = segment_series(
+                    segmenter, item, output_dir, palette, settings, threshold, model_version
+                )
+            except DataError as error:
+                item = SeriesRefusal(item.series_instance_uid, str(error), len(item.datasets))
+            else:
+                run.segmented.append(summary)
+                rows.append(summary_row(summary, None))
+                continue
+        files = f" ({item.files} files)" if item.files > 1 else ""
+        print(f"refused {item.series}{files}: {item.reason}", file=sys.stderr)
+        run.refused.append(item)
+        rows.append(summary_row(None, item))
+    table = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    write_text_atomic(output_dir / "summary.csv", table.to_csv(index=False, lineterminator="\n"))
+    return run
+
+
+def model_version(path: Path | str) -> str:
+    """The model file's sha256, shortened: names the exact weights in the SEG."""
+    return sha256_hex(Path(path).read_bytes())[:16]
