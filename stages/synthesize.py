@@ -2,7 +2,7 @@
 
 Writes data/raw/phantom.zip (deterministic bytes for a given `seed` and `phantom` params)
 and reports/phantom_montage.png (phantom slices with their masks, to compare by eye with
-real CT such as ../shared/real-ct-samples).
+real CT such as tests/data/real-ct).
 """
 
 from __future__ import annotations

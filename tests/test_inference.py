@@ -33,7 +33,7 @@ from pipeline.params import parse_params
 from tests.conftest import original_row, with_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_SAMPLES = ROOT.parent / "shared" / "real-ct-samples" / "images"
+REAL_SAMPLES = ROOT / "tests" / "data" / "real-ct" / "images"
 MODEL_SIZE = 32
 PARAMS = parse_params(
     {
