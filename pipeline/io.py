@@ -7,10 +7,12 @@ crash or a failed check never leaves a half-written file or folder behind for DV
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -60,29 +62,92 @@ class DataError(RuntimeError):
     """An input file or manifest is missing, unreadable or inconsistent; names the file."""
 
 
+# Scratch folders of `atomic_path`: `.<target name>.<8 random characters>.partial` beside the
+# target (git- and DVC-ignored). The suffix-less form is what versions before it left behind.
+SCRATCH_SUFFIX = ".partial"
+_SCRATCH_NAME = re.compile(r"\.(.+)\.[a-z0-9_]{8}(?:\.partial)?")
+# Per folder, the scratch names found there when this process first wrote into it, by target
+# name: one listing per folder, not one per file written (a folder may hold 30,000 files).
+_scratch_found: dict[str, dict[str, list[str]]] = {}
+
+
+def _owner_is_alive(scratch: Path) -> bool:
+    """Whether a live process holds the scratch folder's lock (flock dies with its holder)."""
+    try:
+        descriptor = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)
+    return False
+
+
+def remove_stale_scratch(target: Path) -> list[Path]:
+    """Remove the scratch folders that killed writers of `target` left beside it.
+
+    A scratch folder whose lock no live process holds belongs to a writer that died (a kill,
+    an out-of-memory kill, a power cut) before its `finally` ran. Only scratch folders of this
+    very target are touched, so the rule is safe in a user's folder too. Returns them.
+    """
+    parent = os.path.abspath(target.parent)
+    found = _scratch_found.get(parent)
+    if found is None:
+        found = {}
+        with os.scandir(parent) as entries:
+            for entry in entries:
+                match = _SCRATCH_NAME.fullmatch(entry.name)
+                if match and entry.is_dir(follow_symlinks=False):
+                    found.setdefault(match.group(1), []).append(entry.name)
+        _scratch_found[parent] = found
+    removed = []
+    for name in found.pop(target.name, []):
+        scratch = Path(parent) / name
+        if not _owner_is_alive(scratch):
+            shutil.rmtree(scratch, ignore_errors=True)
+            removed.append(scratch)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success move it onto `target`.
 
-    Works for files and folders alike: whatever the caller creates at the yielded path
-    replaces `target` in one rename. On error the temporary path is removed and `target`
-    keeps its previous content (or stays absent).
+    Works for files and folders alike. The temporary path lies in a scratch folder beside
+    `target` (same file system, so moves are renames). A file target is replaced by one
+    atomic rename. A folder cannot be swapped for another atomically on POSIX, so a folder
+    target takes two renames: the old folder into the scratch folder, then the new one into
+    place. A crash between the two leaves `target` absent (DVC then sees the stage's output
+    missing and reruns it), never half-written. On error the scratch folder is removed and
+    `target` keeps its previous content (or stays absent).
+
+    A writer killed before its cleanup leaves its scratch folder behind; the next
+    `atomic_path` on the same target removes it (`remove_stale_scratch`). The scratch
+    folder's flock marks it live, so a concurrent writer's folder is never taken for stale.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    remove_stale_scratch(target)
+    scratch = Path(
+        tempfile.mkdtemp(prefix=f".{target.name}.", suffix=SCRATCH_SUFFIX, dir=target.parent)
+    )
+    lock = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY)
     temporary = scratch / target.name
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         yield temporary
         if not temporary.exists():
             raise DataError(f"{target}: the writer produced nothing")
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
+        replaces_folder = target.is_dir() and not target.is_symlink()
+        if replaces_folder or (temporary.is_dir() and os.path.lexists(target)):
+            os.rename(target, scratch / "previous")  # os.replace cannot overwrite a folder
         os.replace(temporary, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        os.close(lock)
 
 
 def write_bytes_atomic(path: Path | str, data: bytes) -> None:

@@ -9,11 +9,14 @@ converted and counted in the metrics. Bombs run in a subprocess whose peak resid
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from pipeline.io import atomic_path, write_bytes_atomic
 from tests.conftest import PROJECT_ROOT
 
 # ---------------------------------------------------------------- the repository boundary
@@ -80,3 +83,76 @@ def test_real_ct_fixture_is_vendored_with_its_licence():
     assert images and images == masks
     notice = (fixture / "README.md").read_text(encoding="utf-8")
     assert "Apache-2.0" in notice and "CC0" in notice
+
+
+# ---------------------------------------------------------------- scratch left by a kill
+
+KILLED_WRITER = """
+import os, signal, sys
+from pipeline.io import atomic_path
+with atomic_path(sys.argv[1]) as temporary:
+    temporary.mkdir()
+    (temporary / "half.png").write_bytes(b"half")
+    if sys.argv[2] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    print("writing", flush=True)
+    sys.stdin.readline()  # a live writer: holds its scratch until told to finish
+"""
+
+
+def python(*arguments: str, **options) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", *arguments], cwd=PROJECT_ROOT, text=True, **options
+    )
+
+
+def scratch_of(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir() if path.name.startswith("."))
+
+
+def test_scratch_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "data" / "extracted"
+    assert python(KILLED_WRITER, str(target), "kill").wait() == -signal.SIGKILL
+    left = scratch_of(target.parent)
+    assert len(left) == 1 and re.fullmatch(r"\.extracted\.[a-z0-9_]{8}\.partial", left[0])
+    assert not target.exists()
+    # A scratch folder named the way earlier versions named it, and a user's look-alike
+    # folder for another name: only the first is this target's scratch.
+    (target.parent / ".extracted.k2j4h5g6" / "extracted").mkdir(parents=True)
+    (target.parent / ".other.abcdefgh").mkdir()
+
+    with atomic_path(target) as temporary:
+        temporary.mkdir()
+        (temporary / "whole.png").write_bytes(b"whole")
+
+    assert scratch_of(target.parent) == [".other.abcdefgh"]
+    assert [path.name for path in target.iterdir()] == ["whole.png"]
+
+
+def test_scratch_of_a_live_writer_is_left_alone(tmp_path):
+    target = tmp_path / "out.png"
+    writer = python(
+        KILLED_WRITER, str(target), "live", stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert writer.stdout.readline() == "writing\n"
+        live = scratch_of(tmp_path)
+        write_bytes_atomic(target, b"mine")
+        assert scratch_of(tmp_path) == live, "a live writer's scratch was removed"
+        assert target.read_bytes() == b"mine"
+    finally:
+        writer.communicate("done\n", timeout=60)
+    assert writer.returncode == 0
+    assert scratch_of(tmp_path) == []
+
+
+def test_atomic_path_replaces_a_folder_and_a_file_in_both_directions(tmp_path):
+    target = tmp_path / "out"
+    target.write_text("a file")
+    with atomic_path(target) as temporary:
+        temporary.mkdir()
+    assert target.is_dir()
+    with atomic_path(target) as temporary:
+        temporary.write_text("a file again")
+    assert target.read_text() == "a file again"
+    assert scratch_of(tmp_path) == []
