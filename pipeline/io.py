@@ -219,15 +219,151 @@ def write_png(path: Path | str, array: np.ndarray) -> None:
 
 
 def decode_image(data: bytes, source: str, *, color: bool) -> np.ndarray:
-    """Decode PNG/JPEG bytes to grey (H, W) or RGB (H, W, 3) uint8; DataError if corrupt."""
+    """Decode the pipeline's own 8-bit PNGs to grey (H, W) or RGB (H, W, 3); DataError if
+    corrupt. Files from outside the pipeline go through `decode_untrusted` instead."""
     buffer = np.frombuffer(data, dtype=np.uint8)
     flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
     image = cv2.imdecode(buffer, flag) if buffer.size else None
     if image is None:
         raise DataError(f"{source}: not a readable image (corrupt, truncated or not PNG/JPEG)")
-    if image.dtype != np.uint8:
-        image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0))
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if color else image
+
+
+# ---------------------------------------------------------------- untrusted images
+
+# The most bytes a PNG or JPEG can need per pixel (16-bit RGBA, stored), plus room for
+# metadata: a file larger than this for its pixel limit holds something other than pixels.
+MAX_BYTES_PER_PIXEL = 8
+METADATA_SLACK_BYTES = 1 << 20
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (they carry the size): C0-CF except DHT, JPG and DAC.
+JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+JPEG_MARKERS_WITHOUT_LENGTH = frozenset([0x01, *range(0xD0, 0xD8)])
+
+
+class ImageRefused(DataError):
+    """An input image refused before decoding because it is over a size limit."""
+
+
+def image_header_size(data: bytes) -> tuple[str, int, int] | None:
+    """(format, width, height) from a PNG's IHDR or a JPEG's frame header; None if `data`
+    is neither. Reads only headers, so a decompression bomb costs nothing here."""
+    if data.startswith(PNG_SIGNATURE):
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            return None
+        return "PNG", int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        if marker in JPEG_MARKERS_WITHOUT_LENGTH:
+            position += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker in JPEG_FRAME_MARKERS:
+            if position + 9 > len(data):
+                return None
+            height = int.from_bytes(data[position + 5 : position + 7], "big")
+            width = int.from_bytes(data[position + 7 : position + 9], "big")
+            return "JPEG", width, height
+        position += 2 + length
+    return None
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """Largest PNG/JPEG file accepted for a pixel limit (see MAX_BYTES_PER_PIXEL)."""
+    return max_pixels * MAX_BYTES_PER_PIXEL + METADATA_SLACK_BYTES
+
+
+def decode_untrusted(data: bytes, source: str, max_pixels: int, limit: str) -> np.ndarray:
+    """Decode PNG/JPEG bytes from outside the pipeline without changing them: uint8 or
+    uint16, grey (H, W), BGR (H, W, 3) or BGRA (H, W, 4); palettes are expanded.
+
+    The size is read from the header first and an image over `max_pixels` is refused
+    (ImageRefused naming `source` and `limit`) before any pixel is decoded. Any other
+    format (BMP, TIFF, ... behind a .png name) is refused: only these two decoders run on
+    untrusted bytes. Decoder failures of every kind become DataError naming `source`.
+    """
+    header = image_header_size(data)
+    if header is None:
+        raise DataError(f"{source}: not a readable image (no PNG or JPEG header)")
+    kind, width, height = header
+    if width * height > max_pixels:
+        raise ImageRefused(
+            f"{source}: {kind} of {width}x{height} = {width * height:,} pixels, over "
+            f"{limit} = {max_pixels:,}; not decoded"
+        )
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as error:
+        reason = str(error).strip().splitlines()[-1][:200]
+        raise DataError(f"{source}: the {kind} decoder failed ({reason})") from None
+    if pixels is None or pixels.shape[:2] != (height, width):
+        raise DataError(f"{source}: not a readable image (corrupt or truncated {kind})")
+    if pixels.dtype not in (np.uint8, np.uint16):
+        raise DataError(f"{source}: {pixels.dtype} pixels; only 8- and 16-bit are read")
+    return pixels
+
+
+def read_untrusted(path: Path | str, max_pixels: int, limit: str) -> np.ndarray:
+    """`decode_untrusted` of a file, refusing a file larger than `max_file_bytes` unread."""
+    path = Path(path)
+    cap = max_file_bytes(max_pixels)
+    try:
+        with path.open("rb") as file:
+            # The size now, then never more than the cap (the file may still grow).
+            size = os.fstat(file.fileno()).st_size
+            data = b"" if size > cap else file.read(cap + 1)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    if max(size, len(data)) > cap:
+        raise ImageRefused(
+            f"{path}: over {cap:,} bytes, more than a PNG/JPEG within {limit} = "
+            f"{max_pixels:,} pixels can need; not decoded"
+        )
+    return decode_untrusted(data, str(path), max_pixels, limit)
+
+
+def window_to_uint8(values: np.ndarray, level: float, width: float) -> np.ndarray:
+    """Display window: `level - width/2` maps to 0, `level + width/2` to 255, linear between,
+    clipped, rounded half to even (float64, so the bytes are the same on every machine)."""
+    scaled = (values.astype(np.float64) - (level - width / 2.0)) * (255.0 / width)
+    return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+
+
+def untrusted_to_grey(
+    pixels: np.ndarray, level: float, width: float
+) -> tuple[np.ndarray, list[str]]:
+    """8-bit grey (H, W) of a `decode_untrusted` image, and the conversions it took.
+
+    The rule: an alpha channel is ignored (`alpha_ignored`); colour whose channels differ
+    becomes grey by luminance (`colour`; grey stored as RGB is taken as it is); 16-bit
+    values go through the window `level`/`width` in stored units (`16bit`): for CT stored
+    as HU + 1024, level 1064 and width 80 give the brain window (W 80 / L 40 HU) of the
+    8-bit training slices.
+    """
+    conversions: list[str] = []
+    if pixels.ndim == 3:
+        if pixels.shape[2] == 4:
+            conversions.append("alpha_ignored")
+        colour = pixels[..., :3]
+        if (colour[..., 0] == colour[..., 1]).all() and (colour[..., 1] == colour[..., 2]).all():
+            pixels = colour[..., 0]
+        else:
+            conversions.append("colour")
+            pixels = cv2.cvtColor(np.ascontiguousarray(colour), cv2.COLOR_BGR2GRAY)
+    if pixels.dtype == np.uint16:
+        conversions.append("16bit")
+        pixels = window_to_uint8(pixels, level, width)
+    return np.ascontiguousarray(pixels), conversions
 
 
 def read_image(path: Path | str, *, color: bool = False) -> np.ndarray:
