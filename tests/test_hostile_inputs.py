@@ -9,6 +9,7 @@ converted and counted in the metrics. Bombs run in a subprocess whose peak resid
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -217,13 +218,27 @@ def png(
     )
 
 
-def png_declaring(width: int, height: int) -> bytes:
-    """A PNG of a few hundred bytes whose header declares width x height grey pixels."""
-    header = png_chunk(
-        b"IHDR", width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\0\0\0\0"
-    )
-    rows = zlib.compress(b"\0" * (width + 1) * 4)
-    return io.PNG_SIGNATURE + header + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b"")
+def zlib_zeros(length: int, block_bytes: int = 1 << 24) -> bytes:
+    """A zlib stream of `length` zero bytes, built in a fraction of a second: one deflated
+    block ended by a full flush (which resets the compressor, so that the block can be
+    repeated), repeated, then the rest; the Adler-32 of n zeros is (n mod 65521) << 16 | 1."""
+    blocks, rest = divmod(length, block_bytes)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = packer.compress(bytes(block_bytes)) + packer.flush(zlib.Z_FULL_FLUSH)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    tail = packer.compress(bytes(rest)) + packer.flush(zlib.Z_FINISH)
+    adler = ((length % 65521) << 16) | 1
+    return b"\x78\xda" + block * blocks + tail + adler.to_bytes(4, "big")
+
+
+def png_declaring(width: int, height: int, complete: bool = False) -> bytes:
+    """A small PNG whose header declares width x height grey pixels: only a few rows of
+    them, or, `complete`, all of them, zero (30000 x 30000 packs into 0.9 MB and took the
+    unbounded code to 5.4 GB; OpenCV refuses more than 2^30 pixels itself)."""
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\0\0\0\0"
+    rows = zlib_zeros((width + 1) * (height if complete else 4))  # filter byte 0 per row
+    idat = png_chunk(b"IDAT", rows)
+    return io.PNG_SIGNATURE + png_chunk(b"IHDR", header) + idat + png_chunk(b"IEND", b"")
 
 
 def jpeg_declaring(width: int, height: int) -> bytes:
@@ -408,7 +423,9 @@ CASES = [
     # 2. Decompression bombs: refused from the header, before decoding.
     Case(
         "PNG declaring 30000x30000 refused before decoding",
-        zipped(lambda: pair("049", png_declaring(30000, 30000), encode(BINARY * 255))),
+        zipped(
+            lambda: pair("049", png_declaring(30000, 30000, complete=True), encode(BINARY * 255))
+        ),
         counts={"oversized_files": 1, "dropped_partners": 1, "pairs": 2},
         report=(
             f"{HEM}/images/049/000.png: {HEM}/images/049/000.png: PNG of 30000x30000 = "
@@ -711,3 +728,106 @@ def test_hostile_input_to_extract(tmp_path, case):
         np.testing.assert_array_equal(
             io.read_image(extracted / "images" / f"{slice_id}.png"), expected
         )
+
+
+def test_a_killed_extract_leaves_scratch_that_the_next_run_removes(tmp_path):
+    archive = write_zip(tmp_path / "archive.zip", {**base_files(), **good_pair()})
+    workspace = tmp_path / "work"
+    stale = workspace / "data" / ".extracted.k2j4h5g6.partial"
+    (stale / "extracted" / "images").mkdir(parents=True)  # what a kill mid-write leaves
+    assert run_extract(workspace, {"archive": str(archive)}, measured=False) == (None, None)
+    assert sorted(path.name for path in (workspace / "data").iterdir()) == ["extracted"]
+
+
+# ---------------------------------------------------------------- the new-images command
+
+MODEL_SIDE = 16
+# OpenCV's own pixel limit, lowered for the command's run so that an image within
+# extract.max_pixels still makes the decoder raise (as 40000x40000 does by default).
+DECODER_PIXEL_LIMIT = 1_000_000
+COMMAND_MEMORY_BOUND_MB = 1536  # TensorFlow alone takes ~0.5-0.8 GB; the bomb took 13 GB
+NEW_IMAGES: dict[str, tuple[bytes | int, str]] = {
+    # file name: (content, or size of a sparse file; what stderr must say about it)
+    "plain.png": (io.encode_png(ct_slice(48)), "segmented"),
+    "ct16.png": (encode(hu_slice()), "converted {path}: 16bit"),
+    "bomb.png": (
+        png_declaring(30000, 30000, complete=True),
+        "skipped {path}: PNG of 30000x30000 = 900,000,000 pixels, over extract.max_pixels = "
+        "16,777,216; not decoded",
+    ),
+    "bomb-jpeg.jpg": (jpeg_declaring(65000, 65000), "skipped {path}: JPEG of 65000x65000"),
+    "decoder.png": (png_declaring(2000, 2000), "skipped {path}: the PNG decoder failed"),
+    "huge.png": (3 << 30, "skipped {path}: over 135,266,304 bytes"),
+    "bitmap.png": (
+        cv2.imencode(".bmp", ct_slice())[1].tobytes(),
+        "skipped {path}: not a readable image (no PNG or JPEG header)",
+    ),
+}
+
+COMMAND = """
+import atexit, resource, runpy, sys
+atexit.register(lambda: print(
+    f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}", file=sys.stderr
+))
+sys.argv = ["stages/infer.py", *sys.argv[1:]]
+runpy.run_module("stages.infer", run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def new_images_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    """One run of the command over every new image above (TensorFlow starts once)."""
+    root = tmp_path_factory.mktemp("new-images")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    inputs = keras.Input((MODEL_SIDE, MODEL_SIDE, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 1, activation="softmax")(inputs))
+    model.save(root / "model.keras")
+    folder = write_folder(root / "in", {name: data for name, (data, _) in NEW_IMAGES.items()})
+    (root / "params.yaml").write_text("infer:\n  batch_size: 2\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            COMMAND,
+            "--params",
+            str(root / "params.yaml"),
+            "--model",
+            str(root / "model.keras"),
+            "--input",
+            str(folder),
+            "--output",
+            str(root / "out"),
+        ],
+        cwd=root,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(PROJECT_ROOT),
+            "OPENCV_IO_MAX_IMAGE_PIXELS": str(DECODER_PIXEL_LIMIT),
+        },
+        capture_output=True,
+        text=True,
+        timeout=TIME_BOUND_S,
+    )
+    return result, folder, root / "out"
+
+
+def test_new_images_command_goes_on_past_every_bad_file_in_bounded_memory(new_images_run):
+    result, _, output = new_images_run
+    assert result.returncode == 0, result.stderr
+    assert "segmented 2 image(s)" in result.stderr and "skipped 5" in result.stderr
+    peak_mb = float(re.search(r"peak_mb=(\d+)", result.stderr).group(1))
+    assert peak_mb < COMMAND_MEMORY_BOUND_MB, f"peak memory {peak_mb:.0f} MB"
+    assert sorted(path.name for path in (output / "masks").iterdir()) == ["ct16.png", "plain.png"]
+
+
+@pytest.mark.parametrize("name", list(NEW_IMAGES))
+def test_new_images_command_outcome_per_file(new_images_run, name):
+    result, folder, output = new_images_run
+    expected = NEW_IMAGES[name][1].format(path=folder / name)
+    if expected == "segmented":
+        assert str(folder / name) not in result.stderr  # neither skipped nor converted
+        assert (output / "masks" / name).is_file()
+    else:
+        assert expected in result.stderr, result.stderr
