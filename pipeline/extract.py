@@ -162,6 +162,7 @@ class ExtractResult:
 # Conversions of what extract writes (8-bit grey images, 0/255 masks), counted in the metrics.
 CONVERSIONS: dict[str, str] = {
     "images_16bit": "16-bit images mapped to 8 bits by extract.window_16bit",
+    "images_16bit_outside_window": "of those, images with no value inside the window (check it)",
     "images_colour": "colour images (channels differ) converted to grey by luminance",
     "images_alpha_ignored": "images whose alpha channel was dropped",
     "masks_16bit": "16-bit masks binarised on their own value range",
@@ -797,7 +798,7 @@ def format_report(result: ExtractResult, params: ExtractParams) -> str:
         f"subsets: {', '.join(params.subsets)}; mask suffix: '{params.mask_suffix}'",
         "",
         "counts",
-        *(f"  {key:<32}{value}" for key, value in metrics.items()),
+        *(f"  {key:<40}{value}" for key, value in metrics.items()),
     ]
     by_category: dict[str, list[Problem]] = defaultdict(list)
     for problem in result.problems:
@@ -808,7 +809,7 @@ def format_report(result: ExtractResult, params: ExtractParams) -> str:
             lines += ["", f"{category} ({len(problems)}): {meaning}"]
             lines += [f"  {problem.path}: {problem.reason}" for problem in problems]
     converted = [
-        f"  {key:<28}{result.conversions[key]:<8}{meaning}"
+        f"  {key:<40}{result.conversions[key]:<8}{meaning}"
         for key, meaning in CONVERSIONS.items()
         if result.conversions[key]
     ]

@@ -348,7 +348,8 @@ def untrusted_to_grey(
     becomes grey by luminance (`colour`; grey stored as RGB is taken as it is); 16-bit
     values go through the window `level`/`width` in stored units (`16bit`): for CT stored
     as HU + 1024, level 1064 and width 80 give the brain window (W 80 / L 40 HU) of the
-    8-bit training slices.
+    8-bit training slices. An image with no value inside the window comes out black and
+    white only, a sign that the window does not fit its encoding (`16bit_outside_window`).
     """
     conversions: list[str] = []
     if pixels.ndim == 3:
@@ -362,6 +363,9 @@ def untrusted_to_grey(
             pixels = cv2.cvtColor(np.ascontiguousarray(colour), cv2.COLOR_BGR2GRAY)
     if pixels.dtype == np.uint16:
         conversions.append("16bit")
+        inside = (pixels > level - width / 2.0) & (pixels < level + width / 2.0)
+        if not inside.any():  # all black or white: the window does not fit the encoding
+            conversions.append("16bit_outside_window")
         pixels = window_to_uint8(pixels, level, width)
     return np.ascontiguousarray(pixels), conversions
 

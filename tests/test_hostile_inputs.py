@@ -392,7 +392,7 @@ CASES = [
     Case(
         "16-bit CT image (HU + 1024) windowed to 8 bits",
         zipped(lambda: pair("049", encode(hu_slice()), encode(BINARY * 255))),
-        counts={"converted_images_16bit": 1, "pairs": 3},
+        counts={"converted_images_16bit": 1, "converted_images_16bit_outside_window": 0},
         image=("Hemorrhagic_049_000", HU_WINDOWED.astype(np.uint8)),
         report=("images_16bit",),
     ),
@@ -408,6 +408,14 @@ CASES = [
             written={"Hemorrhagic_049_000": LESION},
         )
         for value in (1, 255, 65535)
+    ),
+    Case(
+        "16-bit image of 8-bit values: counted as outside the window",
+        zipped(lambda: pair("049", encode(ct_slice().astype(np.uint16)), encode(BINARY * 255))),
+        counts={"converted_images_16bit": 1, "converted_images_16bit_outside_window": 1},
+        report=(
+            "  images_16bit_outside_window             1       of those, images with no value",
+        ),
     ),
     Case(
         "16-bit colour image to grey, then windowed",
@@ -696,8 +704,23 @@ def run_extract(workspace: Path, params: dict, measured: bool) -> tuple[str | No
     return None, None
 
 
+@pytest.fixture
+def time_bound():
+    """Fail a test still running after TIME_BOUND_S (in-process rows; subprocesses have their
+    own timeout)."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {TIME_BOUND_S} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(TIME_BOUND_S)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_hostile_input_to_extract(tmp_path, case):
+def test_hostile_input_to_extract(tmp_path, case, time_bound):
     archive = case.build(tmp_path)
     workspace = tmp_path / "work"
     error, peak_mb = run_extract(workspace, {"archive": str(archive), **case.params}, case.measured)
