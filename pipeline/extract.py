@@ -297,7 +297,10 @@ class ZipSource:
             self.listed.append(Entry(info.filename, refusal, info.file_size))
 
     def close(self) -> None:
+        file = self.archive.fp
         self.archive.close()
+        if isinstance(file, _PatchedFile):  # zipfile leaves a file it was given open
+            file.close()
 
     def declared_size(self) -> int:
         return sum(info.file_size for info in self.archive.infolist())

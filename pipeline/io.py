@@ -127,17 +127,22 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     A writer killed before its cleanup leaves its scratch folder behind; the next
     `atomic_path` on the same target removes it (`remove_stale_scratch`). The scratch
     folder's flock marks it live, so a concurrent writer's folder is never taken for stale.
+    (flock is POSIX: Linux and macOS, where the pipeline runs.)
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_scratch(target)
-    scratch = Path(
-        tempfile.mkdtemp(prefix=f".{target.name}.", suffix=SCRATCH_SUFFIX, dir=target.parent)
+    # Locked under a name the sweep ignores, then renamed to its scratch name (the lock
+    # follows the folder): no other writer can see it unlocked and take it for stale.
+    starting = Path(
+        tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".starting", dir=target.parent)
     )
-    lock = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY)
+    lock = os.open(starting, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    scratch = starting.with_name(starting.name.removesuffix(".starting") + SCRATCH_SUFFIX)
     temporary = scratch / target.name
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.rename(starting, scratch)
         yield temporary
         if not temporary.exists():
             raise DataError(f"{target}: the writer produced nothing")
@@ -146,7 +151,8 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
             os.rename(target, scratch / "previous")  # os.replace cannot overwrite a folder
         os.replace(temporary, target)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        for folder in (starting, scratch):
+            shutil.rmtree(folder, ignore_errors=True)
         os.close(lock)
 
 
