@@ -792,7 +792,10 @@ def extract_metrics(result: ExtractResult) -> dict[str, int | float]:
 
 
 def format_report(result: ExtractResult, params: ExtractParams) -> str:
-    """Readable summary: counts, then every problem file and why, grouped by category."""
+    """Readable summary: counts, then every problem file and why, grouped by category.
+
+    A folder's file names that are not valid UTF-8 (held as surrogates) are written with
+    backslash escapes, so that the report is always valid UTF-8."""
     metrics = extract_metrics(result)
     lines = [
         "extract report",
@@ -818,7 +821,8 @@ def format_report(result: ExtractResult, params: ExtractParams) -> str:
     ]
     if converted:
         lines += ["", "conversions (pairs written after each)", *converted]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def extract_archive(

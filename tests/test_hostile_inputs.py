@@ -544,6 +544,12 @@ CASES = [
         counts={"unusable_names": 2, "pairs": 2},
         report=("name flagged as UTF-8 is not valid UTF-8 (shown as cp437)",),
     ),
+    Case(
+        "file name of bytes that are not UTF-8, in a folder",
+        foldered(lambda: good_pair("049", "\udcff\udcfe")),  # os.fsencode: b"\xff\xfe"
+        counts={"unusable_names": 2, "pairs": 2},
+        report=(f"{HEM}/images/049/\\udcff\\udcfe.png: file name '\\udcff\\udcfe' is not",),
+    ),
     # 8. Alpha and palette masks.
     Case(
         "lesion only in the alpha of a white RGBA mask",
