@@ -4,11 +4,15 @@ The archive holds `.../CT Images/data/<Subset>/<Class>/<images|mask>/<case>/<sli
 (next to MRI and PET folders that this project ignores). Extraction is four small steps:
 
 1. list the archive's entries, refusing unsafe ones (absolute paths, `..`, links, special
-   files, duplicate zip names) and checking the declared uncompressed size against a cap;
-2. classify each entry into a `SliceFile` (subset, class, case, kind, stem) or a `Problem`;
+   files, duplicate zip names) and checking their summed size against a cap;
+2. classify each entry into a `SliceFile` (subset, class, case, kind, stem) or a `Problem`
+   (names that cannot name an output file are problems too);
 3. pair images with masks by (subset, class, case, stem) - a pure function of the listing;
-4. read each pair's two members, decode them in memory, threshold the mask, and write
-   8-bit grey PNGs named by slice id into a temporary folder that replaces the output.
+4. read each pair's two members (bounded: see `ZipSource`, `FolderSource`), check their
+   pixel count from the header, decode them in memory as stored, convert the image to
+   8-bit grey and the mask to 0/255 by documented rules (`untrusted_to_grey`,
+   `mask_to_binary`), and write PNGs named by slice id into a temporary folder that
+   replaces the output.
 
 Entries are never extracted by their archive names (outputs are named by validated slice
 ids), so no member can land outside the output folder; unsafe members are still refused
