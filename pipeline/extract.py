@@ -69,7 +69,8 @@ SUBSET_STEM_PREFIX = {"Training": "", "Testing": "test-"}
 # with fullmatch: `$` would let a trailing newline through).
 SAFE_NAME = re.compile(r"\w[\w .()+-]*")
 # Longest slice id, in UTF-8 bytes: file names are limited to 255 bytes, and later stages
-# add up to ~60 (augmentation prefixes, `.png`, atomic_path's scratch names) to the id.
+# add up to ~75 to the id (an augmentation prefix of up to ~52, `.png`, and the 19 of
+# atomic_path's scratch names around a file written alone).
 MAX_ID_BYTES = 160
 MEGABYTE = 1024 * 1024
 # Zip members are inflated this many bytes at a time (zipfile otherwise asks zlib for up
