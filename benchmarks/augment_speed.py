@@ -1,6 +1,6 @@
 """Augmentation throughput at 512x512: the `augment` stage's code path vs a pixel loop.
 
-Builds a throw-away training set from the real CT samples in ../shared/real-ct-samples
+Builds a throw-away training set from the real CT samples in tests/data/real-ct
 (flipped and shifted into 24 distinct hemorrhagic slices, masks recoloured red), then times
 `pipeline.augment.augment_training_set` on 2 worker processes with the default transform grid
 (barrel, pincushion, elastic), reading the originals and writing every PNG and the manifest.
@@ -46,7 +46,7 @@ from pipeline.parallel import ordered_map
 from pipeline.params import AugmentParams, Params
 from tests.conftest import original_row, with_sha256
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "real-ct-samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "real-ct"
 SIZE = 512
 WORKERS = 2
 ORIGINALS = 24

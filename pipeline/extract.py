@@ -4,11 +4,15 @@ The archive holds `.../CT Images/data/<Subset>/<Class>/<images|mask>/<case>/<sli
 (next to MRI and PET folders that this project ignores). Extraction is four small steps:
 
 1. list the archive's entries, refusing unsafe ones (absolute paths, `..`, links, special
-   files, duplicate zip names) and checking the declared uncompressed size against a cap;
-2. classify each entry into a `SliceFile` (subset, class, case, kind, stem) or a `Problem`;
+   files, duplicate zip names) and checking their summed size against a cap;
+2. classify each entry into a `SliceFile` (subset, class, case, kind, stem) or a `Problem`
+   (names that cannot name an output file are problems too);
 3. pair images with masks by (subset, class, case, stem) - a pure function of the listing;
-4. read each pair's two members, decode them in memory, threshold the mask, and write
-   8-bit grey PNGs named by slice id into a temporary folder that replaces the output.
+4. read each pair's two members (bounded: see `ZipSource`, `FolderSource`), check their
+   pixel count from the header, decode them in memory as stored, convert the image to
+   8-bit grey and the mask to 0/255 by documented rules (`untrusted_to_grey`,
+   `mask_to_binary`), and write PNGs named by slice id into a temporary folder that
+   replaces the output.
 
 Entries are never extracted by their archive names (outputs are named by validated slice
 ids), so no member can land outside the output folder; unsafe members are still refused
@@ -18,6 +22,7 @@ one problem category of the report, never silently dropped.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import stat
@@ -35,9 +40,12 @@ from tqdm import tqdm
 
 from pipeline.io import (
     DataError,
+    ImageRefused,
     atomic_path,
-    decode_image,
+    decode_untrusted,
     encode_png,
+    max_file_bytes,
+    untrusted_to_grey,
     write_hashed,
     write_json,
     write_manifest,
@@ -57,9 +65,20 @@ CT_ROOT_PARTS = ("ct images", "data")
 # a Testing slice never shares an id with a Training slice of the same case and stem.
 SUBSET_STEM_PREFIX = {"Training": "", "Testing": "test-"}
 # Case folders and file stems become parts of output file names: letters, digits and a few
-# punctuation marks, never a path separator or a leading dot.
-SAFE_NAME = re.compile(r"^\w[\w .()+-]*$")
+# punctuation marks, never a path separator, a leading dot or a control character (matched
+# with fullmatch: `$` would let a trailing newline through).
+SAFE_NAME = re.compile(r"\w[\w .()+-]*")
+# Longest slice id, in UTF-8 bytes: file names are limited to 255 bytes, and later stages
+# add up to ~75 to the id (an augmentation prefix of up to ~52, `.png`, and the 19 of
+# atomic_path's scratch names around a file written alone).
+MAX_ID_BYTES = 160
 MEGABYTE = 1024 * 1024
+# Zip members are inflated this many bytes at a time (zipfile otherwise asks zlib for up
+# to 2 GiB at once), so memory stays bounded whatever a member's header claims.
+READ_CHUNK_BYTES = 1 << 20
+# Compression methods whose inflation zipfile can bound (bzip2 and LZMA inflate a whole
+# compressed chunk at once, whatever its expansion).
+BOUNDED_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 
 # Problem categories, in report order, with what each means.
 PROBLEM_CATEGORIES: dict[str, str] = {
@@ -67,10 +86,13 @@ PROBLEM_CATEGORIES: dict[str, str] = {
     "ignored_files": "outside the CT tree, in a subset not selected, or OS metadata",
     "non_image_files": "inside the CT tree but not PNG/JPEG",
     "misplaced_files": "images not at <Subset>/<Class>/<images|mask>/<case>/<slice>",
+    "unusable_names": "case folder or file names that cannot name an output (see each reason)",
     "duplicate_files": "a second file for a slice already listed (kept the first by name)",
     "unpaired_images": "images without a mask",
     "unpaired_masks": "masks without an image",
     "unreadable_files": "files that could not be read or decoded (pair dropped)",
+    "oversized_files": "images over extract.max_pixels or its byte cap, not decoded (pair dropped)",
+    "unreadable_masks": "masks the binarisation rule cannot read (pair dropped)",
     "size_mismatches": "pairs whose image and mask sizes differ (pair dropped)",
     "dropped_partners": "readable files dropped with their pair (see the two lists above)",
 }
@@ -82,6 +104,8 @@ class Entry:
 
     name: str
     refusal: str | None = None
+    size: int = 0  # bytes (declared, for zip members)
+    category: str = "refused_members"  # the problem category of a refusal
 
 
 @dataclass(frozen=True)
@@ -136,9 +160,25 @@ class ExtractResult:
     matched_pairs: int
     rows: list[dict[str, object]]
     problems: list[Problem]
+    conversions: Counter[str]  # CONVERSIONS key -> pairs written after that conversion
+    read_bytes: int  # bytes actually read (inflated, for a zip) from the archive
+
+
+# Conversions of what extract writes (8-bit grey images, 0/255 masks), counted in the metrics.
+CONVERSIONS: dict[str, str] = {
+    "images_16bit": "16-bit images mapped to 8 bits by extract.window_16bit",
+    "images_16bit_outside_window": "of those, images with no value inside the window (check it)",
+    "images_colour": "colour images (channels differ) converted to grey by luminance",
+    "images_alpha_ignored": "images whose alpha channel was dropped",
+    "masks_16bit": "16-bit masks binarised on their own value range",
+    "masks_colour": "colour masks (channels differ) read by their brightest channel",
+    "masks_from_alpha": "masks whose lesion was read from the alpha channel",
+}
 
 
 class Source(Protocol):
+    read_bytes: int
+
     def entries(self) -> list[Entry]: ...
 
     def read(self, name: str) -> bytes: ...
@@ -169,13 +209,80 @@ def zip_entry_refusal(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
-class ZipSource:
-    """Reads a zip member by member; never unpacks the whole archive."""
+class _PatchedFile(io.FileIO):
+    """A file read with one byte range replaced (the zip's central directory, patched)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, start: int, patched: bytes) -> None:
+        super().__init__(path, "rb")
+        self.start, self.patched = start, patched
+
+    def read(self, size: int = -1) -> bytes:
+        position = self.tell()
+        data = super().read(size)
+        low = max(position, self.start)
+        high = min(position + len(data), self.start + len(self.patched))
+        if low >= high:
+            return data
+        replaced = self.patched[low - self.start : high - self.start]
+        return data[: low - position] + replaced + data[high - position :]
+
+
+def open_zip_with_bad_names(path: Path) -> tuple[zipfile.ZipFile, set[str]]:
+    """Open a zip some of whose names are flagged UTF-8 but are not, which zipfile refuses
+    outright (UnicodeDecodeError for the whole archive).
+
+    The central directory is read with those names' UTF-8 flag cleared, so zipfile decodes
+    them as cp437 (always possible); they are returned so that each is reported, and never
+    read. Relies on zipfile's `_EndRecData`, unchanged since Python 3.2.
+    """
+    with path.open("rb") as file:
+        end = zipfile._EndRecData(file)
+        if end is None:
+            raise DataError(f"{path}: not a readable zip archive (no end record)")
+        # Where zipfile itself looks: the directory ends where the end record(s) begin.
+        size = end[zipfile._ECD_SIZE]
+        start = end[zipfile._ECD_LOCATION] - size
+        if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
+            start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
+        file.seek(start)
+        directory = bytearray(file.read(size))
+    bad: set[str] = set()
+    position = 0
+    while position + 46 <= len(directory) and directory[position : position + 4] == b"PK\x01\x02":
+        flags, name_length, extra_length, comment_length = (
+            int.from_bytes(directory[position + at : position + at + 2], "little")
+            for at in (8, 28, 30, 32)
+        )
+        name = bytes(directory[position + 46 : position + 46 + name_length])
+        if flags & 0x800:
+            try:
+                name.decode("utf-8")
+            except UnicodeDecodeError:
+                directory[position + 8 : position + 10] = (flags & ~0x800).to_bytes(2, "little")
+                bad.add(name.decode("cp437"))
+        position += 46 + name_length + extra_length + comment_length
+    return zipfile.ZipFile(_PatchedFile(path, start, bytes(directory))), bad
+
+
+class ZipSource:
+    """Reads a zip member by member; never unpacks the whole archive.
+
+    Memory stays bounded whatever a member's header claims: a member declaring more than
+    `max_member_bytes` is refused unread, only stored and deflate members are inflated, and
+    they are inflated READ_CHUNK_BYTES at a time. zipfile stops each member at the size the
+    central directory declares, and its CRC check then fails for a member that lied.
+    """
+
+    def __init__(self, path: Path, max_member_bytes: int) -> None:
         self.path = path
+        self.max_member_bytes = max_member_bytes
+        self.read_bytes = 0
+        bad_names: set[str] = set()
         try:
-            self.archive = zipfile.ZipFile(path)
+            try:
+                self.archive = zipfile.ZipFile(path)
+            except UnicodeDecodeError:
+                self.archive, bad_names = open_zip_with_bad_names(path)
         except (zipfile.BadZipFile, OSError) as error:
             raise DataError(f"{path}: not a readable zip archive ({error})") from None
         self.members: dict[str, zipfile.ZipInfo] = {}
@@ -183,15 +290,22 @@ class ZipSource:
         for info in self.archive.infolist():
             if info.is_dir():
                 continue
+            if info.filename in bad_names:
+                reason = "name flagged as UTF-8 is not valid UTF-8 (shown as cp437)"
+                self.listed.append(Entry(info.filename, reason, category="unusable_names"))
+                continue
             refusal = zip_entry_refusal(info)
             if refusal is None and info.filename in self.members:
                 refusal = "duplicate member name (an earlier member has it)"
             if refusal is None:
                 self.members[info.filename] = info
-            self.listed.append(Entry(info.filename, refusal))
+            self.listed.append(Entry(info.filename, refusal, info.file_size))
 
     def close(self) -> None:
+        file = self.archive.fp
         self.archive.close()
+        if isinstance(file, _PatchedFile):  # zipfile leaves a file it was given open
+            file.close()
 
     def declared_size(self) -> int:
         return sum(info.file_size for info in self.archive.infolist())
@@ -203,28 +317,54 @@ class ZipSource:
         info = self.members[name]
         if info.flag_bits & 0x1:
             raise DataError(f"{name}: encrypted member")
+        if info.compress_type not in BOUNDED_METHODS:
+            raise DataError(
+                f"{name}: compression method {info.compress_type} (only stored and deflate "
+                "are read: their inflation can be bounded)"
+            )
+        if info.file_size > self.max_member_bytes:
+            raise ImageRefused(
+                f"{name}: declares {info.file_size:,} bytes, over the {self.max_member_bytes:,}"
+                " that a PNG/JPEG within extract.max_pixels can need; not read"
+            )
+        chunks = []
         try:
             with self.archive.open(info) as member:
-                return member.read()
+                while chunk := member.read(READ_CHUNK_BYTES):
+                    self.read_bytes += len(chunk)
+                    chunks.append(chunk)
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as error:
             raise DataError(f"{name}: cannot read member ({error})") from None
+        return b"".join(chunks)
 
 
 class FolderSource:
-    """Reads an unpacked archive; follows symbolic links only when they stay inside it."""
+    """Reads an unpacked archive; follows symbolic links only when they stay inside it.
 
-    def __init__(self, path: Path) -> None:
+    The same caps as for a zip: the sum of the files' sizes, and per file the bytes a
+    PNG/JPEG within extract.max_pixels can need (a larger file is refused unread).
+    """
+
+    def __init__(self, path: Path, max_member_bytes: int) -> None:
         self.path = path
         self.root = path.resolve()
+        self.max_member_bytes = max_member_bytes
+        self.read_bytes = 0
+        self.listed: list[Entry] | None = None
 
     def close(self) -> None:
         """Nothing to release; present so both sources are used alike."""
 
+    def declared_size(self) -> int:
+        return sum(entry.size for entry in self.entries())
+
     def entries(self) -> list[Entry]:
-        try:
-            return list(self._walk(self.root, "", {self.root}))
-        except OSError as error:
-            raise DataError(f"{self.path}: cannot list the folder ({error})") from None
+        if self.listed is None:
+            try:
+                self.listed = list(self._walk(self.root, "", {self.root}))
+            except OSError as error:
+                raise DataError(f"{self.path}: cannot list the folder ({error})") from None
+        return list(self.listed)
 
     def _walk(self, folder: Path, prefix: str, visited: set[Path]) -> Iterator[Entry]:
         for item in sorted(os.scandir(folder), key=lambda entry: entry.name):
@@ -247,34 +387,47 @@ class FolderSource:
             if item.is_dir():
                 yield from self._walk(path, f"{name}/", visited | {path.resolve()})
             elif item.is_file():
-                yield Entry(name)
+                yield Entry(name, size=item.stat().st_size)
             else:
                 yield Entry(name, "not a regular file")
 
     def read(self, name: str) -> bytes:
         try:
-            return (self.path / name).read_bytes()
+            with (self.path / name).open("rb") as file:
+                # The size now, then never more than the cap (the file may still grow).
+                size = os.fstat(file.fileno()).st_size
+                data = b"" if size > self.max_member_bytes else file.read(self.max_member_bytes + 1)
         except OSError as error:
             raise DataError(f"{name}: cannot read ({error.strerror})") from None
+        self.read_bytes += len(data)
+        if max(size, len(data)) > self.max_member_bytes:
+            raise ImageRefused(
+                f"{name}: over {self.max_member_bytes:,} bytes, more than a PNG/JPEG within "
+                "extract.max_pixels can need; not read"
+            )
+        return data
 
 
-def open_source(path: Path, max_uncompressed_mb: float) -> ZipSource | FolderSource:
-    """The archive as a source; a zip declaring more than the cap is refused before reading."""
+def open_source(path: Path, params: ExtractParams) -> ZipSource | FolderSource:
+    """The archive as a source; one whose files sum to more than extract.max_uncompressed_mb
+    (declared sizes for a zip) is refused before anything is read."""
+    cap = max_file_bytes(params.max_pixels)
     if path.is_dir():
-        return FolderSource(path)
-    if not path.is_file():
+        source: ZipSource | FolderSource = FolderSource(path, cap)
+    elif path.is_file():
+        source = ZipSource(path, cap)
+    else:
         raise DataError(
             f"{path}: archive not found (extract.archive; run `dvc repro synthesize` for the "
             "phantom, or point it at the Kaggle zip or its unpacked folder)"
         )
-    source = ZipSource(path)
     declared = source.declared_size()
-    if declared > max_uncompressed_mb * MEGABYTE:
+    if declared > params.max_uncompressed_mb * MEGABYTE:
         source.close()
         raise DataError(
             f"{path}: declares {declared / MEGABYTE:.1f} MB uncompressed, over "
-            f"extract.max_uncompressed_mb = {max_uncompressed_mb:g}; refused before writing "
-            "anything (raise the cap if you trust this archive)"
+            f"extract.max_uncompressed_mb = {params.max_uncompressed_mb:g}; refused before "
+            "writing anything (raise the cap if you trust this archive)"
         )
     return source
 
@@ -322,7 +475,9 @@ def find_ct_root(names: Iterable[str], archive: str) -> str:
 def classify_entry(entry: Entry, ct_root: str, subsets: Sequence[str]) -> SliceFile | Problem:
     """Where one entry belongs: a slice file, or the problem category that explains it."""
     name = entry.name
-    refusal = entry.refusal or unsafe_name_reason(name)
+    if entry.refusal:
+        return Problem(entry.category, name, entry.refusal)
+    refusal = unsafe_name_reason(name)
     if refusal:
         return Problem("refused_members", name, refusal)
     if is_os_metadata(name):
@@ -349,8 +504,16 @@ def classify_entry(entry: Entry, ct_root: str, subsets: Sequence[str]) -> SliceF
         )
     case_id = parts[3]
     for label, value in (("case folder", case_id), ("file name", stem)):
-        if not SAFE_NAME.match(value):
-            return Problem("misplaced_files", name, f"{label} '{value}' is not a plain name")
+        if not SAFE_NAME.fullmatch(value):
+            return Problem("unusable_names", name, f"{label} {value!r} is not a plain name")
+    id_bytes = len(slice_id(class_name, case_id, subset, stem).encode("utf-8"))
+    if id_bytes > MAX_ID_BYTES:
+        return Problem(
+            "unusable_names",
+            name,
+            f"case folder and file name make a {id_bytes}-byte slice id, over {MAX_ID_BYTES} "
+            "(output file names are limited to 255 bytes)",
+        )
     return SliceFile(name, subset, class_name, case_id, kind, stem)
 
 
@@ -422,13 +585,83 @@ def pair_slices(slices: Iterable[SliceFile], mask_suffix: str) -> Pairing:
 # ---------------------------------------------------------------- decoding and writing
 
 
-def binarize_mask(values: np.ndarray) -> np.ndarray:
-    """0/255 uint8 mask: 0/1 masks (max <= 1) keep their ones, others threshold at > 127.
+class MaskUnreadable(DataError):
+    """A mask the binarisation rule cannot read; says why."""
 
-    The threshold makes JPEG-compressed 0/255 masks exact again.
+
+def binarize_mask(values: np.ndarray, source: str = "mask") -> np.ndarray:
+    """0/255 uint8 lesion mask from one channel of 8- or 16-bit values, on its own range.
+
+    - all 0: no lesion;
+    - two values, 0 and v (0/1, 0/255, 0/65535 masks ...): the lesion is v;
+    - more values (JPEG shades, resampled edges): the lesion is above half the full scale
+      of the values held (127 when they fit in 8 bits, else 32767), which makes JPEG'd
+      0/255 masks exact again.
+    MaskUnreadable otherwise: one non-zero value everywhere (no background), two values
+    without 0, or more values that give no lesion or no background by the threshold (a
+    label map 0/1/2, a JPEG'd 0/1 mask): no threshold reads those safely.
     """
-    lesion = values > 0 if int(values.max(initial=0)) <= 1 else values > 127
+    maximum = int(values.max(initial=0))
+    if maximum == 0:
+        return np.zeros(values.shape, np.uint8)
+    if values.dtype == np.uint8:
+        distinct = np.flatnonzero(np.bincount(values.ravel(), minlength=256))
+    else:
+        distinct = np.unique(values)
+    if len(distinct) == 1:
+        raise MaskUnreadable(f"{source}: every pixel is {maximum}; no background")
+    if len(distinct) == 2 and distinct[0] != 0:
+        raise MaskUnreadable(
+            f"{source}: two values {distinct[0]} and {distinct[1]}, neither 0 (background?)"
+        )
+    if len(distinct) == 2:
+        return (values > 0).astype(np.uint8) * 255
+    threshold = 127 if maximum <= 255 else 32767
+    lesion = values > threshold
+    if not lesion.any() or lesion.all():
+        raise MaskUnreadable(
+            f"{source}: values {distinct[0]}..{maximum} give "
+            f"{'no' if not lesion.any() else 'only'} lesion above the threshold {threshold}; "
+            "not a binary mask (a label map, or a compressed 0/1 mask?)"
+        )
     return lesion.astype(np.uint8) * 255
+
+
+def mask_to_binary(pixels: np.ndarray, source: str) -> tuple[np.ndarray, list[str]]:
+    """0/255 lesion mask of a `decode_untrusted` mask and the conversions it took.
+
+    The channel rule: grey is read as it is; colour keeps each pixel's brightest channel
+    (`masks_colour` when the channels differ), so a pure red or green lesion counts. An
+    alpha channel counts only when it varies: with uniform colour (white or black RGB with
+    an alpha mask) the lesion is the alpha (`masks_from_alpha`); when colour varies too,
+    colour and alpha must give the same lesion, else MaskUnreadable (which one is the
+    mask?). A uniform alpha (all opaque) is ignored. Then `binarize_mask`.
+    """
+    conversions = ["masks_16bit"] if pixels.dtype == np.uint16 else []
+    if pixels.ndim == 2:
+        return binarize_mask(pixels, source), conversions
+    colour = pixels[..., :3]
+    brightest = colour.max(axis=2)
+    if (brightest != colour.min(axis=2)).any():
+        conversions.append("masks_colour")
+    if pixels.shape[2] == 3:
+        return binarize_mask(brightest, source), conversions
+    alpha = pixels[..., 3]
+    alpha_varies = bool((alpha != alpha.flat[0]).any())
+    colour_varies = bool((brightest != brightest.flat[0]).any())
+    if not alpha_varies:
+        return binarize_mask(brightest, source), conversions
+    from_alpha = binarize_mask(alpha, f"{source} (alpha)")
+    if not colour_varies:
+        return from_alpha, [*conversions, "masks_from_alpha"]
+    from_colour = binarize_mask(brightest, source)
+    if not np.array_equal(from_colour, from_alpha):
+        disagree = int(np.count_nonzero(from_colour != from_alpha))
+        raise MaskUnreadable(
+            f"{source}: colour and alpha both vary and disagree on {disagree} pixels; "
+            "cannot tell which holds the lesion"
+        )
+    return from_colour, conversions
 
 
 class PairError(Exception):
@@ -439,30 +672,48 @@ class PairError(Exception):
         self.problems = problems
 
 
-def load_pair(source: Source, pair: SlicePair) -> tuple[np.ndarray, np.ndarray]:
-    """Grey image and 0/255 mask of a pair; PairError if unreadable or mismatched in size.
+def decode_file(
+    source: Source, path: str, is_mask: bool, params: ExtractParams
+) -> tuple[np.ndarray, list[str]]:
+    """One archive file as 8-bit grey (image) or 0/255 (mask), and its conversions."""
+    pixels = decode_untrusted(source.read(path), path, params.max_pixels, "extract.max_pixels")
+    if is_mask:
+        return mask_to_binary(pixels, path)
+    window = params.window_16bit
+    grey, conversions = untrusted_to_grey(pixels, window.level, window.width)
+    return grey, [f"images_{conversion}" for conversion in conversions]
+
+
+def load_pair(
+    source: Source, pair: SlicePair, params: ExtractParams
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Grey image, 0/255 mask and the conversions of a pair; PairError if a file is
+    unreadable, refused, or the sizes differ.
 
     A readable file whose partner is unusable is reported as a dropped partner, so that
     every file of the pair appears in the report.
     """
-    decoded: dict[str, np.ndarray] = {}
+    decoded: dict[str, tuple[np.ndarray, list[str]]] = {}
     problems = []
     for path in (pair.image_path, pair.mask_path):
         try:
-            # Masks decode in colour and keep their brightest channel: a colour mask's pure red
-            # lesion would otherwise turn grey 76 and vanish under the threshold.
-            is_mask = path == pair.mask_path
-            pixels = decode_image(source.read(path), path, color=is_mask)
-            decoded[path] = pixels.max(axis=2) if is_mask else pixels
+            decoded[path] = decode_file(source, path, path == pair.mask_path, params)
+        except ImageRefused as error:
+            problems.append(Problem("oversized_files", path, f"{error}; dropped {pair.id}"))
+        except MaskUnreadable as error:
+            problems.append(Problem("unreadable_masks", path, f"{error}; dropped {pair.id}"))
         except DataError as error:
             problems.append(Problem("unreadable_files", path, f"{error}; dropped {pair.id}"))
     if problems:
         problems += [
-            Problem("dropped_partners", path, f"its partner is unreadable; dropped {pair.id}")
+            Problem("dropped_partners", path, f"its partner is unusable; dropped {pair.id}")
             for path in decoded
         ]
         raise PairError(problems)
-    image, mask = decoded[pair.image_path], decoded[pair.mask_path]
+    (image, image_conversions), (mask, mask_conversions) = (
+        decoded[pair.image_path],
+        decoded[pair.mask_path],
+    )
     if image.shape != mask.shape:
         reason = (
             f"image {image.shape[1]}x{image.shape[0]} but mask {pair.mask_path} is "
@@ -474,7 +725,7 @@ def load_pair(source: Source, pair: SlicePair) -> tuple[np.ndarray, np.ndarray]:
                 Problem("dropped_partners", pair.mask_path, f"size mismatch; dropped {pair.id}"),
             ]
         )
-    return image, binarize_mask(mask)
+    return image, mask, image_conversions + mask_conversions
 
 
 def manifest_row(pair: SlicePair, image: np.ndarray, mask: np.ndarray) -> dict[str, object]:
@@ -497,16 +748,18 @@ def manifest_row(pair: SlicePair, image: np.ndarray, mask: np.ndarray) -> dict[s
 
 
 def write_pairs(
-    source: Source, pairs: Sequence[SlicePair], folder: Path
-) -> tuple[list[dict[str, object]], list[Problem]]:
-    """Decode, threshold and write every pair under `folder`: manifest rows and problems."""
+    source: Source, pairs: Sequence[SlicePair], folder: Path, params: ExtractParams
+) -> tuple[list[dict[str, object]], list[Problem], Counter[str]]:
+    """Decode, threshold and write every pair under `folder`: manifest rows, problems and
+    the conversions of the pairs written."""
     (folder / "images").mkdir(parents=True)
     (folder / "masks").mkdir()
     rows: list[dict[str, object]] = []
     problems: list[Problem] = []
+    conversions: Counter[str] = Counter()
     for pair in tqdm(pairs, desc="extract", unit="pair", mininterval=1.0):
         try:
-            image, mask = load_pair(source, pair)
+            image, mask, converted = load_pair(source, pair, params)
         except PairError as error:
             problems.extend(error.problems)
             continue
@@ -514,10 +767,11 @@ def write_pairs(
         row["image_sha256"] = write_hashed(folder / str(row["image_path"]), encode_png(image))
         row["mask_sha256"] = write_hashed(folder / str(row["mask_path"]), encode_png(mask))
         rows.append(row)
-    return rows, problems
+        conversions.update(converted)
+    return rows, problems, conversions
 
 
-def extract_metrics(result: ExtractResult) -> dict[str, int]:
+def extract_metrics(result: ExtractResult) -> dict[str, int | float]:
     """Flat counts: pairs written, per class and subset, and files per problem category."""
     counts = Counter(problem.category for problem in result.problems)
     metrics = {
@@ -526,6 +780,8 @@ def extract_metrics(result: ExtractResult) -> dict[str, int]:
         "matched_pairs": result.matched_pairs,
     }
     metrics.update({category: counts[category] for category in PROBLEM_CATEGORIES})
+    metrics.update({f"converted_{key}": result.conversions[key] for key in CONVERSIONS})
+    metrics["read_mb"] = round(result.read_bytes / MEGABYTE, 3)
     for class_name in CLASS_NAMES:
         rows = [row for row in result.rows if row["class"] == class_name]
         metrics[f"pairs_{class_name.lower()}"] = len(rows)
@@ -541,7 +797,10 @@ def extract_metrics(result: ExtractResult) -> dict[str, int]:
 
 
 def format_report(result: ExtractResult, params: ExtractParams) -> str:
-    """Readable summary: counts, then every problem file and why, grouped by category."""
+    """Readable summary: counts, then every problem file and why, grouped by category.
+
+    A folder's file names that are not valid UTF-8 (held as surrogates) are written with
+    backslash escapes, so that the report is always valid UTF-8."""
     metrics = extract_metrics(result)
     lines = [
         "extract report",
@@ -550,7 +809,7 @@ def format_report(result: ExtractResult, params: ExtractParams) -> str:
         f"subsets: {', '.join(params.subsets)}; mask suffix: '{params.mask_suffix}'",
         "",
         "counts",
-        *(f"  {key:<28}{value}" for key, value in metrics.items()),
+        *(f"  {key:<40}{value}" for key, value in metrics.items()),
     ]
     by_category: dict[str, list[Problem]] = defaultdict(list)
     for problem in result.problems:
@@ -560,7 +819,15 @@ def format_report(result: ExtractResult, params: ExtractParams) -> str:
         if problems:
             lines += ["", f"{category} ({len(problems)}): {meaning}"]
             lines += [f"  {problem.path}: {problem.reason}" for problem in problems]
-    return "\n".join(lines) + "\n"
+    converted = [
+        f"  {key:<40}{result.conversions[key]:<8}{meaning}"
+        for key, meaning in CONVERSIONS.items()
+        if result.conversions[key]
+    ]
+    if converted:
+        lines += ["", "conversions (pairs written after each)", *converted]
+    text = "\n".join(lines) + "\n"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def extract_archive(
@@ -572,13 +839,13 @@ def extract_archive(
     no usable pair; the report is written in that last case too, to show why.
     """
     archive = Path(params.archive)
-    source = open_source(archive, params.max_uncompressed_mb)
+    source = open_source(archive, params)
     try:
         entries = source.entries()
         listing = classify_entries(entries, params.subsets, str(archive))
         pairing = pair_slices(listing.slices, params.mask_suffix)
         with atomic_path(output) as folder:
-            rows, pair_problems = write_pairs(source, pairing.pairs, folder)
+            rows, pair_problems, conversions = write_pairs(source, pairing.pairs, folder, params)
             result = ExtractResult(
                 archive=str(archive),
                 ct_root=listing.ct_root,
@@ -586,6 +853,8 @@ def extract_archive(
                 matched_pairs=len(pairing.pairs),
                 rows=rows,
                 problems=listing.problems + pairing.problems + pair_problems,
+                conversions=conversions,
+                read_bytes=source.read_bytes,
             )
             if not rows:
                 write_text_atomic(report, format_report(result, params))

@@ -26,13 +26,15 @@ from pipeline.io import (
     atomic_path,
     read_image,
     read_manifest,
+    read_untrusted,
     resolve_path,
+    untrusted_to_grey,
     verify_content,
     write_json,
     write_png,
 )
 from pipeline.masks import Palette, colour_to_index, index_to_colour
-from pipeline.params import Params
+from pipeline.params import ExtractParams, Params
 
 if TYPE_CHECKING:
     import keras
@@ -336,14 +338,31 @@ def output_name(path: Path) -> str:
     return f"{path.stem}.png"
 
 
+def read_new_image(path: Path, rules: ExtractParams) -> np.ndarray:
+    """A new slice as 8-bit grey, by extract's rules (`extract.max_pixels`, refused before
+    decoding; `extract.window_16bit`), so it is read as the training slices were; each
+    conversion is said on stderr."""
+    pixels = read_untrusted(path, rules.max_pixels, "extract.max_pixels")
+    window = rules.window_16bit
+    grey, conversions = untrusted_to_grey(pixels, window.level, window.width)
+    if conversions:
+        print(f"converted {path}: {', '.join(conversions)}", file=sys.stderr)
+    return grey
+
+
 def segment_files(
     segmenter: Segmenter,
     items: Sequence[str | Path],
     output_dir: Path | str,
     palette: Palette,
     alpha: float,
+    rules: ExtractParams,
 ) -> SegmentationSummary:
-    """New images of any size and colour: colour masks and overlays at each input's size."""
+    """New images of any size and colour: colour masks and overlays at each input's size.
+
+    Each file is read, segmented and written on its own terms: one that cannot be (refused,
+    unreadable, a decoder or writer error) is skipped with its reason, the others go on.
+    """
     output_dir = Path(output_dir)
     summary = SegmentationSummary()
     files = collect_inputs(items, summary)
@@ -352,13 +371,19 @@ def segment_files(
             readable: list[tuple[Path, np.ndarray]] = []
             for path in chunk:
                 try:
-                    readable.append((path, read_image(path)))
+                    readable.append((path, read_new_image(path, rules)))
                 except DataError as error:
                     summary.skip(str(path), str(error).removeprefix(f"{path}: "))
             if readable:
                 greys = [grey for _, grey in readable]
                 for (path, grey), labels in zip(readable, segmenter.segment(greys), strict=True):
-                    write_slice_outputs(output_dir, output_name(path), grey, labels, palette, alpha)
+                    try:
+                        write_slice_outputs(
+                            output_dir, output_name(path), grey, labels, palette, alpha
+                        )
+                    except (cv2.error, OSError) as error:
+                        summary.skip(str(path), f"cannot write its outputs ({error})")
+                        continue
                     summary.segmented.append(str(path))
             progress.update(len(chunk))
     return summary

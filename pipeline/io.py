@@ -7,10 +7,12 @@ crash or a failed check never leaves a half-written file or folder behind for DV
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -60,29 +62,98 @@ class DataError(RuntimeError):
     """An input file or manifest is missing, unreadable or inconsistent; names the file."""
 
 
+# Scratch folders of `atomic_path`: `.<target name>.<8 random characters>.partial` beside the
+# target (git- and DVC-ignored). The suffix-less form is what versions before it left behind.
+SCRATCH_SUFFIX = ".partial"
+_SCRATCH_NAME = re.compile(r"\.(.+)\.[a-z0-9_]{8}(?:\.partial)?")
+# Per folder, the scratch names found there when this process first wrote into it, by target
+# name: one listing per folder, not one per file written (a folder may hold 30,000 files).
+_scratch_found: dict[str, dict[str, list[str]]] = {}
+
+
+def _owner_is_alive(scratch: Path) -> bool:
+    """Whether a live process holds the scratch folder's lock (flock dies with its holder)."""
+    try:
+        descriptor = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)
+    return False
+
+
+def remove_stale_scratch(target: Path) -> list[Path]:
+    """Remove the scratch folders that killed writers of `target` left beside it.
+
+    A scratch folder whose lock no live process holds belongs to a writer that died (a kill,
+    an out-of-memory kill, a power cut) before its `finally` ran. Only scratch folders of this
+    very target are touched, so the rule is safe in a user's folder too. Returns them.
+    """
+    parent = os.path.abspath(target.parent)
+    found = _scratch_found.get(parent)
+    if found is None:
+        found = {}
+        with os.scandir(parent) as entries:
+            for entry in entries:
+                match = _SCRATCH_NAME.fullmatch(entry.name)
+                if match and entry.is_dir(follow_symlinks=False):
+                    found.setdefault(match.group(1), []).append(entry.name)
+        _scratch_found[parent] = found
+    removed = []
+    for name in found.pop(target.name, []):
+        scratch = Path(parent) / name
+        if not _owner_is_alive(scratch):
+            shutil.rmtree(scratch, ignore_errors=True)
+            removed.append(scratch)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success move it onto `target`.
 
-    Works for files and folders alike: whatever the caller creates at the yielded path
-    replaces `target` in one rename. On error the temporary path is removed and `target`
-    keeps its previous content (or stays absent).
+    Works for files and folders alike. The temporary path lies in a scratch folder beside
+    `target` (same file system, so moves are renames). A file target is replaced by one
+    atomic rename. A folder cannot be swapped for another atomically on POSIX, so a folder
+    target takes two renames: the old folder into the scratch folder, then the new one into
+    place. A crash between the two leaves `target` absent (DVC then sees the stage's output
+    missing and reruns it), never half-written. On error the scratch folder is removed and
+    `target` keeps its previous content (or stays absent).
+
+    A writer killed before its cleanup leaves its scratch folder behind; the next
+    `atomic_path` on the same target removes it (`remove_stale_scratch`). The scratch
+    folder's flock marks it live, so a concurrent writer's folder is never taken for stale.
+    (flock is POSIX: Linux and macOS, where the pipeline runs.)
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    remove_stale_scratch(target)
+    # Locked under a name the sweep ignores, then renamed to its scratch name (the lock
+    # follows the folder): no other writer can see it unlocked and take it for stale.
+    starting = Path(
+        tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".starting", dir=target.parent)
+    )
+    lock = os.open(starting, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    scratch = starting.with_name(starting.name.removesuffix(".starting") + SCRATCH_SUFFIX)
     temporary = scratch / target.name
     try:
+        os.rename(starting, scratch)
         yield temporary
         if not temporary.exists():
             raise DataError(f"{target}: the writer produced nothing")
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
+        replaces_folder = target.is_dir() and not target.is_symlink()
+        if replaces_folder or (temporary.is_dir() and os.path.lexists(target)):
+            os.rename(target, scratch / "previous")  # os.replace cannot overwrite a folder
         os.replace(temporary, target)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        for folder in (starting, scratch):
+            shutil.rmtree(folder, ignore_errors=True)
+        os.close(lock)
 
 
 def write_bytes_atomic(path: Path | str, data: bytes) -> None:
@@ -154,15 +225,155 @@ def write_png(path: Path | str, array: np.ndarray) -> None:
 
 
 def decode_image(data: bytes, source: str, *, color: bool) -> np.ndarray:
-    """Decode PNG/JPEG bytes to grey (H, W) or RGB (H, W, 3) uint8; DataError if corrupt."""
+    """Decode the pipeline's own 8-bit PNGs to grey (H, W) or RGB (H, W, 3); DataError if
+    corrupt. Files from outside the pipeline go through `decode_untrusted` instead."""
     buffer = np.frombuffer(data, dtype=np.uint8)
     flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
     image = cv2.imdecode(buffer, flag) if buffer.size else None
     if image is None:
         raise DataError(f"{source}: not a readable image (corrupt, truncated or not PNG/JPEG)")
-    if image.dtype != np.uint8:
-        image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0))
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if color else image
+
+
+# ---------------------------------------------------------------- untrusted images
+
+# The most bytes a PNG or JPEG can need per pixel (16-bit RGBA, stored), plus room for
+# metadata: a file larger than this for its pixel limit holds something other than pixels.
+MAX_BYTES_PER_PIXEL = 8
+METADATA_SLACK_BYTES = 1 << 20
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (they carry the size): C0-CF except DHT, JPG and DAC.
+JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+JPEG_MARKERS_WITHOUT_LENGTH = frozenset([0x01, *range(0xD0, 0xD8)])
+
+
+class ImageRefused(DataError):
+    """An input image refused before decoding because it is over a size limit."""
+
+
+def image_header_size(data: bytes) -> tuple[str, int, int] | None:
+    """(format, width, height) from a PNG's IHDR or a JPEG's frame header; None if `data`
+    is neither. Reads only headers, so a decompression bomb costs nothing here."""
+    if data.startswith(PNG_SIGNATURE):
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            return None
+        return "PNG", int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        if marker in JPEG_MARKERS_WITHOUT_LENGTH:
+            position += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker in JPEG_FRAME_MARKERS:
+            if position + 9 > len(data):
+                return None
+            height = int.from_bytes(data[position + 5 : position + 7], "big")
+            width = int.from_bytes(data[position + 7 : position + 9], "big")
+            return "JPEG", width, height
+        position += 2 + length
+    return None
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """Largest PNG/JPEG file accepted for a pixel limit (see MAX_BYTES_PER_PIXEL)."""
+    return max_pixels * MAX_BYTES_PER_PIXEL + METADATA_SLACK_BYTES
+
+
+def decode_untrusted(data: bytes, source: str, max_pixels: int, limit: str) -> np.ndarray:
+    """Decode PNG/JPEG bytes from outside the pipeline without changing them: uint8 or
+    uint16, grey (H, W), BGR (H, W, 3) or BGRA (H, W, 4); palettes are expanded.
+
+    The size is read from the header first and an image over `max_pixels` is refused
+    (ImageRefused naming `source` and `limit`) before any pixel is decoded. Any other
+    format (BMP, TIFF, ... behind a .png name) is refused: only these two decoders run on
+    untrusted bytes. Decoder failures of every kind become DataError naming `source`.
+    """
+    header = image_header_size(data)
+    if header is None:
+        raise DataError(f"{source}: not a readable image (no PNG or JPEG header)")
+    kind, width, height = header
+    if width * height > max_pixels:
+        raise ImageRefused(
+            f"{source}: {kind} of {width}x{height} = {width * height:,} pixels, over "
+            f"{limit} = {max_pixels:,}; not decoded"
+        )
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as error:
+        reason = str(error).strip().splitlines()[-1][:200]
+        raise DataError(f"{source}: the {kind} decoder failed ({reason})") from None
+    if pixels is None or pixels.shape[:2] != (height, width):
+        raise DataError(f"{source}: not a readable image (corrupt or truncated {kind})")
+    if pixels.dtype not in (np.uint8, np.uint16):
+        raise DataError(f"{source}: {pixels.dtype} pixels; only 8- and 16-bit are read")
+    return pixels
+
+
+def read_untrusted(path: Path | str, max_pixels: int, limit: str) -> np.ndarray:
+    """`decode_untrusted` of a file, refusing a file larger than `max_file_bytes` unread."""
+    path = Path(path)
+    cap = max_file_bytes(max_pixels)
+    try:
+        with path.open("rb") as file:
+            # The size now, then never more than the cap (the file may still grow).
+            size = os.fstat(file.fileno()).st_size
+            data = b"" if size > cap else file.read(cap + 1)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    if max(size, len(data)) > cap:
+        raise ImageRefused(
+            f"{path}: over {cap:,} bytes, more than a PNG/JPEG within {limit} = "
+            f"{max_pixels:,} pixels can need; not decoded"
+        )
+    return decode_untrusted(data, str(path), max_pixels, limit)
+
+
+def window_to_uint8(values: np.ndarray, level: float, width: float) -> np.ndarray:
+    """Display window: `level - width/2` maps to 0, `level + width/2` to 255, linear between,
+    clipped, rounded half to even (float64, so the bytes are the same on every machine)."""
+    scaled = (values.astype(np.float64) - (level - width / 2.0)) * (255.0 / width)
+    return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+
+
+def untrusted_to_grey(
+    pixels: np.ndarray, level: float, width: float
+) -> tuple[np.ndarray, list[str]]:
+    """8-bit grey (H, W) of a `decode_untrusted` image, and the conversions it took.
+
+    The rule: an alpha channel is ignored (`alpha_ignored`); colour whose channels differ
+    becomes grey by luminance (`colour`; grey stored as RGB is taken as it is); 16-bit
+    values go through the window `level`/`width` in stored units (`16bit`): for CT stored
+    as HU + 1024, level 1064 and width 80 give the brain window (W 80 / L 40 HU) of the
+    8-bit training slices. An image with no value inside the window comes out black and
+    white only, a sign that the window does not fit its encoding (`16bit_outside_window`).
+    """
+    conversions: list[str] = []
+    if pixels.ndim == 3:
+        if pixels.shape[2] == 4:
+            conversions.append("alpha_ignored")
+        colour = pixels[..., :3]
+        if (colour[..., 0] == colour[..., 1]).all() and (colour[..., 1] == colour[..., 2]).all():
+            pixels = colour[..., 0]
+        else:
+            conversions.append("colour")
+            pixels = cv2.cvtColor(np.ascontiguousarray(colour), cv2.COLOR_BGR2GRAY)
+    if pixels.dtype == np.uint16:
+        conversions.append("16bit")
+        inside = (pixels > level - width / 2.0) & (pixels < level + width / 2.0)
+        if not inside.any():  # all black or white: the window does not fit the encoding
+            conversions.append("16bit_outside_window")
+        pixels = window_to_uint8(pixels, level, width)
+    return np.ascontiguousarray(pixels), conversions
 
 
 def read_image(path: Path | str, *, color: bool = False) -> np.ndarray:

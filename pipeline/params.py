@@ -106,13 +106,29 @@ class PhantomParams(StrictModel):
         return self
 
 
+class StoredWindow(StrictModel):
+    """Display window for 16-bit images, in the file's stored units (not HU): `level -
+    width/2` becomes 0 and `level + width/2` becomes 255. CT stored as HU + 1024 (the usual
+    16-bit PNG export) gets the training slices' brain window, W 80 / L 40 HU, from 1064/80."""
+
+    level: float = 1064.0
+    width: PositiveFloat = 80.0
+
+
 class ExtractParams(StrictModel):
-    """Stage `extract`: the archive (zip or unpacked folder) and which CT subsets to read."""
+    """Stage `extract`: the archive (zip or unpacked folder) and which CT subsets to read.
+
+    `max_pixels` and `window_16bit` also govern the new-images command (`python -m
+    stages.infer --input ...`), so new slices are read exactly as the training slices were.
+    """
 
     archive: Annotated[str, Field(min_length=1)] = "data/raw/phantom.zip"
     subsets: tuple[Literal["Training", "Testing"], ...] = ("Training",)
     mask_suffix: Annotated[str, Field(pattern=r"^[\w.()+-]*$")] = ""
     max_uncompressed_mb: PositiveFloat = 4096.0
+    # Width x height read from each file's header; larger images are refused undecoded.
+    max_pixels: PositiveInt = 4096 * 4096
+    window_16bit: StoredWindow = StoredWindow()
 
     @field_validator("subsets")
     @classmethod

@@ -4,9 +4,10 @@ python -m stages.infer
     the DVC stage: masks, overlays, panels and a montage of the mini_test slices under
     data/predictions/, and latency/throughput in metrics/infer.json
 python -m stages.infer --input DIR_OR_FILE... --output DIR [--model M] [--tta-flip]
-    segment PNG/JPEG slices of any size, grey or colour; writes DIR/masks/<stem>.png and
-    DIR/overlays/<stem>.png at each input's size. Unreadable inputs are reported and
-    skipped; the exit status is non-zero only if nothing could be segmented.
+    segment PNG/JPEG slices of any size, grey or colour, 8 or 16 bits (read by extract's
+    rules: `extract.max_pixels`, `extract.window_16bit`); writes DIR/masks/<stem>.png and
+    DIR/overlays/<stem>.png at each input's size. Unreadable or refused inputs are reported
+    and skipped; the exit status is non-zero only if nothing could be segmented.
 python -m stages.infer --input SERIES_DIR_OR_ZIP... --output DIR [--model M] [--tta-flip]
     DICOM CT series (chosen when an input is a zip or holds DICOM files): per series a DICOM
     SEG, overlays and summary.json under DIR/<SeriesInstanceUID>/, and DIR/summary.csv.
@@ -49,7 +50,12 @@ def segment_new_images(params: Params, arguments: argparse.Namespace) -> None:
         segment_dicom_series(params, arguments, segmenter)
         return
     summary = segment_files(
-        segmenter, arguments.input, arguments.output, params.palette, params.infer.overlay_alpha
+        segmenter,
+        arguments.input,
+        arguments.output,
+        params.palette,
+        params.infer.overlay_alpha,
+        params.extract,
     )
     print(
         f"segmented {len(summary.segmented)} image(s) into {arguments.output}; "

@@ -3,7 +3,7 @@
 Writes data/raw/phantom.zip (deterministic bytes for a given `seed` and `phantom` params),
 data/raw/phantom_dicom/ (the cases of `phantom.dicom_subsets` as DICOM CT series in HU, with
 their truth masks) and reports/phantom_montage.png (phantom slices with their masks, to
-compare by eye with real CT such as ../shared/real-ct-samples).
+compare by eye with real CT such as tests/data/real-ct).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from pipeline.extract import (
     PROBLEM_CATEGORIES,
     Entry,
+    MaskUnreadable,
     SliceFile,
     binarize_mask,
     classify_entries,
@@ -429,7 +430,7 @@ def test_corrupt_and_truncated_files_are_counted_and_listed(tmp_path):
         assert f"{name}: {CT}" in report  # the reason names the file
     assert "dropped Ischemic_0019983_000" in report
     assert metrics["dropped_partners"] == 4
-    assert "0019983/000.png: its partner is unreadable; dropped Ischemic_0019983_000" in report
+    assert "0019983/000.png: its partner is unusable; dropped Ischemic_0019983_000" in report
     assert_every_file_accounted_for(metrics)
 
 
@@ -478,16 +479,50 @@ def test_jpeg_and_zero_one_masks_are_thresholded(tmp_path):
         np.testing.assert_array_equal(mask, disc)
 
 
-@settings(max_examples=40, deadline=None)
+def binarize_oracle(values: list[int]) -> list[bool] | None:
+    """The documented rule, written out per case: the lesion, or None when refused."""
+    distinct = sorted(set(values))
+    if distinct == [0]:
+        return [False] * len(values)
+    if len(distinct) == 2 and distinct[0] == 0:
+        return [value > 0 for value in values]
+    if len(distinct) <= 2:
+        return None
+    threshold = 127 if max(values) <= 255 else 32767
+    lesion = [value > threshold for value in values]
+    return lesion if any(lesion) and not all(lesion) else None
+
+
+@settings(max_examples=80, deadline=None)
 @given(
-    values=st.lists(st.integers(0, 255), min_size=1, max_size=64),
+    values=st.lists(
+        st.one_of(
+            st.sampled_from([0, 1, 127, 128, 255, 256, 32767, 32768, 65535]), st.integers(0, 65535)
+        ),
+        min_size=1,
+        max_size=64,
+    ),
+    dtype=st.sampled_from([np.uint8, np.uint16]),
 )
-def test_binarize_mask_rule(values):
-    array = np.array(values, dtype=np.uint8)
-    result = binarize_mask(array)
-    assert set(np.unique(result)) <= {0, 255}
-    expected = array > 0 if array.max() <= 1 else array > 127
-    np.testing.assert_array_equal(result == 255, expected)
+def test_binarize_mask_rule(values, dtype):
+    array = np.array(values, dtype=np.uint16).clip(0, np.iinfo(dtype).max).astype(dtype)
+    expected = binarize_oracle(array.tolist())
+    if expected is None:
+        with pytest.raises(MaskUnreadable, match=r"m\.png: "):
+            binarize_mask(array, "m.png")
+    else:
+        result = binarize_mask(array, "m.png")
+        assert result.dtype == np.uint8 and set(np.unique(result)) <= {0, 255}
+        np.testing.assert_array_equal(result == 255, expected)
+
+
+@given(value=st.integers(1, 65535), lesion=st.lists(st.booleans(), min_size=2, max_size=32))
+def test_two_level_masks_read_alike_at_every_scale(value, lesion):
+    """0/1, 0/255, 0/1000, 0/65535: the same lesion whatever the value that marks it."""
+    if all(lesion) or not any(lesion):
+        lesion = [True, False, *lesion]
+    array = np.where(lesion, value, 0).astype(np.uint16 if value > 255 else np.uint8)
+    np.testing.assert_array_equal(binarize_mask(array) == 255, lesion)
 
 
 # ---------------------------------------------------------------- fatal cases and params
@@ -534,6 +569,9 @@ def test_classification_tolerates_folder_spelling(tmp_path):
         ({"subsets": ["Training", "Training"]}, "extract.subsets: Value error, lists a subset"),
         ({"mask_suffix": "../m"}, "extract.mask_suffix: String should match pattern"),
         ({"max_uncompressed_mb": 0}, "extract.max_uncompressed_mb: Input should be greater"),
+        ({"max_pixels": 0}, "extract.max_pixels: Input should be greater than or equal to 1"),
+        ({"window_16bit": {"width": 0}}, "extract.window_16bit.width: Input should be greater"),
+        ({"window_16bit": {"centre": 40}}, "extract.window_16bit.centre: unknown key"),
         ({"archive": ""}, "extract.archive: String should have at least 1 character"),
         ({"archve": "x.zip"}, "extract.archve: unknown key (allowed here: archive, subsets"),
     ],

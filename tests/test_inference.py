@@ -33,7 +33,7 @@ from pipeline.params import parse_params
 from tests.conftest import original_row, with_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_SAMPLES = ROOT.parent / "shared" / "real-ct-samples" / "images"
+REAL_SAMPLES = ROOT / "tests" / "data" / "real-ct" / "images"
 MODEL_SIZE = 32
 PARAMS = parse_params(
     {
@@ -187,7 +187,9 @@ def test_segment_files_with_flip_tta_and_duplicate_names(tmp_path, tiny_model):
     write_png(first / "slice.png", grey)
     cv2.imwrite(str(second / "slice.jpg"), grey)
     segmenter = Segmenter.from_file(tiny_model, batch_size=2, tta_flip=True)
-    summary = segment_files(segmenter, [first, second], tmp_path / "out", PARAMS.palette, 0.5)
+    summary = segment_files(
+        segmenter, [first, second], tmp_path / "out", PARAMS.palette, 0.5, PARAMS.extract
+    )
     assert summary.segmented == [str(first / "slice.png")]
     assert [problem.source for problem in summary.skipped] == [str(second / "slice.jpg")]
     mask = read_image(tmp_path / "out" / "masks" / "slice.png", color=True)

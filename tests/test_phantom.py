@@ -321,8 +321,9 @@ def test_montage_shows_both_classes(small_archive):
 
 
 def test_default_size_slice_looks_like_brain_window_ct():
-    """One 512 px slice at the ventricle level, against grey-level statistics measured on
-    ../shared/real-ct-samples (black ~50-60 %, saturated white 3-15 %, brain median 105-127)."""
+    """One 512 px slice at the ventricle level, against grey-level statistics measured on the
+    reference's eight mini_test slices (four are in tests/data/real-ct): black ~50-60 %,
+    saturated white 3-15 %, brain median 105-127."""
     params = PhantomParams()
     spec = next(c for c in plan_cases(params, seed=42) if c.class_name == "Ischemic")
     rendered = render_slice(build_case(spec, params), index=params.slices_per_case // 2)

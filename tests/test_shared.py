@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -151,3 +152,36 @@ def test_gate_reports_failed_checks_with_example_ids(tmp_path, capsys):
     with pytest.raises(ValidationFailed, match=r"sizes within bounds .*1 rows, e\.g\. c"):
         enforce(report)
     assert "known classes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kind", "flags"),
+    [
+        (".png", []),
+        (".jpg", []),
+        (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),  # SOF2 instead of SOF0
+    ],
+)
+def test_image_header_size_reads_png_and_jpeg_headers(kind, flags):
+    pixels = np.zeros((37, 53), np.uint8)
+    data = cv2.imencode(kind, pixels, flags)[1].tobytes()
+    assert io.image_header_size(data) == (kind[1:].upper().replace("JPG", "JPEG"), 53, 37)
+    if kind == ".jpg":  # an APP1 segment (as EXIF adds) before the frame header
+        app1 = b"\xff\xe1" + (2 + 1000).to_bytes(2, "big") + bytes(1000)
+        assert io.image_header_size(data[:2] + app1 + data[2:]) == ("JPEG", 53, 37)
+    for broken in (data[:20], b"BM" + data[2:], b""):
+        assert io.image_header_size(broken) is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    level=st.floats(-2000, 5000),
+    width=st.floats(1, 4000),
+    values=st.lists(st.integers(0, 65535), min_size=2, max_size=32),
+)
+def test_window_to_uint8_is_monotone_and_clips_at_the_window_edges(level, width, values):
+    array = np.sort(np.asarray(values, dtype=np.uint16))
+    result = io.window_to_uint8(array, level, width)
+    assert result.dtype == np.uint8 and (np.diff(result.astype(int)) >= 0).all()
+    assert (result[array <= level - width / 2] == 0).all()
+    assert (result[array >= level + width / 2] == 255).all()
