@@ -349,7 +349,7 @@ def _transfer_syntax_problem(ds: Dataset) -> str:
     return f"pixel data in {syntax.name} ({syntax}) and no decoder for it is installed{needs}"
 
 
-def _header_problem(headers: list[tuple[DicomSource, Dataset]]) -> str:
+def _header_problem(headers: list[tuple[DicomSource, Dataset]], max_pixels: int | None) -> str:
     """The first reason this series cannot be segmented, from its headers alone; '' if none."""
     modalities = sorted({str(ds.get("Modality", "")) for _, ds in headers})
     if modalities != ["CT"]:
@@ -374,6 +374,14 @@ def _header_problem(headers: list[tuple[DicomSource, Dataset]]) -> str:
     sizes = {(int(ds.get("Rows", 0)), int(ds.get("Columns", 0))) for _, ds in headers}
     if len(sizes) > 1:
         return f"slices of different sizes {sorted(sizes)}"
+    ((rows, columns),) = sizes
+    if max_pixels is not None and rows * columns > max_pixels:
+        # Checked before any pixel is decoded, as for PNG input: a compressed file within the
+        # byte cap can still declare a slice too large to hold.
+        return (
+            f"{columns}x{rows} px slices, above the limit of {max_pixels} px "
+            "(extract.max_pixels)"
+        )
     orientations = np.array([_numbers(ds, "ImageOrientationPatient") for _, ds in headers])
     if orientations.shape[1] != 6:
         return "ImageOrientationPatient must hold 6 direction cosines"
@@ -423,8 +431,10 @@ def spacing_problem(positions_mm: np.ndarray) -> str:
     return ""
 
 
-def _load_series(uid: str, headers: list[tuple[DicomSource, Dataset]]) -> CtSeries | SeriesRefusal:
-    problem = _header_problem(headers)
+def _load_series(
+    uid: str, headers: list[tuple[DicomSource, Dataset]], max_pixels: int | None
+) -> CtSeries | SeriesRefusal:
+    problem = _header_problem(headers, max_pixels)
     if problem:
         return SeriesRefusal(uid, problem, len(headers))
     order, positions = order_along_normal(
@@ -470,7 +480,7 @@ def _load_series(uid: str, headers: list[tuple[DicomSource, Dataset]]) -> CtSeri
 
 
 def read_ct_series(
-    inputs: Sequence[Path | str], max_file_bytes: int
+    inputs: Sequence[Path | str], max_file_bytes: int, max_pixels: int | None = None
 ) -> Iterator[CtSeries | SeriesRefusal]:
     """Each series of the inputs, checked and in HU, or the reason it is refused; files that
     are not DICOM, too large, or belong to no series come out as refusals of their own.
@@ -507,7 +517,7 @@ def read_ct_series(
     yield from refusals
     for uid in sorted(groups):
         try:
-            yield _load_series(uid, groups[uid])
+            yield _load_series(uid, groups[uid], max_pixels)
         except (ValueError, TypeError, AttributeError, KeyError) as error:
             # pydicom raises these for values it cannot convert (an empty Rows, a bad IS)
             yield SeriesRefusal(uid, f"malformed header ({error})", len(groups[uid]))

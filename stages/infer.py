@@ -81,6 +81,7 @@ def segment_dicom_series(
         settings,
         threshold,
         model_version(arguments.model),
+        max_pixels=params.extract.max_pixels,
     )
     print(
         f"segmented {len(run.segmented)} series into {arguments.output}; refused "

@@ -431,6 +431,14 @@ def test_reader_refuses_files_above_the_size_limit(phantom_dicom):
     assert "above the limit of 0.0 MB (infer.max_dicom_file_mb)" in items[0].reason
 
 
+def test_reader_refuses_slices_above_the_pixel_limit_before_decoding(phantom_dicom):
+    folder = series_folders(phantom_dicom)[0]
+    (refusal,) = list(read_ct_series([folder], MAX_BYTES, max_pixels=64 * 64 - 1))
+    assert isinstance(refusal, SeriesRefusal)
+    assert "above the limit of 4095 px (extract.max_pixels)" in refusal.reason
+    assert only_series(list(read_ct_series([folder], MAX_BYTES, max_pixels=64 * 64)))
+
+
 # ---- DICOM in, SEG out -----------------------------------------------------------------------
 
 
@@ -477,7 +485,7 @@ def test_round_trip_seg_equals_the_png_path_on_the_same_slices(tmp_path, model, 
         pngs = tmp_path / "png" / series.series_instance_uid
         for position, hu in enumerate(series.hu, start=1):
             write_png(pngs / f"{position:04d}.png", window(hu, 40.0, 80.0))
-        segment_files(segmenter, [pngs], pngs / "out", PARAMS.palette, 0.5)
+        segment_files(segmenter, [pngs], pngs / "out", PARAMS.palette, 0.5, PARAMS.extract)
         for position in range(1, len(series.hu) + 1):
             name = f"{position:04d}.png"
             png_path = colour_to_index(
