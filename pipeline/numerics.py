@@ -34,10 +34,15 @@ def baseline_opencv() -> Iterator[None]:
         cv2.setUseOptimized(previous)
 
 
-# numpy's float32 sin, cos, exp and log have an AVX2 loop (X86_V3) that rounds differently from
-# its baseline loop: with NPY_DISABLE_CPU_FEATURES=X86_V3 they changed on 1M random inputs, and
-# a phantom slice's float field with them. Its float64 loops for these agree between baseline
-# and AVX2, so these helpers compute in float64 and round once to float32.
+# numpy picks its transcendental loops by CPU too. Its float32 sin, cos, exp and log changed
+# between the baseline and the AVX2 loop (NPY_DISABLE_CPU_FEATURES=X86_V3, 1M random inputs), and
+# a phantom slice's float field with them; its float64 loops agreed. So these compute in float64
+# and round once to float32. On AVX-512 machines numpy switches float64 sin, cos and arctan2 to
+# other loops again (numpy.lib.introspect.opt_func_info(); untested here, no AVX-512). Such loops
+# differ by a few units in the last float64 place at most; a difference that small survives the
+# rounding to float32 for about 1 value in 10**8, and that float32 step must then also move an
+# 8-bit pixel. Exact polynomial versions (only +, -, *, /) would remove even that, but halved the
+# phantom's speed (measured: 4.9 against 10-13 slices/s at 512 px), so they are not used.
 
 
 def sin_f32(x: np.ndarray) -> np.ndarray:
