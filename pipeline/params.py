@@ -47,14 +47,20 @@ class ParamsError(ValueError):
     """params.yaml is missing, malformed, or holds a key or value that is not allowed."""
 
 
-def _tuples(value: Any) -> Any:
+def _tuples(value: Any, converted: dict[int, Any] | None = None) -> Any:
     """YAML lists as tuples, nested ones too: YAML has no tuple, and the sequences of these
-    frozen models are tuples, which strict mode would otherwise refuse to build from lists."""
-    if isinstance(value, list):
-        return tuple(_tuples(item) for item in value)
-    if isinstance(value, dict):
-        return {key: _tuples(item) for key, item in value.items()}
-    return value
+    frozen models are tuples, which strict mode would otherwise refuse to build from lists.
+    A list or mapping that appears many times (shared references) is converted once, so the
+    cost follows the document's size, not what its references would expand to."""
+    if not isinstance(value, list | dict):
+        return value
+    converted = {} if converted is None else converted
+    if id(value) not in converted:
+        if isinstance(value, list):
+            converted[id(value)] = tuple(_tuples(item, converted) for item in value)
+        else:
+            converted[id(value)] = {key: _tuples(item, converted) for key, item in value.items()}
+    return converted[id(value)]
 
 
 class StrictModel(BaseModel):

@@ -186,13 +186,23 @@ def test_load_time_rule_equals_what_the_unet_can_build(image_size, num_layers, m
     assert accepted == _unet_runs(image_size, num_layers, max_working_size)
 
 
+def shared_bomb(levels: int = 9) -> list:
+    """9**levels strings through shared references: what an alias bomb becomes once loaded."""
+    value: list = ["lol"] * 9
+    for _ in range(levels):
+        value = [value] * 9
+    return value
+
+
 def test_error_messages_quote_only_an_excerpt_of_a_bad_value():
+    bomb = shared_bomb()
     with pytest.raises(ParamsError) as caught:
-        parse_params({"lr": "x" * 100_000, "seed": [[list(range(1000))] * 1000]})
+        parse_params({"lr": "x" * 100_000, "seed": bomb, "phantom": {"csf_hu": bomb}})
     message = str(caught.value)
     assert len(message) < 600, message
     assert "lr: Input should be a valid number" in message
     assert "seed: Input should be a valid integer" in message
+    assert "phantom.csf_hu: Tuple should have at most 2 items" in message
     assert len(excerpt(["y" * 10_000] * 10_000)) <= MAX_EXCERPT_CHARS
 
 
