@@ -15,7 +15,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+from numpy.lib.introspect import opt_func_info
 
 from pipeline.training import configure_runtime, train_model
 from tests.test_training import tiny_params, write_tiny_project
@@ -85,8 +85,14 @@ print(json.dumps(digests))
 
 
 def dispatched_numpy_features() -> str:
-    """numpy's run-time-dispatched SIMD targets this CPU has (baseline cannot be disabled)."""
-    return " ".join(name for name in __cpu_dispatch__ if __cpu_features__.get(name))
+    """The SIMD targets numpy dispatches to on this CPU, above its baseline (which cannot be
+    disabled), as NPY_DISABLE_CPU_FEATURES wants them."""
+    current = {
+        target["current"]
+        for signatures in opt_func_info().values()
+        for target in signatures.values()
+    }
+    return " ".join(sorted(name for name in current if not name.startswith("baseline")))
 
 
 def data_outputs(tmp_path: Path, name: str, **environment: str) -> dict[str, str]:
