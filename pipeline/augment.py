@@ -58,6 +58,7 @@ from pipeline.io import (
     write_hashed,
     write_manifest,
 )
+from pipeline.numerics import baseline_opencv
 from pipeline.parallel import ordered_map
 from pipeline.params import AugmentParams, ParamsError
 
@@ -192,6 +193,7 @@ def elastic_generator(seed: int, source_id: str, variant: int) -> np.random.Gene
     return np.random.default_rng([seed, ELASTIC_STREAM, digest, variant])
 
 
+@baseline_opencv()
 def elastic_map(
     height: int, width: int, alpha: float, sigma: float, generator: np.random.Generator
 ) -> WarpMap:

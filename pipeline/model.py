@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 import keras
 from keras import layers
 
-if TYPE_CHECKING:  # type names only: the builder itself needs nothing but Keras
+from pipeline.params import stem_stride
+
+if TYPE_CHECKING:  # type names only
     from pipeline.params import ModelParams, Params
 
 NUM_CLASSES = 3  # 0 background, 1 Hemorrhagic, 2 Ischemic (the order of rgb_map)
@@ -45,11 +47,9 @@ class UNetConfig:
 
     @property
     def stem_stride(self) -> int:
-        """Smallest power of two that brings image_size down to max_working_size or less."""
-        stride = 1
-        while self.image_size // stride > self.max_working_size:
-            stride *= 2
-        return stride
+        """Smallest power of two that brings image_size down to max_working_size or less
+        (one rule, in pipeline/params.py, so params.yaml is checked against it at load time)."""
+        return stem_stride(self.image_size, self.max_working_size)
 
 
 # The reference's own configuration, kept reproducible as one point of the search space.

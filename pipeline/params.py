@@ -3,17 +3,31 @@
 The file is validated once, here, into frozen pydantic models. Unknown keys, wrong types and
 out-of-range values raise `ParamsError` with the full dotted key path and what is allowed, so a
 typo never falls back silently to a default (the reference's `eval()`-and-default config did).
+
+Validation is strict: a value must already have its type in YAML (`lr: "0.001"`, `epochs: 3.0`
+and `batch_norm: "yes"` are refused, naming the key). The one widening allowed is the
+conventional one: an integer where a float is expected (`lr: 1`). Cross-field rules that decide
+whether a run can work at all (the UNet's working size) are checked here too, so `dvc repro`
+stops at its first stage rather than in `train` after rerunning the data stages.
+
+The file itself is read defensively: at most `MAX_PARAMS_BYTES`, no YAML anchors or aliases (an
+alias bomb expands to gigabytes once anything walks the values), bounded nesting, and error
+messages quote at most a short excerpt of a bad value.
 """
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
+# params.yaml is a few KB; the caps bound what a hostile or broken file can cost to read.
+MAX_PARAMS_BYTES = 1_000_000
+MAX_PARAMS_DEPTH = 16
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -33,8 +47,32 @@ class ParamsError(ValueError):
     """params.yaml is missing, malformed, or holds a key or value that is not allowed."""
 
 
+def _tuples(value: Any, converted: dict[int, Any] | None = None) -> Any:
+    """YAML lists as tuples, nested ones too: YAML has no tuple, and the sequences of these
+    frozen models are tuples, which strict mode would otherwise refuse to build from lists.
+    A list or mapping that appears many times (shared references) is converted once, so the
+    cost follows the document's size, not what its references would expand to."""
+    if not isinstance(value, list | dict):
+        return value
+    converted = {} if converted is None else converted
+    if id(value) not in converted:
+        if isinstance(value, list):
+            converted[id(value)] = tuple(_tuples(item, converted) for item in value)
+        else:
+            converted[id(value)] = {key: _tuples(item, converted) for key, item in value.items()}
+    return converted[id(value)]
+
+
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    """Unknown keys are errors, instances are frozen, and values are not coerced: a string is
+    never read as a number or a boolean. Sequence fields are tuples (lists arrive as tuples)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_as_tuples(cls, data: Any) -> Any:
+        return _tuples(data) if isinstance(data, dict) else data
 
 
 def _ordered_range(value: HuRange, name: str) -> None:
@@ -305,6 +343,16 @@ class ModelParams(StrictModel):
         return self
 
 
+def stem_stride(image_size: int, max_working_size: int) -> int:
+    """Stride of the FlexUNet's stem (pipeline/model.py): the smallest power of two that brings
+    image_size down to max_working_size or less, so the UNet itself runs at image_size / stride.
+    """
+    stride = 1
+    while image_size // stride > max_working_size:
+        stride *= 2
+    return stride
+
+
 class ReduceLrParams(StrictModel):
     """ReduceLROnPlateau on val_dice_mean (mode max); needs lr_schedule constant."""
 
@@ -417,6 +465,28 @@ class Params(StrictModel):
             raise ValueError("colours must be distinct")
         return rgb_map
 
+    @model_validator(mode="after")
+    def _check_runnable(self) -> Params:
+        """Rules across sections that decide whether the pipeline can run at all."""
+        model = self.model
+        stride = stem_stride(self.image_size, model.max_working_size)
+        downsampling = stride * 2 ** (model.num_layers - 1)
+        if self.image_size % downsampling:
+            lower = self.image_size - self.image_size % downsampling
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by {downsampling}: the UNet "
+                f"halves it {model.num_layers - 1} times (model.num_layers {model.num_layers})"
+                + (
+                    f" behind a stem of stride {stride} (image_size above "
+                    f"model.max_working_size {model.max_working_size})"
+                    if stride > 1
+                    else ""
+                )
+                + f"; use image_size {lower or downsampling} or {lower + downsampling}, "
+                "or fewer model.num_layers"
+            )
+        return self
+
     @property
     def validate_params(self) -> ValidateParams:
         return self.validate_
@@ -458,6 +528,25 @@ def _allowed_keys(location: tuple[int | str, ...]) -> list[str]:
     return [field.alias or name for name, field in model.model_fields.items()]
 
 
+def _excerpt_repr() -> reprlib.Repr:
+    shortened = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
+    shortened.maxlevel = 2
+    shortened.maxlist = shortened.maxtuple = shortened.maxdict = shortened.maxset = 4
+    shortened.maxstring = shortened.maxother = shortened.maxlong = 40
+    return shortened
+
+
+_EXCERPT = _excerpt_repr()
+MAX_EXCERPT_CHARS = 80
+
+
+def excerpt(value: object) -> str:
+    """A repr of at most MAX_EXCERPT_CHARS characters that never walks the whole value, so a
+    huge or deeply shared value costs nothing to quote in an error message."""
+    text = _EXCERPT.repr(value)
+    return text if len(text) <= MAX_EXCERPT_CHARS else text[: MAX_EXCERPT_CHARS - 3] + "..."
+
+
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid parameters"]
     for item in error.errors():
@@ -466,8 +555,11 @@ def _format_errors(error: ValidationError, source: str) -> str:
         if item["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed_keys(location[:-1]))
             lines.append(f"  {key}: unknown key (allowed here: {allowed})")
+        elif item["type"] == "value_error" and not location:
+            # A cross-field rule: its message names the keys, and the input is the whole file.
+            lines.append(f"  {item['msg']}")
         else:
-            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+            lines.append(f"  {key}: {item['msg']} (got {excerpt(item.get('input'))})")
     return "\n".join(lines)
 
 
@@ -483,15 +575,60 @@ def parse_params(raw: object, source: str = "params.yaml") -> Params:
         raise ParamsError(_format_errors(error, source)) from None
 
 
+class _RefusedYaml(Exception):
+    def __init__(self, message: str, mark: yaml.Mark | None) -> None:
+        super().__init__(f"line {mark.line + 1}: {message}" if mark else message)
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors and aliases and caps nesting as it composes, before a
+    single value is built: `yaml.safe_load` has no alias limit, and an alias bomb of a few
+    hundred bytes expands to gigabytes as soon as anything walks the values."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _RefusedYaml(
+                "YAML anchors and aliases (&name, *name) are not allowed in params: write each "
+                "value out",
+                event.start_mark,
+            )
+        self.depth += 1
+        try:
+            if self.depth > MAX_PARAMS_DEPTH:
+                raise _RefusedYaml(
+                    f"nested deeper than {MAX_PARAMS_DEPTH} levels", event.start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 def load_params(path: Path | str = DEFAULT_PARAMS_PATH) -> Params:
     """Read and validate params.yaml; every stage calls this once at start."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            data = stream.read(MAX_PARAMS_BYTES + 1)
     except OSError as error:
         raise ParamsError(f"{path}: cannot read parameters file ({error.strerror})") from None
+    if len(data) > MAX_PARAMS_BYTES:
+        raise ParamsError(f"{path}: larger than the {MAX_PARAMS_BYTES:,}-byte limit for params")
     try:
-        raw = yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    loader = _ParamsLoader(text)
+    try:
+        raw = loader.get_single_data()
+    except _RefusedYaml as error:
+        raise ParamsError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    except ValueError as error:  # e.g. an integer beyond Python's 4300-digit conversion limit
+        raise ParamsError(f"{path}: unreadable value: {excerpt(str(error))}") from None
+    finally:
+        loader.dispose()
     return parse_params(raw, source=str(path))

@@ -28,6 +28,7 @@ import numpy as np
 
 from pipeline.io import atomic_path, decode_image, encode_png
 from pipeline.masks import binary_to_colour
+from pipeline.numerics import arctan2_f32, baseline_opencv, cos_f32, sin_f32
 from pipeline.parallel import ordered_map
 from pipeline.params import ISCHEMIC_ID_MAX_STEP, ClassName, PhantomParams
 from pipeline.visualize import label, montage, overlay
@@ -512,13 +513,13 @@ def _case_grid(anatomy: Anatomy, size: int) -> CaseGrid:
     to_head = np.float32(1.0 / anatomy.half_width_px)
     u = (dx * cos + dy * sin) * to_head
     v = (dy * cos - dx * sin) * to_head
-    angle = np.arctan2(v, u)
+    angle = arctan2_f32(v, u)
     outline = np.ones_like(u)
     for order, amplitude, phase in anatomy.outline:
-        outline += np.float32(amplitude) * np.cos(np.float32(order) * angle + np.float32(phase))
+        outline += np.float32(amplitude) * cos_f32(np.float32(order) * angle + np.float32(phase))
     # Radius of the ellipse with half-axes 1 (along u) and `elongation` (along v).
     elongation = np.float32(anatomy.elongation)
-    ellipse = elongation / np.sqrt((elongation * np.cos(angle)) ** 2 + np.sin(angle) ** 2)
+    ellipse = elongation / np.sqrt((elongation * cos_f32(angle)) ** 2 + sin_f32(angle) ** 2)
     meander = [
         np.float32(order) * angle + np.float32(offset)
         for order, _, offset, _ in anatomy.sulcus_meander
@@ -539,15 +540,16 @@ def _case_grid(anatomy: Anatomy, size: int) -> CaseGrid:
         angle=angle,
         radius_px=np.hypot(dx, dy),
         outline_radius=outline * ellipse,
-        temporal_muscle=smoothstep(0.5, 0.9, np.abs(np.cos(angle))),
-        skull_profile=1.0 - 0.22 * np.cos(2.0 * angle),
+        temporal_muscle=smoothstep(0.5, 0.9, np.abs(cos_f32(angle))),
+        skull_profile=1.0 - 0.22 * cos_f32(2.0 * angle),
         sulcus_phase=np.float32(anatomy.sulcus_count) * angle,
-        meander_sin=tuple(np.sin(term) for term in meander),
-        meander_cos=tuple(np.cos(term) for term in meander),
+        meander_sin=tuple(sin_f32(term) for term in meander),
+        meander_cos=tuple(cos_f32(term) for term in meander),
         table=table,
     )
 
 
+@baseline_opencv()
 def build_case(spec: CaseSpec, params: PhantomParams) -> CaseModel:
     """Draw the anatomy and lesion of one case from the case's own generator."""
     rng = np.random.default_rng(np.random.SeedSequence(list(spec.entropy)))
@@ -644,7 +646,7 @@ def _wave_noise(waves: np.ndarray, u: np.ndarray, v: np.ndarray, t: float) -> np
     """Smooth random function of (u, v, t) with unit std: a sum of random plane waves."""
     total = np.zeros_like(u)
     for along_u, along_v, along_t, phase, amplitude in waves:
-        total += np.float32(amplitude) * np.sin(
+        total += np.float32(amplitude) * sin_f32(
             np.float32(along_u) * u + np.float32(along_v) * v + np.float32(along_t * t + phase)
         )
     return total
@@ -666,6 +668,7 @@ class _Head:
     inner_depth: np.ndarray  # pixels below the skull's inner table (negative outside it)
 
 
+@baseline_opencv()
 def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     """Slice `index` of a case in HU, with its tissue labels and lesion mask."""
     params, anatomy, grid = case.params, case.anatomy, case.grid
@@ -1052,6 +1055,7 @@ def render_case_files(task: tuple[CaseSpec, PhantomParams]) -> CaseFiles:
     return CaseFiles(spec, tuple(members), tuple(lesion_pixels))
 
 
+@baseline_opencv()
 def other_modality_members(params: PhantomParams, seed: int) -> list[tuple[str, bytes]]:
     """A few MRI and PET files (PNG, JPEG, text) that a CT pipeline must leave alone."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))

@@ -190,7 +190,11 @@ def test_unknown_class_is_refused(tmp_path: Path):
 
 def test_stage_entry_point(tmp_path: Path):
     write_validated(tmp_path / "data")
-    params = {"image_size": 20, "colorize": {"image_interpolation": "linear", "workers": 1}}
+    params = {
+        "image_size": 20,
+        "model": {"num_layers": 3},  # 20 = 4 x 5: two halvings
+        "colorize": {"image_interpolation": "linear", "workers": 1},
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = subprocess.run(
         [sys.executable, "-m", "stages.colorize"],

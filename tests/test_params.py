@@ -1,14 +1,29 @@
-"""params.yaml validation: defaults agree with the file, and every error names its key."""
+"""params.yaml validation: defaults agree with the file, every error names its key, types are
+strict, cross-field rules hold at load time, and hostile files are refused cheaply."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.params import Params, ParamsError, load_params, parse_params
+from pipeline.model import UNetConfig
+from pipeline.params import (
+    MAX_EXCERPT_CHARS,
+    MAX_PARAMS_BYTES,
+    MAX_PARAMS_DEPTH,
+    Params,
+    ParamsError,
+    excerpt,
+    load_params,
+    parse_params,
+)
 
 PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -78,3 +93,186 @@ def test_no_eval_or_exec_anywhere_in_the_code():
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
         ]
         assert not {"eval", "exec"} & set(calls), path
+
+
+# --- strict types: a config that drives experiments never guesses what a string meant ---
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ({"lr": "0.001"}, "lr: Input should be a valid number (got '0.001')"),
+        ({"model": {"batch_norm": "yes"}}, "model.batch_norm: Input should be a valid boolean"),
+        ({"model": {"batch_norm": 1}}, "model.batch_norm: Input should be a valid boolean"),
+        ({"train": {"epochs": 3.0}}, "train.epochs: Input should be a valid integer"),
+        ({"train": {"epochs": "3"}}, "train.epochs: Input should be a valid integer"),
+        ({"seed": True}, "seed: Input should be a valid integer"),
+        ({"extract": {"archive": 7}}, "extract.archive: Input should be a valid string"),
+        ({"phantom": {"csf_hu": ["0", 15]}}, "phantom.csf_hu[0]: Input should be a valid number"),
+    ],
+)
+def test_strings_and_floats_are_not_coerced(document, expected):
+    with pytest.raises(ParamsError) as caught:
+        parse_params(document)
+    assert expected in str(caught.value)
+
+
+def test_integers_are_accepted_where_floats_are_expected():
+    params = parse_params({"lr": 1, "phantom": {"csf_hu": [0, 15]}, "augment": {"target_ratio": 2}})
+    assert params.lr == 1.0 and isinstance(params.lr, float)
+    assert params.phantom.csf_hu == (0.0, 15.0)
+    assert params.augment.target_ratio == 2.0
+
+
+# --- cross-field rules: refused at load time, naming the keys ---
+
+
+def test_working_size_not_divisible_by_the_unet_depth_names_the_keys():
+    with pytest.raises(ParamsError) as caught:
+        parse_params({"image_size": 34, "model": {"num_layers": 3}})
+    message = str(caught.value)
+    assert "image_size 34 must be divisible by 4" in message
+    assert "model.num_layers 3" in message
+    assert "use image_size 32 or 36" in message
+    assert "got {" not in message, "a cross-field error must not quote the whole file"
+
+
+def test_working_size_rule_includes_the_stem():
+    # 528 > 2 x 256, so the stem strides by 4 and the UNet sees 132 = 4 x 33: not divisible by 16.
+    with pytest.raises(ParamsError) as caught:
+        parse_params({"image_size": 528, "model": {"num_layers": 5, "max_working_size": 256}})
+    assert "image_size 528 must be divisible by 64" in str(caught.value)
+    assert "stem of stride 4" in str(caught.value)
+    assert "model.max_working_size 256" in str(caught.value)
+
+
+def _unet_runs(image_size: int, num_layers: int, max_working_size: int) -> bool:
+    """Oracle, step by step: the stem halves while above the cap, then every max-pool halves;
+    each halving must be exact."""
+    size = image_size
+    halvings = 0
+    while size > max_working_size:
+        if size % 2:
+            return False
+        size //= 2
+        halvings += 1
+    for _ in range(num_layers - 1):
+        if size % 2:
+            return False
+        size //= 2
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    image_size=st.integers(16, 1024),
+    num_layers=st.integers(2, 9),
+    max_working_size=st.integers(16, 1024),
+)
+def test_load_time_rule_equals_what_the_unet_can_build(image_size, num_layers, max_working_size):
+    document = {
+        "image_size": image_size,
+        "model": {"num_layers": num_layers, "max_working_size": max_working_size},
+    }
+    try:
+        params = parse_params(document)
+    except ParamsError as error:
+        assert "must be divisible" in str(error)
+        accepted = False
+    else:
+        accepted = True
+        config = UNetConfig.from_params(params.model, params.image_size)
+        assert config.image_size % (config.stem_stride * 2 ** (num_layers - 1)) == 0
+    assert accepted == _unet_runs(image_size, num_layers, max_working_size)
+
+
+def shared_bomb(levels: int = 9) -> list:
+    """9**levels strings through shared references: what an alias bomb becomes once loaded."""
+    value: list = ["lol"] * 9
+    for _ in range(levels):
+        value = [value] * 9
+    return value
+
+
+def test_error_messages_quote_only_an_excerpt_of_a_bad_value():
+    bomb = shared_bomb()
+    with pytest.raises(ParamsError) as caught:
+        parse_params({"lr": "x" * 100_000, "seed": bomb, "phantom": {"csf_hu": bomb}})
+    message = str(caught.value)
+    assert len(message) < 600, message
+    assert "lr: Input should be a valid number" in message
+    assert "seed: Input should be a valid integer" in message
+    assert "phantom.csf_hu: Tuple should have at most 2 items" in message
+    assert len(excerpt(["y" * 10_000] * 10_000)) <= MAX_EXCERPT_CHARS
+
+
+# --- the file itself: anchors, aliases, size, depth, encoding ---
+
+
+def _write(tmp_path: Path, text: str | bytes) -> Path:
+    path = tmp_path / "params.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a: &x 0.001\nlr: *x\n", "line 1: YAML anchors and aliases"),
+        ("lr: 0.001\nmodel: &m {num_layers: 3}\n", "line 2: YAML anchors and aliases"),
+        ("seed: " + "[" * 40 + "]" * 40 + "\n", f"nested deeper than {MAX_PARAMS_DEPTH} levels"),
+        ("seed: " + "9" * 5000 + "\n", "unreadable value"),
+        (b"lr: 0.001 \xff\n", "not UTF-8 text"),
+        ("# padding\n" * (MAX_PARAMS_BYTES // 10 + 1), "larger than the 1,000,000-byte limit"),
+    ],
+)
+def test_hostile_files_are_refused_before_any_value_is_built(tmp_path, text, expected):
+    with pytest.raises(ParamsError) as caught:
+        load_params(_write(tmp_path, text))
+    assert expected in str(caught.value)
+    assert str(tmp_path / "params.yaml") in str(caught.value)
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """`lr` as the classic alias bomb: 9**levels strings from a few hundred bytes."""
+    lines = ["lr:", '  a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels + 1):
+        lines.append(f"  a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+# Peak memory of the child: VmHWM, because Linux carries ru_maxrss across fork and exec, so a
+# child of this pytest process (TensorFlow loaded) would report the parent's peak.
+BOMB_CHILD = """
+import re, sys
+from pathlib import Path
+from pipeline.params import ParamsError, load_params
+try:
+    load_params(sys.argv[1])
+except ParamsError as error:
+    print(len(str(error)), str(error).splitlines()[0])
+status = Path("/proc/self/status").read_text()
+print("peak_kb", re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
+"""
+
+
+def test_alias_bomb_is_refused_with_bounded_memory(tmp_path):
+    path = _write(tmp_path, billion_laughs())
+    # A hang guard, not a speed check: unguarded, this file grows memory without limit.
+    done = subprocess.run(
+        [sys.executable, "-c", BOMB_CHILD, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PROJECT_PARAMS.parent,
+        check=True,
+    )
+    lines = done.stdout.splitlines()
+    length, first = lines[0].split(" ", 1)
+    assert "line 2: YAML anchors and aliases" in first
+    assert int(length) < 300
+    peak_mb = int(lines[-1].split()[1]) / 1024
+    assert peak_mb < 250, f"refusing the bomb took {peak_mb:.0f} MB"
