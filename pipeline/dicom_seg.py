@@ -32,10 +32,16 @@ from pydicom.sr.codedict import codes
 
 from pipeline.dicom import CtSeries, SeriesRefusal, derived_uid, read_ct_series
 from pipeline.inference import Segmenter, batches, write_slice_outputs
-from pipeline.io import DataError, atomic_path, sha256_hex, write_json, write_text_atomic
+from pipeline.io import (
+    DataError,
+    atomic_path,
+    sha256_hex,
+    window_to_uint8,
+    write_json,
+    write_text_atomic,
+)
 from pipeline.masks import Palette
 from pipeline.params import CLASS_NAMES, InferParams
-from pipeline.phantom import window
 
 ALGORITHM_NAME = "stroke-ct FlexUNet lesion segmentation"
 # SNOMED CT morphologic abnormalities. pydicom's code dictionary has Hemorrhage (50960005,
@@ -206,7 +212,7 @@ def segment_series(
             "its source's frame of reference"
         )
     greys = [
-        window(slice_hu, settings.window_level_hu, settings.window_width_hu)
+        window_to_uint8(slice_hu, settings.window_level_hu, settings.window_width_hu)
         for slice_hu in series.hu
     ]
     labels: list[np.ndarray] = []

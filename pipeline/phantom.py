@@ -26,7 +26,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from pipeline.io import atomic_path, decode_image, encode_png
+from pipeline.io import atomic_path, decode_image, encode_png, window_to_uint8
 from pipeline.masks import binary_to_colour
 from pipeline.numerics import arctan2_f32, baseline_opencv, cos_f32, sin_f32
 from pipeline.parallel import ordered_map
@@ -252,12 +252,6 @@ def smoothstep(edge0: float, edge1: float, x: np.ndarray | float) -> np.ndarray:
     """0 at edge0, 1 at edge1 (edges may be in either order), smooth in between."""
     t = np.clip((np.asarray(x, dtype=np.float32) - edge0) / (edge1 - edge0), 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
-
-
-def window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
-    """8-bit image of a HU array: level - width/2 -> 0, level + width/2 -> 255, clipped."""
-    scaled = (hu.astype(np.float32) - np.float32(level - width / 2.0)) * np.float32(255.0 / width)
-    return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
 
 
 def head_scale(z: float) -> float:
@@ -1046,7 +1040,7 @@ def render_case_files(task: tuple[CaseSpec, PhantomParams]) -> CaseFiles:
     lesion_pixels: list[int] = []
     slices = render_case_slices(spec, params)
     for stem, rendered in zip(spec.slice_stems, slices, strict=True):
-        image = window(rendered.hu, params.window_level_hu, params.window_width_hu)
+        image = window_to_uint8(rendered.hu, params.window_level_hu, params.window_width_hu)
         members.append((spec.member("images", stem), encode_png(image)))
         if spec.has_mask:
             mask = np.where(rendered.lesion, np.uint8(255), np.uint8(0))
@@ -1069,7 +1063,7 @@ def other_modality_members(params: PhantomParams, seed: int) -> list[tuple[str, 
                 members.append((name, f"{modality} placeholder, not CT.\n".encode()))
                 continue
             blob = cv2.GaussianBlur(rng.uniform(0.0, 255.0, (64, 64)).astype(np.float32), (0, 0), 6)
-            picture = window(blob, float(blob.mean()), 4.0 * float(blob.std()) + 1e-3)
+            picture = window_to_uint8(blob, float(blob.mean()), 4.0 * float(blob.std()) + 1e-3)
             if kind == "png":
                 members.append((name, encode_png(picture)))
             else:

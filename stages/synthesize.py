@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pipeline.dicom import synthesize_dicom
 from pipeline.io import write_png
 from pipeline.params import Params
 from pipeline.phantom import phantom_montage, synthesize_archive
+from pipeline.phantom_dicom import synthesize_dicom
 from stages.common import run_stage
 
 ARCHIVE_PATH = Path("data/raw/phantom.zip")

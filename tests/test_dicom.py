@@ -32,7 +32,6 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import CTImageStorage, JPEGLosslessSV1
 
 from pipeline.dicom import (
-    DICOM_CASES_FILE,
     CtSeries,
     SeriesRefusal,
     is_dicom_input,
@@ -40,7 +39,6 @@ from pipeline.dicom import (
     read_ct_series,
     slice_normal,
     spacing_problem,
-    synthesize_dicom,
 )
 from pipeline.dicom_seg import (
     SEGMENTED_PROPERTY_TYPES,
@@ -50,10 +48,11 @@ from pipeline.dicom_seg import (
     triage_threshold,
 )
 from pipeline.inference import Segmenter, segment_files, to_model_input
-from pipeline.io import read_image, write_png
+from pipeline.io import read_image, window_to_uint8, write_png
 from pipeline.masks import colour_to_index
 from pipeline.params import CLASS_NAMES, PhantomParams, parse_params
-from pipeline.phantom import plan_cases, render_case_slices, synthesize_archive, window
+from pipeline.phantom import plan_cases, render_case_slices, synthesize_archive
+from pipeline.phantom_dicom import DICOM_CASES_FILE, synthesize_dicom
 from tests.test_inference import MODEL_SIZE, tiny_model  # noqa: F401 (a pytest fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,7 +180,7 @@ def test_phantom_dicom_holds_the_hu_before_windowing_and_the_truth(tmp_path, pha
                 np.frombuffer(members[spec.member("images", stem)], np.uint8),
                 cv2.IMREAD_GRAYSCALE,
             )
-            windowed = window(hu, params.window_level_hu, params.window_width_hu)
+            windowed = window_to_uint8(hu, params.window_level_hu, params.window_width_hu)
             assert np.abs(windowed.astype(int) - image).max() <= 2
             truth = read_image(phantom_dicom / row.truth_path / f"{stem}.png")
             np.testing.assert_array_equal(truth > 0, rendered.lesion)
@@ -484,7 +483,7 @@ def test_round_trip_seg_equals_the_png_path_on_the_same_slices(tmp_path, model, 
 
         pngs = tmp_path / "png" / series.series_instance_uid
         for position, hu in enumerate(series.hu, start=1):
-            write_png(pngs / f"{position:04d}.png", window(hu, 40.0, 80.0))
+            write_png(pngs / f"{position:04d}.png", window_to_uint8(hu, 40.0, 80.0))
         segment_files(segmenter, [pngs], pngs / "out", PARAMS.palette, 0.5, PARAMS.extract)
         for position in range(1, len(series.hu) + 1):
             name = f"{position:04d}.png"
@@ -558,7 +557,7 @@ def test_volumes_agree_with_the_phantom_truth(tmp_path, phantom_dicom, model_siz
         mixed = blocks.min(axis=(2, 4)) != blocks.max(axis=(2, 4))
         bound_ml = factor * factor * int(mixed.sum()) * series.voxel_volume_ml
         bounds[series.series_instance_uid] = (row, bound_ml)
-        greys.extend(window(hu, 40.0, 80.0) for hu in series.hu)
+        greys.extend(window_to_uint8(hu, 40.0, 80.0) for hu in series.hu)
         truths.extend(truth)
     segmenter = Segmenter(OracleForward(greys, truths, model_size), model_size, batch_size=4)
     output = tmp_path / "out"

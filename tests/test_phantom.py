@@ -16,6 +16,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.io import window_to_uint8
 from pipeline.params import ParamsError, PhantomParams, parse_params
 from pipeline.phantom import (
     ARCHIVE_ROOT,
@@ -27,7 +28,6 @@ from pipeline.phantom import (
     plan_cases,
     render_slice,
     synthesize_archive,
-    window,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def rendered_slices() -> list[tuple[PhantomParams, object]]:
 
 def test_window_maps_the_brain_window_to_8_bit():
     hu = np.array([-1000.0, 0.0, 40.0, 80.0, 1000.0, 20.0], dtype=np.float32)
-    assert window(hu, 40.0, 80.0).tolist() == [0, 0, 128, 255, 255, 64]
+    assert window_to_uint8(hu, 40.0, 80.0).tolist() == [0, 0, 128, 255, 255, 64]
 
 
 @settings(max_examples=30, deadline=None)
@@ -81,7 +81,7 @@ def test_window_maps_the_brain_window_to_8_bit():
 )
 def test_window_is_monotonic_and_clipped(values, level, width):
     hu = np.sort(np.array(values, dtype=np.float32))
-    image = window(hu, level, width)
+    image = window_to_uint8(hu, level, width)
     assert image.dtype == np.uint8
     assert np.all(np.diff(image.astype(int)) >= 0)
     assert image[hu <= level - width / 2].max(initial=0) == 0
@@ -327,7 +327,7 @@ def test_default_size_slice_looks_like_brain_window_ct():
     params = PhantomParams()
     spec = next(c for c in plan_cases(params, seed=42) if c.class_name == "Ischemic")
     rendered = render_slice(build_case(spec, params), index=params.slices_per_case // 2)
-    image = window(rendered.hu, params.window_level_hu, params.window_width_hu)
+    image = window_to_uint8(rendered.hu, params.window_level_hu, params.window_width_hu)
     assert image.shape == (512, 512)
     assert 0.4 < np.mean(image == 0) < 0.75
     assert 0.01 < np.mean(image == 255) < 0.2
