@@ -76,6 +76,7 @@ REFERENCE_METRIC_NOTE = (
 CI_SUFFIXES = ("_ci_low", "_ci_high")
 SLICE_DETECTION = ("slice_sensitivity", "slice_specificity")  # shown with triage
 SCORE_UNIT = "score 0-1"
+NO_UNIT = "no unit"  # a loss, a learning rate
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,14 @@ METRICS: dict[str, MetricInfo] = {
     "truth_lesions": MetricInfo("True lesions", "lesions", ""),
     "predicted_lesions": MetricInfo("Predicted lesions", "lesions", ""),
 }
-UNIT_SUFFIXES = (("_mm", "mm"), ("_ml", "mL"), ("_px", "px"), ("_seconds", "s"), ("_s", "s"))
+UNIT_SUFFIXES = (
+    ("_mm", "mm"),
+    ("_ml", "mL"),
+    ("_px", "px"),
+    ("_ms", "ms"),
+    ("_seconds", "s"),
+    ("_s", "s"),
+)
 COUNT_ENDINGS = ("count", "cases", "lesions", "slices", "epoch", "epochs")
 
 
@@ -145,6 +153,12 @@ def unit_of(base: str) -> str:
     for suffix, unit in UNIT_SUFFIXES:
         if base.endswith(suffix) or f"{suffix}_" in base:
             return unit
+    if base.startswith("pixels_"):
+        return "pixels"
+    if base.endswith("crossentropy"):
+        return "nats per pixel"
+    if base.endswith(("loss", "_lr")):
+        return NO_UNIT
     last = base.rsplit("_", 1)[-1]
     return last if last in COUNT_ENDINGS else SCORE_UNIT
 
@@ -170,7 +184,8 @@ def number(value: object, unit: str = "") -> str:
             text = f"{value:.3f}" if abs(value) < 1000 else f"{value:,.0f}"
     else:
         return str(value)
-    return f"{text} {unit}" if unit and unit not in (SCORE_UNIT, *COUNT_ENDINGS) else text
+    silent = (SCORE_UNIT, NO_UNIT, *COUNT_ENDINGS)  # said once, in the column head
+    return f"{text} {unit}" if unit and unit not in silent else text
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -469,7 +484,6 @@ def figures(data: RunData, items: Iterable[tuple[Path, str]], wide: bool = False
     if not shown:
         return ""
     return "".join(shown) if wide else f'<div class="gallery">{"".join(shown)}</div>'
-
 
 
 def run_section(data: RunData) -> Section:
@@ -1025,17 +1039,27 @@ def comparison_page(
     params_diff: Mapping[str, Mapping[str, Mapping[str, object]]],
     descriptions: tuple[str, str],
 ) -> str:
-    """Metrics of both revisions with their differences, and the params that differ."""
-    metric_rows, changed = [], 0
+    """Metrics of both revisions with their differences (those that differ first), and the
+    params that differ."""
+    classes = sorted(
+        {
+            key.split(".", 1)[1].lower()
+            for entries in params_diff.values()
+            for key in entries
+            if key.startswith("rgb_map.") and key != "rgb_map.background"
+        }
+    )
+    metric_rows = []
     for file, entries in metrics_diff.items():
         for key, values in entries.items():
             old, new, diff = values.get("old"), values.get("new"), values.get("diff")
             numeric = isinstance(old, int | float) and isinstance(new, int | float)
             relative = f"{100 * diff / old:+.1f}%" if numeric and diff and old else ""
-            changed += bool(diff)
-            metric_rows.append(
-                [file, key, number(old), number(new), number(diff) if diff else "", relative]
-            )
+            unit = unit_of(parse_key(key, classes).base)
+            shown = [number(old), number(new), number(diff) if diff else "", relative]
+            metric_rows.append([file, key, unit, *shown])
+    metric_rows.sort(key=lambda row: (row[5] == "", row[0], row[1]))
+    changed = sum(row[5] != "" for row in metric_rows)
     param_rows = [
         [file, key, json.dumps(values.get("old")), json.dumps(values.get("new"))]
         for file, entries in params_diff.items()
@@ -1055,9 +1079,9 @@ def comparison_page(
             "Metrics",
             f"{changed} of {len(metric_rows)} metrics differ between {rev_a} and {rev_b}.",
             (paragraph(PHANTOM_CAVEAT, "caveat") if phantom else "")
-            + paragraph("Units as in the metric names (_mm, _ml, _s); scores are 0-1.", "note")
+            + paragraph("Metrics that differ come first; click a column head to sort.", "note")
             + table(
-                ["file", "metric", rev_a, rev_b, f"{rev_b} - {rev_a}", "change"],
+                ["file", "metric", "unit", rev_a, rev_b, f"{rev_b} - {rev_a}", "change"],
                 metric_rows,
                 sortable=True,
             ),

@@ -117,13 +117,20 @@ class Browser:
         self.driver.get_log("browser")
         self.driver.get(page.resolve().as_uri())
         probe = self.driver.execute_script(PAGE_PROBE)
-        requests, failed = [], []
+        # Only the requests of pages under test (a file:// document): Chromium's own start
+        # page (chrome://new-tab-page...) logs requests of its own, late, into this tab.
+        requests, ours, failed = [], set(), []
         for entry in self.driver.get_log("performance"):
             message = json.loads(entry["message"])["message"]
+            params = message["params"]
             if message["method"] == "Network.requestWillBeSent":
-                requests.append(message["params"]["request"]["url"])
-            elif message["method"] == "Network.loadingFailed":
-                failed.append(message["params"].get("errorText", "failed"))
+                if params.get("documentURL", "").startswith("file://"):
+                    requests.append(params["request"]["url"])
+                    ours.add(params["requestId"])
+            elif message["method"] == "Network.loadingFailed" and params["requestId"] in ours:
+                failed.append(
+                    f"{params.get('errorText', 'failed')} (request {params['requestId']})"
+                )
         console = [
             entry["message"]
             for entry in self.driver.get_log("browser")

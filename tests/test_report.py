@@ -240,7 +240,8 @@ def test_compare_page_shows_metric_and_param_differences(tmp_path):
     page = output.read_text(encoding="utf-8")
     row = re.search(r"<td>dice_ischemic</td>(.*?)</tr>", page)
     assert row, page
-    assert re.findall(r">([^<]+)</td>", row.group(1)) == ["0.884", "0.750", "-0.134", "-15.1%"]
+    cells = re.findall(r">([^<]+)</td>", row.group(1))
+    assert cells == ["score 0-1", "0.884", "0.750", "-0.134", "-15.1%"]
     assert re.search(r"<td>lr</td><td>0.001</td><td>0.002</td>", page)
     assert "HEAD~1: " in page and "baseline" in page and "higher lr" in page
     assert PHANTOM_CAVEAT in page  # both revisions ran on the phantom
