@@ -757,16 +757,22 @@ def test_section(data: RunData) -> Section:
         if per_case
         else "Each figure is pooled over all test slices' pixels (not per patient)."
     )
+    classless = [
+        key
+        for key, value in evaluate.items()
+        if parse_key(key, data.classes).lesion_class is None
+        and not key.endswith("_null_reason")
+        and not isinstance(value, str)
+    ]
     overall = [
-        [label_of(key), number(evaluate[key])]
-        for key in (
-            "dice_mean",
-            "pixel_accuracy",
-            "dice_coef_multiclass",
-            "categorical_crossentropy",
-            "test_slices",
-        )
-        if key in evaluate
+        [label_of(key), number(evaluate[key], unit_of(key))]
+        for key in classless
+        if not key.startswith("pixels_")
+    ]
+    pixels = [
+        [key.replace("_", " "), number(evaluate[key])]
+        for key in classless
+        if key.startswith("pixels_")
     ]
     heading, cases = per_case_table(data)
     pictures = [
@@ -781,6 +787,13 @@ def test_section(data: RunData) -> Section:
             metrics_table(segmentation, data.classes), table(["overall figure", "value"], overall)
         )
         + paragraph(REFERENCE_METRIC_NOTE, "note")
+        + (
+            "<details><summary>Pixel confusion counts</summary>"
+            + table(["test pixels", "count"], pixels)
+            + "</details>"
+            if pixels
+            else ""
+        )
         + (
             "<h3>Pooled over slices (for comparison)</h3>" + metrics_table(pooled, data.classes)
             if pooled
@@ -821,6 +834,7 @@ def overlays(data: RunData) -> tuple[list[Path], list[Path]]:
 
 def pictures_section(data: RunData) -> Section:
     best, worst = overlays(data)
+    infer = data.metrics["infer"]
     montage = data.reports / "infer" / "mini_test_output.png"
     body = (
         caveat(data)
@@ -838,6 +852,11 @@ def pictures_section(data: RunData) -> Section:
                 data, [(montage, "The mini_test slices: image | truth | prediction.")], wide=True
             )
             or paragraph("The infer stage wrote no montage.")
+        )
+        + paragraph("Inference speed, measured by infer on the machine that ran it:")
+        + table(
+            ["figure", "value"],
+            [[key.replace("_", " "), number(v, unit_of(key))] for key, v in infer.items()],
         )
     )
     reading = f"{len(best)} best and {len(worst)} worst test slices, and the mini_test montage."
