@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.io import DataError
 from pipeline.params import load_params
@@ -26,6 +29,7 @@ from pipeline.report import (
     write_comparison,
     write_report,
 )
+from pipeline.report_html import table
 from pipeline.validation import make_data_docs_offline
 from stages.report import params_document
 from tests.conftest import PROJECT_ROOT, DvcProject
@@ -183,6 +187,37 @@ def test_text_from_files_is_escaped(tmp_path):
     page = build(root)
     assert "<script>alert(1)" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+class CellText(HTMLParser):
+    """The text of every table cell, as a browser's parser reads it."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.cells: list[str] = []
+        self._inside = False
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in ("td", "th"):
+            self._inside = True
+            self.cells.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th"):
+            self._inside = False
+
+    def handle_data(self, data: str) -> None:
+        if self._inside:
+            self.cells[-1] += data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.text(max_size=12), min_size=2, max_size=2), max_size=4))
+def test_any_text_in_a_table_reads_back_as_the_same_text(rows):
+    """Whatever a file holds (markup, quotes, ampersands), a cell shows it as text."""
+    parser = CellText()
+    parser.feed(table(["a", "b"], rows, sortable=True))
+    assert parser.cells == ["a", "b", *[text for row in rows for text in row]]
 
 
 def test_a_missing_metrics_file_is_named(tmp_path):
