@@ -362,10 +362,14 @@ def collect_run(root: Path, params: Mapping[str, object]) -> RunData:
 
 
 def read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
+    """Header and rows of a CSV an earlier stage wrote; unreadable is an error naming it."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: cannot read as UTF-8 CSV ({error})") from None
 
 
 def as_number(text: str) -> float | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -220,6 +221,13 @@ def test_any_text_in_a_table_reads_back_as_the_same_text(rows):
     assert parser.cells == ["a", "b", *[text for row in rows for text in row]]
 
 
+def test_an_unreadable_table_is_named(tmp_path):
+    root = write_tiny_run(tmp_path / "run", "cases")
+    (root / "reports" / "evaluate" / "cases.csv").write_bytes(b"case_id,dice\n\xff\xfe,1\n")
+    with pytest.raises(DataError, match=r"cases\.csv: cannot read as UTF-8 CSV"):
+        build(root)
+
+
 def test_a_missing_metrics_file_is_named(tmp_path):
     root = write_tiny_run(tmp_path / "run", "slices")
     (root / "metrics" / "train.json").unlink()
@@ -271,7 +279,18 @@ def test_compare_page_shows_metric_and_param_differences(tmp_path):
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(project.path, "commit", "-q", "-am", "higher lr")
 
-    output = write_comparison(project.path, "HEAD~1", "HEAD", tmp_path / "compare.html")
+    output = tmp_path / "compare.html"
+    project.run(
+        sys.executable,
+        "-m",
+        "stages.report",
+        "--compare",
+        "HEAD~1",
+        "HEAD",
+        "--output",
+        str(output),
+        env={"PYTHONPATH": str(PROJECT_ROOT)},
+    )
     page = output.read_text(encoding="utf-8")
     row = re.search(r"<td>dice_ischemic</td>(.*?)</tr>", page)
     assert row, page
