@@ -43,7 +43,14 @@ from pipeline.io import (
 from pipeline.parallel import ordered_map
 from pipeline.params import CLASS_NAMES, ValidateParams
 from pipeline.stats import plot_class_counts
-from pipeline.validation import Check, ValidationReport, enforce, gxe, run_suite
+from pipeline.validation import (
+    Check,
+    ValidationReport,
+    enforce,
+    gxe,
+    make_data_docs_offline,
+    run_suite,
+)
 
 CASE_ID_FORMATS: dict[str, str] = {"Hemorrhagic": r"^\d{3}$", "Ischemic": r"^\d{7}$"}
 MASK_VALUES = (0, 255)
@@ -390,6 +397,7 @@ def validate_extracted(
             for name, (data, checks, id_column) in suites.items()
         ]
         _write_docs_index(docs, list(suites))
+        make_data_docs_offline(docs)
     report = combine_reports("extracted_data", len(table), reports)
     write_json(outputs.metrics, data_metrics(table, classes, report))
     plot_class_counts(manifest, outputs.statistics, title="Extracted data")

@@ -198,10 +198,13 @@ def run_mini_test(
     model_path: Path | str,
     output_dir: Path | str,
     metrics_path: Path | str,
+    montage_path: Path | str,
 ) -> dict[str, float]:
-    """Stage `infer`: masks, overlays, panels and a montage of the mini_test slices, and speed.
+    """Stage `infer`: masks, overlays and panels of the mini_test slices, their montage, and speed.
 
-    `output_dir` is built in a temporary folder and renamed into place when complete.
+    `output_dir` is built in a temporary folder and renamed into place when complete. The
+    montage, a picture for people, goes to `montage_path` (under reports/, where the `report`
+    stage reads it without depending on a data folder).
     """
     settings = params.infer
     rows = mini_test_rows(manifest_path)
@@ -224,7 +227,7 @@ def run_mini_test(
                 )
                 write_png(folder / "panels" / name, panel)
                 panels.append(panel)
-        write_png(folder / "mini_test_output.png", visualize.montage(panels, MONTAGE_COLUMNS))
+    write_png(montage_path, visualize.montage(panels, MONTAGE_COLUMNS))
     first_image = read_image(resolve_path(rows, rows["image_path"].iloc[0]))
     speed = measure_speed(
         segmenter, to_model_input(first_image, segmenter.size), settings.latency_repeats

@@ -5,12 +5,18 @@ must meet as `Check`s built from `gxe` (Great Expectations' expectation classes)
 `run_suite`. The outcome is a plain `ValidationReport`: which checks failed, on how many rows,
 with example ids. `enforce` prints warnings and stops the stage on critical failures.
 Great Expectations is imported here only, so stages that do not validate start fast.
+
+Great Expectations' Data Docs load bootstrap, jquery, bootstrap-table, font-awesome and more
+from CDNs; `make_data_docs_offline` points them at copies vendored in vendor/data_docs/, so
+the report travels to machines with no network.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
+import re
 import shutil
 import sys
 import tempfile
@@ -32,10 +38,63 @@ __all__ = [
     "ValidationReport",
     "enforce",
     "gxe",
+    "make_data_docs_offline",
     "run_suite",
 ]
 
 EXAMPLES_SHOWN = 5
+
+VENDOR_DIR = Path(__file__).resolve().parents[1] / "vendor" / "data_docs"
+# Every network address Great Expectations 1.24's Data Docs load (scripts, stylesheets,
+# images; query strings ignored) -> the copy under vendor/data_docs/ (its README says which
+# npm package each comes from). The two logos come from Great Expectations' own static/.
+_CDNJS = "https://cdnjs.cloudflare.com/ajax/libs"
+_TABLE = "https://unpkg.com/bootstrap-table@"
+_FILTER = "dist/extensions/filter-control/bootstrap-table-filter-control"
+_GX_ASSETS = "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com"
+CDN_ASSETS: dict[str, str] = {
+    "https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css": (
+        "bootstrap-4.3.1/bootstrap.min.css"
+    ),
+    "https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js": (
+        "bootstrap-4.3.1/bootstrap.min.js"
+    ),
+    "https://code.jquery.com/jquery-3.7.1.min.js": "jquery-3.7.1/jquery.min.js",
+    f"{_CDNJS}/popper.js/1.12.9/umd/popper.min.js": "popper.js-1.12.9/popper.min.js",
+    f"{_CDNJS}/bootstrap-datepicker/1.9.0/js/bootstrap-datepicker.min.js": (
+        "bootstrap-datepicker-1.9.0/bootstrap-datepicker.min.js"
+    ),
+    f"{_CDNJS}/bootstrap-datepicker/1.9.0/css/bootstrap-datepicker.min.css": (
+        "bootstrap-datepicker-1.9.0/bootstrap-datepicker.min.css"
+    ),
+    f"{_CDNJS}/font-awesome/6.6.0/css/all.min.css": "fontawesome-free-6.6.0/css/all.min.css",
+    f"{_TABLE}1.19.1/dist/bootstrap-table.min.js": "bootstrap-table-1.19.1/bootstrap-table.min.js",
+    f"{_TABLE}1.19.1/dist/bootstrap-table.min.css": (
+        "bootstrap-table-1.19.1/bootstrap-table.min.css"
+    ),
+    f"{_TABLE}1.19.1/{_FILTER}.min.js": (
+        "bootstrap-table-1.19.1/bootstrap-table-filter-control.min.js"
+    ),
+    f"{_TABLE}1.19.0/{_FILTER}.css": "bootstrap-table-1.19.0/bootstrap-table-filter-control.css",
+    f"{_TABLE}1.19.0/{_FILTER}.min.css": (
+        "bootstrap-table-1.19.0/bootstrap-table-filter-control.min.css"
+    ),
+    "https://cdn.jsdelivr.net/npm/@forevolve/bootstrap-dark@1.1.0/dist/css/"
+    "bootstrap-prefers-dark.css": "bootstrap-dark-1.1.0/bootstrap-prefers-dark.min.css",
+    "https://cdn.jsdelivr.net/npm/vega@5": "vega-5.33.1/vega.min.js",
+    "https://cdn.jsdelivr.net/npm/vega-lite@5": "vega-lite-5.23.0/vega-lite.min.js",
+    "https://cdn.jsdelivr.net/npm/vega-embed@6": "vega-embed-6.29.0/vega-embed.min.js",
+    f"{_GX_ASSETS}/logo-long.png": "static/images/logo-long.png",
+    f"{_GX_ASSETS}/full_logo_dark.png": "static/images/logo-long.png",
+}
+# What a page loads by itself: <script src>, <img src>, <link href> (stylesheets, icons) and
+# CSS url(...). Plain <a href> links are navigation, loaded only when a reader clicks.
+_LOADING_TAG = re.compile(r"<(?:script|img|link)\b[^>]*>", re.IGNORECASE)
+_ADDRESS = re.compile(r"""\b(?:src|href)=(["'])(.*?)\1""")
+# CDN tags carry Subresource Integrity with crossorigin="anonymous": a CORS fetch, which
+# Chromium refuses for file:// pages, so a local copy loads only without them.
+_CORS_ATTRIBUTES = re.compile(r"""\s(?:integrity|crossorigin)=(["']).*?\1""")
+_CSS_URL = re.compile(r"""url\((['"]?)(https?://[^'")\s]+)\1\)""")
 
 
 @dataclass(frozen=True)
@@ -207,6 +266,57 @@ def run_suite(
     order = {check.name: position for position, check in enumerate(checks)}
     outcomes.sort(key=lambda outcome: order[outcome.name])
     return ValidationReport(suite=suite_name, rows=len(table), outcomes=tuple(outcomes))
+
+
+def make_data_docs_offline(docs_root: Path) -> int:
+    """Make the Data Docs under `docs_root` load nothing from the network.
+
+    Copies vendor/data_docs/ to `docs_root/vendor/`, points every CDN address of the HTML and
+    CSS files at its copy (relative to each file), and mends Great Expectations' relative
+    links to its own static/ folder that miss by a level (the validation pages' favicon).
+    Returns the number of addresses rewritten. An address not in `CDN_ASSETS` raises
+    `DataError` naming the file and the address.
+    """
+    vendor = docs_root / "vendor"
+    shutil.copytree(VENDOR_DIR, vendor)
+    pages = [*docs_root.rglob("*.html"), *docs_root.rglob("*.css")]
+    rewritten = 0
+    for page in sorted(p for p in pages if vendor not in p.parents):
+        site = next(p for p in page.parents if (p / "static").is_dir() or p == docs_root)
+
+        def local(address: str, page: Path = page, site: Path = site) -> str | None:
+            """The relative address to use instead of `address`, or None to keep it."""
+            nonlocal rewritten
+            if re.match(r"https?://", address):
+                target = CDN_ASSETS.get(address.split("?", 1)[0])
+                if target is None:
+                    raise DataError(
+                        f"{page}: Data Docs load {address} from the network; add a vendored "
+                        "copy to vendor/data_docs/ and to CDN_ASSETS in pipeline/validation.py"
+                    )
+                file = site / target if target.startswith("static/") else vendor / target
+            elif "static/" in address and not (page.parent / address).exists():
+                file = site / ("static/" + address.split("static/", 1)[1])
+            else:
+                return None
+            rewritten += 1
+            return Path(os.path.relpath(file, page.parent)).as_posix()
+
+        def tag(match: re.Match[str]) -> str:
+            found = _ADDRESS.search(match.group(0))
+            replacement = local(found.group(2)) if found else None
+            if found is None or replacement is None:
+                return match.group(0)
+            text = match.group(0)
+            text = text[: found.start(2)] + replacement + text[found.end(2) :]
+            return _CORS_ATTRIBUTES.sub("", text)
+
+        def css_url(match: re.Match[str]) -> str:
+            return f"url({match.group(1)}{local(match.group(2))}{match.group(1)})"
+
+        text = page.read_text(encoding="utf-8")
+        page.write_text(_CSS_URL.sub(css_url, _LOADING_TAG.sub(tag, text)), encoding="utf-8")
+    return rewritten
 
 
 def enforce(report: ValidationReport) -> None:

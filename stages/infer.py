@@ -1,8 +1,9 @@
 """Stage `infer` (mini_test predictions and speed) and the command for new images.
 
 python -m stages.infer
-    the DVC stage: masks, overlays, panels and a montage of the mini_test slices under
-    data/predictions/, and latency/throughput in metrics/infer.json
+    the DVC stage: masks, overlays and panels of the mini_test slices under
+    data/predictions/, their montage in reports/infer/mini_test_output.png, and
+    latency/throughput in metrics/infer.json
 python -m stages.infer --input DIR_OR_FILE... --output DIR [--model M] [--tta-flip]
     segment PNG/JPEG slices of any size, grey or colour, 8 or 16 bits (read by extract's
     rules: `extract.max_pixels`, `extract.window_16bit`); writes DIR/masks/<stem>.png and
@@ -40,6 +41,7 @@ def main(params: Params) -> None:
         model_path=DEFAULT_MODEL,
         output_dir="data/predictions",
         metrics_path="metrics/infer.json",
+        montage_path="reports/infer/mini_test_output.png",
     )
     print(", ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
 

@@ -23,8 +23,8 @@ from pipeline.io import read_manifest, sha256_hex, write_manifest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-# What a project copy needs to run the pipeline: code, the DAG and the params.
-PROJECT_FILES = ("pipeline", "stages", "dvc.yaml", "params.yaml", ".gitignore")
+# What a project copy needs to run the pipeline: code, vendored assets, the DAG and the params.
+PROJECT_FILES = ("pipeline", "stages", "vendor", "dvc.yaml", "params.yaml", ".gitignore")
 
 # Small enough for seconds per stage, large enough that every split holds every class.
 TINY_PARAMS: dict = {

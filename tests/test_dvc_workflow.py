@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import DvcProject, create_project
+from pipeline.report import headline_keys, number
+from tests.browser import browser, offline_problems
+from tests.conftest import PROJECT_ROOT, DvcProject, create_project
 
 STAGES = (
     "synthesize",
@@ -27,28 +29,30 @@ STAGES = (
     "train",
     "evaluate",
     "infer",
+    "report",
 )
 
-# param (dotted) -> new value -> the stages that read it (and only those).
+# param (dotted) -> new value -> the stages that read it (and only those). `report` shows
+# every param, so it reads them all.
 READERS: list[tuple[str, object, set[str]]] = [
-    ("seed", 7, {"synthesize", "split", "augment", "train"}),
-    ("phantom.noise_hu", [2.0, 4.0], {"synthesize"}),
-    ("extract.max_uncompressed_mb", 2048.0, {"extract"}),
-    ("validate.min_lesion_slice_share", 0.1, {"validate"}),
-    ("colorize.image_interpolation", "linear", {"colorize"}),
-    ("image_size", 48, {"colorize", "train"}),
+    ("seed", 7, {"synthesize", "split", "augment", "train", "report"}),
+    ("phantom.noise_hu", [2.0, 4.0], {"synthesize", "report"}),
+    ("extract.max_uncompressed_mb", 2048.0, {"extract", "report"}),
+    ("validate.min_lesion_slice_share", 0.1, {"validate", "report"}),
+    ("colorize.image_interpolation", "linear", {"colorize", "report"}),
+    ("image_size", 48, {"colorize", "train", "report"}),
     (
         "rgb_map",
         {"background": [0, 0, 0], "Hemorrhagic": [255, 0, 255], "Ischemic": [0, 255, 0]},
-        {"synthesize", "colorize", "augment", "train", "evaluate", "infer"},
+        {"synthesize", "colorize", "augment", "train", "evaluate", "infer", "report"},
     ),
-    ("split.mini_test_per_class", 2, {"split"}),
-    ("augment.elastic.alpha", 6.0, {"augment"}),
-    ("lr", 0.0005, {"train"}),
-    ("model.dropout_rate", 0.1, {"train"}),
-    ("train.clipvalue", 1.0, {"train"}),
-    ("evaluate.nsd_tolerance_px", 1.0, {"evaluate"}),
-    ("infer.overlay_alpha", 0.3, {"infer"}),
+    ("split.mini_test_per_class", 2, {"split", "report"}),
+    ("augment.elastic.alpha", 6.0, {"augment", "report"}),
+    ("lr", 0.0005, {"train", "report"}),
+    ("model.dropout_rate", 0.1, {"train", "report"}),
+    ("train.clipvalue", 1.0, {"train", "report"}),
+    ("evaluate.nsd_tolerance_px", 1.0, {"evaluate", "report"}),
+    ("infer.overlay_alpha", 0.3, {"infer", "report"}),
 ]
 
 
@@ -119,9 +123,9 @@ def test_changing_a_param_flags_exactly_its_readers(built, key, value, readers):
 @pytest.mark.parametrize(
     ("key", "value", "reruns"),
     [
-        ("augment.barrel.radius", 0.4, {"augment", "train", "evaluate", "infer"}),
-        ("lr", 0.002, {"train", "evaluate", "infer"}),
-        ("infer.overlay_alpha", 0.3, {"infer"}),
+        ("augment.barrel.radius", 0.4, {"augment", "train", "evaluate", "infer", "report"}),
+        ("lr", 0.002, {"train", "evaluate", "infer", "report"}),
+        ("infer.overlay_alpha", 0.3, {"infer", "report"}),
     ],
 )
 def test_repro_reruns_readers_and_downstream_and_skips_the_rest(built, key, value, reruns):
@@ -166,6 +170,22 @@ def test_an_edited_data_file_reruns_only_its_producer(built):
         assert image.read_bytes() == original
     finally:
         project.dvc("checkout", "-q", "--force")
+
+
+def test_the_tiny_runs_report_works_offline_in_a_browser(built):
+    """The report of a real (tiny) run: every picture loads, nothing reaches the network,
+    the headline metrics are on the page; its screenshot is kept in tests/output/."""
+    project, _, _ = built
+    reports = project.path / "reports"
+    metrics = json.loads((project.path / "metrics" / "evaluate.json").read_text())
+    with browser() as chromium:
+        visit = chromium.visit(reports / "index.html")
+        assert offline_problems(visit, reports) == []
+        assert len(visit.images) >= 8
+        for key in headline_keys(metrics, ("hemorrhagic", "ischemic")):
+            assert number(metrics[key]) in visit.text, key
+        picture = chromium.screenshot(PROJECT_ROOT / "tests" / "output" / "report_tiny_run.png")
+    assert picture.shape[1] == 1280 and picture.std() > 20
 
 
 def test_committed_metrics_are_readable_before_running_anything(built, tmp_path):

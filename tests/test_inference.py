@@ -291,13 +291,17 @@ def test_evaluate_writes_every_key_or_a_reason_and_is_deterministic(tmp_path, ti
 def test_infer_stage_writes_predictions_montage_and_speed(tmp_path, tiny_model):
     manifest = make_split(tmp_path / "data")
     output = tmp_path / "data" / "predictions"
-    metrics = run_mini_test(PARAMS, manifest, tiny_model, output, tmp_path / "infer.json")
+    montage = tmp_path / "reports" / "infer" / "mini_test_output.png"
+    metrics = run_mini_test(
+        PARAMS, manifest, tiny_model, output, tmp_path / "infer.json", montage_path=montage
+    )
     names = ["Hemorrhagic_001_000.png", "Ischemic_002_000.png"]
     for folder in ("masks", "overlays", "panels"):
         assert sorted(p.name for p in (output / folder).iterdir()) == names
     mask = read_image(output / "masks" / names[0], color=True)
     np.testing.assert_array_equal(mask[5, 5], PALETTE[1])
-    assert read_image(output / "mini_test_output.png").shape[0] == 256  # enlarged panels
+    assert read_image(montage).shape[0] == 256  # enlarged panels
+    assert not (output / "mini_test_output.png").exists()
     saved = json.loads((tmp_path / "infer.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert saved["latency_ms_p95"] >= saved["latency_ms_p50"] > 0
