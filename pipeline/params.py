@@ -74,6 +74,10 @@ class PhantomParams(StrictModel):
     blur_sigma_px: Annotated[float, Field(ge=0.0, le=5.0)] = 0.8
     table_probability: Probability = 0.5
     lesion_free_slice_share: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
+    # The physical scale the phantom declares for its images (written into the archive for
+    # `extract`): at 512 px and 0.45 mm the head is about 15 cm wide, as an adult's.
+    pixel_spacing_mm: PositiveFloat = 0.45
+    slice_thickness_mm: PositiveFloat = 5.0
     workers: NonNegativeInt = 0  # 0 = one per core
 
     @model_validator(mode="after")
@@ -104,6 +108,10 @@ class ExtractParams(StrictModel):
     subsets: tuple[Literal["Training", "Testing"], ...] = ("Training",)
     mask_suffix: Annotated[str, Field(pattern=r"^[\w.()+-]*$")] = ""
     max_uncompressed_mb: PositiveFloat = 4096.0
+    # Geometry of archives that carry none (the Kaggle PNGs): typical head CT, a 512 px field
+    # of view of about 23 cm and 5 mm axial slices. An archive's spacing.json overrides both.
+    pixel_spacing_mm: PositiveFloat = 0.45
+    slice_thickness_mm: PositiveFloat = 5.0
 
     @field_validator("subsets")
     @classmethod
@@ -332,9 +340,10 @@ class TrainParams(StrictModel):
 
 
 class EvaluateParams(StrictModel):
-    """Stage `evaluate`: surface-metric tolerance and how many best/worst slices to show."""
+    """Stage `evaluate`: surface-metric tolerance, bootstrap size, best/worst slices shown."""
 
-    nsd_tolerance_px: PositiveFloat = 2.0
+    nsd_tolerance_mm: PositiveFloat = 4.0
+    bootstrap_samples: Annotated[int, Field(ge=100, le=1_000_000)] = 2000
     overlay_slices: PositiveInt = 4
     batch_size: PositiveInt = 8
 

@@ -47,7 +47,7 @@ READERS: list[tuple[str, object, set[str]]] = [
     ("lr", 0.0005, {"train"}),
     ("model.dropout_rate", 0.1, {"train"}),
     ("train.clipvalue", 1.0, {"train"}),
-    ("evaluate.nsd_tolerance_px", 1.0, {"evaluate"}),
+    ("evaluate.nsd_tolerance_mm", 2.0, {"evaluate"}),
     ("infer.overlay_alpha", 0.3, {"infer"}),
 ]
 
@@ -189,7 +189,7 @@ def test_metrics_params_and_plots_diff_across_branches(built):
         project.git("commit", "-q", "-m", "lr 0.005")
         diff = project.dvc("metrics", "diff", "main", "faster-lr", "--all", "--json").stdout
         evaluate = json.loads(diff)["metrics/evaluate.json"]
-        assert {"dice_hemorrhagic", "dice_ischemic", "dice_mean", "hd95_hemorrhagic"} <= set(
+        assert {"dice_hemorrhagic", "dice_ischemic", "dice_mean", "hd95_mm_hemorrhagic"} <= set(
             evaluate
         )
         # One epoch on the tiny phantom may leave a class at the same Dice; the loss always moves.

@@ -195,12 +195,38 @@ def test_segment_files_with_flip_tta_and_duplicate_names(tmp_path, tiny_model):
     np.testing.assert_array_equal(mask[30, 40], PALETTE[0])
 
 
+# Per-class metrics of evaluate.json (each with `_<class>` appended), then the others.
+CLASS_METRICS = (
+    "dice", "iou", "hd95_mm", "nsd", "lesion_f1", "test_cases", "triage_threshold_ml",
+    "triage_sensitivity", "triage_specificity", "triage_auc", "volume_bias_ml",
+    "volume_loa_low_ml", "volume_loa_high_ml", "volume_median_abs_error_ml", "pooled_dice",
+    "pooled_iou", "pooled_hd95_mm", "pooled_nsd", "pooled_lesion_f1",
+)  # fmt: skip
+WITH_INTERVALS = ("dice", "iou", "hd95_mm", "nsd", "lesion_f1", "triage_sensitivity",
+                  "triage_specificity")  # fmt: skip
+REQUIRED_EVALUATE_KEYS = (
+    *(f"{stem}_{name}" for name in ("hemorrhagic", "ischemic") for stem in CLASS_METRICS),
+    *(
+        f"{stem}_{name}_ci_{bound}"
+        for name in ("hemorrhagic", "ischemic")
+        for stem in WITH_INTERVALS
+        for bound in ("low", "high")
+    ),
+    "dice_mean", "pooled_dice_mean", "dice_coef_multiclass", "categorical_crossentropy",
+)  # fmt: skip
+TEST_SLICE_IDS = (
+    "Hemorrhagic_001_000", "Hemorrhagic_001_001", "Ischemic_002_000", "Ischemic_002_001",
+    "Ischemic_002_002",
+)  # fmt: skip
+
+
 # ---- stages on a tiny hand-made split -------------------------------------------------------
 
 
 def make_split(root: Path) -> Path:
-    """Six 32 px slices: bright squares labelled hemorrhagic (found), a dim ischemic patch
-    (never predicted), a lesion-free slice and a bright false positive."""
+    """32 px slices. Test: hemorrhagic case 001 (two slices of bright squares, found exactly),
+    ischemic case 002 (a dim ischemic patch never predicted, a lesion-free slice, a bright
+    16 px false positive). Valid: a bright hemorrhagic case 004, a dim ischemic case 005."""
     rows = []
     cases = [
         ("Hemorrhagic_001_000", "Hemorrhagic", "test", True, [(4, 14, 4, 14, 1, 230)]),
@@ -209,6 +235,8 @@ def make_split(root: Path) -> Path:
         ("Ischemic_002_001", "Ischemic", "test", False, []),
         ("Ischemic_002_002", "Ischemic", "test", False, [(20, 24, 20, 24, 0, 240)]),
         ("Hemorrhagic_003_000", "Hemorrhagic", "train", False, [(4, 8, 4, 8, 1, 230)]),
+        ("Hemorrhagic_004_000", "Hemorrhagic", "valid", False, [(4, 10, 4, 10, 1, 230)]),
+        ("Ischemic_005_000", "Ischemic", "valid", False, [(8, 18, 8, 18, 2, 70)]),
     ]
     for slice_id, label, split, mini_test, regions in cases:
         grey = np.full((MODEL_SIZE, MODEL_SIZE), 40, dtype=np.uint8)
@@ -243,35 +271,62 @@ def test_evaluate_writes_every_key_or_a_reason_and_is_deterministic(tmp_path, ti
         outputs.append(folder)
     saved = json.loads((outputs[0] / "metrics" / "evaluate.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
-    for key in (
-        "dice_hemorrhagic", "dice_ischemic", "dice_mean", "iou_hemorrhagic", "iou_ischemic",
-        "hd95_hemorrhagic", "hd95_ischemic", "nsd_hemorrhagic", "nsd_ischemic",
-        "lesion_f1_hemorrhagic", "lesion_f1_ischemic", "dice_coef_multiclass",
-        "categorical_crossentropy",
-    ):  # fmt: skip
+    for key in REQUIRED_EVALUATE_KEYS:
         if saved[key] is None:
             assert saved[f"{key}_null_reason"], key
         else:
             assert math.isfinite(saved[key]), key
-    assert saved["test_slices"] == 5
-    # two squares found exactly, plus a 16 px false positive
-    assert saved["dice_hemorrhagic"] == pytest.approx(2 * 240 / (240 + 256))
-    assert saved["lesion_precision_hemorrhagic"] == pytest.approx(2 / 3)
-    assert saved["lesion_recall_hemorrhagic"] == 1.0
-    assert saved["dice_ischemic"] == 0.0
-    assert saved["lesion_f1_ischemic"] == 0.0
-    assert saved["hd95_ischemic"] is None
-    assert saved["hd95_ischemic_null_reason"] == (
+    assert saved["test_slices"] == 5 and saved["test_cases"] == 2 and saved["valid_cases"] == 2
+    # Case 001 found exactly; case 002 holds only a predicted hemorrhage: Dice 0, NSD 0, HD95
+    # the volume diagonal (3 slices of 5 mm, 32 px of 7.2 mm), F1 0 (one false positive).
+    diagonal_mm = math.sqrt((3 * 5.0) ** 2 + 2 * (32 * 7.2) ** 2)
+    assert saved["test_cases_hemorrhagic"] == 2
+    assert saved["dice_hemorrhagic"] == pytest.approx(0.5)
+    assert saved["nsd_hemorrhagic"] == pytest.approx(0.5)
+    assert saved["hd95_mm_hemorrhagic"] == pytest.approx(diagonal_mm / 2)
+    assert saved["lesion_f1_hemorrhagic"] == pytest.approx(0.5)
+    assert (saved["dice_hemorrhagic_ci_low"], saved["dice_hemorrhagic_ci_high"]) == (0.0, 1.0)
+    # Ischemic: only case 002 holds it (missed); case 001 has it nowhere and is excluded.
+    assert saved["test_cases_ischemic"] == 1 and saved["dice_ischemic"] == 0.0
+    assert saved["hd95_mm_ischemic"] == pytest.approx(diagonal_mm)
+    # Triage: validation volumes 36 px and 0 px put the threshold at 18 px; the test false
+    # positive (16 px) stays below it, the true hemorrhage (240 px) above.
+    voxel_ml = 7.2 * 7.2 * 5.0 / 1000.0
+    assert saved["triage_threshold_ml_hemorrhagic"] == pytest.approx(18 * voxel_ml)
+    assert saved["triage_sensitivity_hemorrhagic"] == 1.0
+    assert saved["triage_specificity_hemorrhagic"] == 1.0
+    assert saved["triage_sensitivity_hemorrhagic_ci_low"] == pytest.approx(0.2065, abs=1e-4)
+    assert saved["triage_auc_hemorrhagic"] == 1.0
+    assert saved["triage_sensitivity_ischemic"] == 0.0 and saved["triage_auc_ischemic"] == 0.5
+    assert saved["volume_bias_ml_hemorrhagic"] == pytest.approx(16 * voxel_ml / 2)
+    assert saved["volume_median_abs_error_ml_hemorrhagic"] == pytest.approx(16 * voxel_ml / 2)
+    assert saved["volume_loa_low_ml_ischemic"] is None
+    # The slice-pooled figures of before, kept under `pooled_`.
+    assert saved["pooled_dice_hemorrhagic"] == pytest.approx(2 * 240 / (240 + 256))
+    assert saved["pooled_lesion_precision_hemorrhagic"] == pytest.approx(2 / 3)
+    assert saved["pooled_lesion_recall_hemorrhagic"] == 1.0
+    assert saved["pooled_dice_ischemic"] == 0.0
+    assert saved["pooled_hd95_mm_ischemic"] is None
+    assert saved["pooled_hd95_mm_ischemic_null_reason"] == (
         "no test slice where both truth and prediction hold ischemic"
     )
-    assert saved["slice_sensitivity_ischemic"] == 0.0
+    assert saved["pooled_slice_sensitivity_ischemic"] == 0.0
 
     report = outputs[0] / "reports" / "evaluate"
     lines = (report / "evaluation.csv").read_text().splitlines()
     assert lines[0].startswith("categorical_crossentropy,") and lines[1].startswith(
         "dice_coef_multiclass,"
     )
-    assert "hd95_ischemic," in lines
+    assert "pooled_hd95_mm_ischemic," in lines  # null: written empty
+    cases = pd.read_csv(report / "cases.csv")
+    assert list(cases["case_id"]) == [1, 2] and list(cases["slices"]) == [2, 3]
+    assert cases.loc[0, "dice_hemorrhagic"] == 1.0 and pd.isna(cases.loc[0, "dice_ischemic"])
+    assert cases.loc[1, "predicted_volume_ml_hemorrhagic"] == pytest.approx(16 * voxel_ml)
+    predicted = sorted(p.name for p in (report / "predictions").iterdir())
+    assert predicted == [f"{slice_id}.png" for slice_id in TEST_SLICE_IDS]
+    false_positive = read_image(report / "predictions" / "Ischemic_002_002.png", color=True)
+    assert (false_positive[20:24, 20:24] == PALETTE[1]).all()
+    assert (false_positive[:20] == PALETTE[0]).all()
     slice_dice = pd.read_csv(report / "slice_dice.csv")
     assert list(slice_dice.columns) == ["id", "class", "slice_class", "dice"]
     assert len(slice_dice) == 4 and slice_dice["slice_class"].is_unique

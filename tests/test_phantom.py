@@ -16,6 +16,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.io import SPACING_FILE, parse_spacing_json
 from pipeline.params import ParamsError, PhantomParams, parse_params
 from pipeline.phantom import (
     ARCHIVE_ROOT,
@@ -211,7 +212,16 @@ def test_archive_layout_matches_the_kaggle_download(small_archive):
             re.escape(CT_DATA_ROOT)
             + r"/(Training|Testing)/(Hemorrhagic|Ischemic)/(images|mask)/(\d+)/(\d{3})\.png"
         )
-        ct = [pattern.fullmatch(name) for name in names if name.startswith(CT_DATA_ROOT)]
+        spacing_name = f"{CT_DATA_ROOT}/{SPACING_FILE}"
+        assert parse_spacing_json(archive.read(spacing_name), spacing_name) == {
+            "pixel_spacing_mm": params.pixel_spacing_mm,
+            "slice_thickness_mm": params.slice_thickness_mm,
+        }, "the phantom declares the geometry it stands for"
+        ct = [
+            pattern.fullmatch(name)
+            for name in names
+            if name.startswith(CT_DATA_ROOT) and name != spacing_name
+        ]
         assert all(ct), "every CT member follows subset/class/images|mask/case/slice.png"
         cases: dict[tuple[str, str, str], dict[str, set[str]]] = {}
         for match in ct:
