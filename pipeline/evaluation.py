@@ -364,21 +364,19 @@ def bland_altman_png(cases: list[CaseResult]) -> bytes:
         axis.axhline(0.0, color="lightgrey", lw=0.8, zorder=0)
         agreement = volume_agreement(predicted, truth)
         if agreement is not None:
-            lines = [(agreement.bias_ml, "-", f"bias {agreement.bias_ml:+.2f} mL")]
-            lines += [
-                (bound, "--", f"{bound:+.2f} mL")
-                for bound in (agreement.loa_low_ml, agreement.loa_high_ml)
-                if bound is not None
-            ]
-            for value, style, text in lines:
-                axis.axhline(value, color="black", lw=1.0, ls=style)
-                axis.annotate(
-                    text, (1.0, value), xycoords=("axes fraction", "data"), ha="right", va="bottom"
-                )
-            axis.legend(loc="upper left", fontsize=8)
+            axis.axhline(agreement.bias_ml, color="black", lw=1.2)
+            axis.plot([], [], color="black", lw=1.2, label=f"bias {agreement.bias_ml:+.2f} mL")
+            if agreement.loa_low_ml is not None and agreement.loa_high_ml is not None:
+                for bound in (agreement.loa_low_ml, agreement.loa_high_ml):
+                    axis.axhline(bound, color="black", lw=1.0, ls="--")
+                limits = f"{agreement.loa_low_ml:+.2f} to {agreement.loa_high_ml:+.2f} mL"
+                axis.plot([], [], color="black", lw=1.0, ls="--", label=f"95% limits {limits}")
+            axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8)
         axis.set_xlabel(f"mean of predicted and true {lesion_class} volume (mL)")
         axis.set_ylabel("predicted - true (mL)")
-        axis.set_title(f"{lesion_class} volume, {len(counted)} test cases")
+        axis.set_title(
+            f"{lesion_class} volume: {len(counted)} test cases with it in truth or prediction"
+        )
     return figure_png(figure)
 
 
