@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.evaluation import run_evaluation
+from pipeline.case_metrics import Spacing, score_case_class
+from pipeline.case_summary import CaseResult, summarize_cases
+from pipeline.evaluation import case_groups, run_evaluation
 from pipeline.inference import (
     Segmenter,
     labels_at_size,
@@ -355,3 +357,48 @@ def test_infer_stage_writes_predictions_montage_and_speed(tmp_path, tiny_model):
     assert saved == json.loads(json.dumps(metrics))
     assert saved["latency_ms_p95"] >= saved["latency_ms_p50"] > 0
     assert saved["slices_per_s"] > 0 and saved["mini_test_slices"] == 2
+
+
+def test_cases_stack_in_natural_slice_order_with_one_geometry(tmp_path):
+    rows = pd.DataFrame(
+        {
+            "id": ["Ischemic_7_10", "Ischemic_7_9", "Ischemic_7_100", "Hemorrhagic_3_002"],
+            "case_id": ["7", "7", "7", "3"],
+            "class": ["Ischemic", "Ischemic", "Ischemic", "Hemorrhagic"],
+            "pixel_spacing_mm": [1.8, 1.8, 1.8, 0.9],
+            "slice_thickness_mm": [5.0, 5.0, 5.0, 2.5],
+        }
+    )
+    groups = case_groups(rows)
+    assert [case_id for case_id, _, _ in groups] == ["3", "7"]
+    assert list(groups[1][1]["id"]) == ["Ischemic_7_9", "Ischemic_7_10", "Ischemic_7_100"]
+    assert groups[0][2] == Spacing(slice_thickness_mm=2.5, pixel_spacing_mm=0.9)
+    mixed = rows.assign(slice_thickness_mm=[5.0, 3.0, 5.0, 2.5])
+    mixed.attrs["path"] = "split/manifest.csv"
+    with pytest.raises(DataError, match=r"split/manifest\.csv: case 7 mixes slice geometries"):
+        case_groups(mixed)
+    with pytest.raises(DataError, match="case 3: pixel_spacing_mm must be a positive"):
+        case_groups(rows.assign(pixel_spacing_mm=[1.8, 1.8, 1.8, float("nan")]))
+
+
+def test_triage_without_validation_negatives_is_null_with_a_reason():
+    def case(case_id: str, hemorrhage_ml: float) -> CaseResult:
+        spacing = Spacing(slice_thickness_mm=5.0, pixel_spacing_mm=1.0)
+        empty = score_case_class(np.zeros((2, 4, 4), bool), np.zeros((2, 4, 4), bool), spacing, 1)
+        lesion = np.zeros((2, 4, 4), bool)
+        lesion[0, :2, :2] = hemorrhage_ml > 0
+        found = score_case_class(lesion, lesion, spacing, 1.0)
+        return CaseResult(
+            case_id, "Hemorrhagic", 2, spacing, {"hemorrhagic": found, "ischemic": empty}
+        )
+
+    metrics = summarize_cases([case("1", 1.0)], [case("2", 1.0)], seed=0, samples=100)
+    assert metrics["triage_threshold_ml_hemorrhagic"] is None
+    assert (
+        "validation cases need cases with and without hemorrhagic"
+        in (metrics["triage_threshold_ml_hemorrhagic_null_reason"])
+    )
+    assert metrics["triage_sensitivity_hemorrhagic"] is None
+    assert metrics["test_cases_ischemic"] == 0 and metrics["dice_ischemic"] is None
+    assert metrics["dice_ischemic_ci_low_null_reason"].startswith("no test case holds ischemic")
+    assert metrics["dice_hemorrhagic"] == 1.0 and metrics["dice_mean"] == 1.0

@@ -231,6 +231,20 @@ def test_agrees_with_medpy_and_brute_force_on_random_masks(seed):
         )
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_pooled_slice_surface_metrics_are_in_mm(seed):
+    """The slice HD95 of `evaluate`'s pooled figures: medpy's, with the pixel spacing."""
+    rng = np.random.default_rng(seed)
+    truth, prediction = random_mask(rng, (24, 24), 1.5), random_mask(rng, (24, 24), 1.5)
+    evaluation = SegmentationEvaluation(tolerance_mm=3.6)
+    labels = np.where(prediction, 1, 0).astype(np.uint8)
+    scores = evaluation.add("s", truth.astype(np.uint8), one_hot_softmax(labels), 1.8)
+    expected = medpy_binary.hd95(prediction, truth, voxelspacing=(1.8, 1.8), connectivity=1)
+    assert scores.classes["hemorrhagic"].hd95 == pytest.approx(expected, abs=1e-3)
+    # 3.6 mm at 1.8 mm pixels is the 2 px tolerance.
+    assert scores.classes["hemorrhagic"].nsd == pytest.approx(brute_nsd(truth, prediction, 2.0))
+
+
 def brute_lesion_counts(truth: np.ndarray, prediction: np.ndarray) -> tuple[int, int, int, int]:
     """Components by flood fill over 8 neighbours, written independently of scipy.label."""
 
