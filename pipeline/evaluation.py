@@ -435,7 +435,7 @@ def run_evaluation(
 def summary_lines(metrics: Mapping[str, object], keys: Iterable[str]) -> list[str]:
     """`key value` lines for the console, nulls shown with their reason."""
     return [
-        f"{key:28s} "
+        f"{key:34s} "
         + (
             format_value(metrics[key])
             if metrics[key] is not None

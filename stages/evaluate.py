@@ -14,22 +14,22 @@ from stages.common import run_stage
 
 HEADLINE_KEYS = (
     *(
-        f"{stem}_{lesion_class}"
+        key
         for lesion_class in ("hemorrhagic", "ischemic")
-        for stem in (
-            "test_cases",
-            "dice",
-            "dice_ci_low",
-            "dice_ci_high",
-            "hd95_mm",
-            "nsd",
-            "lesion_f1",
-            "triage_threshold_ml",
-            "triage_sensitivity",
-            "triage_specificity",
-            "triage_auc",
-            "volume_bias_ml",
-            "pooled_dice",
+        for key in (
+            f"test_cases_{lesion_class}",
+            f"dice_{lesion_class}",
+            f"dice_{lesion_class}_ci_low",
+            f"dice_{lesion_class}_ci_high",
+            f"hd95_mm_{lesion_class}",
+            f"nsd_{lesion_class}",
+            f"lesion_f1_{lesion_class}",
+            f"triage_threshold_ml_{lesion_class}",
+            f"triage_sensitivity_{lesion_class}",
+            f"triage_specificity_{lesion_class}",
+            f"triage_auc_{lesion_class}",
+            f"volume_bias_ml_{lesion_class}",
+            f"pooled_dice_{lesion_class}",
         )
     ),
     "dice_coef_multiclass",
