@@ -31,7 +31,7 @@ STAGES = (
 
 # param (dotted) -> new value -> the stages that read it (and only those).
 READERS: list[tuple[str, object, set[str]]] = [
-    ("seed", 7, {"synthesize", "split", "augment", "train"}),
+    ("seed", 7, {"synthesize", "split", "augment", "train", "evaluate"}),
     ("phantom.noise_hu", [2.0, 4.0], {"synthesize"}),
     ("extract.max_uncompressed_mb", 2048.0, {"extract"}),
     ("validate.min_lesion_slice_share", 0.1, {"validate"}),
