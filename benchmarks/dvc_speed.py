@@ -38,14 +38,14 @@ DEFAULT_SCALE = {
     **SMALL_PIXELS,
     "phantom": {
         "image_size": 64,
-        "hemorrhagic_cases": 8,
-        "ischemic_cases": 24,
+        "hemorrhagic_cases": 21,
+        "ischemic_cases": 28,
         "slices_per_case": 16,
         "hemorrhagic_cases_without_mask": 1,
         "testing_cases_per_class": 2,
     },
     "validate": {"slices_per_class": {"min": 20}, "min_lesion_slice_share": 0.3},
-    "split": {"ratios": {"train": 0.7, "valid": 0.15, "test": 0.15}, "mini_test_per_class": 3},
+    "split": {"ratios": {"train": 0.5, "valid": 0.2, "test": 0.3}, "mini_test_per_class": 3},
 }
 # 50 + 150 cases x 32 slices = 6,400 originals; augmentation balances train to ~8,600.
 # (More cases would not fit the phantom's 7-digit ischemic case ids.)

@@ -406,6 +406,9 @@ def augment_training_set(
                 "lesion_pixels": warp.lesion_pixels,
                 "image_sha256": warp.image_sha256,
                 "mask_sha256": warp.mask_sha256,
+                # The warps move pixels locally but keep the image's scale.
+                "pixel_spacing_mm": by_id.at[task.source_id, "pixel_spacing_mm"],
+                "slice_thickness_mm": by_id.at[task.source_id, "slice_thickness_mm"],
             }
             for task, task_warps in zip(tasks, warps, strict=True)
             for transform, warp in zip(task.transforms, task_warps, strict=True)

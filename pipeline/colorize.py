@@ -8,6 +8,7 @@ Non-square inputs are stretched to the square model input, as the model expects.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,16 @@ def colorize_slice(
     lesion = resize_lesion_mask(binary_mask, size)
     colour = binary_to_colour(lesion, class_index, palette)
     return resize_image(image, size, interpolation), colour
+
+
+def resized_spacing_mm(pixel_spacing_mm: float, width: int, height: int, size: int) -> float:
+    """Pixel spacing after resampling a width x height slice to size x size.
+
+    A square slice scales by width / size exactly. A non-square one is stretched unevenly and
+    its pixels stop being square; the manifest keeps one spacing, the geometric mean of the two
+    new ones, so each pixel's area and hence every volume in mL stays exact.
+    """
+    return pixel_spacing_mm * math.sqrt(width * height) / size
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,12 @@ def colorize_dataset(
         colorized = manifest.copy()
         colorized["image_path"] = [f"images/{job.slice_id}.png" for job in jobs]
         colorized["mask_path"] = [f"masks/{job.slice_id}.png" for job in jobs]
+        colorized["pixel_spacing_mm"] = [
+            resized_spacing_mm(float(spacing), int(width), int(height), size)
+            for spacing, width, height in zip(
+                manifest["pixel_spacing_mm"], manifest["width"], manifest["height"], strict=True
+            )
+        ]
         colorized["width"] = size
         colorized["height"] = size
         colorized["lesion_pixels"] = [result.lesion_pixels for result in written]

@@ -1,13 +1,17 @@
 """Stage `evaluate`: score the trained model on the test split and draw its reports.
 
-The test slices are predicted `evaluate.batch_size` at a time and scored one by one
-(`pipeline.metrics.SegmentationEvaluation`), so memory stays bounded whatever the test set's
-size; the few best and worst slices are predicted again for their pictures.
+The headline is per case (patient): each test case's slices are predicted
+`evaluate.batch_size` at a time, stacked in slice order into a volume and scored in 3-D in mm
+(`pipeline/case_metrics.py`), one case in memory at a time. The validation cases are predicted
+too, only to choose the triage thresholds. Every test slice is also scored on its own and
+pooled (`pipeline.metrics.SegmentationEvaluation`, keys prefixed `pooled_`), and the few best
+and worst slices are predicted again for their pictures.
 """
 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +21,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from pipeline.agreement import volume_agreement
+from pipeline.case_metrics import Spacing, score_case_class
+from pipeline.case_summary import CaseResult, cases_csv, summarize_cases
 from pipeline.inference import Segmenter, batches, comparison_panel, to_model_input
 from pipeline.io import (
     DataError,
     atomic_path,
+    encode_png,
     read_image,
     read_manifest,
     resolve_path,
@@ -30,7 +38,7 @@ from pipeline.io import (
     write_png,
     write_text_atomic,
 )
-from pipeline.masks import Palette, colour_to_index
+from pipeline.masks import Palette, colour_to_index, index_to_colour
 from pipeline.metrics import CLASS_LABELS, LESION_CLASSES, SegmentationEvaluation, SliceScores
 from pipeline.params import Params
 
@@ -48,14 +56,50 @@ class EvaluationSlice:
     truth: np.ndarray
 
 
-def evaluation_rows(manifest_path: Path | str) -> pd.DataFrame:
-    """The split manifest's test slices, sorted by id."""
+def split_rows(manifest_path: Path | str, split: str) -> pd.DataFrame:
+    """The split manifest's slices of one split, checked against their sha256, sorted by id."""
     frame = read_manifest(manifest_path, extra_columns=("split", "mini_test"))
-    chosen = frame[frame["split"] == "test"]
-    if chosen.empty:
-        raise DataError(f"{manifest_path}: no slice in the test split")
+    chosen = frame[frame["split"] == split]
     verify_content(chosen)
     return chosen.sort_values("id", kind="stable")
+
+
+def slice_order_key(slice_id: str) -> tuple[object, ...]:
+    """Natural order of slice ids: digit runs compare as numbers (`_9` before `_10`), so a
+    case stacks in slice order even where slice numbers are not zero-padded."""
+    return tuple(
+        (1, int(part), "") if part.isdigit() else (0, 0, part)
+        for part in re.split(r"(\d+)", slice_id)
+    )
+
+
+def case_groups(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame, Spacing]]:
+    """(case id, its rows in slice order, its voxel spacing) per case, by case id.
+
+    A case is one volume, so its slices must share one geometry; DataError names the
+    manifest and the case otherwise.
+    """
+    source = rows.attrs.get("path", "manifest")
+    groups = []
+    for case_id, case_rows in rows.groupby("case_id", sort=True):
+        ordered = case_rows.iloc[
+            sorted(range(len(case_rows)), key=lambda i: slice_order_key(case_rows["id"].iloc[i]))
+        ]
+        geometry = ordered[["pixel_spacing_mm", "slice_thickness_mm"]].drop_duplicates()
+        if len(geometry) != 1:
+            raise DataError(
+                f"{source}: case {case_id} mixes slice geometries "
+                f"{geometry.to_dict('records')}; one case must be one volume"
+            )
+        try:
+            spacing = Spacing(
+                slice_thickness_mm=float(geometry["slice_thickness_mm"].iloc[0]),
+                pixel_spacing_mm=float(geometry["pixel_spacing_mm"].iloc[0]),
+            )
+        except ValueError as error:
+            raise DataError(f"{source}: case {case_id}: {error}") from None
+        groups.append((str(case_id), ordered, spacing))
+    return groups
 
 
 def read_test_slice(
@@ -75,21 +119,80 @@ def read_test_slice(
     return EvaluationSlice(str(row["id"]), grey, truth)
 
 
-def evaluate_test_split(
-    params: Params, manifest_path: Path | str, segmenter: Segmenter
-) -> tuple[SegmentationEvaluation, pd.DataFrame]:
-    """Score every test slice; returns the evaluation and the test rows."""
-    rows = evaluation_rows(manifest_path)
-    evaluation = SegmentationEvaluation(params.evaluate.nsd_tolerance_px)
-    records = [row for _, row in rows.iterrows()]
-    with tqdm(total=len(records), desc="evaluate", unit="img", mininterval=1.0) as progress:
-        for chunk in batches(records, params.evaluate.batch_size):
-            slices = [read_test_slice(rows, row, params.palette, segmenter.size) for row in chunk]
-            inputs = np.stack([to_model_input(item.grey, segmenter.size) for item in slices])
-            for item, softmax in zip(slices, segmenter.softmax(inputs), strict=True):
-                evaluation.add(item.slice_id, item.truth, softmax)
-            progress.update(len(chunk))
-    return evaluation, rows
+@dataclass
+class CaseEvaluation:
+    """What scoring the test and validation cases yields."""
+
+    test: list[CaseResult]
+    valid: list[CaseResult]
+    pooled: SegmentationEvaluation
+    rows: pd.DataFrame
+
+
+def score_case(
+    params: Params,
+    rows: pd.DataFrame,
+    case: tuple[str, pd.DataFrame, Spacing],
+    segmenter: Segmenter,
+    pooled: SegmentationEvaluation | None = None,
+    predictions: Path | None = None,
+) -> CaseResult:
+    """Predict one case's slices, stack truth and prediction in slice order, score in 3-D.
+
+    With `pooled`, each test slice is also scored on its own; with `predictions`, each
+    predicted slice is written there as `<id>.png` in the `rgb_map` colours.
+    """
+    case_id, case_rows, spacing = case
+    truths: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    records = [row for _, row in case_rows.iterrows()]
+    for chunk in batches(records, params.evaluate.batch_size):
+        slices = [read_test_slice(rows, row, params.palette, segmenter.size) for row in chunk]
+        inputs = np.stack([to_model_input(item.grey, segmenter.size) for item in slices])
+        for item, softmax in zip(slices, segmenter.softmax(inputs), strict=True):
+            prediction = softmax.argmax(axis=-1).astype(np.uint8)
+            if pooled is not None:
+                pooled.add(item.slice_id, item.truth, softmax, spacing.pixel_spacing_mm)
+            if predictions is not None:
+                colour = index_to_colour(prediction, params.palette)
+                (predictions / f"{item.slice_id}.png").write_bytes(encode_png(colour))
+            truths.append(item.truth)
+            labels.append(prediction)
+    truth, predicted = np.stack(truths), np.stack(labels)
+    tolerance_mm = params.evaluate.nsd_tolerance_mm
+    return CaseResult(
+        case_id=case_id,
+        class_name=str(case_rows["class"].iloc[0]),
+        slices=len(records),
+        spacing=spacing,
+        scores={
+            name: score_case_class(truth == index, predicted == index, spacing, tolerance_mm)
+            for index, name in LESION_CLASSES.items()
+        },
+    )
+
+
+def evaluate_cases(
+    params: Params, manifest_path: Path | str, segmenter: Segmenter, predictions: Path
+) -> CaseEvaluation:
+    """Score every test case (writing its predictions) and every validation case."""
+    rows = split_rows(manifest_path, "test")
+    if rows.empty:
+        raise DataError(f"{manifest_path}: no slice in the test split")
+    valid_rows = split_rows(manifest_path, "valid")
+    pooled = SegmentationEvaluation(params.evaluate.nsd_tolerance_mm)
+    predictions.mkdir(parents=True, exist_ok=True)
+    test: list[CaseResult] = []
+    valid: list[CaseResult] = []
+    total = len(rows) + len(valid_rows)
+    with tqdm(total=total, desc="evaluate", unit="img", mininterval=1.0) as progress:
+        for case in case_groups(rows):
+            test.append(score_case(params, rows, case, segmenter, pooled, predictions))
+            progress.update(len(case[1]))
+        for case in case_groups(valid_rows):
+            valid.append(score_case(params, valid_rows, case, segmenter))
+            progress.update(len(case[1]))
+    return CaseEvaluation(test, valid, pooled, rows)
 
 
 def evaluation_csv(metrics: Mapping[str, object]) -> str:
@@ -144,7 +247,7 @@ def slice_dice_csv(evaluation: SegmentationEvaluation) -> str:
     return frame.to_csv(index=False, lineterminator="\n", float_format="%.6f")
 
 
-def _figure_png(figure: Figure) -> bytes:
+def figure_png(figure: Figure) -> bytes:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -183,7 +286,7 @@ def confusion_png(evaluation: SegmentationEvaluation) -> bytes:
     axis.set_ylabel("actual")
     axis.set_title("test pixels (colour: share of the actual class)")
     figure.colorbar(image, ax=axis, fraction=0.046)
-    return _figure_png(figure)
+    return figure_png(figure)
 
 
 def slice_dice_histogram_png(evaluation: SegmentationEvaluation) -> bytes:
@@ -207,7 +310,7 @@ def slice_dice_histogram_png(evaluation: SegmentationEvaluation) -> bytes:
     axis.set_xlabel("Dice per slice (slices holding the class in truth or prediction)")
     axis.set_ylabel("slices")
     axis.legend()
-    return _figure_png(figure)
+    return figure_png(figure)
 
 
 def slice_picture(
@@ -234,33 +337,82 @@ def extreme_slices(evaluation: SegmentationEvaluation, count: int) -> list[tuple
     ]
 
 
+def bland_altman_png(cases: list[CaseResult]) -> bytes:
+    """Bland-Altman per lesion class over the counted test cases: predicted minus true volume
+    (mL) against their mean, with the bias (solid) and the 95% limits of agreement (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"Hemorrhagic": "tab:red", "Ischemic": "tab:green"}
+    figure, axes = plt.subplots(1, 2, figsize=(11.0, 4.2), layout="constrained")
+    for axis, lesion_class in zip(axes, LESION_CLASSES.values(), strict=True):
+        counted = [case for case in cases if case.scores[lesion_class].counted]
+        truth = np.array([case.scores[lesion_class].truth_volume_ml for case in counted])
+        predicted = np.array([case.predicted_ml(lesion_class) for case in counted])
+        for class_name, colour in colours.items():
+            chosen = np.array([case.class_name == class_name for case in counted], dtype=bool)
+            if chosen.any():
+                axis.scatter(
+                    ((predicted + truth) / 2.0)[chosen],
+                    (predicted - truth)[chosen],
+                    c=colour,
+                    s=30,
+                    label=f"{class_name} cases ({int(chosen.sum())})",
+                )
+        axis.axhline(0.0, color="lightgrey", lw=0.8, zorder=0)
+        agreement = volume_agreement(predicted, truth)
+        if agreement is not None:
+            axis.axhline(agreement.bias_ml, color="black", lw=1.2)
+            axis.plot([], [], color="black", lw=1.2, label=f"bias {agreement.bias_ml:+.2f} mL")
+            if agreement.loa_low_ml is not None and agreement.loa_high_ml is not None:
+                for bound in (agreement.loa_low_ml, agreement.loa_high_ml):
+                    axis.axhline(bound, color="black", lw=1.0, ls="--")
+                limits = f"{agreement.loa_low_ml:+.2f} to {agreement.loa_high_ml:+.2f} mL"
+                axis.plot([], [], color="black", lw=1.0, ls="--", label=f"95% limits {limits}")
+            axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8)
+        axis.set_xlabel(f"mean of predicted and true {lesion_class} volume (mL)")
+        axis.set_ylabel("predicted - true (mL)")
+        axis.set_title(
+            f"{lesion_class} volume: {len(counted)} test cases with it in truth or prediction"
+        )
+    return figure_png(figure)
+
+
 def write_reports(
     params: Params,
-    evaluation: SegmentationEvaluation,
-    rows: pd.DataFrame,
+    evaluation: CaseEvaluation,
     segmenter: Segmenter,
-    report_dir: Path | str,
+    folder: Path,
     metrics_path: Path | str,
     confusion_path: Path | str,
 ) -> dict[str, object]:
-    """reports/evaluate/ (tables, plots, best/worst pictures), metrics JSON and the
-    per-slice confusion records; the report folder appears only when complete."""
-    metrics = evaluation.metrics()
+    """Tables, plots and best/worst pictures into the report `folder` (a temporary one that
+    replaces reports/evaluate when complete), the metrics JSON and the per-slice confusion
+    records. Metrics: the per-case headlines first, then the slice-pooled figures."""
+    pooled = evaluation.pooled
+    metrics = {
+        **summarize_cases(
+            evaluation.test, evaluation.valid, params.seed, params.evaluate.bootstrap_samples
+        ),
+        **pooled.metrics(),
+    }
+    rows = evaluation.rows
     by_id = {str(row["id"]): row for _, row in rows.iterrows()}
-    with atomic_path(report_dir) as folder:
-        write_text_atomic(folder / "evaluation.csv", evaluation_csv(metrics))
-        write_text_atomic(folder / "confusion_matrix.csv", confusion_table(evaluation))
-        write_text_atomic(folder / "slice_dice.csv", slice_dice_csv(evaluation))
-        write_bytes_atomic(folder / "confusion_matrix.png", confusion_png(evaluation))
-        write_bytes_atomic(
-            folder / "slice_dice_histogram.png", slice_dice_histogram_png(evaluation)
-        )
-        for prefix, scores in extreme_slices(evaluation, params.evaluate.overlay_slices):
-            item = read_test_slice(rows, by_id[scores.slice_id], params.palette, segmenter.size)
-            labels = segmenter.segment([item.grey])[0]
-            picture = slice_picture(item, labels, scores, params.palette)
-            write_png(folder / "overlays" / f"{prefix}_{scores.slice_id}.png", picture)
-    write_text_atomic(confusion_path, slice_decisions(evaluation))
+    write_text_atomic(folder / "evaluation.csv", evaluation_csv(metrics))
+    write_text_atomic(folder / "cases.csv", cases_csv(evaluation.test))
+    write_text_atomic(folder / "confusion_matrix.csv", confusion_table(pooled))
+    write_text_atomic(folder / "slice_dice.csv", slice_dice_csv(pooled))
+    write_bytes_atomic(folder / "confusion_matrix.png", confusion_png(pooled))
+    write_bytes_atomic(folder / "slice_dice_histogram.png", slice_dice_histogram_png(pooled))
+    write_bytes_atomic(folder / "volume_agreement.png", bland_altman_png(evaluation.test))
+    for prefix, scores in extreme_slices(pooled, params.evaluate.overlay_slices):
+        item = read_test_slice(rows, by_id[scores.slice_id], params.palette, segmenter.size)
+        labels = segmenter.segment([item.grey])[0]
+        picture = slice_picture(item, labels, scores, params.palette)
+        write_png(folder / "overlays" / f"{prefix}_{scores.slice_id}.png", picture)
+    write_text_atomic(confusion_path, slice_decisions(pooled))
     write_json(metrics_path, metrics)
     return metrics
 
@@ -273,17 +425,17 @@ def run_evaluation(
     metrics_path: Path | str,
     confusion_path: Path | str,
 ) -> dict[str, object]:
+    """The whole stage; reports/evaluate appears only when complete."""
     segmenter = Segmenter.from_file(model_path, params.evaluate.batch_size)
-    evaluation, rows = evaluate_test_split(params, manifest_path, segmenter)
-    return write_reports(
-        params, evaluation, rows, segmenter, report_dir, metrics_path, confusion_path
-    )
+    with atomic_path(report_dir) as folder:
+        evaluation = evaluate_cases(params, manifest_path, segmenter, folder / "predictions")
+        return write_reports(params, evaluation, segmenter, folder, metrics_path, confusion_path)
 
 
 def summary_lines(metrics: Mapping[str, object], keys: Iterable[str]) -> list[str]:
     """`key value` lines for the console, nulls shown with their reason."""
     return [
-        f"{key:28s} "
+        f"{key:34s} "
         + (
             format_value(metrics[key])
             if metrics[key] is not None

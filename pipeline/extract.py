@@ -39,12 +39,14 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.io import (
+    SPACING_FILE,
     DataError,
     ImageRefused,
     atomic_path,
     decode_untrusted,
     encode_png,
     max_file_bytes,
+    parse_spacing_json,
     untrusted_to_grey,
     write_hashed,
     write_json,
@@ -162,6 +164,7 @@ class ExtractResult:
     problems: list[Problem]
     conversions: Counter[str]  # CONVERSIONS key -> pairs written after that conversion
     read_bytes: int  # bytes actually read (inflated, for a zip) from the archive
+    geometry: str  # the voxel spacing given to every slice, and where it came from
 
 
 # Conversions of what extract writes (8-bit grey images, 0/255 masks), counted in the metrics.
@@ -771,6 +774,32 @@ def write_pairs(
     return rows, problems, conversions
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """The voxel spacing every extracted slice gets, and where it came from."""
+
+    pixel_spacing_mm: float
+    slice_thickness_mm: float
+    origin: str
+
+
+def archive_geometry(
+    source: Source, entries: Sequence[Entry], params: ExtractParams, archive: str
+) -> tuple[Geometry, list[Entry]]:
+    """The archive's spacing file at the top of its CT tree, else `extract.pixel_spacing_mm`
+    and `extract.slice_thickness_mm`; and the entries without that file (it is read, not
+    extracted). A spacing file that is present but invalid stops the stage."""
+    usable = [entry.name for entry in entries if not entry.refusal]
+    ct_root = find_ct_root((name for name in usable if not unsafe_name_reason(name)), archive)
+    name = f"{ct_root}{SPACING_FILE}"
+    if name not in usable:
+        origin = f"params (no {name} in the archive)"
+        return Geometry(params.pixel_spacing_mm, params.slice_thickness_mm, origin), list(entries)
+    spacing = parse_spacing_json(source.read(name), f"{archive}: {name}")
+    rest = [entry for entry in entries if entry.name != name]
+    return Geometry(spacing["pixel_spacing_mm"], spacing["slice_thickness_mm"], name), rest
+
+
 def extract_metrics(result: ExtractResult) -> dict[str, int | float]:
     """Flat counts: pairs written, per class and subset, and files per problem category."""
     counts = Counter(problem.category for problem in result.problems)
@@ -807,6 +836,7 @@ def format_report(result: ExtractResult, params: ExtractParams) -> str:
         f"archive: {result.archive}",
         f"CT tree: '{result.ct_root}'",
         f"subsets: {', '.join(params.subsets)}; mask suffix: '{params.mask_suffix}'",
+        f"geometry: {result.geometry}",
         "",
         "counts",
         *(f"  {key:<40}{value}" for key, value in metrics.items()),
@@ -842,10 +872,14 @@ def extract_archive(
     source = open_source(archive, params)
     try:
         entries = source.entries()
-        listing = classify_entries(entries, params.subsets, str(archive))
+        geometry, slice_entries = archive_geometry(source, entries, params, str(archive))
+        listing = classify_entries(slice_entries, params.subsets, str(archive))
         pairing = pair_slices(listing.slices, params.mask_suffix)
         with atomic_path(output) as folder:
             rows, pair_problems, conversions = write_pairs(source, pairing.pairs, folder, params)
+            for row in rows:
+                row["pixel_spacing_mm"] = geometry.pixel_spacing_mm
+                row["slice_thickness_mm"] = geometry.slice_thickness_mm
             result = ExtractResult(
                 archive=str(archive),
                 ct_root=listing.ct_root,
@@ -855,6 +889,10 @@ def extract_archive(
                 problems=listing.problems + pairing.problems + pair_problems,
                 conversions=conversions,
                 read_bytes=source.read_bytes,
+                geometry=(
+                    f"{geometry.pixel_spacing_mm:g} mm pixels, {geometry.slice_thickness_mm:g} mm "
+                    f"slices, from {geometry.origin}"
+                ),
             )
             if not rows:
                 write_text_atomic(report, format_report(result, params))

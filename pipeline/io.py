@@ -27,7 +27,9 @@ import pandas as pd
 # The sha256 of each file makes the manifest a fingerprint of the pixels it lists: downstream
 # stages declare the manifest as their DVC dependency instead of the folder of thousands of
 # PNGs (hashing those on every `dvc status` dominated its time), and check the files they
-# read against it (`verify_content`).
+# read against it (`verify_content`). Every row carries its geometry in mm (the pixel spacing
+# within the slice, square pixels, and the slice thickness), so metrics can be physical; a
+# case's slices stack in the order of their ids (zero-padded slice numbers).
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "id",
     "case_id",
@@ -41,6 +43,8 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "lesion_pixels",
     "image_sha256",
     "mask_sha256",
+    "pixel_spacing_mm",
+    "slice_thickness_mm",
 )
 MANIFEST_DTYPES: dict[str, str] = {
     "id": "string",
@@ -55,6 +59,8 @@ MANIFEST_DTYPES: dict[str, str] = {
     "lesion_pixels": "int64",
     "image_sha256": "string",
     "mask_sha256": "string",
+    "pixel_spacing_mm": "float64",
+    "slice_thickness_mm": "float64",
 }
 
 
@@ -465,3 +471,35 @@ def resolve_path(manifest: pd.DataFrame, relative: str) -> Path:
 def relative_to(path: Path, folder: Path) -> str:
     """`path` written relative to `folder` (may climb with `..`), with forward slashes."""
     return Path(os.path.relpath(path, folder)).as_posix()
+
+
+# An archive may carry its geometry in this file at the top of its CT tree
+# (`.../CT Images/data/spacing.json`): the phantom writes it; the Kaggle archive has none,
+# and `extract` then takes the geometry from params.
+SPACING_FILE = "spacing.json"
+SPACING_KEYS = ("pixel_spacing_mm", "slice_thickness_mm")
+SPACING_FILE_MAX_BYTES = 4096
+
+
+def spacing_json(pixel_spacing_mm: float, slice_thickness_mm: float) -> bytes:
+    """The bytes of a spacing file (sorted keys, so equal geometry gives equal bytes)."""
+    geometry = dict(zip(SPACING_KEYS, (pixel_spacing_mm, slice_thickness_mm), strict=True))
+    return (json.dumps(geometry, sort_keys=True, indent=2) + "\n").encode("utf-8")
+
+
+def parse_spacing_json(data: bytes, source: str) -> dict[str, float]:
+    """{pixel_spacing_mm, slice_thickness_mm} from a spacing file; DataError says what is wrong."""
+    if len(data) > SPACING_FILE_MAX_BYTES:
+        raise DataError(f"{source}: {len(data)} bytes, over the {SPACING_FILE_MAX_BYTES} allowed")
+    try:
+        geometry = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{source}: not a JSON spacing file ({error})") from None
+    if not isinstance(geometry, dict) or sorted(geometry) != sorted(SPACING_KEYS):
+        raise DataError(f"{source}: must hold exactly the keys {list(SPACING_KEYS)}")
+    for key, value in geometry.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DataError(f"{source}: {key} must be a number of mm, got {value!r}")
+        if not (math.isfinite(value) and value > 0.0):
+            raise DataError(f"{source}: {key} must be positive and finite, got {value!r}")
+    return {key: float(geometry[key]) for key in SPACING_KEYS}

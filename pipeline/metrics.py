@@ -1,22 +1,24 @@
-"""Segmentation metrics per lesion class, background excluded, with explicit empty-mask rules.
+"""Slice-level segmentation metrics per lesion class, background excluded, with explicit
+empty-mask rules; the slice-pooled figures of `evaluate` (keys prefixed `pooled_`).
 
-Every per-slice function takes boolean masks of one class and returns a float, or None where
-the metric is undefined for that slice (for example Dice when neither mask holds the class);
-callers skip None and say why in the report instead of inventing a 0 or a 1.
+The headline figures are per case (patient) in 3-D: `pipeline/case_metrics.py`. The
+functions here take one slice (or, for the border and distance helpers, a volume of any
+rank) and return a float, or None where the metric is undefined for that slice (for example
+Dice when neither mask holds the class); callers skip None and say why in the report.
 
-Surface metrics follow medpy 0.5 (`medpy.metric.binary.hd95`, connectivity 1) exactly: the
-border of a mask is the mask minus its erosion by the 4-connected cross (pixels outside the
-image count as background), distances are Euclidean in pixels between border pixels
-(`scipy.ndimage.distance_transform_edt`), and HD95 is the 95th percentile (numpy's linear
-interpolation) of the union of both directed border-to-border distance sets. Normalised
-surface Dice uses the same borders and distances, as MONAI's `compute_surface_dice` without
-sub-voxel surfaces: the share of border pixels of both masks lying within the tolerance of
-the other mask's border.
+The pooled slice surface metrics follow medpy 0.5 (`medpy.metric.binary.hd95`, connectivity 1):
+the border of a mask is the mask minus its erosion by the cross (4-connected in 2-D,
+6-connected in 3-D; voxels outside the array count as background), distances are Euclidean in
+mm between border pixel centres (`scipy.ndimage.distance_transform_edt` with the pixel
+spacing), and the slice HD95 is the 95th percentile (numpy's linear interpolation) of the
+union of both directed border-to-border distance sets. Normalised surface Dice uses the same
+borders and distances, as MONAI's `compute_surface_dice` without sub-voxel surfaces: the share
+of border pixels of both masks lying within the tolerance of the other mask's border.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +28,6 @@ from scipy import ndimage
 LESION_CLASSES: dict[int, str] = {1: "hemorrhagic", 2: "ischemic"}
 CLASS_LABELS: tuple[str, ...] = ("background", "hemorrhagic", "ischemic")
 NO_LESION = "none"
-FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 EIGHT_CONNECTED = ndimage.generate_binary_structure(2, 2)
 # Keras' clipping of probabilities in categorical cross-entropy.
 KERAS_EPSILON = 1e-7
@@ -51,26 +52,31 @@ def iou(truth: np.ndarray, prediction: np.ndarray) -> float | None:
 
 
 def surface_border(mask: np.ndarray) -> np.ndarray:
-    """Pixels of `mask` with a 4-neighbour outside it (the image exterior counts as outside)."""
+    """Elements of `mask` with a face neighbour outside it (4-neighbours in 2-D, 6 in 3-D);
+    the array's exterior counts as outside, as in MONAI's `get_mask_edges`."""
     mask = mask.astype(bool)
-    return mask & ~ndimage.binary_erosion(mask, structure=FOUR_CONNECTED, border_value=0)
+    cross = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=cross, border_value=0)
 
 
-def directed_surface_distances(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Distance (px) from each border pixel of `source` to the nearest border pixel of `target`."""
-    to_target = ndimage.distance_transform_edt(~surface_border(target))
+def directed_surface_distances(
+    source: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None = None
+) -> np.ndarray:
+    """Distance from each border element of `source` to the nearest border element of
+    `target`: in elements, or in mm given the `spacing` (mm per axis)."""
+    to_target = ndimage.distance_transform_edt(~surface_border(target), sampling=spacing)
     return to_target[surface_border(source)]
 
 
 def surface_distances(
-    truth: np.ndarray, prediction: np.ndarray
+    truth: np.ndarray, prediction: np.ndarray, spacing: Sequence[float] | None = None
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """(truth-to-prediction, prediction-to-truth) border distances; None if a mask is empty."""
     if not truth.any() or not prediction.any():
         return None
     return (
-        directed_surface_distances(truth, prediction),
-        directed_surface_distances(prediction, truth),
+        directed_surface_distances(truth, prediction, spacing),
+        directed_surface_distances(prediction, truth, spacing),
     )
 
 
@@ -251,10 +257,11 @@ class _ClassTotals:
 
 
 class SegmentationEvaluation:
-    """Accumulates slice after slice (bounded memory) and reports flat metrics at the end."""
+    """Accumulates slice after slice (bounded memory) and reports the slice-pooled flat
+    metrics at the end (per-class keys prefixed `pooled_`; surface distances in mm)."""
 
-    def __init__(self, tolerance_px: float) -> None:
-        self.tolerance_px = tolerance_px
+    def __init__(self, tolerance_mm: float) -> None:
+        self.tolerance_mm = tolerance_mm
         self.num_classes = len(CLASS_LABELS)
         self.slices: list[SliceScores] = []
         self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
@@ -263,7 +270,13 @@ class SegmentationEvaluation:
         self._crossentropy = 0.0
         self._pixels = 0
 
-    def add(self, slice_id: str, truth_index: np.ndarray, softmax: np.ndarray) -> SliceScores:
+    def add(
+        self,
+        slice_id: str,
+        truth_index: np.ndarray,
+        softmax: np.ndarray,
+        pixel_spacing_mm: float = 1.0,
+    ) -> SliceScores:
         """Score one slice: class-index truth (H, W) and softmax (H, W, classes)."""
         if softmax.shape[:2] != truth_index.shape or softmax.shape[-1] != self.num_classes:
             raise ValueError(
@@ -275,7 +288,9 @@ class SegmentationEvaluation:
         self._crossentropy += crossentropy_sum(truth_index, softmax)
         self._pixels += truth_index.size
         classes = {
-            name: self._add_class(self._totals[name], truth_index == index, prediction == index)
+            name: self._add_class(
+                self._totals[name], truth_index == index, prediction == index, pixel_spacing_mm
+            )
             for index, name in LESION_CLASSES.items()
         }
         scores = SliceScores(
@@ -285,7 +300,11 @@ class SegmentationEvaluation:
         return scores
 
     def _add_class(
-        self, totals: _ClassTotals, truth: np.ndarray, prediction: np.ndarray
+        self,
+        totals: _ClassTotals,
+        truth: np.ndarray,
+        prediction: np.ndarray,
+        pixel_spacing_mm: float,
     ) -> SliceClassScores:
         intersection = int(np.logical_and(truth, prediction).sum())
         totals.intersection += intersection
@@ -293,13 +312,13 @@ class SegmentationEvaluation:
         totals.predicted_pixels += int(prediction.sum())
         totals.union += int(np.logical_or(truth, prediction).sum())
         in_truth, in_prediction = bool(truth.any()), bool(prediction.any())
-        distances = surface_distances(truth, prediction)
+        distances = surface_distances(truth, prediction, (pixel_spacing_mm, pixel_spacing_mm))
         scores = SliceClassScores(
             in_truth,
             in_prediction,
             dice(truth, prediction),
             None if distances is None else hd95_of(distances),
-            None if distances is None else nsd_of(distances, self.tolerance_px),
+            None if distances is None else nsd_of(distances, self.tolerance_mm),
         )
         if scores.dice is not None:
             totals.slice_dice.append(scores.dice)
@@ -321,22 +340,22 @@ class SegmentationEvaluation:
             neither = f"no test pixel of {name} in the ground truth or the prediction"
             predicted_or_true = totals.truth_pixels + totals.predicted_pixels
             pooled = _ratio(2.0 * totals.intersection, predicted_or_true)
-            result.put(f"dice_{name}", pooled, neither)
-            result.put(f"iou_{name}", _ratio(totals.intersection, totals.union), neither)
+            result.put(f"pooled_dice_{name}", pooled, neither)
+            result.put(f"pooled_iou_{name}", _ratio(totals.intersection, totals.union), neither)
             if pooled is not None:
                 dice_values.append(pooled)
             result.put(
-                f"slice_dice_{name}",
+                f"pooled_slice_dice_{name}",
                 _mean(totals.slice_dice),
                 f"no test slice holds {name} in the ground truth or the prediction",
             )
-            result[f"slice_dice_count_{name}"] = len(totals.slice_dice)
+            result[f"pooled_slice_dice_count_{name}"] = len(totals.slice_dice)
             both = f"no test slice where both truth and prediction hold {name}"
-            result.put(f"hd95_{name}", _mean(totals.hd95), both)
-            result.put(f"nsd_{name}", _mean(totals.nsd), both)
-            result[f"surface_slice_count_{name}"] = len(totals.hd95)
+            result.put(f"pooled_hd95_mm_{name}", _mean(totals.hd95), both)
+            result.put(f"pooled_nsd_{name}", _mean(totals.nsd), both)
+            result[f"pooled_surface_slice_count_{name}"] = len(totals.hd95)
             self._put_detection(result, name, totals)
-        result.put("dice_mean", _mean(dice_values), "no lesion class has a defined Dice")
+        result.put("pooled_dice_mean", _mean(dice_values), "no lesion class has a defined Dice")
         result.put(
             "pixel_accuracy",
             _ratio(float(np.trace(self.confusion)), int(self.confusion.sum())),
@@ -352,26 +371,31 @@ class SegmentationEvaluation:
 
     @staticmethod
     def _put_detection(result: FlatMetrics, name: str, totals: _ClassTotals) -> None:
+        """Lesions as 8-connected components of each slice (2-D fragments of 3-D lesions)."""
         lesions = totals.lesions
         scores = detection_scores(lesions)
-        result.put(f"lesion_precision_{name}", scores.precision, f"no predicted {name} lesion")
-        result.put(f"lesion_recall_{name}", scores.recall, f"no {name} lesion in the ground truth")
         result.put(
-            f"lesion_f1_{name}",
+            f"pooled_lesion_precision_{name}", scores.precision, f"no predicted {name} lesion"
+        )
+        result.put(
+            f"pooled_lesion_recall_{name}", scores.recall, f"no {name} lesion in the ground truth"
+        )
+        result.put(
+            f"pooled_lesion_f1_{name}",
             scores.f1,
             f"no {name} lesion in the ground truth or the prediction",
         )
-        result[f"truth_lesions_{name}"] = lesions.truth_lesions
-        result[f"predicted_lesions_{name}"] = lesions.predicted_lesions
+        result[f"pooled_truth_lesions_{name}"] = lesions.truth_lesions
+        result[f"pooled_predicted_lesions_{name}"] = lesions.predicted_lesions
         positives = totals.true_positive_slices + totals.false_negative_slices
         negatives = totals.true_negative_slices + totals.false_positive_slices
         result.put(
-            f"slice_sensitivity_{name}",
+            f"pooled_slice_sensitivity_{name}",
             _ratio(totals.true_positive_slices, positives),
             f"no test slice holds {name} in the ground truth",
         )
         result.put(
-            f"slice_specificity_{name}",
+            f"pooled_slice_specificity_{name}",
             _ratio(totals.true_negative_slices, negatives),
             f"every test slice holds {name} in the ground truth",
         )

@@ -26,7 +26,14 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from pipeline.io import atomic_path, decode_image, encode_png, window_to_uint8
+from pipeline.io import (
+    SPACING_FILE,
+    atomic_path,
+    decode_image,
+    encode_png,
+    spacing_json,
+    window_to_uint8,
+)
 from pipeline.masks import binary_to_colour
 from pipeline.numerics import arctan2_f32, baseline_opencv, cos_f32, sin_f32
 from pipeline.parallel import ordered_map
@@ -1074,6 +1081,13 @@ def other_modality_members(params: PhantomParams, seed: int) -> list[tuple[str, 
     return members
 
 
+def geometry_member(params: PhantomParams) -> tuple[str, bytes]:
+    """The spacing file `extract` reads: the physical scale the phantom declares (its
+    anatomy is drawn in pixels, a head about two thirds of the image wide)."""
+    data = spacing_json(params.pixel_spacing_mm, params.slice_thickness_mm)
+    return f"{CT_DATA_ROOT}/{SPACING_FILE}", data
+
+
 def write_zip(path: Path | str, members: Sequence[tuple[str, bytes]]) -> None:
     """Deterministic zip, written atomically: members sorted by name, fixed timestamps,
     stored uncompressed (PNG and JPEG are compressed already)."""
@@ -1098,6 +1112,7 @@ def synthesize_archive(
         chunksize=1,
     )
     members = [member for files in rendered for member in files.members]
+    members.append(geometry_member(params))
     write_zip(path, members + other_modality_members(params, seed))
     summary = PhantomSummary(
         cases=len(cases),

@@ -1,8 +1,9 @@
-"""Stage `evaluate`: per-class lesion metrics of models/model.keras on the test split.
+"""Stage `evaluate`: per-case 3-D lesion metrics of models/model.keras on the test split.
 
 Writes metrics/evaluate.json (flat; every null has a `<key>_null_reason`), the per-slice
-confusion records metrics/confusion.csv, and reports/evaluate/ (reference-format
-evaluation.csv, confusion matrix, per-slice Dice table and histogram, best/worst slices).
+confusion records metrics/confusion.csv, and reports/evaluate/ (cases.csv, every test
+prediction under predictions/, the volume Bland-Altman plot, reference-format evaluation.csv,
+confusion matrix, per-slice Dice table and histogram, best/worst slices).
 """
 
 from __future__ import annotations
@@ -12,15 +13,25 @@ from pipeline.params import Params
 from stages.common import run_stage
 
 HEADLINE_KEYS = (
-    "dice_hemorrhagic",
-    "dice_ischemic",
-    "dice_mean",
-    "hd95_hemorrhagic",
-    "hd95_ischemic",
-    "nsd_hemorrhagic",
-    "nsd_ischemic",
-    "lesion_f1_hemorrhagic",
-    "lesion_f1_ischemic",
+    *(
+        key
+        for lesion_class in ("hemorrhagic", "ischemic")
+        for key in (
+            f"test_cases_{lesion_class}",
+            f"dice_{lesion_class}",
+            f"dice_{lesion_class}_ci_low",
+            f"dice_{lesion_class}_ci_high",
+            f"hd95_mm_{lesion_class}",
+            f"nsd_{lesion_class}",
+            f"lesion_f1_{lesion_class}",
+            f"triage_threshold_ml_{lesion_class}",
+            f"triage_sensitivity_{lesion_class}",
+            f"triage_specificity_{lesion_class}",
+            f"triage_auc_{lesion_class}",
+            f"volume_bias_ml_{lesion_class}",
+            f"pooled_dice_{lesion_class}",
+        )
+    ),
     "dice_coef_multiclass",
     "categorical_crossentropy",
 )

@@ -66,7 +66,8 @@ def deep_merge(base: Mapping, overrides: Mapping) -> dict:
 def original_row(
     slice_id: str, case_id: str, class_name: str, size: int, lesion_pixels: int, folder: str = ""
 ) -> dict[str, object]:
-    """A manifest row (contract columns but the sha256 ones) of an original slice.
+    """A manifest row (contract columns but the sha256 ones) of an original slice, with the
+    geometry of a 512 px slice of 0.45 mm pixels resized to `size`.
 
     Its files are `<folder>images/<id>.png` and `<folder>masks/<id>.png`.
     """
@@ -81,6 +82,8 @@ def original_row(
         "width": size,
         "height": size,
         "lesion_pixels": lesion_pixels,
+        "pixel_spacing_mm": 0.45 * 512 / size,
+        "slice_thickness_mm": 5.0,
     }
 
 

@@ -28,7 +28,14 @@ from pipeline.augment import (
     warp_pair,
 )
 from pipeline.io import DataError, read_image, read_manifest, resolve_path, write_manifest
-from pipeline.params import AugmentParams, Params, ParamsError, parse_params
+from pipeline.params import (
+    AugmentParams,
+    Params,
+    ParamsError,
+    SplitParams,
+    SplitRatios,
+    parse_params,
+)
 from pipeline.split import split_manifest
 from stages import augment as augment_stage
 from tests.conftest import rehash_manifest
@@ -233,7 +240,9 @@ def build_split(root: Path, hemorrhagic: int = 5, ischemic: int = 8) -> Path:
         write_colorized(root / "data/colorized", case_keys(hemorrhagic, ischemic))
     )
     split_path = root / "data/split/manifest.csv"
-    write_manifest(split_path, split_manifest(colorized, Params().split, 42, split_path.parent))
+    # Most cases in train, whatever the default ratios: these tests need originals to warp.
+    ratios = SplitParams(ratios=SplitRatios(train=0.7, valid=0.15, test=0.15))
+    write_manifest(split_path, split_manifest(colorized, ratios, 42, split_path.parent))
     return split_path
 
 

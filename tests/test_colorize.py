@@ -14,7 +14,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.colorize import colorize_dataset, resize_image, resize_lesion_mask
+from pipeline.colorize import colorize_dataset, resize_image, resize_lesion_mask, resized_spacing_mm
 from pipeline.io import (
     MANIFEST_COLUMNS,
     DataError,
@@ -92,6 +92,18 @@ def test_masks_hold_exactly_the_palette_and_manifest_is_updated(tmp_path: Path):
         colours_seen |= colours
     assert colours_seen == set(RGB_MAP.values())
     assert written.loc[written["id"] == "Hemorrhagic_049_000", "lesion_pixels"].item() == 0
+    # Pixels grow as the slice shrinks: the field of view in mm stays the same.
+    np.testing.assert_allclose(
+        written["pixel_spacing_mm"] * SIZE, source["pixel_spacing_mm"] * SOURCE_SIDE
+    )
+    assert (written["slice_thickness_mm"] == source["slice_thickness_mm"]).all()
+
+
+def test_non_square_slices_keep_their_pixel_area():
+    # 600 x 400 px of 0.5 mm to 200 x 200: 1.5 mm by 1 mm pixels, area 1.5 mm^2.
+    spacing = resized_spacing_mm(0.5, width=600, height=400, size=200)
+    assert spacing**2 == pytest.approx(1.5 * 1.0)
+    assert resized_spacing_mm(0.45, width=512, height=512, size=128) == pytest.approx(1.8)
 
 
 def mixed_footprints(mask: np.ndarray, size: int) -> int:

@@ -35,7 +35,7 @@ STAGES = (
 # param (dotted) -> new value -> the stages that read it (and only those). `report` shows
 # every param, so it reads them all.
 READERS: list[tuple[str, object, set[str]]] = [
-    ("seed", 7, {"synthesize", "split", "augment", "train", "report"}),
+    ("seed", 7, {"synthesize", "split", "augment", "train", "evaluate", "report"}),
     ("phantom.noise_hu", [2.0, 4.0], {"synthesize", "report"}),
     ("extract.max_uncompressed_mb", 2048.0, {"extract", "report"}),
     ("validate.min_lesion_slice_share", 0.1, {"validate", "report"}),
@@ -51,7 +51,7 @@ READERS: list[tuple[str, object, set[str]]] = [
     ("lr", 0.0005, {"train", "report"}),
     ("model.dropout_rate", 0.1, {"train", "report"}),
     ("train.clipvalue", 1.0, {"train", "report"}),
-    ("evaluate.nsd_tolerance_px", 1.0, {"evaluate", "report"}),
+    ("evaluate.nsd_tolerance_mm", 2.0, {"evaluate", "report"}),
     ("infer.overlay_alpha", 0.3, {"infer", "report"}),
 ]
 
@@ -209,7 +209,7 @@ def test_metrics_params_and_plots_diff_across_branches(built):
         project.git("commit", "-q", "-m", "lr 0.005")
         diff = project.dvc("metrics", "diff", "main", "faster-lr", "--all", "--json").stdout
         evaluate = json.loads(diff)["metrics/evaluate.json"]
-        assert {"dice_hemorrhagic", "dice_ischemic", "dice_mean", "hd95_hemorrhagic"} <= set(
+        assert {"dice_hemorrhagic", "dice_ischemic", "dice_mean", "hd95_mm_hemorrhagic"} <= set(
             evaluate
         )
         # One epoch on the tiny phantom may leave a class at the same Dice; the loss always moves.

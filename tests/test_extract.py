@@ -28,7 +28,7 @@ from pipeline.extract import (
     extract_archive,
     pair_slices,
 )
-from pipeline.io import DataError, encode_png, read_image, read_manifest
+from pipeline.io import DataError, encode_png, read_image, read_manifest, spacing_json
 from pipeline.params import ExtractParams, ParamsError, parse_params
 
 KAGGLE = "NEW-DATASET/REAL-TIME STROKE DETECTION IN MRI, CT, PET IMAGES"
@@ -115,6 +115,45 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 # ---------------------------------------------------------------- outputs
+
+
+def test_geometry_comes_from_params_without_a_spacing_file(tmp_path):
+    archive = write_zip(tmp_path / "a.zip", kaggle_files())
+    _, report = run_extract(tmp_path, archive, pixel_spacing_mm=0.43, slice_thickness_mm=6.0)
+    manifest = read_manifest(tmp_path / "data" / "extracted" / "manifest.csv")
+    assert (manifest["pixel_spacing_mm"] == 0.43).all()
+    assert (manifest["slice_thickness_mm"] == 6.0).all()
+    assert "geometry: 0.43 mm pixels, 6 mm slices, from params" in report
+
+
+def test_spacing_file_overrides_params_and_is_not_a_problem(tmp_path):
+    files = {**kaggle_files(), f"{CT}/spacing.json": spacing_json(0.7, 2.5)}
+    metrics, report = run_extract(tmp_path, write_folder(tmp_path / "archive", files))
+    manifest = read_manifest(tmp_path / "data" / "extracted" / "manifest.csv")
+    assert (manifest["pixel_spacing_mm"] == 0.7).all()
+    assert (manifest["slice_thickness_mm"] == 2.5).all()
+    assert f"from {CT}/spacing.json" in report
+    listed = sum(metrics[category] for category in PROBLEM_CATEGORIES)
+    assert metrics["entries"] == 2 * metrics["pairs"] + listed + 1  # the spacing file
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"{not json", "not a JSON spacing file"),
+        (b'{"pixel_spacing_mm": 0.5}', "exactly the keys"),
+        (b'{"pixel_spacing_mm": 0.5, "slice_thickness_mm": -5}', "positive and finite"),
+        (b'{"pixel_spacing_mm": "0.5", "slice_thickness_mm": 5}', "must be a number"),
+        (b" " * 5000, "over the 4096 allowed"),
+    ],
+)
+def test_bad_spacing_file_is_a_clear_error_and_writes_nothing(tmp_path, content, message):
+    files = {**kaggle_files(), f"{CT}/spacing.json": content}
+    archive = write_zip(tmp_path / "a.zip", files)
+    with pytest.raises(DataError, match=message) as raised:
+        run_extract(tmp_path, archive)
+    assert "spacing.json" in str(raised.value)
+    assert not (tmp_path / "data" / "extracted").exists()
 
 
 def test_zip_and_folder_give_identical_outputs(tmp_path):

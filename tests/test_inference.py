@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.evaluation import run_evaluation
+from pipeline.case_metrics import Spacing, score_case_class
+from pipeline.case_summary import CaseResult, summarize_cases
+from pipeline.evaluation import case_groups, run_evaluation
 from pipeline.inference import (
     Segmenter,
     labels_at_size,
@@ -197,12 +199,38 @@ def test_segment_files_with_flip_tta_and_duplicate_names(tmp_path, tiny_model):
     np.testing.assert_array_equal(mask[30, 40], PALETTE[0])
 
 
+# Per-class metrics of evaluate.json (each with `_<class>` appended), then the others.
+CLASS_METRICS = (
+    "dice", "iou", "hd95_mm", "nsd", "lesion_f1", "test_cases", "triage_threshold_ml",
+    "triage_sensitivity", "triage_specificity", "triage_auc", "volume_bias_ml",
+    "volume_loa_low_ml", "volume_loa_high_ml", "volume_median_abs_error_ml", "pooled_dice",
+    "pooled_iou", "pooled_hd95_mm", "pooled_nsd", "pooled_lesion_f1",
+)  # fmt: skip
+WITH_INTERVALS = ("dice", "iou", "hd95_mm", "nsd", "lesion_f1", "triage_sensitivity",
+                  "triage_specificity")  # fmt: skip
+REQUIRED_EVALUATE_KEYS = (
+    *(f"{stem}_{name}" for name in ("hemorrhagic", "ischemic") for stem in CLASS_METRICS),
+    *(
+        f"{stem}_{name}_ci_{bound}"
+        for name in ("hemorrhagic", "ischemic")
+        for stem in WITH_INTERVALS
+        for bound in ("low", "high")
+    ),
+    "dice_mean", "pooled_dice_mean", "dice_coef_multiclass", "categorical_crossentropy",
+)  # fmt: skip
+TEST_SLICE_IDS = (
+    "Hemorrhagic_001_000", "Hemorrhagic_001_001", "Ischemic_002_000", "Ischemic_002_001",
+    "Ischemic_002_002",
+)  # fmt: skip
+
+
 # ---- stages on a tiny hand-made split -------------------------------------------------------
 
 
 def make_split(root: Path) -> Path:
-    """Six 32 px slices: bright squares labelled hemorrhagic (found), a dim ischemic patch
-    (never predicted), a lesion-free slice and a bright false positive."""
+    """32 px slices. Test: hemorrhagic case 001 (two slices of bright squares, found exactly),
+    ischemic case 002 (a dim ischemic patch never predicted, a lesion-free slice, a bright
+    16 px false positive). Valid: a bright hemorrhagic case 004, a dim ischemic case 005."""
     rows = []
     cases = [
         ("Hemorrhagic_001_000", "Hemorrhagic", "test", True, [(4, 14, 4, 14, 1, 230)]),
@@ -211,6 +239,8 @@ def make_split(root: Path) -> Path:
         ("Ischemic_002_001", "Ischemic", "test", False, []),
         ("Ischemic_002_002", "Ischemic", "test", False, [(20, 24, 20, 24, 0, 240)]),
         ("Hemorrhagic_003_000", "Hemorrhagic", "train", False, [(4, 8, 4, 8, 1, 230)]),
+        ("Hemorrhagic_004_000", "Hemorrhagic", "valid", False, [(4, 10, 4, 10, 1, 230)]),
+        ("Ischemic_005_000", "Ischemic", "valid", False, [(8, 18, 8, 18, 2, 70)]),
     ]
     for slice_id, label, split, mini_test, regions in cases:
         grey = np.full((MODEL_SIZE, MODEL_SIZE), 40, dtype=np.uint8)
@@ -245,35 +275,62 @@ def test_evaluate_writes_every_key_or_a_reason_and_is_deterministic(tmp_path, ti
         outputs.append(folder)
     saved = json.loads((outputs[0] / "metrics" / "evaluate.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
-    for key in (
-        "dice_hemorrhagic", "dice_ischemic", "dice_mean", "iou_hemorrhagic", "iou_ischemic",
-        "hd95_hemorrhagic", "hd95_ischemic", "nsd_hemorrhagic", "nsd_ischemic",
-        "lesion_f1_hemorrhagic", "lesion_f1_ischemic", "dice_coef_multiclass",
-        "categorical_crossentropy",
-    ):  # fmt: skip
+    for key in REQUIRED_EVALUATE_KEYS:
         if saved[key] is None:
             assert saved[f"{key}_null_reason"], key
         else:
             assert math.isfinite(saved[key]), key
-    assert saved["test_slices"] == 5
-    # two squares found exactly, plus a 16 px false positive
-    assert saved["dice_hemorrhagic"] == pytest.approx(2 * 240 / (240 + 256))
-    assert saved["lesion_precision_hemorrhagic"] == pytest.approx(2 / 3)
-    assert saved["lesion_recall_hemorrhagic"] == 1.0
-    assert saved["dice_ischemic"] == 0.0
-    assert saved["lesion_f1_ischemic"] == 0.0
-    assert saved["hd95_ischemic"] is None
-    assert saved["hd95_ischemic_null_reason"] == (
+    assert saved["test_slices"] == 5 and saved["test_cases"] == 2 and saved["valid_cases"] == 2
+    # Case 001 found exactly; case 002 holds only a predicted hemorrhage: Dice 0, NSD 0, HD95
+    # the volume diagonal (3 slices of 5 mm, 32 px of 7.2 mm), F1 0 (one false positive).
+    diagonal_mm = math.sqrt((3 * 5.0) ** 2 + 2 * (32 * 7.2) ** 2)
+    assert saved["test_cases_hemorrhagic"] == 2
+    assert saved["dice_hemorrhagic"] == pytest.approx(0.5)
+    assert saved["nsd_hemorrhagic"] == pytest.approx(0.5)
+    assert saved["hd95_mm_hemorrhagic"] == pytest.approx(diagonal_mm / 2)
+    assert saved["lesion_f1_hemorrhagic"] == pytest.approx(0.5)
+    assert (saved["dice_hemorrhagic_ci_low"], saved["dice_hemorrhagic_ci_high"]) == (0.0, 1.0)
+    # Ischemic: only case 002 holds it (missed); case 001 has it nowhere and is excluded.
+    assert saved["test_cases_ischemic"] == 1 and saved["dice_ischemic"] == 0.0
+    assert saved["hd95_mm_ischemic"] == pytest.approx(diagonal_mm)
+    # Triage: validation volumes 36 px and 0 px put the threshold at 18 px; the test false
+    # positive (16 px) stays below it, the true hemorrhage (240 px) above.
+    voxel_ml = 7.2 * 7.2 * 5.0 / 1000.0
+    assert saved["triage_threshold_ml_hemorrhagic"] == pytest.approx(18 * voxel_ml)
+    assert saved["triage_sensitivity_hemorrhagic"] == 1.0
+    assert saved["triage_specificity_hemorrhagic"] == 1.0
+    assert saved["triage_sensitivity_hemorrhagic_ci_low"] == pytest.approx(0.2065, abs=1e-4)
+    assert saved["triage_auc_hemorrhagic"] == 1.0
+    assert saved["triage_sensitivity_ischemic"] == 0.0 and saved["triage_auc_ischemic"] == 0.5
+    assert saved["volume_bias_ml_hemorrhagic"] == pytest.approx(16 * voxel_ml / 2)
+    assert saved["volume_median_abs_error_ml_hemorrhagic"] == pytest.approx(16 * voxel_ml / 2)
+    assert saved["volume_loa_low_ml_ischemic"] is None
+    # The slice-pooled figures of before, kept under `pooled_`.
+    assert saved["pooled_dice_hemorrhagic"] == pytest.approx(2 * 240 / (240 + 256))
+    assert saved["pooled_lesion_precision_hemorrhagic"] == pytest.approx(2 / 3)
+    assert saved["pooled_lesion_recall_hemorrhagic"] == 1.0
+    assert saved["pooled_dice_ischemic"] == 0.0
+    assert saved["pooled_hd95_mm_ischemic"] is None
+    assert saved["pooled_hd95_mm_ischemic_null_reason"] == (
         "no test slice where both truth and prediction hold ischemic"
     )
-    assert saved["slice_sensitivity_ischemic"] == 0.0
+    assert saved["pooled_slice_sensitivity_ischemic"] == 0.0
 
     report = outputs[0] / "reports" / "evaluate"
     lines = (report / "evaluation.csv").read_text().splitlines()
     assert lines[0].startswith("categorical_crossentropy,") and lines[1].startswith(
         "dice_coef_multiclass,"
     )
-    assert "hd95_ischemic," in lines
+    assert "pooled_hd95_mm_ischemic," in lines  # null: written empty
+    cases = pd.read_csv(report / "cases.csv")
+    assert list(cases["case_id"]) == [1, 2] and list(cases["slices"]) == [2, 3]
+    assert cases.loc[0, "dice_hemorrhagic"] == 1.0 and pd.isna(cases.loc[0, "dice_ischemic"])
+    assert cases.loc[1, "predicted_volume_ml_hemorrhagic"] == pytest.approx(16 * voxel_ml)
+    predicted = sorted(p.name for p in (report / "predictions").iterdir())
+    assert predicted == [f"{slice_id}.png" for slice_id in TEST_SLICE_IDS]
+    false_positive = read_image(report / "predictions" / "Ischemic_002_002.png", color=True)
+    assert (false_positive[20:24, 20:24] == PALETTE[1]).all()
+    assert (false_positive[:20] == PALETTE[0]).all()
     slice_dice = pd.read_csv(report / "slice_dice.csv")
     assert list(slice_dice.columns) == ["id", "class", "slice_class", "dice"]
     assert len(slice_dice) == 4 and slice_dice["slice_class"].is_unique
@@ -306,3 +363,48 @@ def test_infer_stage_writes_predictions_montage_and_speed(tmp_path, tiny_model):
     assert saved == json.loads(json.dumps(metrics))
     assert saved["latency_ms_p95"] >= saved["latency_ms_p50"] > 0
     assert saved["slices_per_s"] > 0 and saved["mini_test_slices"] == 2
+
+
+def test_cases_stack_in_natural_slice_order_with_one_geometry(tmp_path):
+    rows = pd.DataFrame(
+        {
+            "id": ["Ischemic_7_10", "Ischemic_7_9", "Ischemic_7_100", "Hemorrhagic_3_002"],
+            "case_id": ["7", "7", "7", "3"],
+            "class": ["Ischemic", "Ischemic", "Ischemic", "Hemorrhagic"],
+            "pixel_spacing_mm": [1.8, 1.8, 1.8, 0.9],
+            "slice_thickness_mm": [5.0, 5.0, 5.0, 2.5],
+        }
+    )
+    groups = case_groups(rows)
+    assert [case_id for case_id, _, _ in groups] == ["3", "7"]
+    assert list(groups[1][1]["id"]) == ["Ischemic_7_9", "Ischemic_7_10", "Ischemic_7_100"]
+    assert groups[0][2] == Spacing(slice_thickness_mm=2.5, pixel_spacing_mm=0.9)
+    mixed = rows.assign(slice_thickness_mm=[5.0, 3.0, 5.0, 2.5])
+    mixed.attrs["path"] = "split/manifest.csv"
+    with pytest.raises(DataError, match=r"split/manifest\.csv: case 7 mixes slice geometries"):
+        case_groups(mixed)
+    with pytest.raises(DataError, match="case 3: pixel_spacing_mm must be a positive"):
+        case_groups(rows.assign(pixel_spacing_mm=[1.8, 1.8, 1.8, float("nan")]))
+
+
+def test_triage_without_validation_negatives_is_null_with_a_reason():
+    def case(case_id: str, hemorrhage_ml: float) -> CaseResult:
+        spacing = Spacing(slice_thickness_mm=5.0, pixel_spacing_mm=1.0)
+        empty = score_case_class(np.zeros((2, 4, 4), bool), np.zeros((2, 4, 4), bool), spacing, 1)
+        lesion = np.zeros((2, 4, 4), bool)
+        lesion[0, :2, :2] = hemorrhage_ml > 0
+        found = score_case_class(lesion, lesion, spacing, 1.0)
+        return CaseResult(
+            case_id, "Hemorrhagic", 2, spacing, {"hemorrhagic": found, "ischemic": empty}
+        )
+
+    metrics = summarize_cases([case("1", 1.0)], [case("2", 1.0)], seed=0, samples=100)
+    assert metrics["triage_threshold_ml_hemorrhagic"] is None
+    assert (
+        "validation cases need cases with and without hemorrhagic"
+        in (metrics["triage_threshold_ml_hemorrhagic_null_reason"])
+    )
+    assert metrics["triage_sensitivity_hemorrhagic"] is None
+    assert metrics["test_cases_ischemic"] == 0 and metrics["dice_ischemic"] is None
+    assert metrics["dice_ischemic_ci_low_null_reason"].startswith("no test case holds ischemic")
+    assert metrics["dice_hemorrhagic"] == 1.0 and metrics["dice_mean"] == 1.0

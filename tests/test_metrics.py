@@ -29,17 +29,17 @@ from pipeline.metrics import (
 )
 
 REQUIRED_KEYS = (
-    "dice_hemorrhagic",
-    "dice_ischemic",
-    "dice_mean",
-    "iou_hemorrhagic",
-    "iou_ischemic",
-    "hd95_hemorrhagic",
-    "hd95_ischemic",
-    "nsd_hemorrhagic",
-    "nsd_ischemic",
-    "lesion_f1_hemorrhagic",
-    "lesion_f1_ischemic",
+    "pooled_dice_hemorrhagic",
+    "pooled_dice_ischemic",
+    "pooled_dice_mean",
+    "pooled_iou_hemorrhagic",
+    "pooled_iou_ischemic",
+    "pooled_hd95_mm_hemorrhagic",
+    "pooled_hd95_mm_ischemic",
+    "pooled_nsd_hemorrhagic",
+    "pooled_nsd_ischemic",
+    "pooled_lesion_f1_hemorrhagic",
+    "pooled_lesion_f1_ischemic",
     "dice_coef_multiclass",
     "categorical_crossentropy",
 )
@@ -231,6 +231,20 @@ def test_agrees_with_medpy_and_brute_force_on_random_masks(seed):
         )
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_pooled_slice_surface_metrics_are_in_mm(seed):
+    """The slice HD95 of `evaluate`'s pooled figures: medpy's, with the pixel spacing."""
+    rng = np.random.default_rng(seed)
+    truth, prediction = random_mask(rng, (24, 24), 1.5), random_mask(rng, (24, 24), 1.5)
+    evaluation = SegmentationEvaluation(tolerance_mm=3.6)
+    labels = np.where(prediction, 1, 0).astype(np.uint8)
+    scores = evaluation.add("s", truth.astype(np.uint8), one_hot_softmax(labels), 1.8)
+    expected = medpy_binary.hd95(prediction, truth, voxelspacing=(1.8, 1.8), connectivity=1)
+    assert scores.classes["hemorrhagic"].hd95 == pytest.approx(expected, abs=1e-3)
+    # 3.6 mm at 1.8 mm pixels is the 2 px tolerance.
+    assert scores.classes["hemorrhagic"].nsd == pytest.approx(brute_nsd(truth, prediction, 2.0))
+
+
 def brute_lesion_counts(truth: np.ndarray, prediction: np.ndarray) -> tuple[int, int, int, int]:
     """Components by flood fill over 8 neighbours, written independently of scipy.label."""
 
@@ -300,7 +314,7 @@ def one_hot_softmax(labels: np.ndarray) -> np.ndarray:
 
 
 def test_evaluation_metrics_keys_values_and_null_reasons():
-    evaluation = SegmentationEvaluation(tolerance_px=2.0)
+    evaluation = SegmentationEvaluation(tolerance_mm=2.0)
     truth_a = np.zeros((16, 16), dtype=np.uint8)
     truth_a[2:6, 2:6] = 1
     prediction_a = truth_a.copy()
@@ -321,21 +335,23 @@ def test_evaluation_metrics_keys_values_and_null_reasons():
         else:
             assert math.isfinite(value)
     assert metrics["test_slices"] == 3
-    assert metrics["dice_hemorrhagic"] == pytest.approx(2 * 16 / (32 + 16))
-    assert metrics["slice_dice_hemorrhagic"] == pytest.approx(0.5)  # a: 1, b: 0, c: not counted
-    assert metrics["slice_dice_count_hemorrhagic"] == 2
-    assert metrics["hd95_hemorrhagic"] == 0.0 and metrics["nsd_hemorrhagic"] == 1.0
-    assert metrics["surface_slice_count_hemorrhagic"] == 1
-    assert metrics["lesion_recall_hemorrhagic"] == 0.5
-    assert metrics["lesion_precision_hemorrhagic"] == 1.0
-    assert metrics["slice_sensitivity_hemorrhagic"] == 0.5
-    assert metrics["slice_specificity_hemorrhagic"] == 1.0
-    assert metrics["dice_mean"] == metrics["dice_hemorrhagic"]  # ischemic undefined
-    for key in ("dice_ischemic", "iou_ischemic", "hd95_ischemic", "nsd_ischemic"):
+    assert metrics["pooled_dice_hemorrhagic"] == pytest.approx(2 * 16 / (32 + 16))
+    # a: 1, b: 0, c: not counted
+    assert metrics["pooled_slice_dice_hemorrhagic"] == pytest.approx(0.5)
+    assert metrics["pooled_slice_dice_count_hemorrhagic"] == 2
+    assert metrics["pooled_hd95_mm_hemorrhagic"] == 0.0 and metrics["pooled_nsd_hemorrhagic"] == 1.0
+    assert metrics["pooled_surface_slice_count_hemorrhagic"] == 1
+    assert metrics["pooled_lesion_recall_hemorrhagic"] == 0.5
+    assert metrics["pooled_lesion_precision_hemorrhagic"] == 1.0
+    assert metrics["pooled_slice_sensitivity_hemorrhagic"] == 0.5
+    assert metrics["pooled_slice_specificity_hemorrhagic"] == 1.0
+    assert metrics["pooled_dice_mean"] == metrics["pooled_dice_hemorrhagic"]  # ischemic undefined
+    for stem in ("dice", "iou", "hd95_mm", "nsd"):
+        key = f"pooled_{stem}_ischemic"
         assert metrics[key] is None and "ischemic" in metrics[f"{key}_null_reason"]
-    assert metrics["lesion_f1_ischemic"] is None
-    assert metrics["slice_specificity_ischemic"] == 1.0
-    assert metrics["slice_sensitivity_ischemic"] is None
+    assert metrics["pooled_lesion_f1_ischemic"] is None
+    assert metrics["pooled_slice_specificity_ischemic"] == 1.0
+    assert metrics["pooled_slice_sensitivity_ischemic"] is None
     assert metrics["pixels_true_hemorrhagic_pred_background"] == 16
     assert metrics["pixel_accuracy"] == pytest.approx(1 - 16 / (3 * 256))
     assert [(s.actual, s.predicted) for s in evaluation.slices] == [

@@ -50,7 +50,7 @@ def test_top_level_keys_for_dvc_experiments():
         ({"image_size": 8}, "image_size: Input should be greater than or equal to 16"),
         ({"train": {"loss": "dce"}}, "train.loss: Input should be 'categorical_crossentropy'"),
         ({"train": {"epochs": "many"}}, "train.epochs: Input should be a valid integer"),
-        ({"split": {"ratios": {"train": 0.5}}}, "split.ratios: Value error, train + valid + test"),
+        ({"split": {"ratios": {"train": 0.6}}}, "split.ratios: Value error, train + valid + test"),
         ({"rgb_map": {"background": [0, 0, 0]}}, "rgb_map: Value error, must list exactly"),
         (
             {

@@ -16,7 +16,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.io import window_to_uint8
+from pipeline.io import SPACING_FILE, parse_spacing_json, window_to_uint8
 from pipeline.params import ParamsError, PhantomParams, parse_params
 from pipeline.phantom import (
     ARCHIVE_ROOT,
@@ -211,7 +211,16 @@ def test_archive_layout_matches_the_kaggle_download(small_archive):
             re.escape(CT_DATA_ROOT)
             + r"/(Training|Testing)/(Hemorrhagic|Ischemic)/(images|mask)/(\d+)/(\d{3})\.png"
         )
-        ct = [pattern.fullmatch(name) for name in names if name.startswith(CT_DATA_ROOT)]
+        spacing_name = f"{CT_DATA_ROOT}/{SPACING_FILE}"
+        assert parse_spacing_json(archive.read(spacing_name), spacing_name) == {
+            "pixel_spacing_mm": params.pixel_spacing_mm,
+            "slice_thickness_mm": params.slice_thickness_mm,
+        }, "the phantom declares the geometry it stands for"
+        ct = [
+            pattern.fullmatch(name)
+            for name in names
+            if name.startswith(CT_DATA_ROOT) and name != spacing_name
+        ]
         assert all(ct), "every CT member follows subset/class/images|mask/case/slice.png"
         cases: dict[tuple[str, str, str], dict[str, set[str]]] = {}
         for match in ct:
@@ -296,7 +305,7 @@ def test_case_plan_invariants():
         ({"slices": 3}, "phantom.slices: unknown key"),
         ({"csf_hu": [15, 0]}, "csf_hu must be [low, high]"),
         ({"noise_hu": "loud"}, "phantom.noise_hu: Input should be a valid"),
-        ({"hemorrhagic_cases_without_mask": 8}, "hemorrhagic_cases_without_mask must be below"),
+        ({"hemorrhagic_cases_without_mask": 21}, "hemorrhagic_cases_without_mask must be below"),
         ({"grey_matter_hu": 45.0}, "grey_matter_hu must lie within parenchyma_hu"),
         ({"first_hemorrhagic_case": 995}, "first_hemorrhagic_case"),
         ({"workers": -1}, "phantom.workers: Input should be greater than or equal to 0"),

@@ -62,6 +62,8 @@ def _manifest(ids):
             "lesion_pixels": [3] * len(ids),
             "image_sha256": ["0" * 64] * len(ids),
             "mask_sha256": ["1" * 64] * len(ids),
+            "pixel_spacing_mm": [0.45] * len(ids),
+            "slice_thickness_mm": [5.0] * len(ids),
         }
     )
 

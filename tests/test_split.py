@@ -103,7 +103,7 @@ def test_split_sizes_cover_all_cases_with_one_per_split_at_least(count, train, v
 
 
 def test_too_few_cases_names_class_count_and_ratios():
-    with pytest.raises(DataError, match=r"class Ischemic has 2 cases.*train 0.7 / valid 0.15"):
+    with pytest.raises(DataError, match=r"class Ischemic has 2 cases.*train 0.5 / valid 0.2"):
         split_sizes(2, SplitRatios(), "Ischemic")
 
 
@@ -131,9 +131,9 @@ def test_stage_splits_whole_cases_and_writes_outputs(project, monkeypatch):
             == in_split.loc[in_split["class"] == "Hemorrhagic", "case_id"].nunique()
         )
     assert metrics["total_slices"] == len(table) and metrics["total_cases"] == 16
-    # 6 and 10 cases at 0.7/0.15/0.15, by largest remainder: 4/1/1 and 7/2/1.
-    assert [metrics[f"{s}_hemorrhagic_cases"] for s in SPLITS] == [4, 1, 1]
-    assert [metrics[f"{s}_ischemic_cases"] for s in SPLITS] == [7, 2, 1]
+    # 6 and 10 cases at 0.5/0.2/0.3, by largest remainder: 3/1/2 and 5/2/3.
+    assert [metrics[f"{s}_hemorrhagic_cases"] for s in SPLITS] == [3, 1, 2]
+    assert [metrics[f"{s}_ischemic_cases"] for s in SPLITS] == [5, 2, 3]
     assert (project / "reports/split_statistics.png").stat().st_size > 1000
 
 
