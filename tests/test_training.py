@@ -14,16 +14,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from pipeline.dataset import (
     PipelineOptions,
+    decode_slice,
     make_eval_dataset,
     make_train_dataset,
     read_training_tables,
     resolve_cache,
 )
 from pipeline.io import DataError, write_manifest, write_png
-from pipeline.masks import index_to_colour
+from pipeline.masks import colour_to_index, index_to_colour
 from pipeline.params import Params, parse_params
 from pipeline.training import TrainPaths, train_model
 from tests.conftest import original_row, rehash_manifest, with_sha256
@@ -148,6 +152,28 @@ def test_decoded_batches_hold_images_and_one_hot_masks(tmp_path: Path) -> None:
     # Grey PNGs arrive as three equal channels, values 0..255.
     np.testing.assert_array_equal(images[..., 0], images[..., 2])
     assert float(tf.reduce_max(images)) == 220.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    palette=st.lists(st.tuples(*[st.integers(0, 255)] * 3), min_size=2, max_size=5, unique=True),
+    data=st.data(),
+)
+def test_mask_colours_map_to_the_indices_of_the_numpy_oracle(
+    tmp_path_factory, palette: list[tuple[int, int, int]], data
+) -> None:
+    """decode_slice's one-code-per-pixel matching equals masks.colour_to_index, any palette."""
+    labels = data.draw(arrays(np.uint8, (6, 6), elements=st.integers(0, len(palette) - 1)))
+    folder = tmp_path_factory.mktemp("slice")
+    write_png(folder / "image.png", np.zeros((6, 6), np.uint8))
+    colour = index_to_colour(labels, palette)
+    write_png(folder / "mask.png", colour)
+    palette_tensor = tf.constant(np.asarray(palette, np.uint8))
+    _, decoded = decode_slice(
+        str(folder / "image.png"), str(folder / "mask.png"), palette_tensor, image_size=6
+    )
+    np.testing.assert_array_equal(decoded.numpy(), colour_to_index(colour, palette))
+    np.testing.assert_array_equal(decoded.numpy(), labels)
 
 
 def test_training_stream_is_seeded_endless_and_fast_forwards(tmp_path: Path) -> None:
