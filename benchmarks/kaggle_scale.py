@@ -52,13 +52,14 @@ STAGE_TIMEOUT_S = 3 * 3600
 # The README's overrides for training at 512 px on the CPU: a shuffle buffer of 256 decoded
 # slices (256 MB at 512 px; the default 1,024 holds 1 GB, for 64 MB at 128 px).
 FULL_SIZE_TRAIN = {"shuffle_buffer": 256}
-# Kaggle scale at the archive's 512x512, trained with params.yaml's model and training
+# Kaggle scale at the archive's 512x512, augmented, modelled and trained with params.yaml's
 # settings (create_project starts from the tiny test params, so they are restored here).
 _DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
 KAGGLE_512 = {
     **KAGGLE_SCALE,
     "image_size": 512,
     "phantom": {**KAGGLE_SCALE["phantom"], "image_size": 512},
+    "augment": _DEFAULTS["augment"],
     "model": _DEFAULTS["model"],
     "train": {**_DEFAULTS["train"], **FULL_SIZE_TRAIN, "epochs": 1, "epoch_change_infer": False},
 }
