@@ -14,7 +14,10 @@ LOCK := $(LOCK_$(ACCEL))
 ifeq ($(LOCK),)
 $(error ACCEL must be cpu or cuda, not '$(ACCEL)')
 endif
-STAMP := $(VENV)/.installed-$(ACCEL)
+# `.installed` marks the CPU build (as before ACCEL existed, so existing venvs stay current).
+STAMP_cpu := $(VENV)/.installed
+STAMP_cuda := $(VENV)/.installed-cuda
+STAMP := $(STAMP_$(ACCEL))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
@@ -32,7 +35,7 @@ $(STAMP): $(LOCK)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip uninstall --quiet --yes $(OTHER_TENSORFLOW_$(ACCEL))
 	$(VENV)/bin/python -m pip install --quiet -r $(LOCK)
-	rm -f $(VENV)/.installed $(VENV)/.installed-*
+	rm -f $(STAMP_cpu) $(STAMP_cuda)
 	touch $(STAMP)
 
 # Regenerates requirements-cuda.txt from requirements.in and requirements.txt (needs the index).

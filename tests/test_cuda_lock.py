@@ -103,6 +103,7 @@ def test_a_version_drift_between_the_locks_fails(tmp_path: Path) -> None:
         ("cuda", None, "requirements-cuda.txt", "tensorflow-cpu"),
         (None, "cuda", "requirements-cuda.txt", "tensorflow-cpu"),  # a cuda venv stays cuda
         ("cpu", "cuda", "requirements.txt", "tensorflow"),  # until asked to switch back
+        (None, "cpu", "requirements.txt", "tensorflow"),  # `.installed`: a venv from before ACCEL
     ],
 )
 def test_make_setup_installs_the_lock_accel_names(
@@ -111,7 +112,7 @@ def test_make_setup_installs_the_lock_accel_names(
     venv = tmp_path / "venv"
     if installed:
         venv.mkdir()
-        stamp = venv / f".installed-{installed}"
+        stamp = venv / {"cpu": ".installed", "cuda": ".installed-cuda"}[installed]
         stamp.touch()
         os.utime(stamp, (0, 0))  # older than the lock: make plans the reinstall to show it
     command = ["make", "-n", "-C", str(PROJECT_ROOT), "setup", f"VENV={venv}"]
