@@ -1,22 +1,43 @@
 # Two commands a new user needs: `make repro` (whole pipeline on the phantom) and `make test`.
 PYTHON ?= python3.11
 VENV := .venv
-STAMP := $(VENV)/.installed
+# Which TensorFlow build: cpu (requirements.txt, the default) or cuda (requirements-cuda.txt:
+# tensorflow[and-cuda] and its NVIDIA wheels). A venv set up for cuda stays cuda until
+# `make setup ACCEL=cpu`, so `make test` after `make setup ACCEL=cuda` keeps the GPU build.
+ACCEL ?= $(if $(wildcard $(VENV)/.installed-cuda),cuda,cpu)
+LOCK_cpu := requirements.txt
+LOCK_cuda := requirements-cuda.txt
+# Both builds ship the same `tensorflow` package folder: remove the other one first.
+OTHER_TENSORFLOW_cpu := tensorflow
+OTHER_TENSORFLOW_cuda := tensorflow-cpu
+LOCK := $(LOCK_$(ACCEL))
+ifeq ($(LOCK),)
+$(error ACCEL must be cpu or cuda, not '$(ACCEL)')
+endif
+STAMP := $(VENV)/.installed-$(ACCEL)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONHASHSEED := 0
 
-.PHONY: setup repro test bench lint clean-venv
+.PHONY: setup repro test bench lint lock-cuda clean-venv
 
 setup: $(STAMP)
 
-# Reinstalls only when the pins change, so a second `make setup` is instant.
-$(STAMP): requirements.txt
+# Reinstalls only when the pins (or ACCEL) change, so a second `make setup` is instant.
+$(STAMP): $(LOCK)
+	@if [ $(ACCEL) = cpu ] && command -v nvidia-smi >/dev/null 2>&1; then \
+	  echo "note: nvidia-smi found; 'make setup ACCEL=cuda' installs TensorFlow for the GPU"; fi
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	$(VENV)/bin/python -m pip uninstall --quiet --yes $(OTHER_TENSORFLOW_$(ACCEL))
+	$(VENV)/bin/python -m pip install --quiet -r $(LOCK)
+	rm -f $(VENV)/.installed $(VENV)/.installed-*
 	touch $(STAMP)
+
+# Regenerates requirements-cuda.txt from requirements.in and requirements.txt (needs the index).
+lock-cuda: setup
+	python tools/cuda_lock.py
 
 repro: setup
 	dvc repro

@@ -170,6 +170,19 @@ class Distribution:
             worker_dataset_fn(make_dataset, shard=shard, skip_steps=skip_steps)
         )
 
+    def devices(self) -> list[str]:
+        """This worker's devices that train, e.g. `GPU:0 (NVIDIA H200)` or `CPU:0 (2 cores)`.
+
+        The default strategy places every op on the first GPU when there is one, else the CPU;
+        a mirrored strategy lists its replicas' devices.
+        """
+        try:
+            names = list(self.strategy.extended.worker_devices)
+        except RuntimeError:  # the default strategy has no device list of its own
+            names = [device.name for device in tf.config.list_logical_devices("GPU")[:1]]
+            names = names or ["/device:CPU:0"]
+        return [_describe_device(tf.DeviceSpec.from_string(name)) for name in names]
+
     def require_same_on_all_workers(self, value: int, what: str, hint: str) -> None:
         """DataError on every worker when they do not all hold the same `value` (a collective:
         every worker must call it at the same point)."""
@@ -179,6 +192,18 @@ class Distribution:
         per_worker = gathered.reshape(self.num_workers, -1)[:, 0].tolist()
         if len(set(per_worker)) > 1:
             raise DataError(f"workers disagree on {what}: {per_worker} (by worker); {hint}")
+
+
+def _describe_device(spec: tf.DeviceSpec) -> str:
+    name = f"{spec.device_type}:{spec.device_index or 0}"
+    if spec.device_type == "GPU":
+        gpus = tf.config.list_physical_devices("GPU")
+        index = spec.device_index or 0
+        if index < len(gpus):
+            details = tf.config.experimental.get_device_details(gpus[index])
+            return f"{name} ({details.get('device_name', 'unknown GPU')})"
+        return name
+    return f"{name} ({len(os.sched_getaffinity(0))} cores)"
 
 
 def fingerprint(*parts: object) -> int:
@@ -246,7 +271,7 @@ def start_distribution(name: str, environ: Mapping[str, str] = os.environ) -> Di
             distribution = Distribution(tf.distribute.MirroredStrategy())
         else:
             distribution = Distribution(tf.distribute.get_strategy())
-    print(f"train: {distribution.describe()}", flush=True)
+    print(f"train: {distribution.describe()} on {', '.join(distribution.devices())}", flush=True)
     return distribution
 
 

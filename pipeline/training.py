@@ -529,7 +529,9 @@ def write_reports(
         write_png(folder / "epoch_change_montage.png", visualize.montage(tiles, columns))
 
 
-def summary_metrics(state: TrainingState, params_count: int) -> dict[str, object]:
+def summary_metrics(
+    state: TrainingState, params_count: int, distribution: Distribution
+) -> dict[str, object]:
     frame = history_frame(state.history)
     best = frame[frame["epoch"] == state.best_epoch].iloc[0]
     train_seconds = float(frame["seconds"].sum())
@@ -548,6 +550,9 @@ def summary_metrics(state: TrainingState, params_count: int) -> dict[str, object
         "params_count": params_count,
         "train_seconds": round(train_seconds, 1),
         "train_images_per_s": round(float(frame["train_images"].sum()) / pure_train_seconds, 2),
+        # Where that rate was measured: this worker's devices and the replicas in sync.
+        "devices": ", ".join(distribution.devices()),
+        "replicas": distribution.replicas,
     }
 
 
@@ -684,7 +689,7 @@ def train_on_worker(
                 raise DataError(f"training input pipeline: {error.message}") from None
     if not state.history:
         raise DataError("training ran no epoch")
-    summary = summary_metrics(state, model.count_params())
+    summary = summary_metrics(state, model.count_params(), distribution)
     publish(paths, state, store, mini_test, palette, summary, staging)
     live.end()
     shutil.rmtree(paths.backup_dir, ignore_errors=True)
