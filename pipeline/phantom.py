@@ -26,6 +26,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from pipeline.classes import HEMORRHAGIC, ISCHEMIC, SOURCE_CLASSES, display_rgb
 from pipeline.io import (
     SPACING_FILE,
     atomic_path,
@@ -37,7 +38,7 @@ from pipeline.io import (
 from pipeline.masks import binary_to_colour
 from pipeline.numerics import arctan2_f32, baseline_opencv, cos_f32, sin_f32
 from pipeline.parallel import ordered_map
-from pipeline.params import ISCHEMIC_ID_MAX_STEP, ClassName, PhantomParams
+from pipeline.params import ISCHEMIC_ID_MAX_STEP, PhantomParams
 from pipeline.visualize import label, montage, overlay
 
 ARCHIVE_ROOT = "NEW-DATASET/REAL-TIME STROKE DETECTION IN MRI, CT, PET IMAGES"
@@ -46,8 +47,10 @@ OTHER_MODALITIES = ("MRI Images", "PET Images")
 # Zip members carry this fixed timestamp so the archive bytes depend on content only.
 ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
 REFERENCE_SIZE = 512
-CLASS_INDEX: dict[str, int] = {"Hemorrhagic": 1, "Ischemic": 2}
+# Class indices of the source classes; they also seed each case's generator (its entropy).
+CLASS_INDEX: dict[str, int] = {name: index for index, name in enumerate(SOURCE_CLASSES, start=1)}
 Subset = Literal["Training", "Testing"]
+MONTAGE_BACKGROUND = (0, 0, 0)  # no-lesion colour of the montage's overlay masks
 
 # Tissues outside the brain have fixed densities; brain, CSF and lesions come from params.
 AIR_HU = -1000.0
@@ -81,7 +84,7 @@ PARENCHYMA = (Tissue.GREY_MATTER, Tissue.WHITE_MATTER)
 class CaseSpec:
     """Where a case goes in the archive and the entropy its random anatomy is drawn from."""
 
-    class_name: ClassName
+    class_name: str  # one of classes.SOURCE_CLASSES
     case_id: str
     subset: Subset
     has_mask: bool
@@ -296,8 +299,8 @@ def plan_cases(params: PhantomParams, seed: int) -> list[CaseSpec]:
 
     cases: list[CaseSpec] = []
     for class_name, ids, training in (
-        ("Hemorrhagic", hemorrhagic_ids, params.hemorrhagic_cases),
-        ("Ischemic", ischemic_ids, params.ischemic_cases),
+        (HEMORRHAGIC, hemorrhagic_ids, params.hemorrhagic_cases),
+        (ISCHEMIC, ischemic_ids, params.ischemic_cases),
     ):
         for ordinal, case_id in enumerate(ids):
             first_stem = int(plan_rng.integers(1, 9))
@@ -306,7 +309,7 @@ def plan_cases(params: PhantomParams, seed: int) -> list[CaseSpec]:
                     class_name=class_name,
                     case_id=case_id,
                     subset="Training" if ordinal < training else "Testing",
-                    has_mask=not (class_name == "Hemorrhagic" and ordinal in unmasked),
+                    has_mask=not (class_name == HEMORRHAGIC and ordinal in unmasked),
                     slice_stems=tuple(
                         f"{first_stem + index:03d}" for index in range(params.slices_per_case)
                     ),
@@ -439,7 +442,7 @@ def _smooth_volume(volume: np.ndarray) -> np.ndarray:
 
 
 def _sample_lesion(
-    rng: np.random.Generator, class_name: ClassName, params: PhantomParams, elongation: float
+    rng: np.random.Generator, class_name: str, params: PhantomParams, elongation: float
 ) -> Lesion:
     """Lesion of the case's class over a run of consecutive slices, leaving at least
     `lesion_free_slice_share` of the slices (and the lowest ones) without lesion."""
@@ -459,7 +462,7 @@ def _sample_lesion(
         ]
     )
     waves[:, 4] /= math.sqrt(float((waves[:, 4] ** 2).sum()) / 2.0)  # unit std
-    if class_name == "Hemorrhagic":
+    if class_name == HEMORRHAGIC:
         low, high = params.hemorrhage_hu
         mean_hu = float(rng.uniform(low + 0.15 * (high - low), low + 0.55 * (high - low)))
         kind = rng.choice(["extra_axial", "deep", "lobar"], p=[0.3, 0.3, 0.4])
@@ -1124,12 +1127,11 @@ def synthesize_archive(
     return summary, rendered
 
 
-def phantom_montage(
-    rendered: Sequence[CaseFiles], palette: Sequence[tuple[int, int, int]], per_class: int = 4
-) -> np.ndarray:
+def phantom_montage(rendered: Sequence[CaseFiles], per_class: int = 4) -> np.ndarray:
     """Montage to compare by eye with real CT: per class, the lowest slice of its first masked
     case (skull base), then the largest-lesion slice of the next ones; each slice is shown
-    plain and with its mask overlaid in the class colour."""
+    plain and with its mask overlaid in the class's display colour (pipeline/classes.py, not
+    rgb_map: a mask-colour change must not regenerate the phantom)."""
     tiles: list[np.ndarray] = []
     for class_name, class_index in CLASS_INDEX.items():
         masked = [f for f in rendered if f.spec.class_name == class_name and f.spec.has_mask]
@@ -1142,7 +1144,7 @@ def phantom_montage(
             mask_name = files.spec.member("mask", stem)
             image = decode_image(members[image_name], image_name, color=False)
             mask = decode_image(members[mask_name], mask_name, color=False)
-            colour = binary_to_colour(mask, class_index, palette)
+            colour = binary_to_colour(mask, 1, (MONTAGE_BACKGROUND, display_rgb(class_index)))
             tiles.append(label(image, f"{class_name} {files.spec.case_id}/{stem}"))
-            tiles.append(label(overlay(image, colour), "mask"))
+            tiles.append(label(overlay(image, colour, background=MONTAGE_BACKGROUND), "mask"))
     return montage(tiles, columns=4)

@@ -29,7 +29,7 @@ def main(params: Params) -> None:
     started_dicom = time.perf_counter()
     dicom_cases = synthesize_dicom(DICOM_PATH, params.phantom, params.seed)
     dicom_seconds = time.perf_counter() - started_dicom
-    write_png(MONTAGE_PATH, phantom_montage(rendered, params.palette))
+    write_png(MONTAGE_PATH, phantom_montage(rendered))
     print(
         f"synthesize: {summary.cases} cases, {summary.slices} slices "
         f"({summary.lesion_slices} with a lesion, {summary.masks} with a mask file) in "

@@ -61,7 +61,7 @@ for variant in range(3):
     warp = elastic_map(64, 64, 34.0, 4.0, elastic_generator(5, "field", variant))
     digests[f"elastic_map/{variant}"] = hashlib.sha256(
         warp.map_x.tobytes() + warp.map_y.tobytes()).hexdigest()
-class_index = {"Hemorrhagic": 1, "Ischemic": 2}
+class_index = {lesion.name: lesion.index for lesion in params.lesion_classes}
 for files in rendered:
     members = dict(files.members)
     if not files.spec.has_mask:

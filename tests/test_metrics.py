@@ -14,6 +14,7 @@ from medpy.metric import binary as medpy_binary
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
+from pipeline.classes import class_labels
 from pipeline.metrics import (
     SegmentationEvaluation,
     confusion_matrix,
@@ -27,7 +28,9 @@ from pipeline.metrics import (
     normalized_surface_dice,
     surface_border,
 )
+from pipeline.params import Params
 
+LABELS = class_labels(Params().rgb_map)
 REQUIRED_KEYS = (
     "pooled_dice_hemorrhagic",
     "pooled_dice_ischemic",
@@ -236,7 +239,7 @@ def test_pooled_slice_surface_metrics_are_in_mm(seed):
     """The slice HD95 of `evaluate`'s pooled figures: medpy's, with the pixel spacing."""
     rng = np.random.default_rng(seed)
     truth, prediction = random_mask(rng, (24, 24), 1.5), random_mask(rng, (24, 24), 1.5)
-    evaluation = SegmentationEvaluation(tolerance_mm=3.6)
+    evaluation = SegmentationEvaluation(tolerance_mm=3.6, labels=LABELS)
     labels = np.where(prediction, 1, 0).astype(np.uint8)
     scores = evaluation.add("s", truth.astype(np.uint8), one_hot_softmax(labels), 1.8)
     expected = medpy_binary.hd95(prediction, truth, voxelspacing=(1.8, 1.8), connectivity=1)
@@ -314,7 +317,7 @@ def one_hot_softmax(labels: np.ndarray) -> np.ndarray:
 
 
 def test_evaluation_metrics_keys_values_and_null_reasons():
-    evaluation = SegmentationEvaluation(tolerance_mm=2.0)
+    evaluation = SegmentationEvaluation(tolerance_mm=2.0, labels=LABELS)
     truth_a = np.zeros((16, 16), dtype=np.uint8)
     truth_a[2:6, 2:6] = 1
     prediction_a = truth_a.copy()

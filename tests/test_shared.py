@@ -126,8 +126,13 @@ def test_ordered_map_keeps_input_order_for_any_worker_count():
 def test_pictures_have_expected_geometry():
     grey = np.full((20, 30), 100, np.uint8)
     colour = masks.index_to_colour(np.eye(20, 30, dtype=np.uint8), PALETTE)
-    blended = visualize.overlay(grey, colour, alpha=0.5)
+    blended = visualize.overlay(grey, colour, alpha=0.5, background=PALETTE[0])
     assert blended[0, 0].tolist() == [178, 50, 50] and blended[0, 1].tolist() == [100] * 3
+    # With a white background in rgb_map, white is no lesion and a black class colour is one.
+    white_background = ((255, 255, 255), (0, 0, 0), (0, 255, 0))
+    colour = masks.index_to_colour(np.eye(20, 30, dtype=np.uint8), white_background)
+    blended = visualize.overlay(grey, colour, alpha=0.5, background=white_background[0])
+    assert blended[0, 0].tolist() == [50] * 3 and blended[0, 1].tolist() == [100] * 3
     assert visualize.panel(grey, colour, colour).shape == (20, 3 * 30 + 2 * 4, 3)
     assert visualize.montage([grey] * 5, columns=2).shape == (3 * 20 + 2 * 4, 2 * 30 + 4, 3)
 
