@@ -13,8 +13,9 @@ from pathlib import Path
 
 from pipeline.io import write_png
 from pipeline.params import Params
-from pipeline.phantom import phantom_montage, synthesize_archive
-from pipeline.phantom_dicom import synthesize_dicom
+from pipeline.synthesize.archive import synthesize_archive
+from pipeline.synthesize.dicom_series import synthesize_dicom
+from pipeline.synthesize.montage import phantom_montage
 from stages.common import run_stage
 
 ARCHIVE_PATH = Path("data/raw/phantom.zip")

@@ -52,8 +52,9 @@ from pipeline.inference import Segmenter, segment_files, to_model_input
 from pipeline.io import read_image, window_to_uint8, write_png
 from pipeline.masks import colour_to_index
 from pipeline.params import PhantomParams, parse_params
-from pipeline.phantom import plan_cases, render_case_slices, synthesize_archive
-from pipeline.phantom_dicom import DICOM_CASES_FILE, synthesize_dicom
+from pipeline.synthesize.archive import render_case_slices, synthesize_archive
+from pipeline.synthesize.dicom_series import DICOM_CASES_FILE, synthesize_dicom
+from pipeline.synthesize.layout import plan_cases
 from tests.test_inference import MODEL_SIZE, tiny_model  # noqa: F401 (a pytest fixture)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,17 +18,11 @@ from hypothesis import strategies as st
 
 from pipeline.io import SPACING_FILE, parse_spacing_json, window_to_uint8
 from pipeline.params import ParamsError, PhantomParams, parse_params
-from pipeline.phantom import (
-    ARCHIVE_ROOT,
-    CT_DATA_ROOT,
-    PARENCHYMA,
-    Tissue,
-    build_case,
-    phantom_montage,
-    plan_cases,
-    render_slice,
-    synthesize_archive,
-)
+from pipeline.synthesize.anatomy import PARENCHYMA, Tissue
+from pipeline.synthesize.archive import synthesize_archive
+from pipeline.synthesize.layout import ARCHIVE_ROOT, CT_DATA_ROOT, plan_cases
+from pipeline.synthesize.montage import phantom_montage
+from pipeline.synthesize.rendering import build_case, render_slice
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
