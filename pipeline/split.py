@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.classes import SOURCE_CLASSES
+from pipeline.expectations import Check, enforce, gxe, run_suite
 from pipeline.io import DataError, relative_to, resolve_path
 from pipeline.params import SplitParams, SplitRatios
 from pipeline.stats import class_counts
-from pipeline.validation import Check, enforce, gxe, run_suite
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 

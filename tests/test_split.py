@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.classes import SOURCE_CLASSES
+from pipeline.expectations import ValidationFailed
 from pipeline.io import DataError, read_manifest, resolve_path, write_manifest, write_png
 from pipeline.params import Params, SplitParams, SplitRatios
 from pipeline.split import (
@@ -22,7 +23,6 @@ from pipeline.split import (
     split_sizes,
     validate_split,
 )
-from pipeline.validation import ValidationFailed
 from stages import split as split_stage
 from tests.conftest import original_row, with_sha256
 

@@ -3,7 +3,7 @@
 `build_slice_table` joins the extracted manifest with what the files actually hold (size,
 channels, dtype, mask values, lesion fraction, a hash of the pixels, the sha256 of the bytes to
 compare with the manifest's), `class_table` sums it per class, and `validate_extracted` runs
-both through Great Expectations (`pipeline.validation`).
+both through Great Expectations (`pipeline.expectations`).
 
 Severity: every check is critical (the stage fails, nothing is written) except the case-id
 formats per class (Hemorrhagic `^\\d{3}$`, Ischemic `^\\d{7}$`). Those describe how the Kaggle
@@ -30,6 +30,14 @@ import numpy as np
 import pandas as pd
 
 from pipeline.classes import HEMORRHAGIC, ISCHEMIC, SOURCE_CLASSES
+from pipeline.expectations import (
+    Check,
+    ValidationReport,
+    enforce,
+    gxe,
+    make_data_docs_offline,
+    run_suite,
+)
 from pipeline.io import (
     MANIFEST_COLUMNS,
     atomic_path,
@@ -44,14 +52,6 @@ from pipeline.io import (
 from pipeline.parallel import ordered_map
 from pipeline.params import ValidateParams
 from pipeline.stats import plot_class_counts
-from pipeline.validation import (
-    Check,
-    ValidationReport,
-    enforce,
-    gxe,
-    make_data_docs_offline,
-    run_suite,
-)
 
 CASE_ID_FORMATS: dict[str, str] = {HEMORRHAGIC: r"^\d{3}$", ISCHEMIC: r"^\d{7}$"}
 MASK_VALUES = (0, 255)

@@ -1,4 +1,5 @@
-"""The CT phantom: tissue densities, lesion masks, determinism and the Kaggle archive layout."""
+"""Stage `synthesize` (pipeline/synthesize/): tissue densities, lesion masks, determinism and the
+Kaggle archive layout of the CT phantom."""
 
 from __future__ import annotations
 
