@@ -40,14 +40,6 @@ def dice(truth: np.ndarray, prediction: np.ndarray) -> float | None:
     return 2.0 * int(np.logical_and(truth, prediction).sum()) / total
 
 
-def iou(truth: np.ndarray, prediction: np.ndarray) -> float | None:
-    """|T∩P| / |T∪P|; None when both masks are empty."""
-    union = int(np.logical_or(truth, prediction).sum())
-    if union == 0:
-        return None
-    return int(np.logical_and(truth, prediction).sum()) / union
-
-
 def surface_border(mask: np.ndarray) -> np.ndarray:
     """Elements of `mask` with a face neighbour outside it (4-neighbours in 2-D, 6 in 3-D);
     the array's exterior counts as outside, as in MONAI's `get_mask_edges`."""
@@ -86,21 +78,6 @@ def nsd_of(distances: tuple[np.ndarray, np.ndarray], tolerance: float) -> float:
     """Share of border pixels of both masks lying within `tolerance` of the other's border."""
     near = sum(int((directed <= tolerance).sum()) for directed in distances)
     return near / sum(directed.size for directed in distances)
-
-
-def hd95(truth: np.ndarray, prediction: np.ndarray) -> float | None:
-    """95th percentile Hausdorff distance in pixels, as medpy's hd95; None if a mask is empty."""
-    distances = surface_distances(truth, prediction)
-    return None if distances is None else hd95_of(distances)
-
-
-def normalized_surface_dice(
-    truth: np.ndarray, prediction: np.ndarray, tolerance: float
-) -> float | None:
-    """Normalised surface Dice at `tolerance` px; None if a mask is empty (the other mask's
-    border has nothing to be near)."""
-    distances = surface_distances(truth, prediction)
-    return None if distances is None else nsd_of(distances, tolerance)
 
 
 @dataclass

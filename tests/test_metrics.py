@@ -22,10 +22,7 @@ from pipeline.metrics import (
     detection_scores,
     dice,
     dice_coef_multiclass,
-    hd95,
-    iou,
     lesion_counts,
-    normalized_surface_dice,
     surface_border,
 )
 from pipeline.params import Params
@@ -53,6 +50,29 @@ def mask(shape: tuple[int, int], *pixels: tuple[int, int]) -> np.ndarray:
     for row, column in pixels:
         array[row, column] = True
     return array
+
+
+def one_slice(truth: np.ndarray, prediction: np.ndarray, tolerance_px: float = 2.0):
+    """Class 1 of one slice through `evaluate`'s own path (1 mm pixels, so mm = px): its
+    SliceClassScores and the pooled IoU, which over one slice is the slice's."""
+    evaluation = SegmentationEvaluation(tolerance_mm=tolerance_px, labels=LABELS)
+    labels = np.where(prediction, 1, 0).astype(np.uint8)
+    scores = evaluation.add("slice", truth.astype(np.uint8), one_hot_softmax(labels))
+    return scores.classes[LABELS[1]], evaluation.metrics()[f"pooled_iou_{LABELS[1]}"]
+
+
+def iou(truth: np.ndarray, prediction: np.ndarray) -> float | None:
+    return one_slice(truth, prediction)[1]
+
+
+def hd95(truth: np.ndarray, prediction: np.ndarray) -> float | None:
+    return one_slice(truth, prediction)[0].hd95
+
+
+def normalized_surface_dice(
+    truth: np.ndarray, prediction: np.ndarray, tolerance_px: float
+) -> float | None:
+    return one_slice(truth, prediction, tolerance_px)[0].nsd
 
 
 # ---- hand-computed cases -------------------------------------------------------------------
