@@ -94,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    default = UNetConfig.from_params(params.model, args.image_size)
+    default = UNetConfig.from_params(params.model, args.image_size, len(params.palette))
     if args.max_working_size:
         default = replace(default, max_working_size=args.max_working_size)
     # The reference runs every level at full size whatever the input: no working-size cap.

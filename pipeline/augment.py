@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from pipeline.classes import HEMORRHAGIC, ISCHEMIC
 from pipeline.io import (
     MANIFEST_COLUMNS,
     DataError,
@@ -62,8 +63,8 @@ from pipeline.numerics import baseline_opencv
 from pipeline.parallel import ordered_map
 from pipeline.params import AugmentParams, ParamsError
 
-AUGMENTED_CLASS = "Hemorrhagic"
-OTHER_CLASS = "Ischemic"
+AUGMENTED_CLASS = HEMORRHAGIC  # the minority class of the Kaggle archive, as the reference chose
+OTHER_CLASS = ISCHEMIC
 TRANSFORM_KINDS: tuple[str, ...] = ("barrel", "pincushion", "elastic")
 # Entropy words that keep the planning stream apart from the per-output elastic streams.
 PLAN_STREAM = 0

@@ -25,7 +25,7 @@ from pipeline.agreement import (
     wilson_interval,
 )
 from pipeline.case_metrics import CaseClassScores, Spacing
-from pipeline.metrics import LESION_CLASSES, FlatMetrics
+from pipeline.metrics import FlatMetrics
 
 # Per-case metrics averaged into headlines: (metric key stem, CaseClassScores attribute).
 CASE_METRICS: tuple[tuple[str, str], ...] = (
@@ -74,12 +74,18 @@ def _put_proportion(
 
 
 def summarize_cases(
-    test: Sequence[CaseResult], valid: Sequence[CaseResult], seed: int, samples: int
+    test: Sequence[CaseResult],
+    valid: Sequence[CaseResult],
+    seed: int,
+    samples: int,
+    labels: Sequence[str],
 ) -> FlatMetrics:
-    """Flat headline metrics over the test cases (the validation cases only set thresholds)."""
+    """Flat headline metrics over the test cases (the validation cases only set thresholds).
+
+    `labels`: the lesion classes' metric labels (`LesionClass.label`), in class-index order."""
     result = FlatMetrics(test_cases=len(test), valid_cases=len(valid))
     dice_means: list[float] = []
-    for lesion_class in LESION_CLASSES.values():
+    for lesion_class in labels:
         counted = [case.scores[lesion_class] for case in test if case.scores[lesion_class].counted]
         result[f"test_cases_{lesion_class}"] = len(counted)
         absent = f"no test case holds {lesion_class} in the ground truth or the prediction"

@@ -20,7 +20,6 @@ import pandas as pd
 import tensorflow as tf
 
 from pipeline.io import DataError, read_manifest, resolve_path, verify_content
-from pipeline.params import CLASS_NAMES
 
 AUTOTUNE = tf.data.AUTOTUNE
 BYTES_PER_CACHED_PIXEL = 4  # uint8 RGB image + uint8 class index
@@ -150,7 +149,11 @@ class PipelineOptions:
     image_size: int
     cache: str = "memory"  # memory | disk | none (see resolve_cache)
     cache_dir: Path | None = None  # required for the disk cache; caller owns and removes it
-    num_classes: int = 3
+
+    @property
+    def num_classes(self) -> int:
+        """One-hot depth: one class per palette colour (pipeline/classes.py)."""
+        return len(self.palette)
 
 
 def _decoded(images: list[str], masks: list[str], options: PipelineOptions, name: str):
@@ -183,7 +186,7 @@ def make_train_dataset(
 ) -> tuple[tf.data.Dataset, int]:
     """Endless stream of training batches and the number of batches per epoch.
 
-    `balanced` draws Hemorrhagic and Ischemic slices with equal probability (one cached,
+    `balanced` draws the slices of every class with equal probability (one cached,
     shuffled, repeated stream per class, mixed by `sample_from_datasets`). `skip_epochs`
     fast-forwards a resumed run past the epochs it already trained. Sharding is by file,
     before decoding, so workers of a distributed run read different slices.
@@ -205,7 +208,7 @@ def make_train_dataset(
 
     if balanced:
         classes = frame["class"].to_numpy()
-        present = [name for name in CLASS_NAMES if (classes == name).any()]
+        present = sorted(set(classes))  # a fixed order: stream seeds follow it
         streams = [
             shuffled_stream(
                 [i for i in range(len(classes)) if classes[i] == name], seed + offset, name

@@ -1,6 +1,7 @@
 """DICOM CT series in: a reader that turns a folder or zip of DICOM files into checked CT
 series in Hounsfield units (the new-images command, pipeline/dicom_seg.py), and the project's
-name-based UIDs (`derived_uid`). The phantom's own series are written by pipeline/phantom_dicom.py.
+name-based UIDs (`derived_uid`). The phantom's own series are written by
+pipeline/synthesize/dicom_series.py.
 
 Files are grouped by SeriesInstanceUID and each series is checked before its pixels
 are decoded; a series that cannot be read right is refused with one sentence that says why

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from pydicom.sr.codedict import codes
 
+from pipeline.classes import HEMORRHAGIC, ISCHEMIC, SOURCE_CLASSES, metric_label
 from pipeline.dicom import CtSeries, SeriesRefusal, derived_uid, read_ct_series
 from pipeline.inference import Segmenter, batches, write_slice_outputs
 from pipeline.io import (
@@ -41,25 +42,24 @@ from pipeline.io import (
     write_text_atomic,
 )
 from pipeline.masks import Palette
-from pipeline.params import CLASS_NAMES, InferParams
+from pipeline.params import InferParams
 
 ALGORITHM_NAME = "stroke-ct FlexUNet lesion segmentation"
 # SNOMED CT morphologic abnormalities. pydicom's code dictionary has Hemorrhage (50960005,
 # also in DICOM CID 7159 "Lesion Segmentation Types") but no infarct, so Infarct (55641003)
 # is written out here.
 SEGMENTED_PROPERTY_TYPES: dict[str, hd.sr.CodedConcept] = {
-    "Hemorrhagic": hd.sr.CodedConcept(
+    HEMORRHAGIC: hd.sr.CodedConcept(
         codes.SCT.Hemorrhage.value, codes.SCT.Hemorrhage.scheme_designator, "Hemorrhage"
     ),
-    "Ischemic": hd.sr.CodedConcept("55641003", "SCT", "Infarct"),
+    ISCHEMIC: hd.sr.CodedConcept("55641003", "SCT", "Infarct"),
 }
 SUMMARY_COLUMNS = (
     "series_instance_uid",
     "status",
     "reason",
     "slices",
-    "volume_ml_hemorrhagic",
-    "volume_ml_ischemic",
+    *(f"volume_ml_{metric_label(name)}" for name in SOURCE_CLASSES),
     "largest_lesion_slice",
     "hemorrhage_present",
     "triage_threshold_ml_hemorrhagic",
@@ -107,7 +107,7 @@ def segment_descriptions(model_version: str) -> list[hd.seg.SegmentDescription]:
             algorithm_identification=algorithm,
             anatomic_regions=[codes.SCT.Brain],
         )
-        for number, class_name in enumerate(CLASS_NAMES, start=1)
+        for number, class_name in enumerate(SOURCE_CLASSES, start=1)
     ]
 
 
@@ -166,8 +166,8 @@ def largest_lesion_slice(series: CtSeries, labels: np.ndarray) -> dict[str, obje
 def lesion_volumes_ml(labels: np.ndarray, voxel_volume_ml: float) -> dict[str, float]:
     """Volume per lesion class in mL: voxels of class index i (1-based) x voxel volume."""
     return {
-        class_name.lower(): float(np.count_nonzero(labels == index) * voxel_volume_ml)
-        for index, class_name in enumerate(CLASS_NAMES, start=1)
+        metric_label(class_name): float(np.count_nonzero(labels == index) * voxel_volume_ml)
+        for index, class_name in enumerate(SOURCE_CLASSES, start=1)
     }
 
 
@@ -188,7 +188,7 @@ def series_summary(
         "window_width_hu": settings.window_width_hu,
         "volume_ml": volumes,
         "largest_lesion_slice": largest_lesion_slice(series, labels),
-        "hemorrhage_present": volumes["hemorrhagic"] >= threshold.ml,
+        "hemorrhage_present": volumes[metric_label(HEMORRHAGIC)] >= threshold.ml,
         "triage_threshold_ml_hemorrhagic": threshold.ml,
         "triage_threshold_source": threshold.source,
         "note": "research tool, not a medical device",
@@ -263,8 +263,7 @@ def summary_row(
         "status": "segmented",
         "reason": "",
         "slices": summary["slices"],
-        "volume_ml_hemorrhagic": round(volumes["hemorrhagic"], 4),
-        "volume_ml_ischemic": round(volumes["ischemic"], 4),
+        **{f"volume_ml_{label}": round(volume, 4) for label, volume in volumes.items()},
         "largest_lesion_slice": largest["position"] if largest else "",
         "hemorrhage_present": summary["hemorrhage_present"],
         "triage_threshold_ml_hemorrhagic": summary["triage_threshold_ml_hemorrhagic"],

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +24,7 @@ from tqdm import tqdm
 from pipeline.agreement import volume_agreement
 from pipeline.case_metrics import Spacing, score_case_class
 from pipeline.case_summary import CaseResult, cases_csv, summarize_cases
+from pipeline.classes import LesionClass, class_labels
 from pipeline.inference import Segmenter, batches, comparison_panel, to_model_input
 from pipeline.io import (
     DataError,
@@ -39,7 +40,7 @@ from pipeline.io import (
     write_text_atomic,
 )
 from pipeline.masks import Palette, colour_to_index, index_to_colour
-from pipeline.metrics import CLASS_LABELS, LESION_CLASSES, SegmentationEvaluation, SliceScores
+from pipeline.metrics import SegmentationEvaluation, SliceScores
 from pipeline.params import Params
 
 if TYPE_CHECKING:
@@ -166,8 +167,10 @@ def score_case(
         slices=len(records),
         spacing=spacing,
         scores={
-            name: score_case_class(truth == index, predicted == index, spacing, tolerance_mm)
-            for index, name in LESION_CLASSES.items()
+            lesion.label: score_case_class(
+                truth == lesion.index, predicted == lesion.index, spacing, tolerance_mm
+            )
+            for lesion in params.lesion_classes
         },
     )
 
@@ -180,7 +183,7 @@ def evaluate_cases(
     if rows.empty:
         raise DataError(f"{manifest_path}: no slice in the test split")
     valid_rows = split_rows(manifest_path, "valid")
-    pooled = SegmentationEvaluation(params.evaluate.nsd_tolerance_mm)
+    pooled = SegmentationEvaluation(params.evaluate.nsd_tolerance_mm, class_labels(params.rgb_map))
     predictions.mkdir(parents=True, exist_ok=True)
     test: list[CaseResult] = []
     valid: list[CaseResult] = []
@@ -218,12 +221,12 @@ def format_value(value: object) -> str:
 
 
 def confusion_table(evaluation: SegmentationEvaluation) -> str:
-    """The 3x3 pixel confusion matrix as CSV: one row per actual class, one column per
-    predicted class."""
-    header = "actual," + ",".join(CLASS_LABELS)
+    """The pixel confusion matrix (classes x classes) as CSV: one row per actual class, one
+    column per predicted class."""
+    header = "actual," + ",".join(evaluation.labels)
     rows = [
         f"{label}," + ",".join(str(int(count)) for count in evaluation.confusion[index])
-        for index, label in enumerate(CLASS_LABELS)
+        for index, label in enumerate(evaluation.labels)
     ]
     return "\n".join([header, *rows]) + "\n"
 
@@ -268,8 +271,9 @@ def confusion_png(evaluation: SegmentationEvaluation) -> bytes:
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
     figure, axis = plt.subplots(figsize=(5.6, 4.4), layout="constrained")
     image = axis.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    for actual in range(len(CLASS_LABELS)):
-        for predicted in range(len(CLASS_LABELS)):
+    labels = evaluation.labels
+    for actual in range(len(labels)):
+        for predicted in range(len(labels)):
             share = shares[actual, predicted]
             axis.text(
                 predicted,
@@ -280,8 +284,8 @@ def confusion_png(evaluation: SegmentationEvaluation) -> bytes:
                 color="white" if share > 0.5 else "black",
                 fontsize=9,
             )
-    axis.set_xticks(range(len(CLASS_LABELS)), CLASS_LABELS)
-    axis.set_yticks(range(len(CLASS_LABELS)), CLASS_LABELS)
+    axis.set_xticks(range(len(labels)), labels)
+    axis.set_yticks(range(len(labels)), labels)
     axis.set_xlabel("predicted")
     axis.set_ylabel("actual")
     axis.set_title("test pixels (colour: share of the actual class)")
@@ -289,7 +293,9 @@ def confusion_png(evaluation: SegmentationEvaluation) -> bytes:
     return figure_png(figure)
 
 
-def slice_dice_histogram_png(evaluation: SegmentationEvaluation) -> bytes:
+def slice_dice_histogram_png(
+    evaluation: SegmentationEvaluation, lesion_classes: Sequence[LesionClass]
+) -> bytes:
     """Histogram of per-slice Dice, one colour per lesion class."""
     import matplotlib
 
@@ -298,12 +304,12 @@ def slice_dice_histogram_png(evaluation: SegmentationEvaluation) -> bytes:
 
     rows = evaluation.slice_dice_rows()
     figure, axis = plt.subplots(figsize=(6.0, 3.6), layout="constrained")
-    names = list(LESION_CLASSES.values())
+    names = [lesion.label for lesion in lesion_classes]
     values = [[row["dice"] for row in rows if row["class"] == name] for name in names]
     axis.hist(
         values,
         bins=np.linspace(0.0, 1.0, 21),
-        color=["tab:red", "tab:green"],
+        color=[lesion.display_colour for lesion in lesion_classes],
         label=[f"{name} ({len(v)} slices)" for name, v in zip(names, values, strict=True)],
     )
     axis.yaxis.get_major_locator().set_params(integer=True)
@@ -337,7 +343,7 @@ def extreme_slices(evaluation: SegmentationEvaluation, count: int) -> list[tuple
     ]
 
 
-def bland_altman_png(cases: list[CaseResult]) -> bytes:
+def bland_altman_png(cases: list[CaseResult], lesion_classes: Sequence[LesionClass]) -> bytes:
     """Bland-Altman per lesion class over the counted test cases: predicted minus true volume
     (mL) against their mean, with the bias (solid) and the 95% limits of agreement (dashed)."""
     import matplotlib
@@ -345,9 +351,16 @@ def bland_altman_png(cases: list[CaseResult]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"Hemorrhagic": "tab:red", "Ischemic": "tab:green"}
-    figure, axes = plt.subplots(1, 2, figsize=(11.0, 4.2), layout="constrained")
-    for axis, lesion_class in zip(axes, LESION_CLASSES.values(), strict=True):
+    colours = {lesion.name: lesion.display_colour for lesion in lesion_classes}
+    figure, axes = plt.subplots(
+        1,
+        len(lesion_classes),
+        figsize=(5.5 * len(lesion_classes), 4.2),
+        layout="constrained",
+        squeeze=False,
+    )
+    labels = [lesion.label for lesion in lesion_classes]
+    for axis, lesion_class in zip(axes[0], labels, strict=True):
         counted = [case for case in cases if case.scores[lesion_class].counted]
         truth = np.array([case.scores[lesion_class].truth_volume_ml for case in counted])
         predicted = np.array([case.predicted_ml(lesion_class) for case in counted])
@@ -394,7 +407,11 @@ def write_reports(
     pooled = evaluation.pooled
     metrics = {
         **summarize_cases(
-            evaluation.test, evaluation.valid, params.seed, params.evaluate.bootstrap_samples
+            evaluation.test,
+            evaluation.valid,
+            params.seed,
+            params.evaluate.bootstrap_samples,
+            [lesion.label for lesion in params.lesion_classes],
         ),
         **pooled.metrics(),
     }
@@ -405,8 +422,13 @@ def write_reports(
     write_text_atomic(folder / "confusion_matrix.csv", confusion_table(pooled))
     write_text_atomic(folder / "slice_dice.csv", slice_dice_csv(pooled))
     write_bytes_atomic(folder / "confusion_matrix.png", confusion_png(pooled))
-    write_bytes_atomic(folder / "slice_dice_histogram.png", slice_dice_histogram_png(pooled))
-    write_bytes_atomic(folder / "volume_agreement.png", bland_altman_png(evaluation.test))
+    write_bytes_atomic(
+        folder / "slice_dice_histogram.png",
+        slice_dice_histogram_png(pooled, params.lesion_classes),
+    )
+    write_bytes_atomic(
+        folder / "volume_agreement.png", bland_altman_png(evaluation.test, params.lesion_classes)
+    )
     for prefix, scores in extreme_slices(pooled, params.evaluate.overlay_slices):
         item = read_test_slice(rows, by_id[scores.slice_id], params.palette, segmenter.size)
         labels = segmenter.segment([item.grey])[0]

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from pipeline.classes import SOURCE_CLASSES, metric_label
 from pipeline.io import (
     SPACING_FILE,
     DataError,
@@ -53,14 +54,14 @@ from pipeline.io import (
     write_manifest,
     write_text_atomic,
 )
-from pipeline.params import CLASS_NAMES, ClassName, ExtractParams
+from pipeline.params import ExtractParams
 
 Kind = Literal["image", "mask"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # Folder names are matched case-insensitively and written in their canonical spelling.
 SUBSET_FOLDERS = {"training": "Training", "testing": "Testing"}
-CLASS_FOLDERS = {name.lower(): name for name in CLASS_NAMES}
+CLASS_FOLDERS = {name.lower(): name for name in SOURCE_CLASSES}
 KIND_FOLDERS: dict[str, Kind] = {"images": "image", "mask": "mask", "masks": "mask"}
 CT_ROOT_PARTS = ("ct images", "data")
 # Slice ids are `<Class>_<case>_<stem>` for Training; Testing stems get this prefix so that
@@ -123,7 +124,7 @@ class SliceFile:
 
     path: str
     subset: str
-    class_name: ClassName
+    class_name: str  # one of classes.SOURCE_CLASSES
     case_id: str
     kind: Kind
     stem: str
@@ -133,7 +134,7 @@ class SliceFile:
 class SlicePair:
     id: str
     subset: str
-    class_name: ClassName
+    class_name: str  # one of classes.SOURCE_CLASSES
     case_id: str
     image_path: str
     mask_path: str
@@ -502,7 +503,7 @@ def classify_entry(entry: Entry, ct_root: str, subsets: Sequence[str]) -> SliceF
         return Problem(
             "misplaced_files",
             name,
-            f"expected {'|'.join(SUBSET_FOLDERS.values())}/{'|'.join(CLASS_NAMES)}/"
+            f"expected {'|'.join(SUBSET_FOLDERS.values())}/{'|'.join(SOURCE_CLASSES)}/"
             f"images|mask, got {'/'.join(parts[:3])}",
         )
     case_id = parts[3]
@@ -811,13 +812,12 @@ def extract_metrics(result: ExtractResult) -> dict[str, int | float]:
     metrics.update({category: counts[category] for category in PROBLEM_CATEGORIES})
     metrics.update({f"converted_{key}": result.conversions[key] for key in CONVERSIONS})
     metrics["read_mb"] = round(result.read_bytes / MEGABYTE, 3)
-    for class_name in CLASS_NAMES:
+    for class_name in SOURCE_CLASSES:
         rows = [row for row in result.rows if row["class"] == class_name]
-        metrics[f"pairs_{class_name.lower()}"] = len(rows)
-        metrics[f"cases_{class_name.lower()}"] = len({row["case_id"] for row in rows})
-        metrics[f"lesion_slices_{class_name.lower()}"] = sum(
-            1 for row in rows if int(row["lesion_pixels"]) > 0
-        )
+        label = metric_label(class_name)
+        metrics[f"pairs_{label}"] = len(rows)
+        metrics[f"cases_{label}"] = len({row["case_id"] for row in rows})
+        metrics[f"lesion_slices_{label}"] = sum(1 for row in rows if int(row["lesion_pixels"]) > 0)
     for subset in SUBSET_FOLDERS.values():
         metrics[f"pairs_{subset.lower()}"] = sum(
             1 for row in result.rows if row["subset"] == subset

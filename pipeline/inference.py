@@ -253,7 +253,10 @@ def write_slice_outputs(
     """Write the colour mask masks/<name> and its overlay on the CT overlays/<name>."""
     colour = index_to_colour(labels, palette)
     write_png(folder / "masks" / name, colour)
-    write_png(folder / "overlays" / name, visualize.overlay(grey, colour, alpha))
+    write_png(
+        folder / "overlays" / name,
+        visualize.overlay(grey, colour, alpha, background=palette[0]),
+    )
 
 
 def _enlarged(image: np.ndarray, factor: int, nearest: bool) -> np.ndarray:
@@ -282,8 +285,13 @@ def comparison_panel(
     return visualize.hstack(
         [
             visualize.label(grey, title),
-            visualize.label(visualize.overlay(grey, truth_colour, alpha), "ground truth"),
-            visualize.label(visualize.overlay(grey, prediction_colour, alpha), prediction_title),
+            visualize.label(
+                visualize.overlay(grey, truth_colour, alpha, background=palette[0]), "ground truth"
+            ),
+            visualize.label(
+                visualize.overlay(grey, prediction_colour, alpha, background=palette[0]),
+                prediction_title,
+            ),
         ]
     )
 

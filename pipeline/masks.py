@@ -1,4 +1,5 @@
-"""Colour masks <-> class-index masks through `rgb_map` (index 0 background, 1, 2 lesions)."""
+"""Colour masks <-> class-index masks through `rgb_map` (index 0 background, then the lesion
+classes: pipeline/classes.py)."""
 
 from __future__ import annotations
 
@@ -33,17 +34,6 @@ def colour_to_index(mask_rgb: np.ndarray, palette: Palette, source: str = "mask"
     return matches.argmax(axis=-1).astype(np.uint8)
 
 
-def nearest_palette_index(mask_rgb: np.ndarray, palette: Palette) -> np.ndarray:
-    """Class-index mask snapping every pixel to the nearest palette colour.
-
-    For foreign masks that were interpolated (the reference's bilinear barrel outputs hold
-    shades of red along edges); the pipeline's own masks never need it.
-    """
-    colours = palette_array(palette).astype(np.int32)
-    distance = ((mask_rgb[..., None, :].astype(np.int32) - colours[None, None]) ** 2).sum(-1)
-    return distance.argmin(axis=-1).astype(np.uint8)
-
-
 def index_to_colour(index_mask: np.ndarray, palette: Palette) -> np.ndarray:
     """Colour mask (H, W, 3) uint8 from a class-index mask (H, W)."""
     colours = palette_array(palette)
@@ -56,8 +46,3 @@ def binary_to_colour(binary_mask: np.ndarray, class_index: int, palette: Palette
     """Colour mask from a 0/255 (or 0/1) lesion mask whose lesions all belong to one class."""
     index = np.where(binary_mask > 0, np.uint8(class_index), np.uint8(0))
     return index_to_colour(index, palette)
-
-
-def class_pixel_counts(index_mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """Pixels per class index, length `num_classes`."""
-    return np.bincount(index_mask.ravel(), minlength=num_classes)[:num_classes]

@@ -24,15 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-# Class indices 1 and 2 of the model output, by their metric names.
-LESION_CLASSES: dict[int, str] = {1: "hemorrhagic", 2: "ischemic"}
-CLASS_LABELS: tuple[str, ...] = ("background", "hemorrhagic", "ischemic")
+from pipeline.train_metrics import REFERENCE_SMOOTH
+
 NO_LESION = "none"
 EIGHT_CONNECTED = ndimage.generate_binary_structure(2, 2)
 # Keras' clipping of probabilities in categorical cross-entropy.
 KERAS_EPSILON = 1e-7
-# The reference's smoothing term in dice_coef_multiclass.
-REFERENCE_SMOOTH = 1e-6
 
 
 def dice(truth: np.ndarray, prediction: np.ndarray) -> float | None:
@@ -41,14 +38,6 @@ def dice(truth: np.ndarray, prediction: np.ndarray) -> float | None:
     if total == 0:
         return None
     return 2.0 * int(np.logical_and(truth, prediction).sum()) / total
-
-
-def iou(truth: np.ndarray, prediction: np.ndarray) -> float | None:
-    """|T∩P| / |T∪P|; None when both masks are empty."""
-    union = int(np.logical_or(truth, prediction).sum())
-    if union == 0:
-        return None
-    return int(np.logical_and(truth, prediction).sum()) / union
 
 
 def surface_border(mask: np.ndarray) -> np.ndarray:
@@ -89,21 +78,6 @@ def nsd_of(distances: tuple[np.ndarray, np.ndarray], tolerance: float) -> float:
     """Share of border pixels of both masks lying within `tolerance` of the other's border."""
     near = sum(int((directed <= tolerance).sum()) for directed in distances)
     return near / sum(directed.size for directed in distances)
-
-
-def hd95(truth: np.ndarray, prediction: np.ndarray) -> float | None:
-    """95th percentile Hausdorff distance in pixels, as medpy's hd95; None if a mask is empty."""
-    distances = surface_distances(truth, prediction)
-    return None if distances is None else hd95_of(distances)
-
-
-def normalized_surface_dice(
-    truth: np.ndarray, prediction: np.ndarray, tolerance: float
-) -> float | None:
-    """Normalised surface Dice at `tolerance` px; None if a mask is empty (the other mask's
-    border has nothing to be near)."""
-    distances = surface_distances(truth, prediction)
-    return None if distances is None else nsd_of(distances, tolerance)
 
 
 @dataclass
@@ -190,12 +164,14 @@ def crossentropy_sum(truth_index: np.ndarray, softmax: np.ndarray) -> float:
     return float(-np.log(np.clip(picked, KERAS_EPSILON, 1.0 - KERAS_EPSILON)).sum())
 
 
-def dominant_label(index_mask: np.ndarray) -> str:
-    """The lesion class with the most pixels on a slice (lower index on a tie), else 'none'."""
-    counts = np.bincount(index_mask.ravel(), minlength=len(CLASS_LABELS))[1:]
+def dominant_label(index_mask: np.ndarray, labels: Sequence[str]) -> str:
+    """The lesion class with the most pixels on a slice (lower index on a tie), else 'none'.
+
+    `labels`: metric labels by class index, background first (`classes.class_labels`)."""
+    counts = np.bincount(index_mask.ravel(), minlength=len(labels))[1:]
     if counts.max() == 0:
         return NO_LESION
-    return CLASS_LABELS[1 + int(counts.argmax())]
+    return labels[1 + int(counts.argmax())]
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
@@ -258,14 +234,17 @@ class _ClassTotals:
 
 class SegmentationEvaluation:
     """Accumulates slice after slice (bounded memory) and reports the slice-pooled flat
-    metrics at the end (per-class keys prefixed `pooled_`; surface distances in mm)."""
+    metrics at the end (per-class keys prefixed `pooled_`; surface distances in mm).
 
-    def __init__(self, tolerance_mm: float) -> None:
+    `labels`: metric labels by class index, background first (`classes.class_labels`)."""
+
+    def __init__(self, tolerance_mm: float, labels: Sequence[str]) -> None:
         self.tolerance_mm = tolerance_mm
-        self.num_classes = len(CLASS_LABELS)
+        self.labels = tuple(labels)
+        self.num_classes = len(self.labels)
         self.slices: list[SliceScores] = []
         self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
-        self._totals = {name: _ClassTotals() for name in LESION_CLASSES.values()}
+        self._totals = {name: _ClassTotals() for name in self.labels[1:]}
         self._reference_dice: list[float] = []
         self._crossentropy = 0.0
         self._pixels = 0
@@ -291,10 +270,13 @@ class SegmentationEvaluation:
             name: self._add_class(
                 self._totals[name], truth_index == index, prediction == index, pixel_spacing_mm
             )
-            for index, name in LESION_CLASSES.items()
+            for index, name in enumerate(self.labels[1:], start=1)
         }
         scores = SliceScores(
-            slice_id, classes, dominant_label(truth_index), dominant_label(prediction)
+            slice_id,
+            classes,
+            dominant_label(truth_index, self.labels),
+            dominant_label(prediction, self.labels),
         )
         self.slices.append(scores)
         return scores
@@ -404,8 +386,8 @@ class SegmentationEvaluation:
         for actual in range(self.num_classes):
             for predicted in range(self.num_classes):
                 yield (
-                    CLASS_LABELS[actual],
-                    CLASS_LABELS[predicted],
+                    self.labels[actual],
+                    self.labels[predicted],
                     int(self.confusion[actual, predicted]),
                 )
 

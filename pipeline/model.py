@@ -22,14 +22,13 @@ from pipeline.params import stem_stride
 if TYPE_CHECKING:  # type names only
     from pipeline.params import ModelParams, Params
 
-NUM_CLASSES = 3  # 0 background, 1 Hemorrhagic, 2 Ischemic (the order of rgb_map)
-
 
 @dataclass(frozen=True)
 class UNetConfig:
     """Everything the builder needs; `from_params` maps params.yaml onto it."""
 
     image_size: int
+    num_classes: int  # softmax outputs: one per rgb_map key (pipeline/classes.py)
     base_filters: int = 8
     base_kernels: int = 3
     num_layers: int = 5
@@ -39,11 +38,10 @@ class UNetConfig:
     input_normalize: bool = True
     residual: bool = False
     max_working_size: int = 256
-    num_classes: int = NUM_CLASSES
 
     @classmethod
-    def from_params(cls, model: ModelParams, image_size: int) -> UNetConfig:
-        return cls(image_size=image_size, **model.model_dump())
+    def from_params(cls, model: ModelParams, image_size: int, num_classes: int) -> UNetConfig:
+        return cls(image_size=image_size, num_classes=num_classes, **model.model_dump())
 
     @property
     def stem_stride(self) -> int:
@@ -55,6 +53,7 @@ class UNetConfig:
 # The reference's own configuration, kept reproducible as one point of the search space.
 REFERENCE_CONFIG = UNetConfig(
     image_size=512,
+    num_classes=3,  # background, Hemorrhagic, Ischemic
     base_filters=16,
     base_kernels=9,
     num_layers=8,
@@ -183,5 +182,6 @@ def build_unet(config: UNetConfig, name: str = "flexunet") -> keras.Model:
 
 
 def build_model(params: Params) -> keras.Model:
-    """The FlexUNet that params.yaml's `model` section and `image_size` describe."""
-    return build_unet(UNetConfig.from_params(params.model, params.image_size))
+    """The FlexUNet that params.yaml's `model` section and `image_size` describe, with one
+    output per class of `rgb_map`."""
+    return build_unet(UNetConfig.from_params(params.model, params.image_size, len(params.palette)))

@@ -17,12 +17,15 @@ messages quote at most a short excerpt of a bad value.
 
 from __future__ import annotations
 
+import re
 import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline import classes
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 # params.yaml is a few KB; the caps bound what a hostile or broken file can cost to read.
@@ -39,8 +42,6 @@ Rgb = tuple[
     Annotated[int, Field(ge=0, le=255)],
     Annotated[int, Field(ge=0, le=255)],
 ]
-ClassName = Literal["Hemorrhagic", "Ischemic"]
-CLASS_NAMES: tuple[ClassName, ...] = ("Hemorrhagic", "Ischemic")
 
 
 class ParamsError(ValueError):
@@ -464,11 +465,19 @@ class Params(StrictModel):
     @field_validator("rgb_map")
     @classmethod
     def _check_rgb_map(cls, rgb_map: dict[str, Rgb]) -> dict[str, Rgb]:
-        expected = ["background", *CLASS_NAMES]
-        if list(rgb_map) != expected:
+        # The order fixes the class indices; the source classes keep 1, 2, ... so the data
+        # stages' masks mean the same whatever classes follow them (pipeline/classes.py).
+        expected = [classes.BACKGROUND, *classes.SOURCE_CLASSES]
+        if list(rgb_map)[: len(expected)] != expected:
             raise ValueError(
-                f"must list exactly {expected} in this order (it fixes the class "
-                f"indices 0, 1, 2), got {list(rgb_map)}"
+                f"must start with {expected} in this order (it fixes the class indices "
+                f"0, 1, 2; further lesion classes may follow), got {list(rgb_map)}"
+            )
+        misnamed = [name for name in list(rgb_map)[1:] if not re.match(classes.NAME_PATTERN, name)]
+        if misnamed:
+            raise ValueError(
+                f"lesion class names must match {classes.NAME_PATTERN} (they become folder "
+                f"names and, lower-cased, metric keys), got {misnamed}"
             )
         if len(set(rgb_map.values())) != len(rgb_map):
             raise ValueError("colours must be distinct")
@@ -502,8 +511,13 @@ class Params(StrictModel):
 
     @property
     def palette(self) -> tuple[Rgb, ...]:
-        """Colours by class index: 0 background, 1 Hemorrhagic, 2 Ischemic."""
-        return tuple(self.rgb_map.values())
+        """Mask colours by class index (pipeline/classes.py)."""
+        return classes.palette(self.rgb_map)
+
+    @property
+    def lesion_classes(self) -> tuple[classes.LesionClass, ...]:
+        """The lesion classes of rgb_map, in class-index order (pipeline/classes.py)."""
+        return classes.lesion_classes(self.rgb_map)
 
 
 def _format_location(location: tuple[int | str, ...]) -> str:

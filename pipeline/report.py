@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.classes import class_labels
 from pipeline.io import DataError, write_text_atomic
 from pipeline.params import ExtractParams, ParamsError, parse_params
 from pipeline.report_html import (
@@ -349,7 +350,7 @@ def collect_run(root: Path, params: Mapping[str, object]) -> RunData:
     """Everything the page shows, read from `root` (the project folder)."""
     metrics = read_metrics(root)
     params = json.loads(json.dumps(params))  # tuples as lists, as YAML reads them back
-    classes = tuple(name.lower() for name in params["rgb_map"] if name != "background")
+    classes = class_labels(params["rgb_map"])[1:]  # type: ignore[arg-type]
     archive = str(params["extract"]["archive"])  # type: ignore[index]
     return RunData(
         root=root,

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.classes import SOURCE_CLASSES
+from pipeline.expectations import Check, enforce, gxe, run_suite
 from pipeline.io import DataError, relative_to, resolve_path
-from pipeline.params import CLASS_NAMES, SplitParams, SplitRatios
+from pipeline.params import SplitParams, SplitRatios
 from pipeline.stats import class_counts
-from pipeline.validation import Check, enforce, gxe, run_suite
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
@@ -52,9 +53,9 @@ def split_sizes(case_count: int, ratios: SplitRatios, class_name: str) -> dict[s
 
 
 def _check_classes(manifest: pd.DataFrame, source: str) -> None:
-    unknown = sorted(set(manifest["class"]) - set(CLASS_NAMES))
+    unknown = sorted(set(manifest["class"]) - set(SOURCE_CLASSES))
     if unknown:
-        raise DataError(f"{source}: unknown classes {unknown} (expected {list(CLASS_NAMES)})")
+        raise DataError(f"{source}: unknown classes {unknown} (expected {list(SOURCE_CLASSES)})")
     classes_per_case = manifest.groupby("case_id")["class"].nunique()
     mixed = classes_per_case[classes_per_case > 1].index.tolist()
     if mixed:
@@ -69,7 +70,7 @@ def assign_splits(manifest: pd.DataFrame, params: SplitParams, seed: int) -> pd.
     source = str(Path(manifest.attrs.get("root", ".")) / "manifest.csv")
     _check_classes(manifest, source)
     split_of_case: dict[str, str] = {}
-    for class_index, class_name in enumerate(CLASS_NAMES):
+    for class_index, class_name in enumerate(SOURCE_CLASSES):
         cases = sorted(set(manifest.loc[manifest["class"] == class_name, "case_id"]))
         sizes = split_sizes(len(cases), params.ratios, class_name)
         # One stream per class: adding cases of one class leaves the other's split unchanged.
@@ -87,7 +88,7 @@ def pick_mini_test(table: pd.DataFrame, per_class: int) -> pd.Series:
     second, so the preview shows several patients. Ties break by id (deterministic).
     """
     chosen = pd.Series(False, index=table.index)
-    for class_name in CLASS_NAMES:
+    for class_name in SOURCE_CLASSES:
         candidates = table[
             (table["split"] == "test")
             & (table["class"] == class_name)
@@ -122,7 +123,7 @@ def split_manifest(
 
 def split_checks(expected_rows: int) -> list[Check]:
     """Integrity of a split table (with the derived columns of `_check_table`)."""
-    every_pair = [f"{split}/{name}" for split in SPLITS for name in CLASS_NAMES]
+    every_pair = [f"{split}/{name}" for split in SPLITS for name in SOURCE_CLASSES]
     on_mini_test = {"row_condition": "mini_test == True", "condition_parser": "pandas"}
     return [
         Check(
@@ -153,7 +154,7 @@ def split_checks(expected_rows: int) -> list[Check]:
         Check(
             "mini_test shows every class",
             gxe.ExpectColumnDistinctValuesToContainSet(
-                column="class", value_set=list(CLASS_NAMES), **on_mini_test
+                column="class", value_set=list(SOURCE_CLASSES), **on_mini_test
             ),
             critical=False,
         ),
@@ -185,7 +186,7 @@ def split_metrics(table: pd.DataFrame) -> dict[str, int]:
         in_split = table[table["split"] == split]
         metrics[f"{split}_slices"] = len(in_split)
         metrics[f"{split}_cases"] = int(in_split["case_id"].nunique())
-    for class_name in CLASS_NAMES:
+    for class_name in SOURCE_CLASSES:
         picked = table["mini_test"] & (table["class"] == class_name)
         metrics[f"mini_test_{class_name.lower()}_slices"] = int(picked.sum())
     metrics["total_slices"] = len(table)

@@ -17,12 +17,9 @@ matplotlib.use("Agg")  # files only, no display; must precede pyplot
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from pipeline.classes import SOURCE_CLASSES, display_colour_of
 from pipeline.io import write_bytes_atomic
-from pipeline.params import CLASS_NAMES
 
-# The default rgb_map colours, so the chart reads like the masks.
-CLASS_COLOURS = {"Hemorrhagic": "#d62728", "Ischemic": "#2ca02c"}
-OTHER_COLOUR = "#7f7f7f"
 ALL_GROUP = "all"
 
 
@@ -53,7 +50,7 @@ def class_counts(
     )
     named = list(group_order or [])
     ordered_groups = named + sorted(set(frame["group"]) - set(named)) or [ALL_GROUP]
-    classes = [*CLASS_NAMES, *sorted(set(frame["class"]) - set(CLASS_NAMES))]
+    classes = [*SOURCE_CLASSES, *sorted(set(frame["class"]) - set(SOURCE_CLASSES))]
     grouped = frame.groupby(["group", "class"])
     counts = pd.DataFrame({"slices": grouped.size(), "cases": grouped["case"].nunique()})
     full_index = pd.MultiIndex.from_product([ordered_groups, classes], names=["group", "class"])
@@ -77,7 +74,7 @@ def _draw_bars(axis: plt.Axes, counts: pd.DataFrame, quantity: str, grouped: boo
             [int(values[group]) for group in groups],
             width,
             label=class_name,
-            color=CLASS_COLOURS.get(class_name, OTHER_COLOUR),
+            color=display_colour_of(class_name),
         )
         axis.bar_label(bars, fontsize=8, padding=1)
     if grouped:

@@ -51,10 +51,10 @@ from pipeline.distribute import (
     worker_outputs,
 )
 from pipeline.io import DataError, atomic_path, write_json, write_png
-from pipeline.losses import make_metrics
 from pipeline.masks import index_to_colour
 from pipeline.model import build_model
 from pipeline.params import Params, TrainParams
+from pipeline.train_metrics import make_metrics
 
 MONITOR = "val_dice_mean"  # every "best" below means the highest validation mean lesion Dice
 CHECKPOINT_PREFIX = "epoch_"
@@ -125,7 +125,7 @@ def build_compiled_model(params: Params, steps_per_epoch: int) -> keras.Model:
     model.compile(
         optimizer=make_optimizer(params.train, params.lr, steps_per_epoch * params.train.epochs),
         loss=replica_safe_loss(params.train.loss),
-        metrics=make_metrics(),
+        metrics=make_metrics(params.lesion_classes),
         jit_compile=params.train.jit_compile,
     )
     return model
@@ -481,14 +481,18 @@ def montage_tiles(
     for image, truth, slice_id in zip(images, truths, ids, strict=True):
         tiles.append(
             visualize.label(
-                visualize.overlay(_enlarged(image), _enlarged(index_to_colour(truth, palette))),
+                visualize.overlay(
+                    _enlarged(image),
+                    _enlarged(index_to_colour(truth, palette)),
+                    background=palette[0],
+                ),
                 f"{slice_id} truth",
             )
         )
         for epoch in chosen:
             mask = cv2.imread(str(staging / "masks" / f"epoch_{epoch:03d}_{slice_id}.png"), 0)
             colour = index_to_colour(mask, palette)
-            overlaid = visualize.overlay(_enlarged(image), _enlarged(colour))
+            overlaid = visualize.overlay(_enlarged(image), _enlarged(colour), background=palette[0])
             tiles.append(visualize.label(overlaid, f"epoch {epoch}"))
     return tiles, len(chosen) + 1
 

@@ -16,10 +16,17 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
-def overlay(image: np.ndarray, colour_mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Alpha-blend the coloured (non-black) pixels of `colour_mask` onto the CT image."""
+def overlay(
+    image: np.ndarray,
+    colour_mask: np.ndarray,
+    alpha: float = 0.45,
+    *,
+    background: Sequence[int],
+) -> np.ndarray:
+    """Alpha-blend the lesion pixels of `colour_mask` (any colour but `background`, the
+    mask's no-lesion colour, rgb_map's first) onto the CT image."""
     base = as_rgb(image).astype(np.float32)
-    lesion = colour_mask.any(axis=-1, keepdims=True)
+    lesion = np.any(colour_mask != np.asarray(background, colour_mask.dtype), axis=-1)[..., None]
     blended = np.where(lesion, (1.0 - alpha) * base + alpha * colour_mask.astype(np.float32), base)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 

@@ -29,7 +29,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 TRACE_VARIABLE = "PIPELINE_PARAMS_TRACE"
 # Python names that differ from the YAML key they expose.
-_YAML_NAMES = {"validate_": "validate", "validate_params": "validate", "palette": "rgb_map"}
+_YAML_NAMES = {
+    "validate_": "validate",
+    "validate_params": "validate",
+    "palette": "rgb_map",
+    "lesion_classes": "rgb_map",
+}
 
 
 class TracedParams:

@@ -12,29 +12,32 @@ from pipeline.evaluation import run_evaluation, summary_lines
 from pipeline.params import Params
 from stages.common import run_stage
 
-HEADLINE_KEYS = (
-    *(
-        key
-        for lesion_class in ("hemorrhagic", "ischemic")
-        for key in (
-            f"test_cases_{lesion_class}",
-            f"dice_{lesion_class}",
-            f"dice_{lesion_class}_ci_low",
-            f"dice_{lesion_class}_ci_high",
-            f"hd95_mm_{lesion_class}",
-            f"nsd_{lesion_class}",
-            f"lesion_f1_{lesion_class}",
-            f"triage_threshold_ml_{lesion_class}",
-            f"triage_sensitivity_{lesion_class}",
-            f"triage_specificity_{lesion_class}",
-            f"triage_auc_{lesion_class}",
-            f"volume_bias_ml_{lesion_class}",
-            f"pooled_dice_{lesion_class}",
-        )
-    ),
-    "dice_coef_multiclass",
-    "categorical_crossentropy",
-)
+
+def headline_keys(params: Params) -> tuple[str, ...]:
+    """The keys printed at the end of a run: per lesion class, then the reference's two."""
+    return (
+        *(
+            key
+            for lesion in params.lesion_classes
+            for key in (
+                f"test_cases_{lesion.label}",
+                f"dice_{lesion.label}",
+                f"dice_{lesion.label}_ci_low",
+                f"dice_{lesion.label}_ci_high",
+                f"hd95_mm_{lesion.label}",
+                f"nsd_{lesion.label}",
+                f"lesion_f1_{lesion.label}",
+                f"triage_threshold_ml_{lesion.label}",
+                f"triage_sensitivity_{lesion.label}",
+                f"triage_specificity_{lesion.label}",
+                f"triage_auc_{lesion.label}",
+                f"volume_bias_ml_{lesion.label}",
+                f"pooled_dice_{lesion.label}",
+            )
+        ),
+        "dice_coef_multiclass",
+        "categorical_crossentropy",
+    )
 
 
 def main(params: Params) -> None:
@@ -46,7 +49,7 @@ def main(params: Params) -> None:
         metrics_path="metrics/evaluate.json",
         confusion_path="metrics/confusion.csv",
     )
-    print("\n".join(summary_lines(metrics, HEADLINE_KEYS)))
+    print("\n".join(summary_lines(metrics, headline_keys(params))))
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from pipeline.io import write_png
 from pipeline.params import Params
-from pipeline.phantom import phantom_montage, synthesize_archive
-from pipeline.phantom_dicom import synthesize_dicom
+from pipeline.synthesize.archive import synthesize_archive
+from pipeline.synthesize.dicom_series import synthesize_dicom
+from pipeline.synthesize.montage import phantom_montage
 from stages.common import run_stage
 
 ARCHIVE_PATH = Path("data/raw/phantom.zip")
@@ -29,7 +30,7 @@ def main(params: Params) -> None:
     started_dicom = time.perf_counter()
     dicom_cases = synthesize_dicom(DICOM_PATH, params.phantom, params.seed)
     dicom_seconds = time.perf_counter() - started_dicom
-    write_png(MONTAGE_PATH, phantom_montage(rendered, params.palette))
+    write_png(MONTAGE_PATH, phantom_montage(rendered))
     print(
         f"synthesize: {summary.cases} cases, {summary.slices} slices "
         f"({summary.lesion_slices} with a lesion, {summary.masks} with a mask file) in "

@@ -24,7 +24,15 @@ from pipeline.io import read_manifest, sha256_hex, write_manifest
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 # What a project copy needs to run the pipeline: code, vendored assets, the DAG and the params.
-PROJECT_FILES = ("pipeline", "stages", "vendor", "dvc.yaml", "params.yaml", ".gitignore")
+PROJECT_FILES = (
+    "pipeline",
+    "stages",
+    "vendor",
+    "dvc.yaml",
+    "params.yaml",
+    ".gitignore",
+    ".dvcignore",
+)
 
 # Small enough for seconds per stage, large enough that every split holds every class.
 TINY_PARAMS: dict = {

@@ -37,7 +37,9 @@ from pipeline.augment import (elastic_generator, elastic_map, transform_grid, tr
 from pipeline.colorize import colorize_slice
 from pipeline.io import decode_image, encode_png
 from pipeline.params import Params, PhantomParams
-from pipeline.phantom import build_case, plan_cases, render_slice, synthesize_archive
+from pipeline.synthesize.archive import synthesize_archive
+from pipeline.synthesize.layout import plan_cases
+from pipeline.synthesize.rendering import build_case, render_slice
 
 params = Params()
 phantom = PhantomParams(image_size=64, hemorrhagic_cases=2, ischemic_cases=2, slices_per_case=6,
@@ -61,7 +63,7 @@ for variant in range(3):
     warp = elastic_map(64, 64, 34.0, 4.0, elastic_generator(5, "field", variant))
     digests[f"elastic_map/{variant}"] = hashlib.sha256(
         warp.map_x.tobytes() + warp.map_y.tobytes()).hexdigest()
-class_index = {"Hemorrhagic": 1, "Ischemic": 2}
+class_index = {lesion.name: lesion.index for lesion in params.lesion_classes}
 for files in rendered:
     members = dict(files.members)
     if not files.spec.has_mask:

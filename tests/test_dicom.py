@@ -31,6 +31,7 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import CTImageStorage, JPEGLosslessSV1
 
+from pipeline.classes import SOURCE_CLASSES
 from pipeline.dicom import (
     CtSeries,
     SeriesRefusal,
@@ -50,9 +51,10 @@ from pipeline.dicom_seg import (
 from pipeline.inference import Segmenter, segment_files, to_model_input
 from pipeline.io import read_image, window_to_uint8, write_png
 from pipeline.masks import colour_to_index
-from pipeline.params import CLASS_NAMES, PhantomParams, parse_params
-from pipeline.phantom import plan_cases, render_case_slices, synthesize_archive
-from pipeline.phantom_dicom import DICOM_CASES_FILE, synthesize_dicom
+from pipeline.params import PhantomParams, parse_params
+from pipeline.synthesize.archive import render_case_slices, synthesize_archive
+from pipeline.synthesize.dicom_series import DICOM_CASES_FILE, synthesize_dicom
+from pipeline.synthesize.layout import plan_cases
 from tests.test_inference import MODEL_SIZE, tiny_model  # noqa: F401 (a pytest fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -470,9 +472,9 @@ def test_round_trip_seg_equals_the_png_path_on_the_same_slices(tmp_path, model, 
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_instance_uid
         assert seg.StudyInstanceUID == series.datasets[0].StudyInstanceUID
         for number, item in enumerate(seg.SegmentSequence, start=1):
-            assert item.SegmentLabel == CLASS_NAMES[number - 1]
+            assert item.SegmentLabel == SOURCE_CLASSES[number - 1]
             concept = item.SegmentedPropertyTypeCodeSequence[0]
-            expected = SEGMENTED_PROPERTY_TYPES[CLASS_NAMES[number - 1]]
+            expected = SEGMENTED_PROPERTY_TYPES[SOURCE_CLASSES[number - 1]]
             assert (concept.CodeValue, concept.CodingSchemeDesignator) == (
                 expected.value,
                 "SCT",
@@ -546,7 +548,7 @@ def test_volumes_agree_with_the_phantom_truth(tmp_path, phantom_dicom, model_siz
     greys, truths, bounds = [], [], {}
     for series in all_series:
         row = table[table["series_instance_uid"] == series.series_instance_uid].iloc[0]
-        class_index = CLASS_NAMES.index(row["class"]) + 1
+        class_index = SOURCE_CLASSES.index(row["class"]) + 1
         stems = sorted(p.stem for p in (phantom_dicom / row["series_path"]).iterdir())
         truth = np.stack(
             [read_image(phantom_dicom / row["truth_path"] / f"{stem}.png") > 0 for stem in stems]

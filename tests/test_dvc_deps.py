@@ -2,7 +2,9 @@
 
 The import graph is read from the sources (ast), so adding an import to a pipeline module
 without declaring it in dvc.yaml (a stale cache waiting to happen) fails here, and so does
-a declared file the stage never imports (needless reruns).
+a declared file the stage never imports (needless reruns). A package (`pipeline/synthesize/`)
+is declared as its folder, which DVC hashes as a whole: importing any of its modules depends
+on all of them, and the imports of all of them count.
 """
 
 from __future__ import annotations
@@ -21,21 +23,33 @@ def dvc_stages() -> dict[str, dict]:
     return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
+def module_path(parts: list[str]) -> Path | None:
+    """The file or package folder that `pipeline.x[.y]` names, if it is in the project."""
+    folder = ROOT / parts[0] / parts[1]
+    if (folder / "__init__.py").is_file():
+        return folder
+    candidate = ROOT / parts[0] / f"{parts[1]}.py"
+    return candidate if candidate.is_file() else None
+
+
 def local_imports(path: Path) -> set[Path]:
-    """Project files imported by `path` (absolute `pipeline.x`/`stages.x` imports)."""
+    """Project files and packages imported by `path` (a file, or every file of a package),
+    through absolute `pipeline.x`/`stages.x` imports."""
     found: set[Path] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] in LOCAL_PACKAGES and len(parts) >= 2:
-                candidate = ROOT / parts[0] / f"{parts[1]}.py"
-                if candidate.is_file():
-                    found.add(candidate)
+    sources = sorted(path.glob("*.py")) if path.is_dir() else [path]
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            for name in names:
+                parts = name.split(".")
+                if parts[0] in LOCAL_PACKAGES and len(parts) >= 2:
+                    module = module_path(parts)
+                    if module is not None and module != path:
+                        found.add(module)
     return found
 
 

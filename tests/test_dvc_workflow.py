@@ -44,7 +44,7 @@ READERS: list[tuple[str, object, set[str]]] = [
     (
         "rgb_map",
         {"background": [0, 0, 0], "Hemorrhagic": [255, 0, 255], "Ischemic": [0, 255, 0]},
-        {"synthesize", "colorize", "augment", "train", "evaluate", "infer", "report"},
+        {"colorize", "augment", "train", "evaluate", "infer", "report"},
     ),
     ("split.mini_test_per_class", 2, {"split", "report"}),
     ("augment.elastic.alpha", 6.0, {"augment", "report"}),

@@ -45,6 +45,7 @@ PARAMS = parse_params(
     }
 )
 PALETTE = palette_array(PARAMS.palette)
+LESION_LABELS = [lesion.label for lesion in PARAMS.lesion_classes]
 
 
 @pytest.fixture(scope="module")
@@ -398,7 +399,9 @@ def test_triage_without_validation_negatives_is_null_with_a_reason():
             case_id, "Hemorrhagic", 2, spacing, {"hemorrhagic": found, "ischemic": empty}
         )
 
-    metrics = summarize_cases([case("1", 1.0)], [case("2", 1.0)], seed=0, samples=100)
+    metrics = summarize_cases(
+        [case("1", 1.0)], [case("2", 1.0)], seed=0, samples=100, labels=LESION_LABELS
+    )
     assert metrics["triage_threshold_ml_hemorrhagic"] is None
     assert (
         "validation cases need cases with and without hemorrhagic"

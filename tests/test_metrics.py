@@ -14,6 +14,7 @@ from medpy.metric import binary as medpy_binary
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
+from pipeline.classes import class_labels
 from pipeline.metrics import (
     SegmentationEvaluation,
     confusion_matrix,
@@ -21,13 +22,12 @@ from pipeline.metrics import (
     detection_scores,
     dice,
     dice_coef_multiclass,
-    hd95,
-    iou,
     lesion_counts,
-    normalized_surface_dice,
     surface_border,
 )
+from pipeline.params import Params
 
+LABELS = class_labels(Params().rgb_map)
 REQUIRED_KEYS = (
     "pooled_dice_hemorrhagic",
     "pooled_dice_ischemic",
@@ -50,6 +50,29 @@ def mask(shape: tuple[int, int], *pixels: tuple[int, int]) -> np.ndarray:
     for row, column in pixels:
         array[row, column] = True
     return array
+
+
+def one_slice(truth: np.ndarray, prediction: np.ndarray, tolerance_px: float = 2.0):
+    """Class 1 of one slice through `evaluate`'s own path (1 mm pixels, so mm = px): its
+    SliceClassScores and the pooled IoU, which over one slice is the slice's."""
+    evaluation = SegmentationEvaluation(tolerance_mm=tolerance_px, labels=LABELS)
+    labels = np.where(prediction, 1, 0).astype(np.uint8)
+    scores = evaluation.add("slice", truth.astype(np.uint8), one_hot_softmax(labels))
+    return scores.classes[LABELS[1]], evaluation.metrics()[f"pooled_iou_{LABELS[1]}"]
+
+
+def iou(truth: np.ndarray, prediction: np.ndarray) -> float | None:
+    return one_slice(truth, prediction)[1]
+
+
+def hd95(truth: np.ndarray, prediction: np.ndarray) -> float | None:
+    return one_slice(truth, prediction)[0].hd95
+
+
+def normalized_surface_dice(
+    truth: np.ndarray, prediction: np.ndarray, tolerance_px: float
+) -> float | None:
+    return one_slice(truth, prediction, tolerance_px)[0].nsd
 
 
 # ---- hand-computed cases -------------------------------------------------------------------
@@ -236,7 +259,7 @@ def test_pooled_slice_surface_metrics_are_in_mm(seed):
     """The slice HD95 of `evaluate`'s pooled figures: medpy's, with the pixel spacing."""
     rng = np.random.default_rng(seed)
     truth, prediction = random_mask(rng, (24, 24), 1.5), random_mask(rng, (24, 24), 1.5)
-    evaluation = SegmentationEvaluation(tolerance_mm=3.6)
+    evaluation = SegmentationEvaluation(tolerance_mm=3.6, labels=LABELS)
     labels = np.where(prediction, 1, 0).astype(np.uint8)
     scores = evaluation.add("s", truth.astype(np.uint8), one_hot_softmax(labels), 1.8)
     expected = medpy_binary.hd95(prediction, truth, voxelspacing=(1.8, 1.8), connectivity=1)
@@ -314,7 +337,7 @@ def one_hot_softmax(labels: np.ndarray) -> np.ndarray:
 
 
 def test_evaluation_metrics_keys_values_and_null_reasons():
-    evaluation = SegmentationEvaluation(tolerance_mm=2.0)
+    evaluation = SegmentationEvaluation(tolerance_mm=2.0, labels=LABELS)
     truth_a = np.zeros((16, 16), dtype=np.uint8)
     truth_a[2:6, 2:6] = 1
     prediction_a = truth_a.copy()

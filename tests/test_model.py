@@ -63,34 +63,36 @@ def test_default_params_build_the_configured_model() -> None:
 
 
 def test_residual_blocks_add_a_projected_shortcut_per_block() -> None:
-    config = UNetConfig(image_size=32, base_filters=4, num_layers=3, residual=True)
+    config = UNetConfig(image_size=32, num_classes=3, base_filters=4, num_layers=3, residual=True)
     model = build_unet(config)
     assert len(layers_of(model, keras.layers.Add)) == 3 + 2
-    plain = build_unet(UNetConfig(image_size=32, base_filters=4, num_layers=3))
+    plain = build_unet(UNetConfig(image_size=32, num_classes=3, base_filters=4, num_layers=3))
     assert model.count_params() > plain.count_params()
 
 
 def test_inputs_above_the_working_size_run_the_unet_behind_a_strided_stem() -> None:
-    config = UNetConfig(image_size=64, base_filters=4, num_layers=3, max_working_size=32)
+    config = UNetConfig(
+        image_size=64, num_classes=3, base_filters=4, num_layers=3, max_working_size=32
+    )
     assert config.stem_stride == 2
     model = build_unet(config)
     assert model.get_layer("encoder0_conv1").output.shape[1:3] == (32, 32)
     assert model.get_layer("refine_conv").output.shape[1:3] == (64, 64)
     assert model.output_shape == (None, 64, 64, 3)
-    assert UNetConfig(image_size=512, max_working_size=100).stem_stride == 8
-    plain = build_unet(UNetConfig(image_size=32, base_filters=4, num_layers=3))
+    assert UNetConfig(image_size=512, num_classes=3, max_working_size=100).stem_stride == 8
+    plain = build_unet(UNetConfig(image_size=32, num_classes=3, base_filters=4, num_layers=3))
     assert "stem" not in {layer.name for layer in plain.layers}
 
 
 def test_image_size_must_survive_every_pooling() -> None:
     with pytest.raises(ValueError, match="must be divisible by"):
-        build_unet(UNetConfig(image_size=36, num_layers=4))
+        build_unet(UNetConfig(image_size=36, num_classes=3, num_layers=4))
 
 
 def test_mixed_precision_keeps_a_float32_softmax() -> None:
     keras.config.set_dtype_policy("mixed_float16")
     try:
-        model = build_unet(UNetConfig(image_size=32, base_filters=4, num_layers=3))
+        model = build_unet(UNetConfig(image_size=32, num_classes=3, base_filters=4, num_layers=3))
         assert model.get_layer("encoder0_conv1").compute_dtype == "float16"
         output = model(np.zeros((1, 32, 32, 3), np.float32))
         assert keras.backend.standardize_dtype(output.dtype) == "float32"
@@ -119,6 +121,7 @@ def test_any_configuration_maps_images_to_per_pixel_probabilities(
 ) -> None:
     config = UNetConfig(
         image_size=16,
+        num_classes=3,
         base_filters=base_filters,
         base_kernels=base_kernels,
         num_layers=num_layers,
@@ -134,7 +137,9 @@ def test_any_configuration_maps_images_to_per_pixel_probabilities(
     np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("module", ["pipeline/model.py", "pipeline/losses.py"])
+@pytest.mark.parametrize(
+    "module", ["pipeline/model.py", "pipeline/losses.py", "pipeline/train_metrics.py"]
+)
 def test_model_and_losses_use_keras_only_so_they_run_on_any_backend(module: str) -> None:
     tree = ast.parse((PROJECT_ROOT / module).read_text())
     imported = {

@@ -18,6 +18,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.expectations import make_data_docs_offline
 from pipeline.io import DataError
 from pipeline.params import load_params
 from pipeline.report import (
@@ -31,7 +32,6 @@ from pipeline.report import (
     write_report,
 )
 from pipeline.report_html import table
-from pipeline.validation import make_data_docs_offline
 from stages.report import params_document
 from tests.conftest import PROJECT_ROOT, DvcProject
 from tests.report_fixtures import RUN_LR, SHAPES, evaluate_metrics, git, write_tiny_run

@@ -12,8 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.classes import SOURCE_CLASSES
+from pipeline.expectations import ValidationFailed
 from pipeline.io import DataError, read_manifest, resolve_path, write_manifest, write_png
-from pipeline.params import CLASS_NAMES, Params, SplitParams, SplitRatios
+from pipeline.params import Params, SplitParams, SplitRatios
 from pipeline.split import (
     SPLITS,
     pick_mini_test,
@@ -21,7 +23,6 @@ from pipeline.split import (
     split_sizes,
     validate_split,
 )
-from pipeline.validation import ValidationFailed
 from stages import split as split_stage
 from tests.conftest import original_row, with_sha256
 
@@ -47,7 +48,7 @@ def write_colorized(
     (folder / "masks").mkdir(exist_ok=True)
     for case_number, key in enumerate(sorted(cases)):
         class_name, case_id = key.split("/")
-        class_index = CLASS_NAMES.index(class_name) + 1
+        class_index = SOURCE_CLASSES.index(class_name) + 1
         for slice_number in range(slices_per_case):
             slice_id = f"{class_name}_{case_id}_{slice_number:03d}"
             image = np.full((size, size), 40 + 10 * slice_number + case_number, np.uint8)
@@ -114,7 +115,7 @@ def test_stage_splits_whole_cases_and_writes_outputs(project, monkeypatch):
     # No leakage: every case id sits in exactly one split.
     assert (table.groupby("case_id")["split"].nunique() == 1).all()
     for split in SPLITS:
-        assert set(table.loc[table["split"] == split, "class"]) == set(CLASS_NAMES)
+        assert set(table.loc[table["split"] == split, "class"]) == set(SOURCE_CLASSES)
     # Paths point into ../colorized and resolve to the files.
     assert all(path.startswith("../colorized/images/") for path in table["image_path"])
     assert all(resolve_path(table, path).is_file() for path in table["mask_path"])

@@ -33,8 +33,8 @@ from pipeline.training import TrainPaths, train_model
 from tests.conftest import original_row, rehash_manifest, with_sha256
 
 SIZE = 32
-PALETTE = ((0, 0, 0), (255, 0, 0), (0, 255, 0))
-CLASS_INDEX = {"Hemorrhagic": 1, "Ischemic": 2}
+PALETTE = Params().palette
+CLASS_INDEX = {lesion.name: lesion.index for lesion in Params().lesion_classes}
 
 
 def tiny_slice(class_name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:

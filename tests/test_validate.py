@@ -21,17 +21,17 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.data_checks import (
+from pipeline.expectations import ValidationFailed, run_suite
+from pipeline.io import read_image, read_manifest, resolve_path, write_manifest, write_png
+from pipeline.params import ValidateParams
+from pipeline.stats import class_counts, plot_class_counts
+from pipeline.validate import (
     ValidateOutputs,
     build_slice_table,
     class_table,
     slice_checks,
     validate_extracted,
 )
-from pipeline.io import read_image, read_manifest, resolve_path, write_manifest, write_png
-from pipeline.params import ValidateParams
-from pipeline.stats import class_counts, plot_class_counts
-from pipeline.validation import ValidationFailed, run_suite
 from tests.conftest import original_row, rehash_manifest, with_sha256
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -292,7 +292,7 @@ def make_data_docs_offline(docs_root: Path) -> int:
                 if target is None:
                     raise DataError(
                         f"{page}: Data Docs load {address} from the network; add a vendored "
-                        "copy to vendor/data_docs/ and to CDN_ASSETS in pipeline/validation.py"
+                        "copy to vendor/data_docs/ and to CDN_ASSETS in pipeline/expectations.py"
                     )
                 file = site / target if target.startswith("static/") else vendor / target
             elif "static/" in address and not (page.parent / address).exists():

@@ -27,7 +27,8 @@ from pipeline.dicom import derived_uid
 from pipeline.io import atomic_path, encode_png
 from pipeline.parallel import ordered_map
 from pipeline.params import PhantomParams
-from pipeline.phantom import CaseSpec, plan_cases, render_case_slices
+from pipeline.synthesize.archive import render_case_slices
+from pipeline.synthesize.layout import CaseSpec, plan_cases
 
 # Stored value = HU + 1024: air (-1000 HU) stays above 0 and dense bone fits in 16 bits.
 RESCALE_INTERCEPT_HU = -1024.0

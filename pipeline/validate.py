@@ -3,7 +3,7 @@
 `build_slice_table` joins the extracted manifest with what the files actually hold (size,
 channels, dtype, mask values, lesion fraction, a hash of the pixels, the sha256 of the bytes to
 compare with the manifest's), `class_table` sums it per class, and `validate_extracted` runs
-both through Great Expectations (`pipeline.validation`).
+both through Great Expectations (`pipeline.expectations`).
 
 Severity: every check is critical (the stage fails, nothing is written) except the case-id
 formats per class (Hemorrhagic `^\\d{3}$`, Ischemic `^\\d{7}$`). Those describe how the Kaggle
@@ -29,6 +29,15 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from pipeline.classes import HEMORRHAGIC, ISCHEMIC, SOURCE_CLASSES
+from pipeline.expectations import (
+    Check,
+    ValidationReport,
+    enforce,
+    gxe,
+    make_data_docs_offline,
+    run_suite,
+)
 from pipeline.io import (
     MANIFEST_COLUMNS,
     atomic_path,
@@ -41,18 +50,10 @@ from pipeline.io import (
     write_text_atomic,
 )
 from pipeline.parallel import ordered_map
-from pipeline.params import CLASS_NAMES, ValidateParams
+from pipeline.params import ValidateParams
 from pipeline.stats import plot_class_counts
-from pipeline.validation import (
-    Check,
-    ValidationReport,
-    enforce,
-    gxe,
-    make_data_docs_offline,
-    run_suite,
-)
 
-CASE_ID_FORMATS: dict[str, str] = {"Hemorrhagic": r"^\d{3}$", "Ischemic": r"^\d{7}$"}
+CASE_ID_FORMATS: dict[str, str] = {HEMORRHAGIC: r"^\d{3}$", ISCHEMIC: r"^\d{7}$"}
 MASK_VALUES = (0, 255)
 # Distinct mask values written into the table (enough to see what went wrong).
 MASK_VALUES_SHOWN = 6
@@ -210,7 +211,7 @@ def build_slice_table(manifest: pd.DataFrame, workers: int = 0) -> pd.DataFrame:
 
 def class_table(table: pd.DataFrame) -> pd.DataFrame:
     """One row per known class (present or not): slices, cases, lesion slices and their share."""
-    known = table[table["class"].isin(CLASS_NAMES)]
+    known = table[table["class"].isin(SOURCE_CLASSES)]
     has_lesion = known["lesion_pixels_measured"].fillna(0) > 0
     grouped = known.assign(has_lesion=has_lesion).groupby("class")
     counts = pd.DataFrame(
@@ -220,7 +221,7 @@ def class_table(table: pd.DataFrame) -> pd.DataFrame:
             "lesion_slices": grouped["has_lesion"].sum(),
         }
     )
-    counts = counts.reindex(list(CLASS_NAMES), fill_value=0).astype("int64")
+    counts = counts.reindex(list(SOURCE_CLASSES), fill_value=0).astype("int64")
     counts["lesion_slice_share"] = (
         counts["lesion_slices"] / counts["slices"].where(counts["slices"] > 0)
     ).astype("Float64")
@@ -242,7 +243,7 @@ def slice_checks(params: ValidateParams) -> list[Check]:
         ),
         Check("unique_ids", gxe.ExpectColumnValuesToBeUnique(column="id")),
         Check("id_names_class_and_case", _in_set("id_names_class_and_case", [True])),
-        Check("class_is_known", _in_set("class", CLASS_NAMES)),
+        Check("class_is_known", _in_set("class", SOURCE_CLASSES)),
         Check(
             "case_id_present", gxe.ExpectColumnValuesToMatchRegex(column="case_id", regex=r"^\S+$")
         ),

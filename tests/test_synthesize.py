@@ -1,4 +1,5 @@
-"""The CT phantom: tissue densities, lesion masks, determinism and the Kaggle archive layout."""
+"""Stage `synthesize` (pipeline/synthesize/): tissue densities, lesion masks, determinism and the
+Kaggle archive layout of the CT phantom."""
 
 from __future__ import annotations
 
@@ -18,17 +19,11 @@ from hypothesis import strategies as st
 
 from pipeline.io import SPACING_FILE, parse_spacing_json, window_to_uint8
 from pipeline.params import ParamsError, PhantomParams, parse_params
-from pipeline.phantom import (
-    ARCHIVE_ROOT,
-    CT_DATA_ROOT,
-    PARENCHYMA,
-    Tissue,
-    build_case,
-    phantom_montage,
-    plan_cases,
-    render_slice,
-    synthesize_archive,
-)
+from pipeline.synthesize.anatomy import PARENCHYMA, Tissue
+from pipeline.synthesize.archive import synthesize_archive
+from pipeline.synthesize.layout import ARCHIVE_ROOT, CT_DATA_ROOT, plan_cases
+from pipeline.synthesize.montage import phantom_montage
+from pipeline.synthesize.rendering import build_case, render_slice
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
@@ -319,14 +314,15 @@ def test_params_errors_name_the_key(phantom, expected):
     assert "phantom" in str(caught.value)
 
 
-def test_montage_shows_both_classes(small_archive):
+def test_montage_shows_both_classes_in_their_display_colours(small_archive):
     _, _, rendered = small_archive
-    palette = ((0, 0, 0), (255, 0, 0), (0, 255, 0))
-    picture = phantom_montage(rendered, palette)
+    picture = phantom_montage(rendered)
     assert picture.ndim == 3 and picture.dtype == np.uint8
     red, green = picture[..., 0].astype(int), picture[..., 1].astype(int)
-    assert np.sum(red - green > 80) > 10, "hemorrhage overlaid in red"
-    assert np.sum(green - red > 80) > 10, "infarct overlaid in green"
+    # Overlaid at alpha 0.45, tab:red lifts red over green by 0.45 * 175 = 79, tab:green
+    # green over red by 0.45 * 121 = 54.
+    assert np.sum(red - green > 40) > 10, "hemorrhage overlaid in red"
+    assert np.sum(green - red > 40) > 10, "infarct overlaid in green"
 
 
 def test_default_size_slice_looks_like_brain_window_ct():

@@ -1,0 +1,365 @@
+"""The head: tissue densities, the random anatomy of a case (head shape, skull, ventricles,
+sulci, deep nuclei) and the pixel grid it is drawn on.
+
+Lengths in pixels are given at 512 px (REFERENCE_SIZE) and scale with `image_size`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+import cv2
+import numpy as np
+
+from pipeline.numerics import arctan2_f32, cos_f32, sin_f32
+from pipeline.params import PhantomParams
+
+REFERENCE_SIZE = 512
+# Tissues outside the brain have fixed densities; brain, CSF and lesions come from params.
+AIR_HU = -1000.0
+FAT_HU = -90.0
+SKIN_HU = 45.0
+MUSCLE_HU = 42.0
+VITREOUS_HU = 12.0
+TABLE_HU = 400.0
+
+
+class Tissue(IntEnum):
+    """Label of each pixel in the tissue map returned by `render_slice`."""
+
+    AIR = 0
+    FAT = 1
+    SOFT_TISSUE = 2  # skin, muscle, eyes
+    BONE = 3
+    TABLE = 4
+    CSF = 5
+    GREY_MATTER = 6
+    WHITE_MATTER = 7
+    FALX = 8
+    HEMORRHAGE = 9
+    ISCHEMIA = 10
+
+
+PARENCHYMA = (Tissue.GREY_MATTER, Tissue.WHITE_MATTER)
+
+
+@dataclass(frozen=True)
+class Ellipsoid:
+    """Ellipsoid in head units (u to the image right, v posterior; 1 = head half-width)
+    and slice height z (0 skull base .. 1 vertex)."""
+
+    centre: tuple[float, float, float]
+    axes: tuple[float, float, float]
+    angle: float
+
+
+@dataclass(frozen=True)
+class Tube:
+    """Tube along a 3-D centre line: rows of (u, v, z, in-plane radius, vertical radius)."""
+
+    points: np.ndarray
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """Everything random about one head (lengths in pixels are at the case's image size)."""
+
+    centre: tuple[float, float]
+    half_width_px: float
+    elongation: float  # front-to-back over left-to-right head size
+    rotation: float
+    outline: np.ndarray  # (k, 3): harmonic order, amplitude, phase of the head outline
+    heights: np.ndarray  # z of each slice
+    skin_px: float
+    fat_px: float
+    skull_px: float
+    gap_px: float
+    cortex_px: float
+    sulcus_count: int
+    sulcus_meander: np.ndarray  # (k, 4): order, amplitude, phase, drift with z
+    sulcus_depth: np.ndarray  # relative depth of each sulcus
+    sulcus_opening: np.ndarray  # share of each sulcus' depth that holds visible CSF
+    sulcus_width_px: np.ndarray  # half-width of each sulcus at the surface
+    falx_bend: tuple[float, float]
+    ventricles: tuple[Tube, ...]
+    small_ventricles: tuple[Ellipsoid, ...]
+    fissures: tuple[Tube, ...]
+    nuclei: tuple[Ellipsoid, ...]
+    grey_hu: float
+    white_hu: float
+    csf_hu: float
+    noise_hu: float
+    texture: np.ndarray  # (slices, g, g) smooth parenchyma texture, unit std
+    folding: np.ndarray  # (slices, g, g) smooth field that bends the sulci, unit std
+    porosity: np.ndarray  # (g, g) field whose high values are air cells in the skull base
+    table: tuple[float, float, float] | None  # lowest point y, radius, thickness (px)
+
+
+@dataclass(frozen=True)
+class CaseGrid:
+    """Per-pixel coordinates of a case, computed once and shared by its slices."""
+
+    u: np.ndarray  # head units, to the image right
+    v: np.ndarray  # head units, posterior
+    angle: np.ndarray  # atan2(v, u)
+    radius_px: np.ndarray  # distance from the head centre in pixels
+    outline_radius: np.ndarray  # head outline radius (head units) in each pixel's direction
+    temporal_muscle: np.ndarray  # 0..1, where the temporal muscles lie (the head's sides)
+    skull_profile: np.ndarray  # skull thickness by direction (thinner at the temples)
+    sulcus_phase: np.ndarray  # sulcus_count * angle
+    meander_sin: tuple[np.ndarray, ...]  # sin / cos of each sulcus meander term's angle part
+    meander_cos: tuple[np.ndarray, ...]
+    table: np.ndarray | None  # the CT table's arc (pixels), when the case has one
+
+
+# Centre lines, one side, mirrored: (u, v as a fraction of the front-back half-axis, z,
+# in-plane radius, vertical radius). Ventricle radii grow with the case's atrophy.
+LATERAL_VENTRICLE = (
+    (0.050, -0.42, 0.47, 0.025, 0.06),  # frontal horn tip
+    (0.072, -0.31, 0.50, 0.060, 0.08),  # frontal horn
+    (0.064, -0.16, 0.55, 0.050, 0.07),  # body
+    (0.070, 0.00, 0.57, 0.045, 0.07),
+    (0.095, 0.14, 0.54, 0.055, 0.08),
+    (0.190, 0.27, 0.46, 0.080, 0.09),  # atrium
+    (0.170, 0.42, 0.43, 0.045, 0.06),  # occipital horn
+    (0.135, 0.52, 0.42, 0.018, 0.04),
+)
+
+
+TEMPORAL_HORN = (
+    (0.210, 0.24, 0.42, 0.050, 0.06),
+    (0.310, 0.12, 0.33, 0.035, 0.05),
+    (0.360, -0.02, 0.25, 0.025, 0.05),
+    (0.370, -0.12, 0.21, 0.018, 0.04),
+)
+
+
+SYLVIAN_FISSURE = (
+    (0.90, -0.06, 0.30, 0.020, 0.13),
+    (0.68, -0.10, 0.30, 0.016, 0.13),
+    (0.52, -0.07, 0.30, 0.013, 0.11),
+)
+
+
+# Small midline ventricles and deep grey nuclei: ((u, v fraction, z), axes, angle, mirrored).
+EllipsoidTemplate = tuple[tuple[float, float, float], tuple[float, float, float], float, bool]
+MIDLINE_VENTRICLES: tuple[EllipsoidTemplate, ...] = (
+    ((0.0, -0.03, 0.36), (0.018, 0.13, 0.08), 0.0, False),  # third ventricle
+    ((0.0, 0.33, 0.07), (0.055, 0.04, 0.07), 0.0, False),  # fourth ventricle
+)
+
+
+DEEP_NUCLEI: tuple[EllipsoidTemplate, ...] = (
+    ((0.25, -0.05, 0.38), (0.07, 0.16, 0.11), 0.25, True),  # lentiform nucleus
+    ((0.10, 0.11, 0.38), (0.075, 0.11, 0.09), 0.0, True),  # thalamus
+    ((0.15, -0.28, 0.47), (0.045, 0.08, 0.10), 0.3, True),  # caudate head
+)
+
+
+BASE_TOP = 0.17  # skull-base structures fade out below this height
+
+
+def smoothstep(edge0: float, edge1: float, x: np.ndarray | float) -> np.ndarray:
+    """0 at edge0, 1 at edge1 (edges may be in either order), smooth in between."""
+    t = np.clip((np.asarray(x, dtype=np.float32) - edge0) / (edge1 - edge0), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def head_scale(z: float) -> float:
+    """Head cross-section at height z relative to the widest level (z 0.45)."""
+    if z < 0.45:
+        return 1.0 - 0.1 * ((0.45 - z) / 0.45) ** 2
+    return math.sqrt(max(0.05, 1.0 - ((z - 0.45) / 0.8) ** 2))
+
+
+def _tube(
+    template: Sequence[tuple[float, float, float, float, float]],
+    side: int,
+    grow: float,
+    elongation: float,
+    rng: np.random.Generator,
+) -> Tube:
+    points = np.array(template, dtype=np.float64)
+    points[:, 0] = side * (points[:, 0] + points[:, 3] * (grow - 1.0))
+    points[:, 1] *= elongation
+    points[:, 3] *= grow
+    points[:, :3] += rng.normal(0.0, 0.008, size=(len(points), 3))
+    return Tube(points)
+
+
+def _ellipsoids(
+    templates: Sequence[EllipsoidTemplate], elongation: float, rng: np.random.Generator
+) -> tuple[Ellipsoid, ...]:
+    shapes: list[Ellipsoid] = []
+    for (u, v, z), axes, angle, mirrored in templates:
+        for side in (1, -1) if mirrored else (1,):
+            jitter = rng.normal(0.0, 0.01, size=3)
+            shapes.append(
+                Ellipsoid(
+                    centre=(side * u + jitter[0], v * elongation + jitter[1], z + jitter[2]),
+                    axes=axes,
+                    angle=side * angle,
+                )
+            )
+    return tuple(shapes)
+
+
+def sample_anatomy(rng: np.random.Generator, params: PhantomParams) -> Anatomy:
+    size = params.image_size
+    scale = size / REFERENCE_SIZE
+    slices = params.slices_per_case
+    half_width = size * rng.uniform(0.31, 0.355)
+    elongation = rng.uniform(1.14, 1.26)
+    centre = (
+        size * (0.5 + rng.normal(0.0, 0.012)),
+        size * (0.465 + rng.normal(0.0, 0.01)),
+    )
+    orders = np.arange(2.0, 6.0)
+    outline = np.column_stack(
+        [orders, rng.uniform(0.0, 0.016, size=4), rng.uniform(0, 2 * np.pi, size=4)]
+    )
+    # Egg shape: the back of the head (+v) is a little wider than the front.
+    outline = np.vstack([outline, [1.0, rng.uniform(0.015, 0.04), -np.pi / 2]])
+    heights = np.linspace(rng.uniform(0.0, 0.04), rng.uniform(0.86, 0.93), slices)
+    atrophy = rng.uniform(0.0, 1.0)
+    grow = 0.85 + 0.6 * atrophy
+    asymmetry = rng.normal(0.0, 0.05)
+    sulcus_count = int(rng.integers(50, 64))
+    meander = np.column_stack(
+        [
+            rng.choice(np.arange(3.0, 10.0), size=3, replace=False),
+            rng.uniform(0.8, 1.8, size=3),
+            rng.uniform(0, 2 * np.pi, size=3),
+            rng.uniform(-1.5, 1.5, size=3),
+        ]
+    )
+    # Random fields have fixed grids, so a case's anatomy does not depend on image_size.
+    texture = _smooth_volume(rng.standard_normal((slices + 4, 21, 21), dtype=np.float32))
+    folding = _smooth_volume(rng.standard_normal((slices + 4, 36, 36), dtype=np.float32))
+    csf_low, csf_high = params.csf_hu
+    table = None
+    if rng.uniform() < params.table_probability:
+        lowest = centre[1] + half_width * elongation * 1.1 + rng.uniform(6.0, 20.0) * scale
+        table = (lowest, size * rng.uniform(0.55, 1.2), rng.uniform(3.0, 6.0) * scale)
+    return Anatomy(
+        centre=centre,
+        half_width_px=half_width,
+        elongation=elongation,
+        rotation=rng.normal(0.0, 0.08),
+        outline=outline,
+        heights=heights,
+        skin_px=rng.uniform(1.8, 2.8) * scale,
+        fat_px=rng.uniform(2.5, 6.0) * scale,
+        skull_px=rng.uniform(7.0, 11.0) * scale,
+        gap_px=(0.5 + 1.5 * atrophy) * scale,
+        cortex_px=rng.uniform(4.5, 6.0) * scale,
+        sulcus_count=sulcus_count,
+        sulcus_meander=meander,
+        # Deep primary sulci between shallow secondary ones.
+        sulcus_depth=np.where(
+            rng.uniform(size=sulcus_count) < 0.45,
+            rng.uniform(0.8, 1.5, size=sulcus_count),
+            rng.uniform(0.25, 0.6, size=sulcus_count),
+        ),
+        sulcus_opening=(0.2 + 0.6 * atrophy) * rng.uniform(0.2, 1.2, size=sulcus_count),
+        sulcus_width_px=(0.9 + 0.9 * atrophy) * scale * rng.uniform(0.6, 1.4, size=sulcus_count),
+        falx_bend=(rng.normal(0.0, 0.02), rng.normal(0.0, 0.03)),
+        ventricles=tuple(
+            _tube(path, side, grow * (1.0 + side * asymmetry), elongation, rng)
+            for path in (LATERAL_VENTRICLE, TEMPORAL_HORN)
+            for side in (1, -1)
+        ),
+        small_ventricles=_ellipsoids(MIDLINE_VENTRICLES, elongation, rng),
+        fissures=tuple(
+            _tube(SYLVIAN_FISSURE, side, 0.9 + 0.5 * atrophy, elongation, rng) for side in (1, -1)
+        ),
+        nuclei=_ellipsoids(DEEP_NUCLEI, elongation, rng),
+        grey_hu=params.grey_matter_hu + rng.uniform(-1.0, 1.0),
+        white_hu=params.white_matter_hu + rng.uniform(-1.0, 1.0),
+        csf_hu=rng.uniform(
+            csf_low + 0.55 * (csf_high - csf_low), csf_low + 0.9 * (csf_high - csf_low)
+        ),
+        noise_hu=rng.uniform(*params.noise_hu),
+        texture=texture[2:-2],
+        folding=folding[2:-2],
+        porosity=rng.uniform(0.0, 1.0, size=(85, 85)).astype(np.float32),
+        table=table,
+    )
+
+
+def _smooth_volume(volume: np.ndarray) -> np.ndarray:
+    """Smooth a (slices, g, g) random volume along z and in-plane; unit std again."""
+    along_z = 0.25 * np.roll(volume, 1, axis=0) + 0.5 * volume + 0.25 * np.roll(volume, -1, axis=0)
+    smooth = np.stack([cv2.GaussianBlur(plane, (0, 0), 0.8) for plane in along_z])
+    return (smooth / max(float(smooth.std()), 1e-6)).astype(np.float32)
+
+
+def case_grid(anatomy: Anatomy, size: int) -> CaseGrid:
+    image_y, image_x = np.mgrid[0:size, 0:size].astype(np.float32)
+    dx = image_x - np.float32(anatomy.centre[0])
+    dy = image_y - np.float32(anatomy.centre[1])
+    cos, sin = np.float32(math.cos(anatomy.rotation)), np.float32(math.sin(anatomy.rotation))
+    to_head = np.float32(1.0 / anatomy.half_width_px)
+    u = (dx * cos + dy * sin) * to_head
+    v = (dy * cos - dx * sin) * to_head
+    angle = arctan2_f32(v, u)
+    outline = np.ones_like(u)
+    for order, amplitude, phase in anatomy.outline:
+        outline += np.float32(amplitude) * cos_f32(np.float32(order) * angle + np.float32(phase))
+    # Radius of the ellipse with half-axes 1 (along u) and `elongation` (along v).
+    elongation = np.float32(anatomy.elongation)
+    ellipse = elongation / np.sqrt((elongation * cos_f32(angle)) ** 2 + sin_f32(angle) ** 2)
+    meander = [
+        np.float32(order) * angle + np.float32(offset)
+        for order, _, offset, _ in anatomy.sulcus_meander
+    ]
+    table = None
+    if anatomy.table is not None:
+        lowest, radius, thickness = anatomy.table
+        centre_y = lowest - radius
+        distance = np.hypot(image_x - np.float32(anatomy.centre[0]), image_y - np.float32(centre_y))
+        table = (
+            (distance <= radius)
+            & (distance > radius - thickness)
+            & (image_y > centre_y + 0.3 * radius)
+        )
+    return CaseGrid(
+        u=u,
+        v=v,
+        angle=angle,
+        radius_px=np.hypot(dx, dy),
+        outline_radius=outline * ellipse,
+        temporal_muscle=smoothstep(0.5, 0.9, np.abs(cos_f32(angle))),
+        skull_profile=1.0 - 0.22 * cos_f32(2.0 * angle),
+        sulcus_phase=np.float32(anatomy.sulcus_count) * angle,
+        meander_sin=tuple(sin_f32(term) for term in meander),
+        meander_cos=tuple(cos_f32(term) for term in meander),
+        table=table,
+    )
+
+
+def pixel_box(
+    anatomy: Anatomy, points: np.ndarray, reach: float, size: int
+) -> tuple[slice, slice] | None:
+    """Pixel window holding every point (head units) widened by `reach` head units."""
+    cos, sin = math.cos(anatomy.rotation), math.sin(anatomy.rotation)
+    x = anatomy.centre[0] + anatomy.half_width_px * (points[:, 0] * cos - points[:, 1] * sin)
+    y = anatomy.centre[1] + anatomy.half_width_px * (points[:, 0] * sin + points[:, 1] * cos)
+    margin = reach * anatomy.half_width_px + 2.0
+    rows = slice(max(0, int(y.min() - margin)), min(size, int(y.max() + margin) + 1))
+    columns = slice(max(0, int(x.min() - margin)), min(size, int(x.max() + margin) + 1))
+    if rows.start >= rows.stop or columns.start >= columns.stop:
+        return None
+    return rows, columns
+
+
+def ellipse_field(u: np.ndarray, v: np.ndarray, shape: Ellipsoid) -> np.ndarray:
+    """Squared normalised in-plane radius of `shape` (below 1 inside its outline)."""
+    u = u - np.float32(shape.centre[0])
+    v = v - np.float32(shape.centre[1])
+    cos, sin = np.float32(math.cos(shape.angle)), np.float32(math.sin(shape.angle))
+    along_u = (u * cos + v * sin) / np.float32(shape.axes[0])
+    along_v = (v * cos - u * sin) / np.float32(shape.axes[1])
+    return along_u * along_u + along_v * along_v

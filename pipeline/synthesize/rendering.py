@@ -1,0 +1,391 @@
+"""One slice in Hounsfield units: the case model (anatomy, grid, lesion) drawn at one
+height, then blurred, given noise and windowed to 8-bit by the caller."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from pipeline.numerics import baseline_opencv
+from pipeline.params import PhantomParams
+from pipeline.synthesize.anatomy import (
+    AIR_HU,
+    BASE_TOP,
+    FAT_HU,
+    MUSCLE_HU,
+    REFERENCE_SIZE,
+    SKIN_HU,
+    TABLE_HU,
+    VITREOUS_HU,
+    Anatomy,
+    CaseGrid,
+    Ellipsoid,
+    Tissue,
+    Tube,
+    case_grid,
+    ellipse_field,
+    head_scale,
+    pixel_box,
+    sample_anatomy,
+    smoothstep,
+)
+from pipeline.synthesize.layout import CaseSpec
+from pipeline.synthesize.lesions import Lesion, add_lesion, infarct_region, sample_lesion
+
+
+@dataclass(frozen=True)
+class PhantomSlice:
+    """One rendered slice: `hu` is the final image in HU (blur and noise included);
+    `clean_hu` the tissue model before blur and noise; `baseline_hu` the same tissue model
+    without the lesion; `tissue` a `Tissue` label per pixel; `lesion` the lesion mask."""
+
+    hu: np.ndarray
+    clean_hu: np.ndarray
+    baseline_hu: np.ndarray
+    tissue: np.ndarray
+    lesion: np.ndarray
+
+
+@dataclass(frozen=True)
+class CaseModel:
+    spec: CaseSpec
+    params: PhantomParams
+    anatomy: Anatomy
+    lesion: Lesion
+    grid: CaseGrid
+
+
+@baseline_opencv()
+def build_case(spec: CaseSpec, params: PhantomParams) -> CaseModel:
+    """Draw the anatomy and lesion of one case from the case's own generator."""
+    rng = np.random.default_rng(np.random.SeedSequence(list(spec.entropy)))
+    anatomy = sample_anatomy(rng, params)
+    lesion = sample_lesion(rng, spec.class_name, params, anatomy.elongation)
+    return CaseModel(spec, params, anatomy, lesion, case_grid(anatomy, params.image_size))
+
+
+@dataclass(frozen=True)
+class _SkullBase:
+    bone: np.ndarray
+    air: np.ndarray
+    fat: np.ndarray
+    eyes: np.ndarray
+    csf: np.ndarray
+    posterior_fossa: np.ndarray
+
+
+def _paint_ellipsoids(
+    target: np.ndarray, grid: CaseGrid, anatomy: Anatomy, shapes: Sequence[Ellipsoid], z: float
+) -> None:
+    """Set `target` where any of the 3-D `shapes` cuts the slice at height z."""
+    for shape in shapes:
+        z_term = ((z - shape.centre[2]) / shape.axes[2]) ** 2
+        if z_term >= 1.0:
+            continue
+        box = pixel_box(anatomy, np.array([shape.centre[:2]]), max(shape.axes[:2]), target.shape[0])
+        if box is not None:
+            target[box] |= ellipse_field(grid.u[box], grid.v[box], shape) < 1.0 - z_term
+
+
+def _segment_distance(
+    u: np.ndarray, v: np.ndarray, start: Sequence[float], end: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distance of each point to the segment start-end, and its position along it (0..1)."""
+    du, dv = np.float32(end[0] - start[0]), np.float32(end[1] - start[1])
+    u, v = u - np.float32(start[0]), v - np.float32(start[1])
+    along = np.clip((u * du + v * dv) / (du * du + dv * dv), 0.0, 1.0)
+    return np.hypot(u - along * du, v - along * dv), along
+
+
+def _paint_tubes(
+    target: np.ndarray, grid: CaseGrid, anatomy: Anatomy, tubes: Sequence[Tube], z: float
+) -> None:
+    """Set `target` where any tube (a chain of conical segments in 3-D) cuts the slice."""
+    for tube in tubes:
+        for start, end in zip(tube.points[:-1], tube.points[1:], strict=True):
+            reach_z = max(start[4], end[4])
+            if not min(start[2], end[2]) - reach_z < z < max(start[2], end[2]) + reach_z:
+                continue
+            box = pixel_box(
+                anatomy, np.stack([start[:2], end[:2]]), max(start[3], end[3]), target.shape[0]
+            )
+            if box is None:
+                continue
+            distance, along = _segment_distance(grid.u[box], grid.v[box], start, end)
+            radius = start[3] + (end[3] - start[3]) * along
+            height = start[2] + (end[2] - start[2]) * along
+            vertical = start[4] + (end[4] - start[4]) * along
+            target[box] |= (distance / radius) ** 2 + ((z - height) / vertical) ** 2 < 1.0
+
+
+def _set(
+    hu: np.ndarray, tissue: np.ndarray, where: np.ndarray, value: float, label: Tissue
+) -> None:
+    hu[where] = value
+    tissue[where] = label
+
+
+@dataclass(frozen=True)
+class _Head:
+    """Scalp and skull of one slice, and where the cranial cavity starts."""
+
+    head: np.ndarray  # inside the skin
+    rho: np.ndarray  # radius relative to the head outline (1 at the skin)
+    inner_depth: np.ndarray  # pixels below the skull's inner table (negative outside it)
+
+
+@baseline_opencv()
+def render_slice(case: CaseModel, index: int) -> PhantomSlice:
+    """Slice `index` of a case in HU, with its tissue labels and lesion mask."""
+    params, anatomy, grid = case.params, case.anatomy, case.grid
+    size = params.image_size
+    scale = size / REFERENCE_SIZE
+    z = float(anatomy.heights[index])
+    base = float(smoothstep(BASE_TOP, 0.02, z))  # 1 at the skull base, 0 higher up
+    hu = np.full((size, size), AIR_HU, dtype=np.float32)
+    tissue = np.full((size, size), Tissue.AIR, dtype=np.uint8)
+
+    head = _scalp_and_skull(hu, tissue, case, z, base)
+    cranium = head.head & (head.inner_depth >= 0.0)
+    brain_space = cranium
+    skull_base = None
+    if base > 0.0:
+        skull_base = _skull_base(grid, anatomy, z, base)
+        _set(hu, tissue, cranium & skull_base.bone, params.skull_hu, Tissue.BONE)
+        _set(hu, tissue, head.head & skull_base.air, AIR_HU, Tissue.AIR)
+        _set(hu, tissue, head.head & skull_base.fat, FAT_HU, Tissue.FAT)
+        _set(hu, tissue, head.head & skull_base.eyes, VITREOUS_HU, Tissue.SOFT_TISSUE)
+        brain_space &= ~(skull_base.bone | skull_base.air | skull_base.fat | skull_base.eyes)
+
+    # Brain: surface, sulci, fissures, cisterns and ventricles.
+    gap_px = anatomy.gap_px * (1.0 + 1.5 * float(smoothstep(0.6, 0.95, z)))
+    brain = brain_space & (head.inner_depth >= gap_px)
+    surface_depth = head.inner_depth - np.float32(gap_px)
+    open_sulci, sulcal_lines = _sulci(anatomy, grid, index, surface_depth, scale)
+    fissure, falx = _interhemispheric(anatomy, grid, z, brain, scale)
+    cisterns = np.zeros_like(brain)
+    _paint_tubes(cisterns, grid, anatomy, anatomy.fissures, z)
+    if skull_base is not None:
+        cisterns |= skull_base.csf | _basal_cisterns(grid, anatomy, z)
+    ventricles = np.zeros_like(brain)
+    _paint_tubes(ventricles, grid, anatomy, anatomy.ventricles, z)
+    _paint_ellipsoids(ventricles, grid, anatomy, anatomy.small_ventricles, z)
+    ventricles &= brain & (surface_depth > 3.0 * scale)
+    lesion_t = case.lesion.height(index)
+    infarct = None
+    if lesion_t is not None and case.lesion.infarct is not None:
+        infarct = brain & infarct_region(case.lesion, case.lesion.infarct, grid, head.rho, lesion_t)
+        open_sulci &= ~infarct  # swelling effaces the sulci of an infarct
+    outer_csf = (brain_space & ~brain) | (brain & (open_sulci | fissure | cisterns))
+
+    grey = _grey_share(case, index, brain & ~(outer_csf | sulcal_lines | falx), skull_base)
+    solid = brain & ~(outer_csf | ventricles | falx)
+    parenchyma_hu = (
+        np.float32(anatomy.white_hu)
+        + np.float32(anatomy.grey_hu - anatomy.white_hu) * grey[solid]
+        + np.float32(params.texture_hu) * _texture(case, index)[solid]
+    )
+    hu[solid] = np.clip(parenchyma_hu, *params.parenchyma_hu)
+    tissue[solid] = np.where(grey[solid] >= 0.5, Tissue.GREY_MATTER, Tissue.WHITE_MATTER)
+    _set(hu, tissue, outer_csf | ventricles, anatomy.csf_hu, Tissue.CSF)
+    _set(hu, tissue, falx, params.falx_hu, Tissue.FALX)
+    if grid.table is not None:
+        _set(hu, tissue, grid.table & ~head.head, TABLE_HU, Tissue.TABLE)
+
+    baseline_hu = hu.copy()
+    lesion = np.zeros_like(brain)
+    if lesion_t is not None:
+        lesion = add_lesion(hu, tissue, case, lesion_t, brain_space, head.inner_depth, infarct)
+    sigma = params.blur_sigma_px * scale
+    blurred = cv2.GaussianBlur(hu, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE) if sigma else hu
+    return PhantomSlice(blurred + _noise(case, index), hu, baseline_hu, tissue, lesion)
+
+
+def _scalp_and_skull(
+    hu: np.ndarray, tissue: np.ndarray, case: CaseModel, z: float, base: float
+) -> _Head:
+    """Paint skin, fat, temporal muscles and skull by depth below the skin."""
+    anatomy, grid = case.anatomy, case.grid
+    scale = case.params.image_size / REFERENCE_SIZE
+    rho = np.hypot(grid.u, grid.v) / (grid.outline_radius * np.float32(head_scale(z)))
+    head = rho < 1.0
+    depth = cv2.distanceTransform(head.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    fat_start = anatomy.skin_px
+    muscle_start = fat_start + anatomy.fat_px
+    skull_start = (
+        muscle_start + 9.0 * scale * float(smoothstep(0.7, 0.45, z)) * grid.temporal_muscle
+    )
+    # Thicker at the skull base and where the top of the skull is cut obliquely.
+    skull_px = anatomy.skull_px * grid.skull_profile
+    skull_px += scale * (7.0 * base + 5.0 * float(smoothstep(0.78, 0.95, z)))
+    _set(hu, tissue, head, SKIN_HU, Tissue.SOFT_TISSUE)
+    _set(hu, tissue, head & (depth >= fat_start), FAT_HU, Tissue.FAT)
+    muscle = head & (depth >= muscle_start) & (depth < skull_start)
+    _set(hu, tissue, muscle, MUSCLE_HU, Tissue.SOFT_TISSUE)
+    _set(hu, tissue, head & (depth >= skull_start), case.params.skull_hu, Tissue.BONE)
+    return _Head(head, rho, depth - (skull_start + skull_px))
+
+
+def _grey_share(
+    case: CaseModel, index: int, cortex_source: np.ndarray, skull_base: _SkullBase | None
+) -> np.ndarray:
+    """Share of grey matter per pixel (0 white .. 1 grey): a cortex ribbon of the case's
+    thickness along the brain surface, sulci and fissures (`cortex_source` is zero there),
+    the deep nuclei, and a uniform cerebellum."""
+    anatomy = case.anatomy
+    scale = case.params.image_size / REFERENCE_SIZE
+    depth = cv2.distanceTransform(
+        cortex_source.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
+    )
+    grey = np.clip((np.float32(anatomy.cortex_px) - depth) / np.float32(1.5 * scale) + 0.5, 0, 1)
+    nuclei = np.zeros(grey.shape, dtype=bool)
+    _paint_ellipsoids(nuclei, case.grid, anatomy, anatomy.nuclei, float(anatomy.heights[index]))
+    grey[nuclei] = np.maximum(grey[nuclei], 0.8)
+    if skull_base is not None:
+        fossa = skull_base.posterior_fossa
+        grey[fossa] = 0.55 + 0.35 * grey[fossa]
+    return grey
+
+
+def _texture(case: CaseModel, index: int) -> np.ndarray:
+    """Parenchyma texture (std about 1.2): smooth blotches plus a finer mottle."""
+    size = case.params.image_size
+    blotches = cv2.resize(case.anatomy.texture[index], (size, size), interpolation=cv2.INTER_CUBIC)
+    mottle = _slice_rng(case, 2, index).standard_normal((64, 64), dtype=np.float32)
+    return blotches + 0.7 * cv2.resize(mottle, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def _slice_rng(case: CaseModel, stream: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([*case.spec.entropy, stream, index]))
+
+
+def _noise(case: CaseModel, index: int) -> np.ndarray:
+    """CT-like noise, a few pixels grainy, with the case's standard deviation exactly."""
+    size = case.params.image_size
+    white = _slice_rng(case, 1, index).standard_normal((size, size), dtype=np.float32)
+    grain = case.params.noise_grain_px * size / REFERENCE_SIZE
+    field = cv2.GaussianBlur(white, (0, 0), grain) if grain > 0.0 else white
+    field -= np.float32(field.mean())
+    return field * np.float32(case.anatomy.noise_hu / max(float(field.std()), 1e-6))
+
+
+def _sulci(
+    anatomy: Anatomy, grid: CaseGrid, index: int, surface_depth: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sulci: clefts from the brain surface inwards, spaced around the cortex and bent by a
+    smooth random field. Returns the open part (visible CSF) and the full-depth centre lines
+    (lined by cortex)."""
+    count = anatomy.sulcus_count
+    z = float(anatomy.heights[index])
+    size = grid.u.shape[0]
+    folding = cv2.resize(anatomy.folding[index], (size, size), interpolation=cv2.INTER_CUBIC)
+    phase = grid.sulcus_phase + np.float32(2.2) * folding
+    for (_, amplitude, _, drift), sine, cosine in zip(
+        anatomy.sulcus_meander, grid.meander_sin, grid.meander_cos, strict=True
+    ):
+        # amplitude * sin(order * angle + offset + drift * z), with the angle part cached.
+        shift = drift * z
+        phase += np.float32(amplitude * math.cos(shift)) * sine
+        phase += np.float32(amplitude * math.sin(shift)) * cosine
+    phase += surface_depth * np.float32(0.08 / scale)  # clefts bend as they go deeper
+    nearest = np.floor(phase * np.float32(1.0 / (2 * np.pi)) + np.float32(0.5))
+    offset_px = np.abs(phase - nearest * np.float32(2 * np.pi)) * grid.radius_px / np.float32(count)
+    mean_depth = (16.0 + 14.0 * z) * scale
+    which = nearest.astype(np.int64) % count
+    depth = anatomy.sulcus_depth.astype(np.float32)[which] * np.float32(mean_depth)
+    inside = (surface_depth >= 0.0) & (surface_depth < depth)
+    open_depth = depth * anatomy.sulcus_opening.astype(np.float32)[which]
+    within = np.clip(1.0 - surface_depth / np.maximum(open_depth, 1e-3), 0.0, 1.0)
+    half_width = anatomy.sulcus_width_px.astype(np.float32)[which] * (0.4 + 0.6 * np.sqrt(within))
+    open_part = inside & (surface_depth < open_depth) & (offset_px < half_width)
+    lines = inside & (offset_px < 0.75 * scale)
+    return open_part, lines
+
+
+def _interhemispheric(
+    anatomy: Anatomy, grid: CaseGrid, z: float, brain: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Interhemispheric fissure (CSF) and the falx in it; the corpus callosum interrupts
+    them between the ventricles, above which they run the whole length."""
+    bend_linear, bend_square = anatomy.falx_bend
+    midline = np.float32(bend_linear) * grid.v + np.float32(bend_square) * grid.v * grid.v
+    offset_px = np.abs(grid.u - midline) * np.float32(anatomy.half_width_px)
+    half_gap = 0.45 * anatomy.elongation * float(smoothstep(0.7, 0.62, z))
+    along = brain & ((grid.v < -half_gap) | ((grid.v > half_gap) & (z > 0.2)))
+    half_width = (1.3 + 1.0 * float(smoothstep(0.5, 0.95, z))) * scale
+    falx = along & (offset_px < 0.8 * scale) & (z > 0.12)
+    fissure = along & (offset_px < half_width) & ~falx
+    return fissure, falx
+
+
+def _basal_cisterns(grid: CaseGrid, anatomy: Anatomy, z: float) -> np.ndarray:
+    """Suprasellar, ambient and quadrigeminal cisterns around the midbrain."""
+    weight = float(smoothstep(0.05, 0.11, z) * smoothstep(0.25, 0.17, z))
+    if weight <= 0.0:
+        return np.zeros(grid.u.shape, dtype=bool)
+    elongation = anatomy.elongation
+    midbrain = np.hypot(grid.u / 0.12, (grid.v - 0.05 * elongation) / 0.11)
+    ambient = (midbrain > 1.0) & (midbrain < 1.0 + 0.3 * weight) & (grid.v > 0.0)
+    suprasellar = np.hypot(grid.u / 0.13, (grid.v + 0.14 * elongation) / 0.075) < weight
+    quadrigeminal = np.hypot(grid.u / 0.07, (grid.v - 0.2 * elongation) / 0.045) < weight
+    return ambient | suprasellar | quadrigeminal
+
+
+def _skull_base(grid: CaseGrid, anatomy: Anatomy, z: float, base: float) -> _SkullBase:
+    """Bone islands, air cells, orbits and posterior fossa of the lowest slices."""
+    u, v = grid.u, grid.v
+    elongation = anatomy.elongation
+    size = u.shape[0]
+    porous = cv2.resize(anatomy.porosity, (size, size), interpolation=cv2.INTER_LINEAR)
+    bone = np.zeros(u.shape, dtype=bool)
+    air = np.zeros_like(bone)
+    posterior_fossa = np.zeros_like(bone)
+    csf = np.zeros_like(bone)
+    if base >= 0.35:  # below that only thin slivers of these bones would be left
+        # Petrous ridges, from the clivus back and out to the mastoids (air cells laterally).
+        start_v, end_v = -0.05 * elongation, 0.3 * elongation
+        for side in (1, -1):
+            distance, along = _segment_distance(u, v, (side * 0.1, start_v), (side * 0.8, end_v))
+            ridge = distance < (0.03 + 0.12 * along) * base * (0.8 + 0.4 * porous)
+            bone |= ridge
+            air |= ridge & (along > 0.55) & (porous > 0.58)
+        slope = (end_v - start_v) / 0.7
+        posterior_fossa = v > start_v + slope * (np.abs(u) - 0.1)
+        bone |= np.hypot(u / 0.075, (v + 0.12 * elongation) / 0.1) < base  # clivus
+        # Between the cerebellar hemispheres: the vallecula and cisterna magna.
+        csf = posterior_fossa & (
+            (np.hypot(u / 0.05, (v - 0.84 * elongation) / 0.07) < 1.0)
+            | ((np.abs(u) < 0.012) & (v > 0.6 * elongation))
+        )
+    fat = np.zeros_like(bone)
+    eyes = np.zeros_like(bone)
+    face = float(smoothstep(0.12, 0.04, z))
+    if face > 0.0:
+        # Orbits (globe in fat, in a bony socket) either side of the ethmoid air cells,
+        # the sphenoid sinus behind them, the greater sphenoid wings towards the temples.
+        front = v < (-0.5 + 0.35 * u * u) * elongation
+        sockets = np.zeros_like(bone)
+        for side in (1, -1):
+            radius = np.hypot(u - side * 0.4, v + 0.62 * elongation)
+            eyes |= radius < 0.15 * math.sqrt(face)
+            fat |= radius < 0.22 * math.sqrt(face)
+            sockets |= radius < 0.3 * face
+            wing, _ = _segment_distance(
+                u, v, (side * 0.16, -0.34 * elongation), (side * 0.7, -0.44 * elongation)
+            )
+            bone |= wing < 0.035 * face
+        fat &= ~eyes
+        midline = (np.abs(u) < 0.1 + 0.1 * smoothstep(-0.3, -0.6, v / elongation)) & (
+            v < -0.3 * elongation
+        )
+        ethmoid = (np.abs(u) < 0.14) & (v < -0.52 * elongation) & (porous > 0.45)
+        sphenoid = np.hypot(u / 0.12, (v + 0.38 * elongation) / 0.08) < face
+        air |= (ethmoid | sphenoid) & ~fat & ~eyes
+        bone |= front & (sockets | midline) & ~fat & ~eyes
+    bone &= ~air
+    posterior_fossa &= ~bone & ~air
+    return _SkullBase(bone, air, fat, eyes, csf & posterior_fossa, posterior_fossa)
