@@ -7,6 +7,9 @@ with real files: manifests written by `write_manifest`, PNGs, checkpoints, repor
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -411,3 +414,36 @@ def test_mixed_precision_and_xla_train_like_float32(
     prediction = model.predict(np.full((1, SIZE, SIZE, 3), 110, np.float32), verbose=0)
     assert prediction.dtype == np.float32
     np.testing.assert_allclose(prediction.sum(axis=-1), 1.0, atol=1e-5)  # float32 softmax
+
+
+# Run in a fresh interpreter: records TF_CPP_MIN_LOG_LEVEL at the moment `tensorflow` is first
+# imported, as `python -m stages.train` imports it (the package, then the module).
+_IMPORT_PROBE = """
+import importlib, json, os, sys
+seen = {}
+class Probe:
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" and "level" not in seen:
+            seen["level"] = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+        return None
+sys.meta_path.insert(0, Probe())
+importlib.import_module("stages.train")
+print(json.dumps(seen))
+"""
+
+
+def test_train_stage_quiets_tensorflow_before_importing_it() -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(root)
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    # Present and "3": TensorFlow was imported, and the setting was there before it.
+    assert json.loads(result.stdout.splitlines()[-1]) == {"level": "3"}
