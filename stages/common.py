@@ -26,7 +26,7 @@ from pipeline.params import Params, ParamsError, load_params
 
 TRACE_VARIABLE = "PIPELINE_PARAMS_TRACE"
 # Python names that differ from the YAML key they expose.
-_YAML_NAMES = {"validate_": "validate", "validate_params": "validate", "palette": "rgb_map"}
+_YAML_NAMES = {"palette": "rgb_map"}
 
 
 class TracedParams:
