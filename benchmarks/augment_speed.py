@@ -43,8 +43,7 @@ from pipeline.augment import (
 )
 from pipeline.io import encode_png, read_image, write_manifest, write_png
 from pipeline.parallel import ordered_map
-from pipeline.params import AugmentParams, Params
-from tests.conftest import original_row, with_sha256
+from tests.conftest import original_row, project_params, with_sha256
 
 SAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "real-ct"
 SIZE = 512
@@ -55,7 +54,8 @@ REPEATS = 2
 PIXEL_LOOP_IMAGES = 2
 REFERENCE_MS = 87.0  # the reference's barrel tool, one image and one centre (REFERENCE.md)
 TARGET_MS = REFERENCE_MS / 20
-PALETTE = Params().palette
+PARAMS = project_params()  # the project's params.yaml
+PALETTE = PARAMS.palette
 RED = np.asarray(PALETTE[1], np.uint8)
 
 
@@ -121,7 +121,7 @@ def time_stage(split_manifest: Path, out: Path) -> dict[str, float]:
     for _ in range(REPEATS):
         wall, cpu = time.perf_counter(), cpu_seconds()
         metrics = augment_training_set(
-            split_manifest, out, AugmentParams(), seed=42, background=PALETTE[0], workers=WORKERS
+            split_manifest, out, PARAMS.augment, seed=42, background=PALETTE[0], workers=WORKERS
         )
         walls.append(time.perf_counter() - wall)
         cpus.append(cpu_seconds() - cpu)

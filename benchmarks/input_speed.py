@@ -62,7 +62,12 @@ def measure_pipeline(project: Path, cores: int, cache: str, epochs: int) -> dict
 
     tf.config.threading.set_intra_op_parallelism_threads(cores)
     tf.config.threading.set_inter_op_parallelism_threads(cores)
-    from pipeline.dataset import PipelineOptions, make_train_dataset, read_training_tables
+    from pipeline.dataset import (
+        PipelineOptions,
+        make_train_dataset,
+        read_training_tables,
+        steps_per_epoch,
+    )
     from pipeline.params import load_params
     from pipeline.training import TrainPaths
 
@@ -77,7 +82,8 @@ def measure_pipeline(project: Path, cores: int, cache: str, epochs: int) -> dict
             cache=cache,
             cache_dir=Path(cache_dir),
         )
-        dataset, steps = make_train_dataset(
+        steps = steps_per_epoch(tables.train, params.train.batch_size)
+        dataset = make_train_dataset(
             tables.train,
             options,
             batch_size=params.train.batch_size,

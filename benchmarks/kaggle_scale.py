@@ -167,6 +167,7 @@ def train_steps(project: Path, steps: int) -> None:
     import keras
 
     from pipeline.dataset import read_training_tables, resolve_cache
+    from pipeline.distribute import Distribution
     from pipeline.params import load_params
     from pipeline.training import (
         TrainPaths,
@@ -181,8 +182,9 @@ def train_steps(project: Path, steps: int) -> None:
     paths = TrainPaths()
     tables = read_training_tables(paths.augmented_manifest, paths.split_manifest)
     with tempfile.TemporaryDirectory(prefix="train-cache-") as cache_dir:
-        datasets = make_datasets(params, tables, Path(cache_dir))
-        model = build_compiled_model(params, datasets.steps_per_epoch)
+        one_device = Distribution.one_device()
+        datasets = make_datasets(params, tables, Path(cache_dir), one_device)
+        model = build_compiled_model(params, datasets.steps_per_epoch, one_device)
         ends: list[float] = []
 
         class StepTimes(keras.callbacks.Callback):

@@ -435,8 +435,8 @@ def augment_metrics(plan: AugmentPlan) -> dict[str, object]:
         return hemorrhagic / plan.ischemic_before if plan.ischemic_before else float("nan")
 
     return {
-        "train_hemorrhagic_before": plan.hemorrhagic_before,
-        "train_ischemic_before": plan.ischemic_before,
+        "train_slices_before_hemorrhagic": plan.hemorrhagic_before,
+        "train_slices_before_ischemic": plan.ischemic_before,
         "ratio_before": ratio(plan.hemorrhagic_before),
         "ratio_already_met": plan.wanted == 0,
         "eligible_originals": plan.eligible_originals,
@@ -444,8 +444,8 @@ def augment_metrics(plan: AugmentPlan) -> dict[str, object]:
         "augmented_wanted": plan.wanted,
         "augmented_total": added,
         **{f"augmented_{kind}": per_kind.get(kind, 0) for kind in TRANSFORM_KINDS},
-        "train_hemorrhagic_after": after,
-        "train_ischemic_after": plan.ischemic_before,
-        "train_total_after": after + plan.ischemic_before,
+        "train_slices_after_hemorrhagic": after,
+        "train_slices_after_ischemic": plan.ischemic_before,
+        "train_slices_after": after + plan.ischemic_before,
         "ratio_after": ratio(after),
     }

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pipeline.io import DataError, read_manifest, resolve_path, verify_content
+from pipeline.io import DataError, marked_mini_test, read_manifest, resolve_path, verify_content
 
 AUTOTUNE = tf.data.AUTOTUNE
 BYTES_PER_CACHED_PIXEL = 4  # uint8 RGB image + uint8 class index
@@ -34,18 +34,13 @@ class TrainingTables:
     mini_test: pd.DataFrame
 
 
-def _is_true(column: pd.Series) -> pd.Series:
-    return column.astype(str).str.strip().str.lower() == "true"
-
-
 def read_training_tables(augmented_manifest: Path | str, split_manifest: Path | str):
     """Training rows (the augmented manifest, originals and copies), valid and mini_test rows."""
     train = read_manifest(augmented_manifest)
     split = read_manifest(split_manifest, extra_columns=("split", "mini_test"))
     valid = split[split["split"] == "valid"].copy()
-    mini_test = split[_is_true(split["mini_test"])].copy()
-    for frame in (valid, mini_test):
-        frame.attrs["root"] = split.attrs["root"]
+    valid.attrs["root"] = split.attrs["root"]
+    mini_test = marked_mini_test(split)
     for name, frame, source in (
         ("training", train, augmented_manifest),
         ("validation", valid, split_manifest),
@@ -180,26 +175,19 @@ def make_train_dataset(
     shuffle_buffer: int,
     balanced: bool = False,
     flip: bool = False,
-    skip_epochs: int = 0,
     num_shards: int = 1,
     shard_index: int = 0,
-) -> tuple[tf.data.Dataset, int]:
-    """Endless stream of training batches and the number of batches per epoch.
+) -> tf.data.Dataset:
+    """Endless stream of training batches; an epoch is `steps_per_epoch` of them.
 
     `balanced` draws the slices of every class with equal probability (one cached,
-    shuffled, repeated stream per class, mixed by `sample_from_datasets`). `skip_epochs`
-    fast-forwards a resumed run past the epochs it already trained. Sharding is by file,
-    before decoding, so workers of a distributed run read different slices.
+    shuffled, repeated stream per class, mixed by `sample_from_datasets`). Sharding is by
+    file, before decoding, so workers of a distributed run read different slices. A resumed
+    run skips the batches already trained (`pipeline.distribute.worker_dataset_fn`).
     """
     source = str(Path(frame.attrs.get("root", ".")) / "manifest.csv")
     frame = frame.sort_values("id").iloc[shard_index::num_shards]
     images, masks = slice_paths(frame, options.image_size, source)
-    steps = len(images) // batch_size
-    if steps == 0:
-        raise DataError(
-            f"{source}: {len(images)} training slices in this shard, fewer than one batch of "
-            f"{batch_size}; lower train.batch_size"
-        )
 
     def shuffled_stream(indices: list[int], stream_seed: int, name: str) -> tf.data.Dataset:
         stream = _decoded([images[i] for i in indices], [masks[i] for i in indices], options, name)
@@ -231,9 +219,22 @@ def make_train_dataset(
         num_parallel_calls=AUTOTUNE,
     )
     dataset = dataset.batch(batch_size, drop_remainder=True)
-    if skip_epochs:
-        dataset = dataset.skip(skip_epochs * steps)
-    return dataset.prefetch(AUTOTUNE), steps
+    return dataset.prefetch(AUTOTUNE)
+
+
+def steps_per_epoch(frame: pd.DataFrame, batch_size: int, replicas: int = 1) -> int:
+    """Global steps in one epoch: one pass over the training rows `frame` by all `replicas`
+    together, `batch_size` slices each a step (every worker runs the same number of steps:
+    each step is a collective operation). DataError when not even one step fits."""
+    global_batch = batch_size * replicas
+    steps = len(frame) // global_batch
+    if steps == 0:
+        raise DataError(
+            f"{Path(frame.attrs.get('root', '.')) / 'manifest.csv'}: "
+            f"{len(frame)} training slices, fewer than one batch of {global_batch} "
+            f"(train.batch_size {batch_size} x {replicas} replicas); lower train.batch_size"
+        )
+    return steps
 
 
 def make_eval_dataset(

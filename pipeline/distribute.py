@@ -14,8 +14,13 @@ on every worker (see `Distribution.per_worker`).
 Only the chief writes the stage's outputs. The other workers run the very same code, so that
 they take part in every collective operation (variable creation, steps, metric reads, saves),
 but with their output paths moved into a private temporary folder removed at the end
-(`worker_outputs`). Keras 3 needs two workarounds to `fit` under MultiWorkerMirroredStrategy
-(`_patch_keras_for_multi_worker`) and a per-sample loss to scale it by replicas (`ReplicaLoss`).
+(`Distribution.worker_paths`). Keras 3 needs two workarounds to `fit` under
+MultiWorkerMirroredStrategy (`_patch_keras_for_multi_worker`) and a per-sample loss to scale it
+by replicas (`ReplicaLoss`).
+
+`start_distribution` builds the one `Distribution` a training run uses; pipeline/training.py
+gets it handed in and asks it, and nothing else in this module, whatever depends on workers
+and replicas: its paths, checks that all workers agree, datasets, the strategy scope and loss.
 """
 
 from __future__ import annotations
@@ -139,6 +144,11 @@ class Distribution:
     worker_index: int = 0
     is_chief: bool = True
 
+    @classmethod
+    def one_device(cls) -> Distribution:
+        """No distribution: TensorFlow's default strategy, this process the only worker."""
+        return cls(tf.distribute.get_strategy())
+
     @property
     def replicas(self) -> int:
         """Model replicas training in lockstep, over all workers."""
@@ -183,15 +193,52 @@ class Distribution:
             names = names or ["/device:CPU:0"]
         return [_describe_device(tf.DeviceSpec.from_string(name)) for name in names]
 
-    def require_same_on_all_workers(self, value: int, what: str, hint: str) -> None:
-        """DataError on every worker when they do not all hold the same `value` (a collective:
-        every worker must call it at the same point)."""
+    def require_same_on_all_workers(self, value: object, what: str, hint: str) -> None:
+        """DataError on every worker when they do not all hold the same `value`, an integer
+        or anything JSON can write (compared by `fingerprint`). A collective: every worker
+        must call it at the same point."""
         if self.num_workers == 1:
             return
-        gathered = self.strategy.gather(tf.constant([value], tf.int64), axis=0).numpy()
+        number = value if isinstance(value, int) else fingerprint(value)
+        gathered = self.strategy.gather(tf.constant([number], tf.int64), axis=0).numpy()
         per_worker = gathered.reshape(self.num_workers, -1)[:, 0].tolist()
         if len(set(per_worker)) > 1:
             raise DataError(f"workers disagree on {what}: {per_worker} (by worker); {hint}")
+
+    def loss(self, name: str) -> Loss | ReplicaLoss:
+        """The loss `name` for `compile` in this strategy's scope: the plain function on one
+        replica (unchanged single-device numbers), `ReplicaLoss` on several."""
+        if self.replicas > 1:
+            return ReplicaLoss(name)
+        return make_loss(name)
+
+    @contextmanager
+    def worker_paths(
+        self, paths: PathsT, outputs: Sequence[str], resume_state: str
+    ) -> Iterator[PathsT]:
+        """`paths` (a dataclass of Paths) for this worker: the chief's unchanged; on every
+        other worker the fields named in `outputs` move into a private temporary folder,
+        deleted when the block ends, whatever happens (an exception, or SIGTERM: see
+        `start_distribution`). The folder of `resume_state` starts as a copy of the chief's,
+        so that all workers resume from the same epoch with the same state (across machines:
+        on storage they all share)."""
+        if self.is_chief:
+            yield paths
+            return
+        scratch = Path(tempfile.mkdtemp(prefix=f"train-worker{self.worker_index}-"))
+        try:
+            moved = {name: scratch / name / Path(getattr(paths, name)).name for name in outputs}
+            source = Path(getattr(paths, resume_state))
+            if source.is_dir():
+                shutil.copytree(source, moved[resume_state], copy_function=_link_or_copy)
+            print(
+                f"train: worker {self.worker_index}: outputs go to {scratch} (removed at "
+                "the end); the chief writes the stage's outputs",
+                flush=True,
+            )
+            yield replace(paths, **moved)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _describe_device(spec: tf.DeviceSpec) -> str:
@@ -303,46 +350,7 @@ class ReplicaLoss(keras.losses.Loss):
         return {**super().get_config(), "loss": self.loss}
 
 
-def replica_safe_loss(name: str) -> Loss | ReplicaLoss:
-    """The loss `name` for `compile` inside a strategy scope: the plain function on one
-    replica (unchanged single-device numbers), `ReplicaLoss` on several."""
-    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
-        return ReplicaLoss(name)
-    return make_loss(name)
-
-
 # ------------------------------------------------------------------------- chief-only output
-@contextmanager
-def worker_outputs(
-    paths: PathsT,
-    distribution: Distribution,
-    outputs: Sequence[str],
-    resume_state: str,
-) -> Iterator[PathsT]:
-    """`paths` (a dataclass of Paths) for this worker: the chief's unchanged; on every other
-    worker the fields named in `outputs` move into a private temporary folder, deleted when
-    the block ends, whatever happens (an exception, or SIGTERM: see `start_distribution`).
-    The folder of `resume_state` starts as a copy of the chief's, so that all workers resume
-    from the same epoch with the same state (across machines: on storage they all share)."""
-    if distribution.is_chief:
-        yield paths
-        return
-    scratch = Path(tempfile.mkdtemp(prefix=f"train-worker{distribution.worker_index}-"))
-    try:
-        moved = {name: scratch / name / Path(getattr(paths, name)).name for name in outputs}
-        source = Path(getattr(paths, resume_state))
-        if source.is_dir():
-            shutil.copytree(source, moved[resume_state], copy_function=_link_or_copy)
-        print(
-            f"train: worker {distribution.worker_index}: outputs go to {scratch} (removed at "
-            "the end); the chief writes the stage's outputs",
-            flush=True,
-        )
-        yield replace(paths, **moved)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
 def _link_or_copy(source: str, target: str) -> None:
     """A hard link costs nothing; safe because checkpoint and staging files are only ever
     replaced (written under a temporary name and renamed), never modified in place."""

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from pipeline.classes import SOURCE_CLASSES, metric_label
 from pipeline.io import (
+    IMAGE_SUFFIXES,
     SPACING_FILE,
     DataError,
     ImageRefused,
@@ -58,7 +59,6 @@ from pipeline.params import ExtractParams
 
 Kind = Literal["image", "mask"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # Folder names are matched case-insensitively and written in their canonical spelling.
 SUBSET_FOLDERS = {"training": "Training", "testing": "Testing"}
 CLASS_FOLDERS = {name.lower(): name for name in SOURCE_CLASSES}
@@ -493,7 +493,7 @@ def classify_entry(entry: Entry, ct_root: str, subsets: Sequence[str]) -> SliceF
     if subset is not None and subset not in subsets:
         return Problem("ignored_files", name, f"subset {subset} not in extract.subsets")
     stem, extension = os.path.splitext(parts[-1])
-    if extension.lower() not in IMAGE_EXTENSIONS:
+    if extension.lower() not in IMAGE_SUFFIXES:
         return Problem("non_image_files", name, f"not a PNG/JPEG file ('{extension}')")
     if len(parts) != 5:
         return Problem("misplaced_files", name, "not at <Subset>/<Class>/<kind>/<case>/<slice>")

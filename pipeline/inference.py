@@ -22,8 +22,10 @@ from tqdm import tqdm
 
 from pipeline import visualize
 from pipeline.io import (
+    IMAGE_SUFFIXES,
     DataError,
     atomic_path,
+    marked_mini_test,
     read_image,
     read_manifest,
     read_untrusted,
@@ -39,11 +41,8 @@ from pipeline.params import ExtractParams, Params
 if TYPE_CHECKING:
     import keras
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MONTAGE_COLUMNS = 2
 WARM_UP_CALLS = 3
-# Panels of smaller slices are enlarged so that their labels stay legible.
-MIN_PANEL_SIDE = 256
 
 Forward = Callable[[np.ndarray], np.ndarray]
 
@@ -185,7 +184,7 @@ def batches(items: Sequence, size: int) -> Iterator[Sequence]:
 def mini_test_rows(manifest_path: Path | str) -> pd.DataFrame:
     """The split manifest's mini_test slices, sorted by id."""
     frame = read_manifest(manifest_path, extra_columns=("split", "mini_test"))
-    chosen = frame[frame["mini_test"].astype(str).str.lower() == "true"]
+    chosen = marked_mini_test(frame)
     if chosen.empty:
         raise DataError(f"{manifest_path}: no slice is marked mini_test")
     verify_content(chosen)
@@ -259,13 +258,6 @@ def write_slice_outputs(
     )
 
 
-def _enlarged(image: np.ndarray, factor: int, nearest: bool) -> np.ndarray:
-    if factor == 1:
-        return image
-    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-    return cv2.resize(image, None, fx=factor, fy=factor, interpolation=interpolation)
-
-
 def comparison_panel(
     grey: np.ndarray,
     truth: np.ndarray,
@@ -277,11 +269,10 @@ def comparison_panel(
     prediction_title: str = "prediction",
 ) -> np.ndarray:
     """image | ground truth | prediction, lesions overlaid on the CT; slices smaller than
-    MIN_PANEL_SIDE are enlarged by a whole factor so that the labels stay legible."""
-    factor = max(1, -(-MIN_PANEL_SIDE // max(grey.shape)))
-    grey = _enlarged(grey, factor, nearest=False)
-    truth_colour = _enlarged(index_to_colour(truth, palette), factor, nearest=True)
-    prediction_colour = _enlarged(index_to_colour(labels, palette), factor, nearest=True)
+    visualize.MIN_PANEL_SIDE_PX are enlarged by a whole factor (`visualize.enlarged`)."""
+    grey = visualize.enlarged(grey, nearest=False)
+    truth_colour = visualize.enlarged(index_to_colour(truth, palette))
+    prediction_colour = visualize.enlarged(index_to_colour(labels, palette))
     return visualize.hstack(
         [
             visualize.label(grey, title),

@@ -290,6 +290,11 @@ def image_header_size(data: bytes) -> tuple[str, int, int] | None:
     return None
 
 
+# File name suffixes (lower case) taken for PNG/JPEG slices, the two formats read from outside
+# the pipeline (`decode_untrusted`); extract and the new-images command both pick files by them.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
 def max_file_bytes(max_pixels: int) -> int:
     """Largest PNG/JPEG file accepted for a pixel limit (see MAX_BYTES_PER_PIXEL)."""
     return max_pixels * MAX_BYTES_PER_PIXEL + METADATA_SLACK_BYTES
@@ -417,6 +422,14 @@ def read_manifest(path: Path | str, extra_columns: tuple[str, ...] = ()) -> pd.D
     frame.attrs["root"] = str(path.parent)
     frame.attrs["path"] = str(path)
     return frame
+
+
+def marked_mini_test(split: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a split manifest marked `mini_test` (the CSV's `True`, however cased or
+    spaced), with the manifest's root for `resolve_path`."""
+    chosen = split[split["mini_test"].astype(str).str.strip().str.lower() == "true"].copy()
+    chosen.attrs.update(split.attrs)
+    return chosen
 
 
 def write_manifest(path: Path | str, frame: pd.DataFrame) -> None:

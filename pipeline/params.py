@@ -3,6 +3,9 @@
 The file is validated once, here, into frozen pydantic models. Unknown keys, wrong types and
 out-of-range values raise `ParamsError` with the full dotted key path and what is allowed, so a
 typo never falls back silently to a default (the reference's `eval()`-and-default config did).
+params.yaml is the one place values live: these models hold types, ranges and documentation,
+and every field is required (a missing key is an error naming it), so no value here can drift
+from the file's.
 
 Validation is strict: a value must already have its type in YAML (`lr: "0.001"`, `epochs: 3.0`
 and `batch_norm: "yes"` are refused, naming the key). The one widening allowed is the
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import re
 import reprlib
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -88,44 +92,44 @@ ISCHEMIC_ID_MAX_STEP = 60_000
 class PhantomParams(StrictModel):
     """Synthetic non-contrast head CT laid out like the Kaggle archive (stage `synthesize`)."""
 
-    image_size: Annotated[int, Field(ge=32, le=1024)] = 512
+    image_size: Annotated[int, Field(ge=32, le=1024)]
     # Masked cases (21 - 1 and 28) split 0.5 / 0.2 / 0.3 give test 6 + 8 and valid 4 + 6
     # cases: enough patients per class for intervals and triage, while train keeps 448
     # slices after augmentation (544 before), so `make repro` stays near 6 minutes.
-    hemorrhagic_cases: PositiveInt = 21
-    ischemic_cases: PositiveInt = 28
-    slices_per_case: Annotated[int, Field(ge=4, le=64)] = 16
-    hemorrhagic_cases_without_mask: NonNegativeInt = 1
-    testing_cases_per_class: NonNegativeInt = 2
-    files_per_other_modality: NonNegativeInt = 3
-    first_hemorrhagic_case: NonNegativeInt = 49
-    first_ischemic_case: NonNegativeInt = 19983
-    window_level_hu: float = 40.0
-    window_width_hu: PositiveFloat = 80.0
-    skull_hu: float = 1000.0
-    grey_matter_hu: float = 38.0
-    white_matter_hu: float = 31.0
-    csf_hu: HuRange = (0.0, 15.0)
-    hemorrhage_hu: HuRange = (55.0, 90.0)
-    ischemic_drop_hu: HuRange = (5.0, 15.0)
-    parenchyma_hu: HuRange = (25.0, 40.0)
-    texture_hu: Annotated[float, Field(ge=0.0, le=10.0)] = 2.5
-    falx_hu: float = 50.0
-    noise_hu: HuRange = (3.0, 6.0)
-    noise_grain_px: Annotated[float, Field(ge=0.0, le=5.0)] = 1.1
-    blur_sigma_px: Annotated[float, Field(ge=0.0, le=5.0)] = 0.8
-    table_probability: Probability = 0.5
-    lesion_free_slice_share: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
+    hemorrhagic_cases: PositiveInt
+    ischemic_cases: PositiveInt
+    slices_per_case: Annotated[int, Field(ge=4, le=64)]
+    hemorrhagic_cases_without_mask: NonNegativeInt
+    testing_cases_per_class: NonNegativeInt
+    files_per_other_modality: NonNegativeInt
+    first_hemorrhagic_case: NonNegativeInt
+    first_ischemic_case: NonNegativeInt
+    window_level_hu: float
+    window_width_hu: PositiveFloat
+    skull_hu: float
+    grey_matter_hu: float
+    white_matter_hu: float
+    csf_hu: HuRange
+    hemorrhage_hu: HuRange
+    ischemic_drop_hu: HuRange
+    parenchyma_hu: HuRange
+    texture_hu: Annotated[float, Field(ge=0.0, le=10.0)]
+    falx_hu: float
+    noise_hu: HuRange
+    noise_grain_px: Annotated[float, Field(ge=0.0, le=5.0)]
+    blur_sigma_px: Annotated[float, Field(ge=0.0, le=5.0)]
+    table_probability: Probability
+    lesion_free_slice_share: Annotated[float, Field(ge=0.0, lt=1.0)]
     # The physical scale the phantom declares for its images (written into the archive for
     # `extract` as spacing.json, and into the DICOM series as PixelSpacing, SliceThickness and
     # slice positions): at 512 px and 0.45 mm the head is about 15 cm wide, as an adult's.
-    pixel_spacing_mm: PositiveFloat = 0.45
-    slice_thickness_mm: PositiveFloat = 5.0
+    pixel_spacing_mm: PositiveFloat
+    slice_thickness_mm: PositiveFloat
     # Cases of these subsets are also written as DICOM CT series (data/raw/phantom_dicom);
-    # Testing, the cases no stage trains on, by default: all cases would double the stage's
+    # Testing, the cases no stage trains on, in params.yaml: all cases would double the stage's
     # time and add ~300 MB (README).
-    dicom_subsets: tuple[Literal["Training", "Testing"], ...] = ("Testing",)
-    workers: NonNegativeInt = 0  # 0 = one per core
+    dicom_subsets: tuple[Literal["Training", "Testing"], ...]
+    workers: NonNegativeInt  # 0 = one per core
 
     @model_validator(mode="after")
     def _check(self) -> PhantomParams:
@@ -154,8 +158,8 @@ class StoredWindow(StrictModel):
     width/2` becomes 0 and `level + width/2` becomes 255. CT stored as HU + 1024 (the usual
     16-bit PNG export) gets the training slices' brain window, W 80 / L 40 HU, from 1064/80."""
 
-    level: float = 1064.0
-    width: PositiveFloat = 80.0
+    level: float
+    width: PositiveFloat
 
 
 class ExtractParams(StrictModel):
@@ -165,17 +169,17 @@ class ExtractParams(StrictModel):
     stages.infer --input ...`), so new slices are read exactly as the training slices were.
     """
 
-    archive: Annotated[str, Field(min_length=1)] = "data/raw/phantom.zip"
-    subsets: tuple[Literal["Training", "Testing"], ...] = ("Training",)
-    mask_suffix: Annotated[str, Field(pattern=r"^[\w.()+-]*$")] = ""
-    max_uncompressed_mb: PositiveFloat = 4096.0
+    archive: Annotated[str, Field(min_length=1)]
+    subsets: tuple[Literal["Training", "Testing"], ...]
+    mask_suffix: Annotated[str, Field(pattern=r"^[\w.()+-]*$")]
+    max_uncompressed_mb: PositiveFloat
     # Width x height read from each file's header; larger images are refused undecoded.
-    max_pixels: PositiveInt = 4096 * 4096
-    window_16bit: StoredWindow = StoredWindow()
+    max_pixels: PositiveInt
+    window_16bit: StoredWindow
     # Geometry of archives that carry none (the Kaggle PNGs): typical head CT, a 512 px field
     # of view of about 23 cm and 5 mm axial slices. An archive's spacing.json overrides both.
-    pixel_spacing_mm: PositiveFloat = 0.45
-    slice_thickness_mm: PositiveFloat = 5.0
+    pixel_spacing_mm: PositiveFloat
+    slice_thickness_mm: PositiveFloat
 
     @field_validator("subsets")
     @classmethod
@@ -188,8 +192,8 @@ class ExtractParams(StrictModel):
 
 
 class CountBounds(StrictModel):
-    min: NonNegativeInt = 1
-    max: PositiveInt = 1_000_000
+    min: NonNegativeInt
+    max: PositiveInt
 
     @model_validator(mode="after")
     def _check(self) -> CountBounds:
@@ -201,12 +205,12 @@ class CountBounds(StrictModel):
 class ValidateParams(StrictModel):
     """Stage `validate`: bounds of the Great Expectations data-quality suite."""
 
-    min_side: PositiveInt = 32
-    max_side: PositiveInt = 4096
-    slices_per_class: CountBounds = CountBounds(min=20, max=100_000)
-    cases_per_class: CountBounds = CountBounds(min=3, max=10_000)
-    min_lesion_slice_share: Probability = 0.3
-    workers: NonNegativeInt = 0  # 0 = one per core
+    min_side: PositiveInt
+    max_side: PositiveInt
+    slices_per_class: CountBounds
+    cases_per_class: CountBounds
+    min_lesion_slice_share: Probability
+    workers: NonNegativeInt  # 0 = one per core
 
     @model_validator(mode="after")
     def _check(self) -> ValidateParams:
@@ -220,8 +224,8 @@ class ValidateParams(StrictModel):
 class ColorizeParams(StrictModel):
     """Stage `colorize`: image resize interpolation (masks always use nearest)."""
 
-    image_interpolation: Literal["area", "linear"] = "area"
-    workers: NonNegativeInt = 0  # 0 = one per core
+    image_interpolation: Literal["area", "linear"]
+    workers: NonNegativeInt  # 0 = one per core
 
 
 SplitShare = Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -230,9 +234,9 @@ SplitShare = Annotated[float, Field(gt=0.0, lt=1.0)]
 class SplitRatios(StrictModel):
     """Shares of each class's cases per split; all three > 0 so every split has every class."""
 
-    train: SplitShare = 0.5
-    valid: SplitShare = 0.2
-    test: SplitShare = 0.3
+    train: SplitShare
+    valid: SplitShare
+    test: SplitShare
 
     @model_validator(mode="after")
     def _check(self) -> SplitRatios:
@@ -249,8 +253,8 @@ class SplitParams(StrictModel):
     that training previews after every epoch and that `infer` shows.
     """
 
-    ratios: SplitRatios = SplitRatios()
-    mini_test_per_class: PositiveInt = 3
+    ratios: SplitRatios
+    mini_test_per_class: PositiveInt
 
 
 def _distinct(values: tuple, name: str) -> None:
@@ -266,15 +270,9 @@ class BarrelParams(StrictModel):
     so the warp would tear the image open.
     """
 
-    radius: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
-    amounts: tuple[Annotated[float, Field(gt=-1.0, le=1.0)], ...] = (0.3, -0.3)
-    centres: tuple[tuple[Probability, Probability], ...] = (
-        (0.3, 0.3),
-        (0.7, 0.3),
-        (0.5, 0.5),
-        (0.3, 0.7),
-        (0.7, 0.7),
-    )
+    radius: Annotated[float, Field(gt=0.0, le=1.0)]
+    amounts: tuple[Annotated[float, Field(gt=-1.0, le=1.0)], ...]
+    centres: tuple[tuple[Probability, Probability], ...]
 
     @model_validator(mode="after")
     def _check(self) -> BarrelParams:
@@ -289,9 +287,9 @@ class ElasticParams(StrictModel):
     """Elastic deformation (Simard et al. 2003): uniform noise smoothed by a Gaussian of
     `sigma` pixels, scaled by `alpha` pixels; `variants` random fields per original."""
 
-    alpha: PositiveFloat = 34.0
-    sigma: PositiveFloat = 4.0
-    variants: PositiveInt = 2
+    alpha: PositiveFloat
+    sigma: PositiveFloat
+    variants: PositiveInt
 
 
 class AugmentParams(StrictModel):
@@ -300,15 +298,11 @@ class AugmentParams(StrictModel):
     `target_ratio` is the wanted hemorrhagic:ischemic slice ratio in train (1.0 = balanced).
     """
 
-    target_ratio: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
-    transforms: tuple[Literal["barrel", "pincushion", "elastic"], ...] = (
-        "barrel",
-        "pincushion",
-        "elastic",
-    )
-    barrel: BarrelParams = BarrelParams()
-    elastic: ElasticParams = ElasticParams()
-    workers: NonNegativeInt = 0  # 0 = one per core
+    target_ratio: Annotated[float, Field(gt=0.0, le=10.0)]
+    transforms: tuple[Literal["barrel", "pincushion", "elastic"], ...]
+    barrel: BarrelParams
+    elastic: ElasticParams
+    workers: NonNegativeInt  # 0 = one per core
 
     @model_validator(mode="after")
     def _check(self) -> AugmentParams:
@@ -330,16 +324,16 @@ class ModelParams(StrictModel):
     num_layers 8, dropout_rate 0.05, dilation 1, no batch_norm, no input_normalize, and a
     max_working_size of at least its image size."""
 
-    base_filters: PositiveInt = 8
-    base_kernels: Annotated[int, Field(ge=1, le=15)] = 3  # k: level i uses max(3, k - 2i)
-    num_layers: Annotated[int, Field(ge=2, le=9)] = 5  # levels, the bridge included
-    dropout_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05  # level i drops rate * i
-    dilation: PositiveInt = 1
-    batch_norm: bool = True
-    input_normalize: bool = True  # x / 255 inside the model
-    residual: bool = False  # 1x1-projected shortcut around every conv block
+    base_filters: PositiveInt
+    base_kernels: Annotated[int, Field(ge=1, le=15)]  # k: level i uses max(3, k - 2i)
+    num_layers: Annotated[int, Field(ge=2, le=9)]  # levels, the bridge included
+    dropout_rate: Annotated[float, Field(ge=0.0, lt=1.0)]  # level i drops rate * i
+    dilation: PositiveInt
+    batch_norm: bool
+    input_normalize: bool  # x / 255 inside the model
+    residual: bool  # 1x1-projected shortcut around every conv block
     # Larger inputs run the UNet behind a strided stem at <= this size (plus one full-size conv)
-    max_working_size: Annotated[int, Field(ge=16)] = 256
+    max_working_size: Annotated[int, Field(ge=16)]
 
     @model_validator(mode="after")
     def _check(self) -> ModelParams:
@@ -365,43 +359,45 @@ def stem_stride(image_size: int, max_working_size: int) -> int:
 class ReduceLrParams(StrictModel):
     """ReduceLROnPlateau on val_dice_mean (mode max); needs lr_schedule constant."""
 
-    enabled: bool = False
-    factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
-    patience: NonNegativeInt = 4
-    min_lr: Annotated[float, Field(ge=0.0)] = 1e-6  # also the floor of the cosine schedule
+    enabled: bool
+    factor: Annotated[float, Field(gt=0.0, lt=1.0)]
+    patience: NonNegativeInt
 
 
 class EarlyStoppingParams(StrictModel):
     """EarlyStopping on val_dice_mean (mode max)."""
 
-    enabled: bool = True
-    patience: NonNegativeInt = 10
+    enabled: bool
+    patience: NonNegativeInt
 
 
 class TrainParams(StrictModel):
     """Stage `train` (the learning rate is the top-level `lr`)."""
 
-    epochs: PositiveInt = 30
-    batch_size: PositiveInt = 8
-    loss: Literal["categorical_crossentropy", "dice", "dice_ce", "focal", "tversky"] = "dice_ce"
-    optimizer: Literal["adam", "adamw"] = "adam"
-    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4  # AdamW only
-    clipvalue: Annotated[float, Field(gt=0.0)] = 0.5
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
-    reduce_lr: ReduceLrParams = ReduceLrParams()
-    early_stopping: EarlyStoppingParams = EarlyStoppingParams()
-    balanced_sampling: bool = False  # draw Hemorrhagic and Ischemic slices equally often
-    random_flip: bool = True  # left-right flips of training slices
-    shuffle_buffer: PositiveInt = 1024
-    cache: Literal["auto", "memory", "disk", "none"] = "auto"  # decoded slices
-    cache_memory_mb: PositiveFloat = 1024.0  # `auto` caches in memory up to this size
-    mixed_precision: bool = False  # mixed_float16 (GPU); the softmax head stays float32
-    jit_compile: bool = False  # XLA
-    intra_op_threads: NonNegativeInt = 0  # 0 = TensorFlow's default (all cores)
-    inter_op_threads: NonNegativeInt = 0
-    epoch_change_infer: bool = True  # predict the mini_test slices after every epoch
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    loss: Literal["categorical_crossentropy", "dice", "dice_ce", "focal", "tversky"]
+    optimizer: Literal["adam", "adamw"]
+    weight_decay: Annotated[float, Field(ge=0.0)]  # AdamW only
+    clipvalue: Annotated[float, Field(gt=0.0)]
+    lr_schedule: Literal["constant", "cosine"]
+    # The floor of the learning rate: where the cosine schedule ends, or the lowest rate
+    # ReduceLROnPlateau may set.
+    min_lr: Annotated[float, Field(ge=0.0)]
+    reduce_lr: ReduceLrParams
+    early_stopping: EarlyStoppingParams
+    balanced_sampling: bool  # draw Hemorrhagic and Ischemic slices equally often
+    random_flip: bool  # left-right flips of training slices
+    shuffle_buffer: PositiveInt
+    cache: Literal["auto", "memory", "disk", "none"]  # decoded slices
+    cache_memory_mb: PositiveFloat  # `auto` caches in memory up to this size
+    mixed_precision: bool  # mixed_float16 (GPU); the softmax head stays float32
+    jit_compile: bool  # XLA
+    intra_op_threads: NonNegativeInt  # 0 = TensorFlow's default (all cores)
+    inter_op_threads: NonNegativeInt
+    epoch_change_infer: bool  # predict the mini_test slices after every epoch
     # tf.distribute: auto = one device, or all local GPUs mirrored; multi_worker reads TF_CONFIG
-    strategy: Literal["auto", "mirrored", "multi_worker"] = "auto"
+    strategy: Literal["auto", "mirrored", "multi_worker"]
 
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
@@ -416,51 +412,53 @@ class TrainParams(StrictModel):
 class EvaluateParams(StrictModel):
     """Stage `evaluate`: surface-metric tolerance, bootstrap size, best/worst slices shown."""
 
-    nsd_tolerance_mm: PositiveFloat = 4.0
-    bootstrap_samples: Annotated[int, Field(ge=100, le=1_000_000)] = 2000
-    overlay_slices: PositiveInt = 4
-    batch_size: PositiveInt = 8
+    nsd_tolerance_mm: PositiveFloat
+    bootstrap_samples: Annotated[int, Field(ge=100, le=1_000_000)]
+    overlay_slices: PositiveInt
+    batch_size: PositiveInt
 
 
 class InferParams(StrictModel):
     """Stage `infer` and the new-images command."""
 
-    tta_flip: bool = False
-    batch_size: PositiveInt = 8
-    latency_repeats: PositiveInt = 20
-    overlay_alpha: Probability = 0.45
+    tta_flip: bool
+    batch_size: PositiveInt
+    latency_repeats: PositiveInt
+    overlay_alpha: Probability
     # DICOM input: the brain window applied to HU before the model (the training window).
-    window_level_hu: float = 40.0
-    window_width_hu: PositiveFloat = 80.0
+    window_level_hu: float
+    window_width_hu: PositiveFloat
     # "Hemorrhage present" when the predicted hemorrhage volume reaches this many mL. Used only
     # when metrics/evaluate.json holds no validated `triage_threshold_ml_hemorrhagic`; not
     # validated itself: 0.1 mL (about 100 voxels of 0.45 x 0.45 x 5 mm) ignores a few stray
     # pixels.
-    triage_threshold_ml_hemorrhagic: Annotated[float, Field(ge=0.0)] = 0.1
-    max_dicom_file_mb: PositiveFloat = 64.0  # larger input files are refused unread
+    triage_threshold_ml_hemorrhagic: Annotated[float, Field(ge=0.0)]
+    max_dicom_file_mb: PositiveFloat  # larger input files are refused unread
+
+
+# Each section is named for its stage, `validate` too: an instance's `params.validate` is the
+# section, while `Params.validate`, pydantic's deprecated v1 classmethod, stays unused. Pydantic
+# warns about that shadowing when it builds the class; this one name, and no other, is allowed.
+warnings.filterwarnings(
+    "ignore", message='Field name "validate" in "Params" shadows', category=UserWarning
+)
 
 
 class Params(StrictModel):
-    seed: NonNegativeInt = 42
-    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
-    image_size: Annotated[int, Field(ge=16, le=1024)] = 128
-    rgb_map: dict[str, Rgb] = {
-        "background": (0, 0, 0),
-        "Hemorrhagic": (255, 0, 0),
-        "Ischemic": (0, 255, 0),
-    }
-    phantom: PhantomParams = PhantomParams()
-    extract: ExtractParams = ExtractParams()
-    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
-    colorize: ColorizeParams = ColorizeParams()
-    split: SplitParams = SplitParams()
-    augment: AugmentParams = AugmentParams()
-    model: ModelParams = ModelParams()
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    infer: InferParams = InferParams()
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+    seed: NonNegativeInt
+    lr: Annotated[float, Field(gt=0.0, le=1.0)]
+    image_size: Annotated[int, Field(ge=16, le=1024)]
+    rgb_map: dict[str, Rgb]
+    phantom: PhantomParams
+    extract: ExtractParams
+    validate: ValidateParams  # see the note above the class
+    colorize: ColorizeParams
+    split: SplitParams
+    augment: AugmentParams
+    model: ModelParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    infer: InferParams
 
     @field_validator("rgb_map")
     @classmethod
@@ -506,10 +504,6 @@ class Params(StrictModel):
         return self
 
     @property
-    def validate_params(self) -> ValidateParams:
-        return self.validate_
-
-    @property
     def palette(self) -> tuple[Rgb, ...]:
         """Mask colours by class index (pipeline/classes.py)."""
         return classes.palette(self.rgb_map)
@@ -531,15 +525,10 @@ def _format_location(location: tuple[int | str, ...]) -> str:
 
 
 def _allowed_keys(location: tuple[int | str, ...]) -> list[str]:
-    """Keys the model at `location` accepts (by their YAML names), for unknown-key messages."""
+    """Keys the model at `location` accepts, for unknown-key messages."""
     model: type[BaseModel] | None = Params
     for item in location:
         field = model.model_fields.get(str(item)) if model else None
-        if field is None:
-            field = next(
-                (f for f in (model.model_fields.values() if model else []) if f.alias == item),
-                None,
-            )
         annotation = field.annotation if field else None
         model = (
             annotation
@@ -548,7 +537,7 @@ def _allowed_keys(location: tuple[int | str, ...]) -> list[str]:
         )
     if model is None:
         return []
-    return [field.alias or name for name, field in model.model_fields.items()]
+    return list(model.model_fields)
 
 
 def _excerpt_repr() -> reprlib.Repr:

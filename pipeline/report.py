@@ -28,7 +28,7 @@ import yaml
 
 from pipeline.classes import class_labels
 from pipeline.io import DataError, write_text_atomic
-from pipeline.params import ExtractParams, ParamsError, parse_params
+from pipeline.params import ParamsError, parse_params
 from pipeline.report_html import (
     Cell,
     Section,
@@ -42,8 +42,9 @@ from pipeline.report_html import (
 
 STAGE_METRICS = ("extract", "data", "split", "augment", "train", "evaluate", "infer")
 REPORT_PAGE = Path("reports/index.html")
-# The default archive is the phantom that `synthesize` writes; any other is real data.
-PHANTOM_ARCHIVE = Path(ExtractParams.model_fields["archive"].default)
+# Where stage `synthesize` writes the phantom (stages/synthesize.py, dvc.yaml): extract reading
+# this archive means phantom data; any other archive is real data.
+PHANTOM_ARCHIVE = Path("data/raw/phantom.zip")
 # Distributions whose versions a reader needs to rerun the numbers (the first found of
 # each group: the CPU and the CUDA lock install TensorFlow under different names).
 PACKAGES: tuple[tuple[str, ...], ...] = (
@@ -274,7 +275,7 @@ def committed_params(root: Path) -> dict[str, object] | None:
         return None
     raw = yaml.safe_load(text)
     try:
-        return flatten(parse_params(raw).model_dump(mode="json", by_alias=True))
+        return flatten(parse_params(raw).model_dump(mode="json"))
     except ParamsError:  # committed under an older schema: compare the raw file
         return flatten(raw if isinstance(raw, dict) else {})
 
@@ -561,6 +562,24 @@ def run_section(data: RunData) -> Section:
     return Section("run", "The run", reading, body)
 
 
+def split_counts(
+    split: dict[str, object], classes: Sequence[str]
+) -> dict[tuple[str, str], dict[str, object]]:
+    """split.json's slices and cases by (split, class): the keys `<split>_<what>_<class>`,
+    or `<split>_<class>_<what>` in metrics written before issue 14 renamed them."""
+    names = "|".join(classes)
+    patterns = (
+        re.compile(rf"^(?P<split>\w+?)_(?P<what>slices|cases)_(?P<lesion>{names})$"),
+        re.compile(rf"^(?P<split>\w+?)_(?P<lesion>{names})_(?P<what>slices|cases)$"),
+    )
+    counts: dict[tuple[str, str], dict[str, object]] = {}
+    for key, value in split.items():
+        for pattern in patterns:
+            if found := pattern.match(key):
+                counts.setdefault((found["split"], found["lesion"]), {})[found["what"]] = value
+    return counts
+
+
 def data_section(data: RunData) -> Section:
     extract, checks = data.metrics["extract"], data.metrics["data"]
     split, augment = data.metrics["split"], data.metrics["augment"]
@@ -582,15 +601,9 @@ def data_section(data: RunData) -> Section:
         f"{number(checks.get('expectations_failed'))} failed "
         f"({number(failed_critical)} critical)."
     )
-    by_split: dict[tuple[str, str], dict[str, object]] = {}
-    pattern = re.compile(rf"^(\w+?)_({'|'.join(data.classes)})_(slices|cases)$")
-    for key, value in split.items():
-        found = pattern.match(key)
-        if found:
-            by_split.setdefault((found[1], found[2]), {})[found[3]] = value
     split_rows = [
         [name, lesion, number(v.get("slices")), number(v.get("cases"))]
-        for (name, lesion), v in by_split.items()
+        for (name, lesion), v in split_counts(split, data.classes).items()
     ]
     augment_rows = [[key.replace("_", " "), number(value)] for key, value in augment.items()]
     docs = data.reports / "data_docs" / "index.html"
@@ -680,7 +693,7 @@ def training_section(data: RunData) -> Section:
     reading = (
         f"Best validation mean lesion Dice {number(train.get('val_dice_mean'))} at epoch "
         f"{number(train.get('best_epoch'))} of {number(train.get('epochs'))}; "
-        f"{number(train.get('train_seconds'), 's')} of training at "
+        f"{number(train.get('training_s', train.get('train_seconds')), 's')} of training at "
         f"{number(train.get('train_images_per_s'), 'images/s')}."
     )
     body = caveat(data) + side_by_side(table(["figure", "value"], rows), pictures) + montage

@@ -179,16 +179,16 @@ def split_metrics(table: pd.DataFrame) -> dict[str, int]:
     counts = class_counts(table, "split", SPLITS)
     metrics: dict[str, int] = {}
     for row in counts.to_dict("records"):
-        prefix = f"{row['group']}_{str(row['class']).lower()}"
-        metrics[f"{prefix}_slices"] = int(row["slices"])
-        metrics[f"{prefix}_cases"] = int(row["cases"])
+        split, lesion_class = row["group"], str(row["class"]).lower()
+        metrics[f"{split}_slices_{lesion_class}"] = int(row["slices"])
+        metrics[f"{split}_cases_{lesion_class}"] = int(row["cases"])
     for split in SPLITS:
         in_split = table[table["split"] == split]
         metrics[f"{split}_slices"] = len(in_split)
         metrics[f"{split}_cases"] = int(in_split["case_id"].nunique())
     for class_name in SOURCE_CLASSES:
         picked = table["mini_test"] & (table["class"] == class_name)
-        metrics[f"mini_test_{class_name.lower()}_slices"] = int(picked.sum())
+        metrics[f"mini_test_slices_{class_name.lower()}"] = int(picked.sum())
     metrics["total_slices"] = len(table)
     metrics["total_cases"] = int(table["case_id"].nunique())
     return metrics

@@ -1,8 +1,11 @@
 """Stage `train`: fit the FlexUNet, keep the best epoch, resume after a crash, report.
 
-The pieces are separate so that a distribution strategy (pipeline/distribute.py) wraps them:
-`build_compiled_model` (model + optimizer + loss + metrics, run inside the strategy scope) and
-`make_datasets` (the tf.data pipelines, sharded by worker).
+The stage calls, in this order, `configure_runtime` (seeds, threads, dtype policy), then
+`pipeline.distribute.start_distribution` (the strategy: both before any other TensorFlow op),
+then `train_model` with that `Distribution`. Everything that depends on workers and replicas
+goes through that one object: each worker's output paths, the checks that all workers agree,
+the per-worker datasets (`make_datasets`), and the strategy's scope and loss, under which
+`build_compiled_model` creates model, optimizer and metrics.
 
 Crash safety: after every epoch the complete training state -- weights with optimizer state,
 the history, the ReduceLROnPlateau/EarlyStopping counters and the best model so far -- is
@@ -42,14 +45,9 @@ from pipeline.dataset import (
     make_train_dataset,
     read_training_tables,
     resolve_cache,
+    steps_per_epoch,
 )
-from pipeline.distribute import (
-    Distribution,
-    fingerprint,
-    replica_safe_loss,
-    start_distribution,
-    worker_outputs,
-)
+from pipeline.distribute import Distribution
 from pipeline.io import DataError, atomic_path, write_json, write_png
 from pipeline.masks import index_to_colour
 from pipeline.model import build_model
@@ -62,7 +60,6 @@ WEIGHTS_FILE = "weights.weights.h5"
 BEST_MODEL_FILE = "best.keras"
 STATE_FILE = "state.json"
 MONTAGE_EPOCHS = 6  # columns of the epoch-change montage (first, last and evenly between)
-MIN_PANEL_SIDE = 256  # smaller slices are enlarged so that panel labels stay legible
 
 
 @dataclass(frozen=True)
@@ -82,7 +79,7 @@ WORKER_OUTPUTS = ("model", "backup_dir", "reports_dir", "metrics", "dvclive_dir"
 
 # ---------------------------------------------------------------------------------- runtime
 def configure_runtime(params: Params) -> None:
-    """Seeds, threads and the dtype policy; call before building models or datasets."""
+    """Seeds, threads and the dtype policy: the stage's first call, before the strategy."""
     train = params.train
     for value, getter, setter in (
         (
@@ -110,7 +107,7 @@ def make_optimizer(train: TrainParams, lr: float, total_steps: int) -> keras.opt
     rate: float | keras.optimizers.schedules.LearningRateSchedule = lr
     if train.lr_schedule == "cosine":
         rate = keras.optimizers.schedules.CosineDecay(
-            lr, decay_steps=max(1, total_steps), alpha=min(1.0, train.reduce_lr.min_lr / lr)
+            lr, decay_steps=max(1, total_steps), alpha=min(1.0, train.min_lr / lr)
         )
     if train.optimizer == "adamw":
         return keras.optimizers.AdamW(
@@ -119,15 +116,23 @@ def make_optimizer(train: TrainParams, lr: float, total_steps: int) -> keras.opt
     return keras.optimizers.Adam(rate, clipvalue=train.clipvalue)
 
 
-def build_compiled_model(params: Params, steps_per_epoch: int) -> keras.Model:
-    """Model, optimizer, loss and metrics (the part a distribution strategy scope wraps)."""
-    model = build_model(params)
-    model.compile(
-        optimizer=make_optimizer(params.train, params.lr, steps_per_epoch * params.train.epochs),
-        loss=replica_safe_loss(params.train.loss),
-        metrics=make_metrics(params.lesion_classes),
-        jit_compile=params.train.jit_compile,
-    )
+def build_compiled_model(
+    params: Params, steps_per_epoch: int, distribution: Distribution, checkpoint: Path | None = None
+) -> keras.Model:
+    """Model, optimizer, loss and metrics, their variables created in the strategy's scope;
+    with `checkpoint`, its weights and optimizer state restored."""
+    with distribution.strategy.scope():
+        model = build_model(params)
+        model.compile(
+            optimizer=make_optimizer(
+                params.train, params.lr, steps_per_epoch * params.train.epochs
+            ),
+            loss=distribution.loss(params.train.loss),
+            metrics=make_metrics(params.lesion_classes),
+            jit_compile=params.train.jit_compile,
+        )
+        if checkpoint is not None:
+            restore(model, checkpoint)
     return model
 
 
@@ -143,13 +148,13 @@ def make_datasets(
     params: Params,
     tables: TrainingTables,
     cache_dir: Path,
+    distribution: Distribution,
     skip_epochs: int = 0,
-    distribution: Distribution | None = None,
 ) -> Datasets:
     """The training stream (sharded by file across workers) and the validation batches, in
-    per-replica batches of `train.batch_size`; one device when `distribution` is None."""
+    per-replica batches of `train.batch_size`; the stream skips the `skip_epochs` already
+    trained by a resumed run."""
     train = params.train
-    distribution = distribution or Distribution(tf.distribute.get_strategy())
     cache = resolve_cache(
         train.cache,
         len(tables.train) + len(tables.valid),
@@ -162,17 +167,7 @@ def make_datasets(
         cache=cache,
         cache_dir=cache_dir,
     )
-    # An epoch is one pass over the training set by all workers together, so every worker
-    # runs the same number of steps (each step is a collective operation).
-    global_batch = distribution.global_batch(train.batch_size)
-    steps = len(tables.train) // global_batch
-    if steps == 0:
-        raise DataError(
-            f"{Path(tables.train.attrs.get('root', '.')) / 'manifest.csv'}: "
-            f"{len(tables.train)} training slices, fewer than one batch of {global_batch} "
-            f"(train.batch_size {train.batch_size} x {distribution.replicas} replicas); "
-            "lower train.batch_size"
-        )
+    steps = steps_per_epoch(tables.train, train.batch_size, distribution.replicas)
 
     def train_shard(num_shards: int, shard_index: int) -> tf.data.Dataset:
         return make_train_dataset(
@@ -185,7 +180,7 @@ def make_datasets(
             flip=train.random_flip,
             num_shards=num_shards,
             shard_index=shard_index,
-        )[0]
+        )
 
     def valid_set(num_shards: int, shard_index: int) -> tf.data.Dataset:
         return make_eval_dataset(tables.valid, options, batch_size=train.batch_size)
@@ -327,20 +322,12 @@ class EpochChangeInference(keras.callbacks.Callback):
         ):
             write_png(self.folder / "masks" / f"epoch_{epoch + 1:03d}_{slice_id}.png", prediction)
             tile = visualize.panel(
-                _enlarged(image),
-                _enlarged(index_to_colour(truth, self.palette)),
-                _enlarged(index_to_colour(prediction, self.palette)),
+                visualize.enlarged(image),
+                visualize.enlarged(index_to_colour(truth, self.palette)),
+                visualize.enlarged(index_to_colour(prediction, self.palette)),
                 title=f"epoch {epoch + 1}",  # the slice id is in the file name
             )
             write_png(self.folder / f"epoch_{epoch + 1:03d}_{slice_id}.png", tile)
-
-
-def _enlarged(image: np.ndarray) -> np.ndarray:
-    side = image.shape[0]
-    if side >= MIN_PANEL_SIDE:
-        return image
-    factor = -(-MIN_PANEL_SIDE // side)
-    return cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
 
 
 class TrainingRecorder(keras.callbacks.Callback):
@@ -377,8 +364,8 @@ class TrainingRecorder(keras.callbacks.Callback):
         row: dict[str, float] = {"epoch": epoch + 1, "lr": self.learning_rate}
         row.update({key: float(value) for key, value in (logs or {}).items()})
         row.pop("learning_rate", None)
-        row["seconds"] = now - self.epoch_start
-        row["train_seconds"] = self.train_end - self.epoch_start
+        row["epoch_s"] = now - self.epoch_start  # the whole epoch, validation included
+        row["fit_s"] = self.train_end - self.epoch_start  # its training steps alone
         row["train_images"] = self.images_per_epoch
         value = row.get(MONITOR)
         if value is None:
@@ -411,9 +398,9 @@ def format_epoch(row: dict[str, float], epochs: int, improved: bool) -> str:
             f"mean {row.get(prefix + 'dice_mean', float('nan')):.3f}"
         )
 
-    rate = row["train_images"] / max(row["train_seconds"], 1e-9)
+    rate = row["train_images"] / max(row["fit_s"], 1e-9)
     return (
-        f"epoch {int(row['epoch'])}/{epochs} {row['seconds']:.0f}s ({rate:.1f} img/s) "
+        f"epoch {int(row['epoch'])}/{epochs} {row['epoch_s']:.0f}s ({rate:.1f} img/s) "
         f"lr {row['lr']:.2g} | train {metrics('')} | valid {metrics('val_')}"
         + (" *best" if improved else "")
     )
@@ -482,8 +469,8 @@ def montage_tiles(
         tiles.append(
             visualize.label(
                 visualize.overlay(
-                    _enlarged(image),
-                    _enlarged(index_to_colour(truth, palette)),
+                    visualize.enlarged(image),
+                    visualize.enlarged(index_to_colour(truth, palette)),
                     background=palette[0],
                 ),
                 f"{slice_id} truth",
@@ -492,7 +479,9 @@ def montage_tiles(
         for epoch in chosen:
             mask = cv2.imread(str(staging / "masks" / f"epoch_{epoch:03d}_{slice_id}.png"), 0)
             colour = index_to_colour(mask, palette)
-            overlaid = visualize.overlay(_enlarged(image), _enlarged(colour), background=palette[0])
+            overlaid = visualize.overlay(
+                visualize.enlarged(image), visualize.enlarged(colour), background=palette[0]
+            )
             tiles.append(visualize.label(overlaid, f"epoch {epoch}"))
     return tiles, len(chosen) + 1
 
@@ -538,8 +527,8 @@ def summary_metrics(
 ) -> dict[str, object]:
     frame = history_frame(state.history)
     best = frame[frame["epoch"] == state.best_epoch].iloc[0]
-    train_seconds = float(frame["seconds"].sum())
-    pure_train_seconds = float(frame["train_seconds"].sum())
+    training_s = float(frame["epoch_s"].sum())
+    fit_s = float(frame["fit_s"].sum())
     return {
         "best_epoch": state.best_epoch,
         "epochs": state.epochs_done,
@@ -552,8 +541,9 @@ def summary_metrics(
         "train_dice_mean": float(best["dice_mean"]),
         "final_lr": float(frame["lr"].iloc[-1]),
         "params_count": params_count,
-        "train_seconds": round(train_seconds, 1),
-        "train_images_per_s": round(float(frame["train_images"].sum()) / pure_train_seconds, 2),
+        # Wall time of all epochs, validation included; the rate counts the fit time alone.
+        "training_s": round(training_s, 1),
+        "train_images_per_s": round(float(frame["train_images"].sum()) / fit_s, 2),
         # Where that rate was measured: this worker's devices and the replicas in sync.
         "devices": ", ".join(distribution.devices()),
         "replicas": distribution.replicas,
@@ -574,7 +564,7 @@ def make_callbacks(
                 mode="max",
                 factor=train.reduce_lr.factor,
                 patience=train.reduce_lr.patience,
-                min_lr=train.reduce_lr.min_lr,
+                min_lr=train.min_lr,
                 resume_state=state.callbacks.get("ResumableReduceLROnPlateau"),
             )
         )
@@ -593,19 +583,17 @@ def make_callbacks(
 def train_model(
     params: Params,
     paths: TrainPaths,
+    distribution: Distribution,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
-    distribution: Distribution | None = None,
 ) -> dict[str, object]:
     """Train (or resume) and publish model, reports, metrics and dvclive; returns the metrics.
 
-    `distribution` defaults to the strategy `train.strategy` names. Every worker of a
-    distributed run calls this; only the chief writes `paths`, the others write a temporary
-    copy that is removed at the end. `extra_callbacks` run after the recorder (tests use one to
-    interrupt a run).
+    Call after `configure_runtime`, with the `Distribution` that `start_distribution` built.
+    Every worker of a distributed run calls this; only the chief writes `paths`, the others
+    write a temporary copy that is removed at the end. `extra_callbacks` run after the
+    recorder (tests use one to interrupt a run).
     """
-    configure_runtime(params)
-    distribution = distribution or start_distribution(params.train.strategy)
-    with worker_outputs(paths, distribution, WORKER_OUTPUTS, resume_state="backup_dir") as paths:
+    with distribution.worker_paths(paths, WORKER_OUTPUTS, resume_state="backup_dir") as paths:
         return train_on_worker(params, paths, distribution, extra_callbacks)
 
 
@@ -627,7 +615,7 @@ def train_on_worker(
         "shares, or delete it on every node to start over",
     )
     distribution.require_same_on_all_workers(
-        fingerprint(
+        (
             [params.seed, params.lr, params.image_size, params.palette],
             [params.model.model_dump(), params.train.model_dump()],
             [sorted(tables.train["id"]), sorted(tables.valid["id"])],
@@ -642,14 +630,11 @@ def train_on_worker(
         PipelineOptions(palette=palette, image_size=params.image_size),
     )
     with tempfile.TemporaryDirectory(prefix="train-cache-") as cache_dir:
-        datasets = make_datasets(
-            params, tables, Path(cache_dir), state.epochs_done, distribution=distribution
-        )
+        datasets = make_datasets(params, tables, Path(cache_dir), distribution, state.epochs_done)
         global_batch = distribution.global_batch(params.train.batch_size)
-        with distribution.strategy.scope():  # variables of model, optimizer and metrics
-            model = build_compiled_model(params, datasets.steps_per_epoch)
-            if latest:
-                restore(model, latest[0])
+        model = build_compiled_model(
+            params, datasets.steps_per_epoch, distribution, latest[0] if latest else None
+        )
         if latest:
             print(f"train: resuming after epoch {state.epochs_done} from {latest[0]}", flush=True)
         print(

@@ -7,6 +7,20 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+# Panels of smaller slices are enlarged so that their labels stay legible.
+MIN_PANEL_SIDE_PX = 256
+
+
+def enlarged(image: np.ndarray, *, nearest: bool = True) -> np.ndarray:
+    """`image` enlarged by the smallest whole factor that makes its longer side at least
+    MIN_PANEL_SIDE_PX (unchanged when it already is): nearest-neighbour for masks, so that
+    no new colours appear, linear where `nearest` is False."""
+    factor = max(1, -(-MIN_PANEL_SIDE_PX // max(image.shape[:2])))
+    if factor == 1:
+        return image
+    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.resize(image, None, fx=factor, fy=factor, interpolation=interpolation)
+
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
     """RGB uint8 view of a grey (H, W), (H, W, 1) or RGB image."""

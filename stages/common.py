@@ -24,17 +24,9 @@ from pydantic import BaseModel
 from pipeline.io import DataError
 from pipeline.params import Params, ParamsError, load_params
 
-# Before TensorFlow is imported anywhere: keep its C++ logging to errors.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 TRACE_VARIABLE = "PIPELINE_PARAMS_TRACE"
 # Python names that differ from the YAML key they expose.
-_YAML_NAMES = {
-    "validate_": "validate",
-    "validate_params": "validate",
-    "palette": "rgb_map",
-    "lesion_classes": "rgb_map",
-}
+_YAML_NAMES = {"palette": "rgb_map", "lesion_classes": "rgb_map"}
 
 
 class TracedParams:

@@ -22,10 +22,10 @@ def params_document(params: Params) -> dict[str, object]:
     """Every param as YAML spells it; read section by section, so that the params trace
     records the sections the page shows (it shows them all)."""
     document: dict[str, object] = {}
-    for name, spec in Params.model_fields.items():
+    for name in Params.model_fields:
         value = getattr(params, name)
         dump = getattr(value, "model_dump", None)
-        document[spec.alias or name] = dump(mode="json", by_alias=True) if dump else value
+        document[name] = dump(mode="json") if dump else value
     return document
 
 

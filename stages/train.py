@@ -20,12 +20,12 @@ from stages.common import run_stage
 def main(params: Params) -> None:
     configure_runtime(params)  # thread pools, then the strategy: both before any other TF op
     distribution = start_distribution(params.train.strategy)
-    summary = train_model(params, TrainPaths(), distribution=distribution)
+    summary = train_model(params, TrainPaths(), distribution)
     print(
         f"train: best epoch {summary['best_epoch']} of {summary['epochs']}: validation Dice "
         f"hemorrhagic {summary['val_dice_hemorrhagic']:.3f}, ischemic "
         f"{summary['val_dice_ischemic']:.3f}, mean {summary['val_dice_mean']:.3f}; "
-        f"{summary['train_seconds']:.0f} s, {summary['train_images_per_s']:.1f} images/s; "
+        f"{summary['training_s']:.0f} s, {summary['train_images_per_s']:.1f} images/s; "
         + (
             "models/model.keras, reports/train/, metrics/train.json"
             if distribution.is_chief

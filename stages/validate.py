@@ -25,7 +25,7 @@ OUTPUTS = ValidateOutputs(
 
 def main(params: Params) -> None:
     started = time.perf_counter()
-    report = validate_extracted(EXTRACTED_MANIFEST, OUTPUTS, params.validate_params)
+    report = validate_extracted(EXTRACTED_MANIFEST, OUTPUTS, params.validate)
     seconds = time.perf_counter() - started
     print(
         f"validate: no critical failure among {len(report.outcomes)} expectations on "

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from pipeline.io import read_manifest, sha256_hex, write_manifest
+from pipeline.params import Params, parse_params
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -69,6 +70,25 @@ def deep_merge(base: Mapping, overrides: Mapping) -> dict:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def project_params_document(overrides: Mapping | None = None) -> dict:
+    """The project's params.yaml with `overrides` merged in, key by key as `dvc exp run -S`
+    sets them (mappings merge, anything else replaces): the values live in params.yaml alone,
+    and a test states only what it is about."""
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    return deep_merge(raw, overrides or {})
+
+
+def project_params(overrides: Mapping | None = None) -> Params:
+    """`project_params_document(overrides)`, validated."""
+    return parse_params(project_params_document(overrides))
+
+
+def write_project_params(path: Path, overrides: Mapping | None = None) -> Path:
+    """`project_params_document(overrides)` written to `path`, for a stage run elsewhere."""
+    path.write_text(yaml.safe_dump(project_params_document(overrides), sort_keys=False))
+    return path
 
 
 def original_row(

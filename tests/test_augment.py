@@ -29,19 +29,14 @@ from pipeline.augment import (
 )
 from pipeline.io import DataError, read_image, read_manifest, resolve_path, write_manifest
 from pipeline.params import (
-    AugmentParams,
-    Params,
     ParamsError,
-    SplitParams,
-    SplitRatios,
-    parse_params,
 )
 from pipeline.split import split_manifest
 from stages import augment as augment_stage
-from tests.conftest import rehash_manifest
+from tests.conftest import project_params, rehash_manifest
 from tests.test_split import case_keys, write_colorized
 
-PALETTE = Params().palette
+PALETTE = project_params().palette
 BACKGROUND = PALETTE[0]
 SIZE = 32
 
@@ -160,7 +155,7 @@ def test_image_and_mask_stay_registered(mask, transform, seed):
 
 
 def test_transform_grid_and_output_names():
-    grid = transform_grid(AugmentParams())
+    grid = transform_grid(project_params().augment)
     names = [transform.output_id("Hemorrhagic_049_012") for transform in grid]
     assert len(grid) == 5 + 5 + 2 and len(set(names)) == len(names)
     # Kinds interleaved, so that a short plan still uses each of them.
@@ -171,9 +166,11 @@ def test_transform_grid_and_output_names():
         "barrel_r0.3_a0.3_c0.7-0.3_Hemorrhagic_049_012",
     ]
     assert "elastic_a34_s4_k1_Hemorrhagic_049_012" in names
-    only_elastic = transform_grid(AugmentParams(transforms=("elastic",)))
+    only_elastic = transform_grid(project_params({"augment": {"transforms": ["elastic"]}}).augment)
     assert [t.kind for t in only_elastic] == ["elastic", "elastic"]
-    near_twins = AugmentParams(barrel={"amounts": (0.3, 0.3000001, -0.3)})
+    near_twins = project_params(
+        {"augment": {"barrel": {"amounts": [0.3, 0.3000001, -0.3]}}}
+    ).augment
     with pytest.raises(ParamsError, match="would give the same file names"):
         transform_grid(near_twins)
 
@@ -207,7 +204,7 @@ def train_table(hemorrhagic_lesions: list[int], ischemic: int) -> pd.DataFrame:
     st.integers(0, 1000),
 )
 def test_plan_reaches_the_ratio_without_repeating_a_warp(lesions, ischemic, ratio, seed):
-    params = AugmentParams(target_ratio=ratio)
+    params = project_params({"augment": {"target_ratio": ratio}}).augment
     train = train_table(lesions, ischemic)
     eligible = sum(1 for pixels in lesions if pixels > 0)
     wanted = max(0, int(np.ceil(ratio * ischemic - 1e-9)) - len(lesions))
@@ -241,7 +238,9 @@ def build_split(root: Path, hemorrhagic: int = 5, ischemic: int = 8) -> Path:
     )
     split_path = root / "data/split/manifest.csv"
     # Most cases in train, whatever the default ratios: these tests need originals to warp.
-    ratios = SplitParams(ratios=SplitRatios(train=0.7, valid=0.15, test=0.15))
+    ratios = project_params(
+        {"split": {"ratios": {"train": 0.7, "valid": 0.15, "test": 0.15}}}
+    ).split
     write_manifest(split_path, split_manifest(colorized, ratios, 42, split_path.parent))
     return split_path
 
@@ -250,7 +249,7 @@ def run_augment(root: Path, workers: int = 1, **overrides) -> dict[str, object]:
     return augment_training_set(
         root / "data/split/manifest.csv",
         root / "data/augmented",
-        AugmentParams(**overrides),
+        project_params({"augment": overrides}).augment,
         seed=42,
         background=BACKGROUND,
         workers=workers,
@@ -297,7 +296,7 @@ def test_augments_train_only_and_lists_the_whole_training_set(split_root):
         assert palette_set(mask) <= set(PALETTE)
         assert lesion_pixel_count(mask, BACKGROUND) == row["lesion_pixels"]
     # Each copy is one warp of its original, named after the transform that made it.
-    grid = {transform.prefix: transform for transform in transform_grid(AugmentParams())}
+    grid = {transform.prefix: transform for transform in transform_grid(project_params().augment)}
     for row in copies.to_dict("records"):
         transform = grid[row["id"].removesuffix(f"_{row['source_id']}")]
         original = train_by_id.loc[row["source_id"]]
@@ -315,7 +314,7 @@ def test_augments_train_only_and_lists_the_whole_training_set(split_root):
             np.testing.assert_array_equal(written_array, expected_array)
     # Balanced: as many hemorrhagic as ischemic training slices.
     counts = augmented["class"].value_counts()
-    assert counts["Hemorrhagic"] == counts["Ischemic"] == metrics["train_ischemic_after"]
+    assert counts["Hemorrhagic"] == counts["Ischemic"] == metrics["train_slices_after_ischemic"]
     assert metrics["augmented_total"] == len(copies)
     assert metrics["ratio_after"] == 1.0 and metrics["ratio_already_met"] is False
     per_kind = copies["source"].value_counts()
@@ -395,12 +394,12 @@ def test_size_mismatch_with_the_manifest_is_named(split_root):
 )
 def test_bad_augment_params_name_the_key(augment, message):
     with pytest.raises(ParamsError, match=message):
-        parse_params({"augment": augment})
+        project_params({"augment": augment})
 
 
 def test_stage_writes_metrics(split_root, monkeypatch):
     monkeypatch.chdir(split_root)
-    augment_stage.main(Params())
+    augment_stage.main(project_params())
     metrics = json.loads((split_root / "metrics/augment.json").read_text())
-    assert metrics["train_hemorrhagic_after"] == metrics["train_ischemic_after"]
+    assert metrics["train_slices_after_hemorrhagic"] == metrics["train_slices_after_ischemic"]
     assert (split_root / "data/augmented/manifest.csv").is_file()

@@ -11,9 +11,10 @@ from pipeline.losses import make_loss
 from pipeline.masks import colour_to_index, index_to_colour
 from pipeline.metrics import SegmentationEvaluation
 from pipeline.model import build_model
-from pipeline.params import Params, ParamsError, parse_params
+from pipeline.params import ParamsError, parse_params
 from pipeline.train_metrics import make_metrics
 from stages.evaluate import headline_keys
+from tests.conftest import project_params, project_params_document
 
 SIZE = 32
 THREE_CLASSES = {
@@ -29,13 +30,14 @@ THREE_CLASSES = {
 
 
 def test_the_default_classes_keep_their_names_labels_indices_and_colours():
-    lesions = Params().lesion_classes
+    lesions = project_params().lesion_classes
     assert [(c.name, c.label, c.index, c.colour) for c in lesions] == [
         ("Hemorrhagic", "hemorrhagic", 1, (255, 0, 0)),
         ("Ischemic", "ischemic", 2, (0, 255, 0)),
     ]
     assert tuple(c.name for c in lesions) == classes.SOURCE_CLASSES
-    assert classes.class_labels(Params().rgb_map) == ("background", "hemorrhagic", "ischemic")
+    labels = classes.class_labels(project_params().rgb_map)
+    assert labels == ("background", "hemorrhagic", "ischemic")
     # Charts use tab:red and tab:green whatever rgb_map says; an unknown class is grey.
     assert [c.display_colour for c in lesions] == ["#d62728", "#2ca02c"]
     assert classes.display_colour_of("Ischemic") == "#2ca02c"
@@ -44,7 +46,7 @@ def test_the_default_classes_keep_their_names_labels_indices_and_colours():
 
 
 def test_a_third_class_in_rgb_map_builds_four_outputs_and_its_metric_keys():
-    params = parse_params(THREE_CLASSES)
+    params = project_params(THREE_CLASSES)
     lesions = params.lesion_classes
     assert [(c.label, c.index) for c in lesions] == [
         ("hemorrhagic", 1),
@@ -107,4 +109,5 @@ def test_a_third_class_in_rgb_map_builds_four_outputs_and_its_metric_keys():
 )
 def test_rgb_map_refuses_what_would_renumber_or_misname_a_class(rgb_map, expected):
     with pytest.raises(ParamsError, match=expected):
-        parse_params({"rgb_map": rgb_map})
+        # rgb_map replaced whole (a -S override would merge it into the project's map)
+        parse_params({**project_params_document(), "rgb_map": rgb_map})

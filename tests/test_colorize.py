@@ -10,7 +10,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,11 +23,10 @@ from pipeline.io import (
     write_manifest,
     write_png,
 )
-from pipeline.params import Params
-from tests.conftest import original_row, with_sha256
+from tests.conftest import original_row, project_params, with_sha256, write_project_params
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-RGB_MAP = Params().rgb_map
+RGB_MAP = project_params().rgb_map
 SOURCE_SIDE = 64
 SIZE = 24  # not a divisor of 64, so area and linear resampling differ
 
@@ -207,7 +205,7 @@ def test_stage_entry_point(tmp_path: Path):
         "model": {"num_layers": 3},  # 20 = 4 x 5: two halvings
         "colorize": {"image_interpolation": "linear", "workers": 1},
     }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_project_params(tmp_path / "params.yaml", params)
     result = subprocess.run(
         [sys.executable, "-m", "stages.colorize"],
         cwd=tmp_path,

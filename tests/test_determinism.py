@@ -17,8 +17,7 @@ import keras
 import numpy as np
 from numpy.lib.introspect import opt_func_info
 
-from pipeline.training import configure_runtime, train_model
-from tests.test_training import tiny_params, write_tiny_project
+from tests.test_training import run_train, tiny_params, write_tiny_project
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,15 +35,15 @@ from pipeline.augment import (elastic_generator, elastic_map, transform_grid, tr
     warp_pair)
 from pipeline.colorize import colorize_slice
 from pipeline.io import decode_image, encode_png
-from pipeline.params import Params, PhantomParams
 from pipeline.synthesize.archive import synthesize_archive
 from pipeline.synthesize.layout import plan_cases
 from pipeline.synthesize.rendering import build_case, render_slice
+from tests.conftest import project_params
 
-params = Params()
-phantom = PhantomParams(image_size=64, hemorrhagic_cases=2, ischemic_cases=2, slices_per_case=6,
-    hemorrhagic_cases_without_mask=1, testing_cases_per_class=1, files_per_other_modality=3,
-    workers=int(os.environ.get("TEST_WORKERS", "1")))
+params = project_params()
+phantom = project_params({"phantom": dict(image_size=64, hemorrhagic_cases=2, ischemic_cases=2,
+    slices_per_case=6, hemorrhagic_cases_without_mask=1, testing_cases_per_class=1,
+    files_per_other_modality=3, workers=int(os.environ.get("TEST_WORKERS", "1")))}).phantom
 archive = Path(sys.argv[1]) / "phantom.zip"
 _, rendered = synthesize_archive(archive, phantom, seed=5)
 digests = {}
@@ -135,8 +134,7 @@ def test_two_tiny_training_runs_give_identical_weights(tmp_path):
     for run in ("first", "second"):
         paths = write_tiny_project(tmp_path / run)
         params = tiny_params(epochs=2)
-        configure_runtime(params)  # what the stage does first: seeds, dtype policy
-        train_model(params, paths)
+        run_train(params, paths)  # the stage's calls: runtime, strategy, training
         model = keras.saving.load_model(paths.model, compile=False)
         weights.append(model.get_weights())
     assert len(weights[0]) == len(weights[1]) > 0

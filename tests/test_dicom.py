@@ -51,10 +51,11 @@ from pipeline.dicom_seg import (
 from pipeline.inference import Segmenter, segment_files, to_model_input
 from pipeline.io import read_image, window_to_uint8, write_png
 from pipeline.masks import colour_to_index
-from pipeline.params import PhantomParams, parse_params
+from pipeline.params import PhantomParams
 from pipeline.synthesize.archive import render_case_slices, synthesize_archive
 from pipeline.synthesize.dicom_series import DICOM_CASES_FILE, synthesize_dicom
 from pipeline.synthesize.layout import plan_cases
+from tests.conftest import project_params, write_project_params
 from tests.test_inference import MODEL_SIZE, tiny_model  # noqa: F401 (a pytest fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ PHANTOM = {
     "workers": 1,
 }
 SEED = 11
-PARAMS = parse_params({"image_size": MODEL_SIZE, "infer": {"batch_size": 4}})
+PARAMS = project_params({"image_size": MODEL_SIZE, "infer": {"batch_size": 4}})
 MAX_BYTES = 10**8
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
 MR_SMALL = Path(get_testdata_file("MR_small.dcm"))
@@ -82,7 +83,7 @@ def model(request) -> Path:
 
 
 def phantom_params(**overrides: object) -> PhantomParams:
-    return PhantomParams(**{**PHANTOM, **overrides})
+    return project_params({"phantom": {**PHANTOM, **overrides}}).phantom
 
 
 @pytest.fixture(scope="module")
@@ -593,8 +594,7 @@ def test_triage_threshold_comes_from_the_evaluate_metrics_when_present(tmp_path)
 
 
 def run_command(tmp_path: Path, model: Path, *inputs: Path) -> subprocess.CompletedProcess:
-    params = tmp_path / "params.yaml"
-    params.write_text("infer:\n  batch_size: 4\n")
+    params = write_project_params(tmp_path / "params.yaml", {"infer": {"batch_size": 4}})
     return subprocess.run(
         [
             *(sys.executable, "-m", "stages.infer", "--params", str(params), "--model", str(model)),

@@ -39,7 +39,6 @@ from pipeline.distribute import (
     parse_tf_config,
     start_distribution,
     worker_dataset_fn,
-    worker_outputs,
 )
 from pipeline.losses import make_loss
 from pipeline.training import WORKER_OUTPUTS
@@ -156,9 +155,9 @@ def test_other_workers_write_a_temporary_copy_removed_whatever_happens(
         tf.distribute.get_strategy(), num_workers=2, worker_index=1, is_chief=False
     )
 
-    with worker_outputs(paths, chief, WORKER_OUTPUTS, resume_state="backup_dir") as own:
+    with chief.worker_paths(paths, WORKER_OUTPUTS, resume_state="backup_dir") as own:
         assert own is paths
-    with worker_outputs(paths, other, WORKER_OUTPUTS, resume_state="backup_dir") as own:
+    with other.worker_paths(paths, WORKER_OUTPUTS, resume_state="backup_dir") as own:
         scratch = Path(tempfile.gettempdir())
         for name in WORKER_OUTPUTS:
             moved = Path(getattr(own, name))
@@ -176,7 +175,7 @@ def test_other_workers_write_a_temporary_copy_removed_whatever_happens(
 
     with (
         pytest.raises(RuntimeError, match="crash"),
-        worker_outputs(paths, other, WORKER_OUTPUTS, resume_state="backup_dir"),
+        other.worker_paths(paths, WORKER_OUTPUTS, resume_state="backup_dir"),
     ):
         raise RuntimeError("crash")
     assert list((tmp_path / "tmp").iterdir()) == []
@@ -206,12 +205,12 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
 from pipeline.distribute import Distribution
-from pipeline.params import parse_params
-from pipeline.training import build_compiled_model, train_model
+from tests.conftest import project_params
+from pipeline.training import build_compiled_model, configure_runtime, train_model
 sys.path.insert(0, "tests")
 from test_training import write_tiny_project
 
-params = parse_params(
+params = project_params(
     {"image_size": 32, "model": {"base_filters": 4, "num_layers": 3}, "train": {"batch_size": 4}}
 )
 rng = np.random.default_rng(0)
@@ -226,8 +225,7 @@ def stream(num_shards, shard_index):
 
 def evaluate(distribution):
     keras.utils.set_random_seed(0)
-    with distribution.strategy.scope():
-        model = build_compiled_model(params, steps_per_epoch=1)
+    model = build_compiled_model(params, steps_per_epoch=1, distribution=distribution)
     # 3 batches on 2 replicas: the second step has an empty batch on one replica.
     return model.evaluate(distribution.per_worker(batches, shard=False), verbose=0,
                           return_dict=True)
@@ -248,9 +246,10 @@ print(json.dumps({
     "batch_starts": [float(images[i, 0, 0, 0]) for i in (0, 4, 8)],
 }))
 # The whole training function, mini_test panels and checkpoints included, on two replicas.
-tiny = parse_params({"image_size": 32, "model": {"base_filters": 4, "num_layers": 3},
+tiny = project_params({"image_size": 32, "model": {"base_filters": 4, "num_layers": 3},
                      "train": {"epochs": 2, "batch_size": 2}})
-print(json.dumps(train_model(tiny, write_tiny_project(Path(sys.argv[1])), distribution=two)))
+configure_runtime(tiny)
+print(json.dumps(train_model(tiny, write_tiny_project(Path(sys.argv[1])), two)))
 """
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -263,3 +264,21 @@ def test_experiments_with_set_param_and_a_queued_sweep(built):
     assert "Failed" not in status, status
     table = project.dvc("exp", "show", "--md").stdout
     assert "0.002" in table and "0.003" in table
+
+
+def test_an_applied_and_committed_experiment_keeps_the_params_tests_green(make_project):
+    # params.yaml is the one place values live: an experiment's values committed as the new
+    # params.yaml are as valid as the old ones, with no copy in the code to fall out of step.
+    project = make_project()
+    # `dvc exp run` applies the finished experiment to the workspace, as `dvc exp apply` does;
+    # one cheap stage is enough to make it a real experiment.
+    project.dvc("exp", "run", "--name", "faster", "-S", "lr=0.002", "synthesize")
+    assert project.params()["lr"] == 0.002
+    project.git("add", "-A")
+    project.git("commit", "-q", "-m", "apply experiment faster")
+    (project.path / "tests").mkdir()
+    for name in ("conftest.py", "test_params.py"):
+        (project.path / "tests" / name).write_text((PROJECT_ROOT / "tests" / name).read_text())
+    (project.path / "pyproject.toml").write_text((PROJECT_ROOT / "pyproject.toml").read_text())
+    result = project.run(sys.executable, "-m", "pytest", "tests/test_params.py", "-q", "-n", "0")
+    assert " passed" in result.stdout and "failed" not in result.stdout

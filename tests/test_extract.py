@@ -29,7 +29,8 @@ from pipeline.extract import (
     pair_slices,
 )
 from pipeline.io import DataError, encode_png, read_image, read_manifest, spacing_json
-from pipeline.params import ExtractParams, ParamsError, parse_params
+from pipeline.params import ParamsError
+from tests.conftest import project_params
 
 KAGGLE = "NEW-DATASET/REAL-TIME STROKE DETECTION IN MRI, CT, PET IMAGES"
 CT = f"{KAGGLE}/CT Images/data"
@@ -91,7 +92,7 @@ def write_folder(path: Path, files: dict[str, bytes]) -> Path:
 def run_extract(workspace: Path, archive: Path, **params: object) -> tuple[dict, str]:
     """Extract into `workspace`; returns the metrics and the report text."""
     extract_archive(
-        ExtractParams(archive=str(archive), **params),
+        project_params({"extract": {"archive": str(archive), **params}}).extract,
         workspace / "data" / "extracted",
         workspace / "reports" / "extract_report.txt",
         workspace / "metrics" / "extract.json",
@@ -617,7 +618,7 @@ def test_classification_tolerates_folder_spelling(tmp_path):
 )
 def test_params_errors_name_the_key(extract, expected):
     with pytest.raises(ParamsError) as caught:
-        parse_params({"extract": extract})
+        project_params({"extract": extract})
     assert expected in str(caught.value)
 
 

@@ -27,8 +27,7 @@ import pytest
 from pipeline import io
 from pipeline.extract import PROBLEM_CATEGORIES, extract_archive
 from pipeline.io import DataError, atomic_path, read_manifest, write_bytes_atomic
-from pipeline.params import ExtractParams
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, project_params, write_project_params
 
 # ---------------------------------------------------------------- the repository boundary
 
@@ -687,9 +686,11 @@ print(json.dumps({"error": error, "peak_mb": peak_mb}))
 def run_extract(workspace: Path, params: dict, measured: bool) -> tuple[str | None, float | None]:
     """Run extract into `workspace`: the fatal error (or None) and the peak RSS in MB when
     `measured` (then in a subprocess, so that the peak is this run's alone)."""
+    extract = project_params({"extract": params}).extract
     if measured:
+        complete = json.dumps(extract.model_dump())
         result = subprocess.run(
-            [sys.executable, "-c", RUNNER, str(workspace), json.dumps(params)],
+            [sys.executable, "-c", RUNNER, str(workspace), complete],
             cwd=PROJECT_ROOT,
             capture_output=True,
             text=True,
@@ -700,7 +701,7 @@ def run_extract(workspace: Path, params: dict, measured: bool) -> tuple[str | No
         return outcome["error"], outcome["peak_mb"]
     try:
         extract_archive(
-            ExtractParams(**params),
+            extract,
             workspace / "data" / "extracted",
             workspace / "reports" / "extract_report.txt",
             workspace / "metrics" / "extract.json",
@@ -814,7 +815,7 @@ def new_images_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path,
     model = keras.Model(inputs, keras.layers.Conv2D(3, 1, activation="softmax")(inputs))
     model.save(root / "model.keras")
     folder = write_folder(root / "in", {name: data for name, (data, _) in NEW_IMAGES.items()})
-    (root / "params.yaml").write_text("infer:\n  batch_size: 2\n")
+    write_project_params(root / "params.yaml", {"infer": {"batch_size": 2}})
     result = subprocess.run(
         [
             sys.executable,

@@ -31,13 +31,12 @@ from pipeline.inference import (
 )
 from pipeline.io import DataError, read_image, write_manifest, write_png
 from pipeline.masks import index_to_colour, palette_array
-from pipeline.params import parse_params
-from tests.conftest import original_row, with_sha256
+from tests.conftest import original_row, project_params, with_sha256, write_project_params
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_SAMPLES = ROOT / "tests" / "data" / "real-ct" / "images"
 MODEL_SIZE = 32
-PARAMS = parse_params(
+PARAMS = project_params(
     {
         "image_size": MODEL_SIZE,
         "evaluate": {"overlay_slices": 1, "batch_size": 2},
@@ -120,9 +119,8 @@ def test_model_contract_is_checked(tmp_path, tiny_model):
 
 
 def run_command(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    """The command as a user runs it, from another folder, with its own small params file."""
-    params = tmp_path / "params.yaml"
-    params.write_text("infer:\n  batch_size: 4\n")
+    """The command as a user runs it, from another folder, with its own copy of params.yaml."""
+    params = write_project_params(tmp_path / "params.yaml", {"infer": {"batch_size": 4}})
     return subprocess.run(
         [sys.executable, "-m", "stages.infer", "--params", str(params), *args],
         cwd=tmp_path,

@@ -25,9 +25,9 @@ from pipeline.metrics import (
     lesion_counts,
     surface_border,
 )
-from pipeline.params import Params
+from tests.conftest import project_params
 
-LABELS = class_labels(Params().rgb_map)
+LABELS = class_labels(project_params().rgb_map)
 REQUIRED_KEYS = (
     "pooled_dice_hemorrhagic",
     "pooled_dice_ischemic",

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.model import REFERENCE_CONFIG, UNetConfig, build_model, build_unet, level_kernel
-from pipeline.params import ParamsError, parse_params
+from pipeline.params import ParamsError
+from tests.conftest import project_params
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ def test_level_kernel_shrinks_by_two_per_level_down_to_three() -> None:
 
 
 def test_default_params_build_the_configured_model() -> None:
-    params = parse_params({"image_size": 32, "model": {"base_filters": 4, "num_layers": 3}})
+    params = project_params({"image_size": 32, "model": {"base_filters": 4, "num_layers": 3}})
     model = build_model(params)
     assert model.input_shape == (None, 32, 32, 3)
     assert model.output_shape == (None, 32, 32, 3)
@@ -157,4 +158,4 @@ def test_model_and_losses_use_keras_only_so_they_run_on_any_backend(module: str)
 
 def test_dropout_that_would_silence_the_deepest_level_is_refused() -> None:
     with pytest.raises(ParamsError, match="deepest level"):
-        parse_params({"model": {"dropout_rate": 0.3, "num_layers": 5}})
+        project_params({"model": {"dropout_rate": 0.3, "num_layers": 5}})

@@ -22,16 +22,19 @@ from pipeline.expectations import make_data_docs_offline
 from pipeline.io import DataError
 from pipeline.params import load_params
 from pipeline.report import (
+    PHANTOM_ARCHIVE,
     PHANTOM_CAVEAT,
     headline_keys,
     metric_rows,
     number,
     parse_key,
+    split_counts,
     unit_of,
     write_comparison,
     write_report,
 )
 from pipeline.report_html import table
+from stages import synthesize as synthesize_stage
 from stages.report import params_document
 from tests.conftest import PROJECT_ROOT, DvcProject
 from tests.report_fixtures import RUN_LR, SHAPES, evaluate_metrics, git, write_tiny_run
@@ -81,7 +84,8 @@ def test_evaluate_keys_split_into_metric_class_and_bound(key, expected):
         ("hd95", "px"),
         ("volume_bias_ml", "mL"),
         ("train_images_per_s", "images/s"),
-        ("train_seconds", "s"),
+        ("training_s", "s"),
+        ("train_seconds", "s"),  # train.json before issue 14
         ("test_cases", "cases"),
         ("pooled_hd95_mm", "mm"),
         ("dice", "score 0-1"),
@@ -89,6 +93,14 @@ def test_evaluate_keys_split_into_metric_class_and_bound(key, expected):
 )
 def test_units_come_from_the_metric_names(base, unit):
     assert unit_of(base) == unit
+
+
+def test_split_counts_read_both_key_orders():
+    new = {"train_slices_hemorrhagic": 80, "train_cases_hemorrhagic": 5, "test_slices": 9}
+    old = {"train_hemorrhagic_slices": 80, "train_hemorrhagic_cases": 5, "test_slices": 9}
+    expected = {("train", "hemorrhagic"): {"slices": 80, "cases": 5}}
+    assert split_counts(new, ("hemorrhagic", "ischemic")) == expected
+    assert split_counts(old, ("hemorrhagic", "ischemic")) == expected
 
 
 def test_numbers_carry_their_unit_and_nulls_read_na():
@@ -305,3 +317,7 @@ def test_compare_names_a_revision_dvc_cannot_read(tmp_path):
     root = write_tiny_run(tmp_path / "run", "slices")
     with pytest.raises(DataError, match="metrics diff"):
         write_comparison(root, "HEAD", "no-such-branch", tmp_path / "compare.html")
+
+
+def test_the_phantom_archive_is_where_synthesize_writes_it():
+    assert PHANTOM_ARCHIVE == synthesize_stage.ARCHIVE_PATH

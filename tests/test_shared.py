@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from pipeline import io, masks, parallel, visualize
-from pipeline.params import Params
+from tests.conftest import project_params
 
-PALETTE = Params().palette
+PALETTE = project_params().palette
 
 
 def test_atomic_path_replaces_only_on_success(tmp_path):

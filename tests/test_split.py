@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pipeline.classes import SOURCE_CLASSES
 from pipeline.expectations import ValidationFailed
 from pipeline.io import DataError, read_manifest, resolve_path, write_manifest, write_png
-from pipeline.params import Params, SplitParams, SplitRatios
+from pipeline.params import Params
 from pipeline.split import (
     SPLITS,
     pick_mini_test,
@@ -24,9 +24,9 @@ from pipeline.split import (
     validate_split,
 )
 from stages import split as split_stage
-from tests.conftest import original_row, with_sha256
+from tests.conftest import original_row, project_params, with_sha256
 
-PALETTE = Params().palette
+PALETTE = project_params().palette
 
 
 def write_colorized(
@@ -94,7 +94,9 @@ def test_split_sizes_cover_all_cases_with_one_per_split_at_least(count, train, v
     test = 1.0 - train - valid
     if test <= 0.01:
         return
-    ratios = SplitRatios(train=train, valid=valid, test=test)
+    ratios = project_params(
+        {"split": {"ratios": {"train": train, "valid": valid, "test": test}}}
+    ).split.ratios
     sizes = split_sizes(count, ratios, "Hemorrhagic")
     assert sum(sizes.values()) == count
     assert min(sizes.values()) >= 1
@@ -105,11 +107,11 @@ def test_split_sizes_cover_all_cases_with_one_per_split_at_least(count, train, v
 
 def test_too_few_cases_names_class_count_and_ratios():
     with pytest.raises(DataError, match=r"class Ischemic has 2 cases.*train 0.5 / valid 0.2"):
-        split_sizes(2, SplitRatios(), "Ischemic")
+        split_sizes(2, project_params().split.ratios, "Ischemic")
 
 
 def test_stage_splits_whole_cases_and_writes_outputs(project, monkeypatch):
-    table = run_split_stage(project, monkeypatch, Params())
+    table = run_split_stage(project, monkeypatch, project_params())
     colorized = read_manifest(project / "data/colorized/manifest.csv")
     assert sorted(table["id"]) == sorted(colorized["id"])
     # No leakage: every case id sits in exactly one split.
@@ -128,28 +130,28 @@ def test_stage_splits_whole_cases_and_writes_outputs(project, monkeypatch):
         in_split = table[table["split"] == split]
         assert metrics[f"{split}_slices"] == len(in_split)
         assert (
-            metrics[f"{split}_hemorrhagic_cases"]
+            metrics[f"{split}_cases_hemorrhagic"]
             == in_split.loc[in_split["class"] == "Hemorrhagic", "case_id"].nunique()
         )
     assert metrics["total_slices"] == len(table) and metrics["total_cases"] == 16
     # 6 and 10 cases at 0.5/0.2/0.3, by largest remainder: 3/1/2 and 5/2/3.
-    assert [metrics[f"{s}_hemorrhagic_cases"] for s in SPLITS] == [3, 1, 2]
-    assert [metrics[f"{s}_ischemic_cases"] for s in SPLITS] == [5, 2, 3]
+    assert [metrics[f"{s}_cases_hemorrhagic"] for s in SPLITS] == [3, 1, 2]
+    assert [metrics[f"{s}_cases_ischemic"] for s in SPLITS] == [5, 2, 3]
     assert (project / "reports/split_statistics.png").stat().st_size > 1000
 
 
 def test_split_is_deterministic_and_depends_on_seed(project):
     colorized = read_manifest(project / "data/colorized/manifest.csv")
     out = project / "data/split"
-    first = split_manifest(colorized, SplitParams(), 42, out)
-    again = split_manifest(colorized, SplitParams(), 42, out)
-    other = split_manifest(colorized, SplitParams(), 7, out)
+    first = split_manifest(colorized, project_params().split, 42, out)
+    again = split_manifest(colorized, project_params().split, 42, out)
+    other = split_manifest(colorized, project_params().split, 7, out)
     pd.testing.assert_frame_equal(first, again)
     assert not first["split"].equals(other["split"])
     # Case lists are sorted before shuffling: row order of the input does not matter.
     shuffled = colorized.sample(frac=1.0, random_state=0)
     shuffled.attrs = colorized.attrs
-    reordered = split_manifest(shuffled, SplitParams(), 42, out)
+    reordered = split_manifest(shuffled, project_params().split, 42, out)
     assert reordered.set_index("id")["split"].to_dict() == first.set_index("id")["split"].to_dict()
 
 
@@ -157,7 +159,7 @@ def test_adding_cases_of_one_class_keeps_the_other_class_split(tmp_path):
     small = read_manifest(write_colorized(tmp_path / "a", case_keys(5, 8)))
     large = read_manifest(write_colorized(tmp_path / "b", case_keys(9, 8)))
     ischemic = [
-        split_manifest(frame, SplitParams(), 42, tmp_path)
+        split_manifest(frame, project_params().split, 42, tmp_path)
         .query("`class` == 'Ischemic'")
         .set_index("id")["split"]
         .to_dict()
@@ -192,7 +194,7 @@ def test_mini_test_prefers_largest_lesions_from_different_cases():
 def test_class_with_too_few_cases_stops_the_stage(tmp_path, monkeypatch):
     write_colorized(tmp_path / "data/colorized", case_keys(2, 6))
     with pytest.raises(DataError, match="class Hemorrhagic has 2 cases"):
-        run_split_stage(tmp_path, monkeypatch, Params())
+        run_split_stage(tmp_path, monkeypatch, project_params())
     assert not (tmp_path / "data/split").exists()
 
 
@@ -200,12 +202,12 @@ def test_case_id_in_both_classes_is_rejected(tmp_path):
     keys = [*case_keys(3, 3), "Ischemic/049"]
     colorized = read_manifest(write_colorized(tmp_path, keys))
     with pytest.raises(DataError, match=r"case ids \['049'\] hold slices of both classes"):
-        split_manifest(colorized, SplitParams(), 42, tmp_path)
+        split_manifest(colorized, project_params().split, 42, tmp_path)
 
 
 def test_integrity_gate_catches_leakage_and_a_missing_class(project):
     colorized = read_manifest(project / "data/colorized/manifest.csv")
-    table = split_manifest(colorized, SplitParams(), 42, project / "data/split")
+    table = split_manifest(colorized, project_params().split, 42, project / "data/split")
     validate_split(table, expected_rows=len(table))  # the real split passes
 
     leaky = table.copy()

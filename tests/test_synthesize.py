@@ -18,12 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.io import SPACING_FILE, parse_spacing_json, window_to_uint8
-from pipeline.params import ParamsError, PhantomParams, parse_params
+from pipeline.params import ParamsError, PhantomParams
 from pipeline.synthesize.anatomy import PARENCHYMA, Tissue
 from pipeline.synthesize.archive import synthesize_archive
 from pipeline.synthesize.layout import ARCHIVE_ROOT, CT_DATA_ROOT, plan_cases
 from pipeline.synthesize.montage import phantom_montage
 from pipeline.synthesize.rendering import build_case, render_slice
+from tests.conftest import project_params
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
@@ -39,7 +40,7 @@ SMALL = {
 
 
 def small_params(**overrides: object) -> PhantomParams:
-    return PhantomParams(**{**SMALL, **overrides})
+    return project_params({"phantom": {**SMALL, **overrides}}).phantom
 
 
 @pytest.fixture(scope="module")
@@ -163,15 +164,19 @@ def test_lesions_stay_inside_the_cranium(rendered_slices):
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), slices=st.integers(4, 12), share=st.floats(0.05, 0.6))
 def test_lesion_spans_consecutive_slices_and_leaves_some_free(seed, slices, share):
-    params = PhantomParams(
-        image_size=64,
-        hemorrhagic_cases=1,
-        ischemic_cases=1,
-        hemorrhagic_cases_without_mask=0,
-        testing_cases_per_class=0,
-        slices_per_case=slices,
-        lesion_free_slice_share=share,
-    )
+    params = project_params(
+        {
+            "phantom": {
+                "image_size": 64,
+                "hemorrhagic_cases": 1,
+                "ischemic_cases": 1,
+                "hemorrhagic_cases_without_mask": 0,
+                "testing_cases_per_class": 0,
+                "slices_per_case": slices,
+                "lesion_free_slice_share": share,
+            }
+        }
+    ).phantom
     for spec in plan_cases(params, seed):
         case = build_case(spec, params)
         present = [bool(render_slice(case, i).lesion.any()) for i in range(slices)]
@@ -270,12 +275,16 @@ def test_case_plan_invariants():
     )
     def check(seed, hemorrhagic, ischemic, testing, data):
         unmasked = data.draw(st.integers(0, hemorrhagic - 1))
-        params = PhantomParams(
-            hemorrhagic_cases=hemorrhagic,
-            ischemic_cases=ischemic,
-            testing_cases_per_class=testing,
-            hemorrhagic_cases_without_mask=unmasked,
-        )
+        params = project_params(
+            {
+                "phantom": {
+                    "hemorrhagic_cases": hemorrhagic,
+                    "ischemic_cases": ischemic,
+                    "testing_cases_per_class": testing,
+                    "hemorrhagic_cases_without_mask": unmasked,
+                }
+            }
+        ).phantom
         cases = plan_cases(params, seed)
         assert len(cases) == hemorrhagic + ischemic + 2 * testing
         assert len({(c.class_name, c.case_id) for c in cases}) == len(cases)
@@ -309,7 +318,7 @@ def test_case_plan_invariants():
 )
 def test_params_errors_name_the_key(phantom, expected):
     with pytest.raises(ParamsError) as caught:
-        parse_params({"phantom": phantom})
+        project_params({"phantom": phantom})
     assert expected in str(caught.value)
     assert "phantom" in str(caught.value)
 
@@ -329,7 +338,7 @@ def test_default_size_slice_looks_like_brain_window_ct():
     """One 512 px slice at the ventricle level, against grey-level statistics measured on the
     reference's eight mini_test slices (four are in tests/data/real-ct): black ~50-60 %,
     saturated white 3-15 %, brain median 105-127."""
-    params = PhantomParams()
+    params = project_params().phantom
     spec = next(c for c in plan_cases(params, seed=42) if c.class_name == "Ischemic")
     rendered = render_slice(build_case(spec, params), index=params.slices_per_case // 2)
     image = window_to_uint8(rendered.hu, params.window_level_hu, params.window_width_hu)

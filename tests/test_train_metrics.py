@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline.params import Params
 from pipeline.train_metrics import ForegroundDice, dice_coef_multiclass, make_metrics
+from tests.conftest import project_params
 from tests.test_losses import lesion_case, one_hot, value
 
 
@@ -80,7 +80,7 @@ def test_reference_metric_is_per_slice_soft_overlap_with_background() -> None:
 
 
 def test_metric_names_match_the_contract() -> None:
-    assert [metric.name for metric in make_metrics(Params().lesion_classes)] == [
+    assert [metric.name for metric in make_metrics(project_params().lesion_classes)] == [
         "dice_hemorrhagic",
         "dice_ischemic",
         "dice_mean",

@@ -7,6 +7,9 @@ with real files: manifests written by `write_manifest`, PNGs, checkpoints, repor
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -25,16 +28,18 @@ from pipeline.dataset import (
     make_train_dataset,
     read_training_tables,
     resolve_cache,
+    steps_per_epoch,
 )
+from pipeline.distribute import Distribution, start_distribution
 from pipeline.io import DataError, write_manifest, write_png
 from pipeline.masks import colour_to_index, index_to_colour
-from pipeline.params import Params, parse_params
-from pipeline.training import TrainPaths, train_model
-from tests.conftest import original_row, rehash_manifest, with_sha256
+from pipeline.params import Params
+from pipeline.training import TrainPaths, configure_runtime, train_model
+from tests.conftest import original_row, project_params, rehash_manifest, with_sha256
 
 SIZE = 32
-PALETTE = Params().palette
-CLASS_INDEX = {lesion.name: lesion.index for lesion in Params().lesion_classes}
+PALETTE = project_params().palette
+CLASS_INDEX = {lesion.name: lesion.index for lesion in project_params().lesion_classes}
 
 
 def tiny_slice(class_name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,8 +87,14 @@ def paths_under(root: Path) -> TrainPaths:
     return TrainPaths(**{field: root / getattr(defaults, field) for field in vars(defaults)})
 
 
+def run_train(params: Params, paths: TrainPaths, **keywords: object) -> dict[str, object]:
+    """The train stage's calls (stages/train.py), on `paths`."""
+    configure_runtime(params)
+    return train_model(params, paths, start_distribution(params.train.strategy), **keywords)
+
+
 def tiny_params(**train: object) -> Params:
-    return parse_params(
+    return project_params(
         {
             "image_size": SIZE,
             "lr": 0.01,
@@ -96,7 +107,7 @@ def tiny_params(**train: object) -> Params:
 def frozen_params(**train: object) -> Params:
     """A model that cannot learn: a vanishing rate and no BatchNorm or dropout keep
     val_dice_mean flat, so plateau callbacks must act on schedule."""
-    return parse_params(
+    return project_params(
         {
             "image_size": SIZE,
             "lr": 1e-9,
@@ -180,11 +191,25 @@ def test_training_stream_is_seeded_endless_and_fast_forwards(tmp_path: Path) -> 
     paths = write_tiny_project(tmp_path)
     train = read_training_tables(paths.augmented_manifest, paths.split_manifest).train
 
+    steps = steps_per_epoch(train, batch_size=4)
+    assert steps == 2
+
     def batches(seed: int, skip_epochs: int = 0, count: int = 4) -> list[np.ndarray]:
-        dataset, steps = make_train_dataset(
-            train, options(), batch_size=4, seed=seed, shuffle_buffer=64, skip_epochs=skip_epochs
+        def stream(num_shards: int, shard_index: int) -> tf.data.Dataset:
+            return make_train_dataset(
+                train,
+                options(),
+                batch_size=4,
+                seed=seed,
+                shuffle_buffer=64,
+                num_shards=num_shards,
+                shard_index=shard_index,
+            )
+
+        # How train_model resumes: the stream skips the steps of the epochs already trained.
+        dataset = Distribution.one_device().per_worker(
+            stream, shard=True, skip_steps=skip_epochs * steps
         )
-        assert steps == 2
         return [images.numpy() for images, _ in dataset.take(count)]
 
     first, again, other = batches(1), batches(1), batches(2)
@@ -197,7 +222,7 @@ def test_training_stream_is_seeded_endless_and_fast_forwards(tmp_path: Path) -> 
 def test_flips_move_image_and_mask_together(tmp_path: Path) -> None:
     paths = write_tiny_project(tmp_path)
     train = read_training_tables(paths.augmented_manifest, paths.split_manifest).train
-    dataset, _ = make_train_dataset(
+    dataset = make_train_dataset(
         train, options(), batch_size=4, seed=3, shuffle_buffer=8, flip=True
     )
     flipped = 0
@@ -216,7 +241,7 @@ def test_balanced_sampling_draws_both_classes_equally(tmp_path: Path) -> None:
     train = read_training_tables(paths.augmented_manifest, paths.split_manifest).train
     lopsided = train[(train["class"] == "Ischemic") | train["id"].str.endswith("000")]
     lopsided.attrs.update(train.attrs)
-    dataset, _ = make_train_dataset(
+    dataset = make_train_dataset(
         lopsided, options(), batch_size=4, seed=0, shuffle_buffer=16, balanced=True
     )
     classes = [target.numpy().argmax(-1).max(axis=(1, 2)) for _, target in dataset.take(50)]
@@ -270,7 +295,7 @@ def test_missing_files_and_wrong_sizes_fail_before_training(tmp_path: Path) -> N
 # ------------------------------------------------------------------------------ training
 def test_one_epoch_writes_model_metrics_reports_and_dvclive(tmp_path: Path, capsys) -> None:
     paths = write_tiny_project(tmp_path)
-    summary = train_model(tiny_params(), paths)
+    summary = run_train(tiny_params(), paths)
 
     model = keras.saving.load_model(paths.model, compile=False)
     prediction = model.predict(np.zeros((1, SIZE, SIZE, 3), np.float32), verbose=0)
@@ -281,7 +306,7 @@ def test_one_epoch_writes_model_metrics_reports_and_dvclive(tmp_path: Path, caps
     for key in ("val_dice_hemorrhagic", "val_dice_ischemic", "val_dice_mean"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["params_count"] == model.count_params()
-    assert metrics["train_seconds"] > 0 and metrics["train_images_per_s"] > 0
+    assert metrics["training_s"] > 0 and metrics["train_images_per_s"] > 0
     # The devices it trained on, printed at the start and recorded with the rate.
     device = "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
     assert metrics["devices"].startswith(device) and metrics["replicas"] == 1
@@ -306,10 +331,11 @@ def test_learning_rate_really_drops_on_a_plateau(tmp_path: Path) -> None:
     params = frozen_params(
         epochs=4,
         lr_schedule="constant",
-        reduce_lr={"enabled": True, "factor": 0.5, "patience": 1, "min_lr": 0},
+        min_lr=0,
+        reduce_lr={"enabled": True, "factor": 0.5, "patience": 1},
         early_stopping={"enabled": False},
     )
-    train_model(params, paths)
+    run_train(params, paths)
     rates = pd.read_csv(paths.reports_dir / "train_metrics.csv")["lr"].to_numpy()
     np.testing.assert_allclose(rates, [1e-9, 1e-9, 5e-10, 2.5e-10], rtol=1e-5)
 
@@ -319,7 +345,7 @@ def test_early_stopping_ends_a_flat_run(tmp_path: Path) -> None:
     params = frozen_params(
         epochs=6, reduce_lr={"enabled": False}, early_stopping={"enabled": True, "patience": 2}
     )
-    summary = train_model(params, paths)
+    summary = run_train(params, paths)
     assert summary["stopped_early"] is True
     assert summary["epochs"] == 3 and summary["best_epoch"] == 1
 
@@ -328,14 +354,14 @@ def test_an_interrupted_run_resumes_after_its_last_completed_epoch(tmp_path: Pat
     paths = write_tiny_project(tmp_path)
     params = tiny_params(epochs=3)
     with pytest.raises(Interrupted):
-        train_model(params, paths, extra_callbacks=[InterruptAfterEpoch(1)])
+        run_train(params, paths, extra_callbacks=[InterruptAfterEpoch(1)])
     assert not paths.model.exists() and not paths.metrics.exists()
     checkpoints = sorted(path.name for path in (paths.backup_dir / "checkpoints").iterdir())
     assert checkpoints == ["epoch_0001"]
     first_state = json.loads((paths.backup_dir / "checkpoints/epoch_0001/state.json").read_text())
 
     seen = EpochsSeen()
-    summary = train_model(params, paths, extra_callbacks=[seen])
+    summary = run_train(params, paths, extra_callbacks=[seen])
     assert seen.epochs == [1, 2]  # epoch 0 (the first) was not trained again
     assert seen.start_steps == 2  # optimizer state restored: 8 slices / batch 4 = 2 steps
     assert summary["epochs"] == 3
@@ -349,9 +375,9 @@ def test_a_finished_checkpoint_is_published_without_training_again(tmp_path: Pat
     paths = write_tiny_project(tmp_path)
     params = tiny_params(epochs=1)
     with pytest.raises(Interrupted):
-        train_model(params, paths, extra_callbacks=[InterruptAfterEpoch(1)])
+        run_train(params, paths, extra_callbacks=[InterruptAfterEpoch(1)])
     seen = EpochsSeen()
-    summary = train_model(params, paths, extra_callbacks=[seen])
+    summary = run_train(params, paths, extra_callbacks=[seen])
     assert seen.epochs == [] and summary["epochs"] == 1
     assert paths.model.is_file()
 
@@ -362,7 +388,7 @@ def test_bad_training_data_stops_with_a_data_error(tmp_path: Path) -> None:
     augmented.loc[0, "mask_path"] = "../colorized/masks/nowhere.png"
     augmented.to_csv(paths.augmented_manifest, index=False)
     with pytest.raises(DataError, match="missing"):
-        train_model(tiny_params(), paths)
+        run_train(tiny_params(), paths)
     assert not paths.model.exists()
 
 
@@ -379,7 +405,7 @@ VARIANT_EPOCHS = 3
 @pytest.fixture(scope="module")
 def float32_run(tmp_path_factory) -> tuple[dict, pd.DataFrame]:
     paths = write_tiny_project(tmp_path_factory.mktemp("float32"))
-    summary = train_model(tiny_params(epochs=VARIANT_EPOCHS), paths)
+    summary = run_train(tiny_params(epochs=VARIANT_EPOCHS), paths)
     return summary, pd.read_csv(paths.reports_dir / "train_losses.csv")
 
 
@@ -397,7 +423,7 @@ def test_mixed_precision_and_xla_train_like_float32(
 ) -> None:
     paths = write_tiny_project(tmp_path)
     try:
-        summary = train_model(tiny_params(epochs=VARIANT_EPOCHS, **variant), paths)
+        summary = run_train(tiny_params(epochs=VARIANT_EPOCHS, **variant), paths)
     finally:
         keras.config.set_dtype_policy("float32")  # as in a user's fresh process; later tests
     losses = pd.read_csv(paths.reports_dir / "train_losses.csv")
@@ -411,3 +437,36 @@ def test_mixed_precision_and_xla_train_like_float32(
     prediction = model.predict(np.full((1, SIZE, SIZE, 3), 110, np.float32), verbose=0)
     assert prediction.dtype == np.float32
     np.testing.assert_allclose(prediction.sum(axis=-1), 1.0, atol=1e-5)  # float32 softmax
+
+
+# Run in a fresh interpreter: records TF_CPP_MIN_LOG_LEVEL at the moment `tensorflow` is first
+# imported, as `python -m stages.train` imports it (the package, then the module).
+_IMPORT_PROBE = """
+import importlib, json, os, sys
+seen = {}
+class Probe:
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" and "level" not in seen:
+            seen["level"] = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+        return None
+sys.meta_path.insert(0, Probe())
+importlib.import_module("stages.train")
+print(json.dumps(seen))
+"""
+
+
+def test_train_stage_quiets_tensorflow_before_importing_it() -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(root)
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    # Present and "3": TensorFlow was imported, and the setting was there before it.
+    assert json.loads(result.stdout.splitlines()[-1]) == {"level": "3"}

@@ -17,13 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.expectations import ValidationFailed, run_suite
 from pipeline.io import read_image, read_manifest, resolve_path, write_manifest, write_png
-from pipeline.params import ValidateParams
 from pipeline.stats import class_counts, plot_class_counts
 from pipeline.validate import (
     ValidateOutputs,
@@ -32,20 +30,30 @@ from pipeline.validate import (
     slice_checks,
     validate_extracted,
 )
-from tests.conftest import original_row, rehash_manifest, with_sha256
+from tests.conftest import (
+    original_row,
+    project_params,
+    rehash_manifest,
+    with_sha256,
+    write_project_params,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SIDE = 32
 CASES = {"Hemorrhagic": ["049", "050", "051"], "Ischemic": ["0019983", "0019984", "0019985"]}
 SLICES_PER_CASE = 4
-PARAMS = ValidateParams(
-    min_side=16,
-    max_side=64,
-    slices_per_class={"min": 4, "max": 100},
-    cases_per_class={"min": 3, "max": 10},
-    min_lesion_slice_share=0.3,
-    workers=1,
-)
+PARAMS = project_params(
+    {
+        "validate": {
+            "min_side": 16,
+            "max_side": 64,
+            "slices_per_class": {"min": 4, "max": 100},
+            "cases_per_class": {"min": 3, "max": 10},
+            "min_lesion_slice_share": 0.3,
+            "workers": 1,
+        }
+    }
+).validate
 
 
 def lesion_mask(slice_number: int) -> np.ndarray:
@@ -364,8 +372,7 @@ def run_validate_stage(workdir: Path) -> subprocess.CompletedProcess:
 
 def test_stage_exits_1_with_summary_and_writes_no_manifest(tmp_path: Path):
     manifest_path = write_dataset(tmp_path / "data" / "extracted")
-    params = {"validate": PARAMS.model_dump()}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_project_params(tmp_path / "params.yaml", {"validate": PARAMS.model_dump()})
 
     passed = run_validate_stage(tmp_path)
     assert passed.returncode == 0, passed.stderr
