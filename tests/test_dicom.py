@@ -57,18 +57,11 @@ from pipeline.synthesize.dicom_series import DICOM_CASES_FILE, synthesize_dicom
 from pipeline.synthesize.layout import plan_cases
 from tests.conftest import project_params, write_project_params
 from tests.test_inference import MODEL_SIZE, tiny_model  # noqa: F401 (a pytest fixture)
+from tests.test_synthesize import SMALL as SMALL_PHANTOM
 
 ROOT = Path(__file__).resolve().parents[1]
-PHANTOM = {
-    "image_size": 64,
-    "hemorrhagic_cases": 3,
-    "ischemic_cases": 3,
-    "slices_per_case": 6,
-    "hemorrhagic_cases_without_mask": 1,
-    "testing_cases_per_class": 1,
-    "files_per_other_modality": 0,
-    "workers": 1,
-}
+# test_synthesize's small phantom, without the MRI/PET files the DICOM writer never sees.
+PHANTOM = {**SMALL_PHANTOM, "files_per_other_modality": 0}
 SEED = 11
 PARAMS = project_params({"image_size": MODEL_SIZE, "infer": {"batch_size": 4}})
 MAX_BYTES = 10**8
