@@ -91,6 +91,19 @@ def write_project_params(path: Path, overrides: Mapping | None = None) -> Path:
     return path
 
 
+def run_stage_command(stage: str, workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m stages.<stage> ARGS` as a user runs it, from `workdir` (its params.yaml, its
+    data/), with the project's code on the path; output captured, at most 300 s."""
+    return subprocess.run(
+        [sys.executable, "-m", f"stages.{stage}", *args],
+        cwd=workdir,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def original_row(
     slice_id: str, case_id: str, class_name: str, size: int, lesion_pixels: int, folder: str = ""
 ) -> dict[str, object]:

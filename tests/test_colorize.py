@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -23,7 +20,13 @@ from pipeline.io import (
     write_manifest,
     write_png,
 )
-from tests.conftest import original_row, project_params, with_sha256, write_project_params
+from tests.conftest import (
+    original_row,
+    project_params,
+    run_stage_command,
+    with_sha256,
+    write_project_params,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RGB_MAP = project_params().rgb_map
@@ -206,14 +209,7 @@ def test_stage_entry_point(tmp_path: Path):
         "colorize": {"image_interpolation": "linear", "workers": 1},
     }
     write_project_params(tmp_path / "params.yaml", params)
-    result = subprocess.run(
-        [sys.executable, "-m", "stages.colorize"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_stage_command("colorize", tmp_path)
     assert result.returncode == 0, result.stderr
     written = read_manifest(tmp_path / "data" / "colorized" / "manifest.csv")
     assert len(written) == 6 and (written["width"] == 20).all()

@@ -10,7 +10,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -31,7 +30,13 @@ from pipeline.inference import (
 )
 from pipeline.io import DataError, read_image, write_manifest, write_png
 from pipeline.masks import index_to_colour, palette_array
-from tests.conftest import original_row, project_params, with_sha256, write_project_params
+from tests.conftest import (
+    original_row,
+    project_params,
+    run_stage_command,
+    with_sha256,
+    write_project_params,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_SAMPLES = ROOT / "tests" / "data" / "real-ct" / "images"
@@ -121,14 +126,7 @@ def test_model_contract_is_checked(tmp_path, tiny_model):
 def run_command(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """The command as a user runs it, from another folder, with its own copy of params.yaml."""
     params = write_project_params(tmp_path / "params.yaml", {"infer": {"batch_size": 4}})
-    return subprocess.run(
-        [sys.executable, "-m", "stages.infer", "--params", str(params), *args],
-        cwd=tmp_path,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_stage_command("infer", tmp_path, "--params", str(params), *args)
 
 
 def test_new_images_command_on_real_ct(tmp_path, tiny_model):

@@ -3,10 +3,7 @@ Kaggle archive layout of the CT phantom."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -24,7 +21,7 @@ from pipeline.synthesize.archive import synthesize_archive
 from pipeline.synthesize.layout import ARCHIVE_ROOT, CT_DATA_ROOT, plan_cases
 from pipeline.synthesize.montage import phantom_montage
 from pipeline.synthesize.rendering import build_case, render_slice
-from tests.conftest import project_params
+from tests.conftest import project_params, run_stage_command
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
@@ -356,15 +353,7 @@ def test_stage_writes_the_archive_and_the_montage(tmp_path):
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     params["phantom"].update(SMALL)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-m", "stages.synthesize"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_stage_command("synthesize", tmp_path)
     assert result.returncode == 0, result.stderr
     assert "slices/s" in result.stdout
     assert zipfile.is_zipfile(tmp_path / "data/raw/phantom.zip")
@@ -374,13 +363,6 @@ def test_stage_writes_the_archive_and_the_montage(tmp_path):
 
     params["phantom"]["slices_per_case"] = 2
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    failed = subprocess.run(
-        [sys.executable, "-m", "stages.synthesize"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    failed = run_stage_command("synthesize", tmp_path)
     assert failed.returncode == 1
     assert "phantom.slices_per_case" in failed.stderr

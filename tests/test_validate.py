@@ -7,9 +7,7 @@ slices per class, so every check runs on real files in well under a second.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +32,7 @@ from tests.conftest import (
     original_row,
     project_params,
     rehash_manifest,
+    run_stage_command,
     with_sha256,
     write_project_params,
 )
@@ -359,15 +358,7 @@ def test_statistics_figure_is_deterministic(dataset: Path, tmp_path: Path):
 
 
 def run_validate_stage(workdir: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "stages.validate"],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_stage_command("validate", workdir)
 
 
 def test_stage_exits_1_with_summary_and_writes_no_manifest(tmp_path: Path):
