@@ -8,7 +8,7 @@ which worker ran what.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
@@ -37,18 +37,33 @@ def ordered_map(
     chunksize: int = 4,
 ) -> list[Result]:
     """`[function(t) for t in tasks]`, spread over `workers` processes, with a tqdm bar."""
+    return list(
+        ordered_imap(function, tasks, workers=workers, description=description, chunksize=chunksize)
+    )
+
+
+def ordered_imap(
+    function: Callable[[Task], Result],
+    tasks: Sequence[Task],
+    *,
+    workers: int,
+    description: str,
+    chunksize: int = 4,
+) -> Iterator[Result]:
+    """`ordered_map` that yields each result as soon as it and those before it are done, so
+    that a caller can write results out instead of holding them all."""
     count = worker_count(workers)
     progress = tqdm(total=len(tasks), desc=description, unit="img", mininterval=1.0)
     with progress:
         if count == 1 or len(tasks) <= 1:
-            results = []
             for task in tasks:
-                results.append(function(task))
+                yield function(task)
                 progress.update()
-            return results
-        with ProcessPoolExecutor(max_workers=count) as pool:
-            results = []
+            return
+        pool = ProcessPoolExecutor(max_workers=count)
+        try:
             for result in pool.map(function, tasks, chunksize=chunksize):
-                results.append(result)
+                yield result
                 progress.update()
-            return results
+        finally:  # a caller that stops early (an error) must not wait for the tasks left
+            pool.shutdown(cancel_futures=True)

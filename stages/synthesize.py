@@ -25,12 +25,12 @@ MONTAGE_PATH = Path("reports/phantom_montage.png")
 
 def main(params: Params) -> None:
     started = time.perf_counter()
-    summary, rendered = synthesize_archive(ARCHIVE_PATH, params.phantom, params.seed)
+    summary, cases = synthesize_archive(ARCHIVE_PATH, params.phantom, params.seed)
     seconds = time.perf_counter() - started
     started_dicom = time.perf_counter()
     dicom_cases = synthesize_dicom(DICOM_PATH, params.phantom, params.seed)
     dicom_seconds = time.perf_counter() - started_dicom
-    write_png(MONTAGE_PATH, phantom_montage(rendered))
+    write_png(MONTAGE_PATH, phantom_montage(ARCHIVE_PATH, cases))
     print(
         f"synthesize: {summary.cases} cases, {summary.slices} slices "
         f"({summary.lesion_slices} with a lesion, {summary.masks} with a mask file) in "

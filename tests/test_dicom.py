@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -163,8 +164,9 @@ def test_phantom_dicom_holds_the_hu_before_windowing_and_the_truth(tmp_path, pha
     params = phantom_params()
     specs = {spec.case_id: spec for spec in plan_cases(params, SEED)}
     archive = tmp_path / "phantom.zip"
-    _, rendered_files = synthesize_archive(archive, params, SEED)
-    members = {name: data for files in rendered_files for name, data in files.members}
+    synthesize_archive(archive, params, SEED)
+    with zipfile.ZipFile(archive) as opened:
+        members = {name: opened.read(name) for name in opened.namelist()}
     for row in cases(phantom_dicom).itertuples():
         spec = specs[row.case_id]
         voxels = 0

@@ -4,6 +4,8 @@ pictures, and the Great Expectations gate machinery."""
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -119,6 +121,25 @@ def test_ordered_map_keeps_input_order_for_any_worker_count():
     assert parallel.ordered_map(_square, tasks, workers=1, description="one") == expected
     assert parallel.ordered_map(_square, tasks, workers=2, description="two") == expected
     assert parallel.worker_count(0) >= 1
+
+
+def _mark_done(marker: Path) -> Path:
+    time.sleep(0.05)
+    marker.touch()
+    return marker
+
+
+def test_ordered_imap_yields_in_order_and_a_caller_stopping_early_does_not_run_the_rest(tmp_path):
+    """synthesize writes each result as it comes; when writing fails, the error must surface
+    without running the tasks still queued."""
+    assert list(parallel.ordered_imap(_square, range(9), workers=2, description="x")) == [
+        t * t for t in range(9)
+    ]
+    markers = [tmp_path / f"{index}.done" for index in range(40)]
+    results = parallel.ordered_imap(_mark_done, markers, workers=2, description="stop", chunksize=1)
+    assert next(results) == markers[0]
+    results.close()
+    assert len(list(tmp_path.glob("*.done"))) < 10
 
 
 def test_pictures_have_expected_geometry():

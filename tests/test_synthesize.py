@@ -3,7 +3,9 @@ Kaggle archive layout of the CT phantom."""
 
 from __future__ import annotations
 
+import io
 import re
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from hypothesis import strategies as st
 from pipeline.io import SPACING_FILE, parse_spacing_json, window_to_uint8
 from pipeline.params import ParamsError, PhantomParams
 from pipeline.synthesize.anatomy import PARENCHYMA, Tissue
-from pipeline.synthesize.archive import synthesize_archive
+from pipeline.synthesize.archive import SortedZipWriter, synthesize_archive
 from pipeline.synthesize.layout import ARCHIVE_ROOT, CT_DATA_ROOT, plan_cases
 from pipeline.synthesize.montage import phantom_montage
 from pipeline.synthesize.rendering import build_case, render_slice
@@ -43,8 +45,8 @@ def small_params(**overrides: object) -> PhantomParams:
 @pytest.fixture(scope="module")
 def small_archive(tmp_path_factory: pytest.TempPathFactory):
     path = tmp_path_factory.mktemp("phantom") / "phantom.zip"
-    summary, rendered = synthesize_archive(path, small_params(), seed=7)
-    return path, summary, rendered
+    summary, cases = synthesize_archive(path, small_params(), seed=7)
+    return path, summary, cases
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +195,45 @@ def test_archive_is_deterministic_and_independent_of_workers(tmp_path, small_arc
     assert other.read_bytes() != path.read_bytes()
 
 
+def _zip_bytes(members: list[tuple[str, bytes]], names: list[str] | None = None) -> bytes:
+    """The archive SortedZipWriter makes of `members` added in the given order."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive, tempfile.TemporaryFile() as spill:
+        writer = SortedZipWriter(archive, names or [name for name, _ in members], spill)
+        for name, data in members:
+            writer.add(name, data)
+        writer.finish()
+    return buffer.getvalue()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.binary(max_size=40), min_size=1, max_size=12).flatmap(
+        lambda contents: st.permutations(
+            [(f"case/{index:02d}.png", data) for index, data in enumerate(contents)]
+        )
+    )
+)
+def test_sorted_zip_writer_gives_the_sorted_archive_whatever_the_arrival_order(members):
+    """Members arriving in any order (workers finishing out of turn) give the bytes of the same
+    members written in name order, which is what every earlier phantom archive holds."""
+    assert _zip_bytes(members) == _zip_bytes(sorted(members))
+    with zipfile.ZipFile(io.BytesIO(_zip_bytes(members))) as archive:
+        assert archive.namelist() == sorted(name for name, _ in members)
+        assert all(archive.read(name) == data for name, data in members)
+
+
+def test_sorted_zip_writer_refuses_unexpected_twice_added_and_missing_members():
+    with pytest.raises(ValueError, match=r"b\.png: not an expected archive member"):
+        _zip_bytes([("a.png", b"1"), ("b.png", b"2")], names=["a.png"])
+    with pytest.raises(ValueError, match=r"a\.png: not an expected archive member, or added twice"):
+        _zip_bytes([("a.png", b"1"), ("a.png", b"2")], names=["a.png", "b.png"])
+    with pytest.raises(RuntimeError, match=r"1 archive members never added, first b\.png"):
+        _zip_bytes([("a.png", b"1")], names=["a.png", "b.png"])
+    with pytest.raises(ValueError, match="listed twice"):
+        _zip_bytes([], names=["a.png", "a.png"])
+
+
 def test_archive_layout_matches_the_kaggle_download(small_archive):
     path, summary, _ = small_archive
     params = small_params()
@@ -321,8 +362,8 @@ def test_params_errors_name_the_key(phantom, expected):
 
 
 def test_montage_shows_both_classes_in_their_display_colours(small_archive):
-    _, _, rendered = small_archive
-    picture = phantom_montage(rendered)
+    path, _, cases = small_archive
+    picture = phantom_montage(path, cases)
     assert picture.ndim == 3 and picture.dtype == np.uint8
     red, green = picture[..., 0].astype(int), picture[..., 1].astype(int)
     # Overlaid at alpha 0.45, tab:red lifts red over green by 0.45 * 175 = 79, tab:green

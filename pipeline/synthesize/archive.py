@@ -3,10 +3,13 @@ the geometry file, written with fixed timestamps so the bytes depend on content 
 
 from __future__ import annotations
 
+import io
+import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -19,7 +22,7 @@ from pipeline.io import (
     window_to_uint8,
 )
 from pipeline.numerics import baseline_opencv
-from pipeline.parallel import ordered_map
+from pipeline.parallel import ordered_imap
 from pipeline.params import PhantomParams
 from pipeline.synthesize.layout import ARCHIVE_ROOT, CT_DATA_ROOT, CaseSpec, plan_cases
 from pipeline.synthesize.rendering import PhantomSlice, build_case, render_slice
@@ -31,10 +34,19 @@ ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
 
 @dataclass(frozen=True)
 class CaseFiles:
-    """A rendered case: its archive members (PNG bytes) and lesion pixels per slice."""
+    """A rendered case: its archive members (PNG bytes) and lesion pixels per slice, as a
+    worker process hands them back."""
 
     spec: CaseSpec
     members: tuple[tuple[str, bytes], ...]
+    lesion_pixels: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CaseSlices:
+    """A case written to the archive: its spec and lesion pixels per slice."""
+
+    spec: CaseSpec
     lesion_pixels: tuple[int, ...]
 
 
@@ -104,37 +116,99 @@ def geometry_member(params: PhantomParams) -> tuple[str, bytes]:
     return f"{CT_DATA_ROOT}/{SPACING_FILE}", data
 
 
-def write_zip(path: Path | str, members: Sequence[tuple[str, bytes]]) -> None:
-    """Deterministic zip, written atomically: members sorted by name, fixed timestamps,
-    stored uncompressed (PNG and JPEG are compressed already)."""
-    with atomic_path(path) as temporary, zipfile.ZipFile(temporary, "w") as archive:
-        for name, data in sorted(members):
-            info = zipfile.ZipInfo(name, date_time=ZIP_TIMESTAMP)
-            info.compress_type = zipfile.ZIP_STORED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, data)
+class SortedZipWriter:
+    """Writes an archive's members in name order whatever order they arrive in.
+
+    A member whose turn has not come is parked in `spill` (a temporary file) until it has, so
+    memory holds one member at a time however large the archive. Every expected name must be
+    added exactly once; `finish` says which are missing."""
+
+    def __init__(self, archive: zipfile.ZipFile, names: Iterable[str], spill: BinaryIO) -> None:
+        self._archive = archive
+        self._order = sorted(names)
+        self._expected = set(self._order)
+        if len(self._expected) != len(self._order):
+            raise ValueError("an archive member name is listed twice")
+        self._next = 0
+        self._spill = spill
+        self._parked: dict[str, tuple[int, int]] = {}  # name -> (offset, size) in the spill file
+
+    def add(self, name: str, data: bytes) -> None:
+        if name not in self._expected:
+            raise ValueError(f"{name}: not an expected archive member, or added twice")
+        self._expected.remove(name)
+        if name != self._order[self._next]:
+            offset = self._spill.seek(0, io.SEEK_END)
+            self._spill.write(data)
+            self._parked[name] = (offset, len(data))
+            return
+        self._write(name, data)
+        while self._next < len(self._order) and self._order[self._next] in self._parked:
+            name = self._order[self._next]
+            offset, size = self._parked.pop(name)
+            self._spill.seek(offset)
+            self._write(name, self._spill.read(size))
+
+    def finish(self) -> None:
+        if self._expected:
+            missing = sorted(self._expected)
+            raise RuntimeError(f"{len(missing)} archive members never added, first {missing[0]}")
+
+    def _write(self, name: str, data: bytes) -> None:
+        """Fixed timestamp and mode, stored uncompressed (PNG and JPEG are compressed already),
+        so the bytes depend on content only."""
+        info = zipfile.ZipInfo(name, date_time=ZIP_TIMESTAMP)
+        info.compress_type = zipfile.ZIP_STORED
+        info.external_attr = 0o644 << 16
+        self._archive.writestr(info, data)
+        self._next += 1
+
+
+def member_names(spec: CaseSpec) -> list[str]:
+    """The archive members of a case: an image per slice, and a mask unless it has none."""
+    kinds = ("images", "mask") if spec.has_mask else ("images",)
+    return [spec.member(kind, stem) for stem in spec.slice_stems for kind in kinds]
 
 
 def synthesize_archive(
     path: Path | str, params: PhantomParams, seed: int
-) -> tuple[PhantomSummary, list[CaseFiles]]:
-    """Render every case (in parallel, one task per case) and write the archive."""
+) -> tuple[PhantomSummary, list[CaseSlices]]:
+    """Render every case (in parallel, one task per case) and write the archive atomically,
+    each case's files as soon as they are rendered: memory stays flat in the number of cases.
+    Returns the summary and the cases' lesion pixels per slice, in plan order."""
     cases = plan_cases(params, seed)
-    rendered = ordered_map(
-        render_case_files,
-        [(spec, params) for spec in cases],
-        workers=params.workers,
-        description="synthesize",
-        chunksize=1,
-    )
-    members = [member for files in rendered for member in files.members]
-    members.append(geometry_member(params))
-    write_zip(path, members + other_modality_members(params, seed))
+    fixed = [geometry_member(params), *other_modality_members(params, seed)]
+    names = [name for spec in cases for name in member_names(spec)] + [n for n, _ in fixed]
+    # Rendered in the order their files go in the archive, so that only the masks of the
+    # current subset and class (after all its images, by name) wait in the spill file.
+    render_order = sorted(cases, key=lambda spec: member_names(spec)[0])
+    lesion_pixels: dict[CaseSpec, tuple[int, ...]] = {}
+    with (
+        atomic_path(path) as temporary,
+        zipfile.ZipFile(temporary, "w") as archive,
+        tempfile.TemporaryFile(dir=Path(path).parent) as spill,
+    ):
+        writer = SortedZipWriter(archive, names, spill)
+        for name, data in fixed:
+            writer.add(name, data)
+        rendered = ordered_imap(
+            render_case_files,
+            [(spec, params) for spec in render_order],
+            workers=params.workers,
+            description="synthesize",
+            chunksize=1,
+        )
+        for files in rendered:
+            for name, data in files.members:
+                writer.add(name, data)
+            lesion_pixels[files.spec] = files.lesion_pixels
+        writer.finish()
+    slices = [CaseSlices(spec, lesion_pixels[spec]) for spec in cases]
     summary = PhantomSummary(
         cases=len(cases),
-        slices=sum(len(files.lesion_pixels) for files in rendered),
-        masks=sum(len(files.lesion_pixels) for files in rendered if files.spec.has_mask),
-        lesion_slices=sum(1 for files in rendered for pixels in files.lesion_pixels if pixels),
+        slices=sum(len(case.lesion_pixels) for case in slices),
+        masks=sum(len(case.lesion_pixels) for case in slices if case.spec.has_mask),
+        lesion_slices=sum(1 for case in slices for pixels in case.lesion_pixels if pixels),
         archive_bytes=Path(path).stat().st_size,
     )
-    return summary, rendered
+    return summary, slices
