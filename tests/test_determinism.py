@@ -45,7 +45,7 @@ phantom = project_params({"phantom": dict(image_size=64, hemorrhagic_cases=2, is
     slices_per_case=6, hemorrhagic_cases_without_mask=1, testing_cases_per_class=1,
     files_per_other_modality=3, workers=int(os.environ.get("TEST_WORKERS", "1")))}).phantom
 archive = Path(sys.argv[1]) / "phantom.zip"
-_, rendered = synthesize_archive(archive, phantom, seed=5)
+_, cases = synthesize_archive(archive, phantom, seed=5)
 digests = {}
 with zipfile.ZipFile(archive) as opened:
     for info in opened.infolist():
@@ -63,16 +63,16 @@ for variant in range(3):
     digests[f"elastic_map/{variant}"] = hashlib.sha256(
         warp.map_x.tobytes() + warp.map_y.tobytes()).hexdigest()
 class_index = {lesion.name: lesion.index for lesion in params.lesion_classes}
-for files in rendered:
-    members = dict(files.members)
-    if not files.spec.has_mask:
+members = zipfile.ZipFile(archive)
+for case in cases:
+    if not case.spec.has_mask:
         continue
-    for stem in files.spec.slice_stems:
-        name = files.spec.member("images", stem)
-        image = decode_image(members[name], name, color=False)
-        mask = decode_image(members[files.spec.member("mask", stem)], name, color=False)
+    for stem in case.spec.slice_stems:
+        name = case.spec.member("images", stem)
+        image = decode_image(members.read(name), name, color=False)
+        mask = decode_image(members.read(case.spec.member("mask", stem)), name, color=False)
         for interpolation in ("area", "linear"):
-            grey, colour = colorize_slice(image, mask, class_index[files.spec.class_name],
+            grey, colour = colorize_slice(image, mask, class_index[case.spec.class_name],
                 params.palette, 48, interpolation)
             digests[f"colorize/{interpolation}/{name}"] = hashlib.sha256(
                 encode_png(grey) + encode_png(colour)).hexdigest()
