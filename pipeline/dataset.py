@@ -190,6 +190,13 @@ def make_train_dataset(
     images, masks = slice_paths(frame, options.image_size, source)
 
     def shuffled_stream(indices: list[int], stream_seed: int, name: str) -> tf.data.Dataset:
+        if shuffle_buffer < len(indices):
+            # A buffer smaller than the set only mixes neighbours of the id order, in which a
+            # class's slices and a case's slices are adjacent: at Kaggle scale a buffer of 256
+            # would give half an epoch of hemorrhagic batches, then the ischemic half. A seeded
+            # permutation before the cache (so that it stays valid) mixes classes and cases;
+            # the buffer still reorders every epoch.
+            indices = np.random.default_rng(stream_seed).permutation(indices).tolist()
         stream = _decoded([images[i] for i in indices], [masks[i] for i in indices], options, name)
         buffer = max(1, min(shuffle_buffer, len(indices)))
         return stream.shuffle(buffer, seed=stream_seed, reshuffle_each_iteration=True).repeat()

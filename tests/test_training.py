@@ -236,6 +236,17 @@ def test_flips_move_image_and_mask_together(tmp_path: Path) -> None:
     assert flipped > 0
 
 
+def test_a_small_shuffle_buffer_still_mixes_the_classes(tmp_path: Path) -> None:
+    """Slices are sorted by id, so by class: a buffer of 2 over that order would give about
+    half an epoch of hemorrhagic slices first. The stream permutes the slices first."""
+    paths = write_tiny_project(tmp_path, train_per_class=12)
+    train = read_training_tables(paths.augmented_manifest, paths.split_manifest).train
+    assert train.sort_values("id")["class"].iloc[:12].eq("Hemorrhagic").all()
+    dataset = make_train_dataset(train, options(), batch_size=4, seed=0, shuffle_buffer=2)
+    first_third = [target.numpy().argmax(-1).max(axis=(1, 2)) for _, target in dataset.take(2)]
+    assert set(np.concatenate(first_third).tolist()) == {1, 2}
+
+
 def test_balanced_sampling_draws_both_classes_equally(tmp_path: Path) -> None:
     paths = write_tiny_project(tmp_path, train_per_class=6)
     train = read_training_tables(paths.augmented_manifest, paths.split_manifest).train
