@@ -6,6 +6,8 @@ manifest or params schema cannot leave a benchmark broken until someone next run
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,7 +50,25 @@ def test_full_size_scales_run_the_default_model_at_512_px(scale: dict) -> None:
     assert params.image_size == params.phantom.image_size == 512
     for section in ("augment", "model"):
         assert getattr(params, section) == getattr(parse_params(defaults), section)
-    assert params.train.batch_size == defaults["train"]["batch_size"]
+    # Training as params.yaml has it but for one epoch and the memory settings of 512 px.
+    trained_as = parse_params(defaults).train.model_dump()
+    changed = {k for k, v in params.train.model_dump().items() if trained_as[k] != v}
+    assert changed <= {"epochs", "epoch_change_infer", *kaggle_scale.CPU_512_TRAIN}
+
+
+def test_precision_benchmark_measures_each_setting_in_its_own_process() -> None:
+    command = [sys.executable, str(PROJECT_ROOT / "benchmarks/precision_speed.py")]
+    command += ["--image-size", "32", "--batch-size", "2", "--steps", "1"]
+    done = subprocess.run(
+        [*command, "--settings", "float32", "mixed_xla"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    settings = json.loads(done.stdout.strip().splitlines()[-1])["settings"]
+    assert list(settings) == ["float32", "mixed_xla"]
+    for row in settings.values():
+        assert row["train_images_per_s"] > 0 and row["infer_slices_per_s"] > 0
+        assert row["output_dtype"] == "float32" and row["peak_rss_mb"] > 0
+    assert settings["float32"]["train_images_per_s_vs_float32"] == 1.0
 
 
 def test_kaggle_scale_is_the_archive_size_and_the_small_scale_an_eighth() -> None:
