@@ -4,6 +4,7 @@ pictures, and the Great Expectations gate machinery."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 
 import cv2
 import numpy as np
@@ -119,6 +120,56 @@ def test_ordered_map_keeps_input_order_for_any_worker_count():
     assert parallel.ordered_map(_square, tasks, workers=1, description="one") == expected
     assert parallel.ordered_map(_square, tasks, workers=2, description="two") == expected
     assert parallel.worker_count(0) >= 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    tasks=st.lists(st.integers(-50, 50), max_size=30),
+    workers=st.sampled_from([1, 2]),
+    window=st.integers(1, 6),
+    max_weight=st.none() | st.integers(0, 120),
+)
+def test_bounded_ordered_map_keeps_order_and_takes_at_most_a_window_ahead(
+    tasks, workers, window, max_weight
+):
+    """Tasks are taken lazily: before each result, those taken and not yet yielded number at
+    most `window` and, with a weight, weigh under `max_weight` plus the last one taken."""
+    taken: list[int] = []
+
+    def stream():
+        for task in tasks:
+            taken.append(task)
+            yield task
+
+    weighed = {} if max_weight is None else {"weight": abs, "max_weight": max_weight}
+    results = []
+    for result in parallel.bounded_ordered_map(
+        _square, stream(), workers=workers, window=window, description="bounded", **weighed
+    ):
+        ahead = taken[len(results) :]  # taken and not yet yielded, this result's task first
+        assert len(ahead) <= window
+        if max_weight is not None and workers > 1:
+            assert sum(map(abs, ahead[:-1])) < max(max_weight, 1)
+        results.append(result)
+    assert results == [t * t for t in tasks]
+
+
+def _fail_on_three(value: int) -> int:
+    if value == 3:
+        raise ValueError("task 3 failed")
+    return value
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bounded_ordered_map_raises_a_task_error_in_order_and_stops_its_workers(workers):
+    results = []
+    with pytest.raises(ValueError, match="task 3 failed"):
+        for result in parallel.bounded_ordered_map(
+            _fail_on_three, iter(range(20)), workers=workers, window=4, description="failing"
+        ):
+            results.append(result)
+    assert results == [0, 1, 2]
+    assert multiprocessing.active_children() == []  # the pool was shut down, not left running
 
 
 def test_pictures_have_expected_geometry():
