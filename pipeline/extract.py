@@ -8,11 +8,12 @@ The archive holds `.../CT Images/data/<Subset>/<Class>/<images|mask>/<case>/<sli
 2. classify each entry into a `SliceFile` (subset, class, case, kind, stem) or a `Problem`
    (names that cannot name an output file are problems too);
 3. pair images with masks by (subset, class, case, stem) - a pure function of the listing;
-4. read each pair's two members (bounded: see `ZipSource`, `FolderSource`), check their
-   pixel count from the header, decode them in memory as stored, convert the image to
-   8-bit grey and the mask to 0/255 by documented rules (`untrusted_to_grey`,
-   `mask_to_binary`), and write PNGs named by slice id into a temporary folder that
-   replaces the output.
+4. read each pair's two members in this process (bounded: see `ZipSource`,
+   `FolderSource`); then, in `extract.workers` processes, check their pixel count from the
+   header, decode them in memory as stored, convert the image to 8-bit grey and the mask
+   to 0/255 by documented rules (`untrusted_to_grey`, `mask_to_binary`), and write PNGs
+   named by slice id into a temporary folder that replaces the output. Rows and problems
+   keep the pairs' order, so the outputs are the same for any number of workers.
 
 Entries are never extracted by their archive names (outputs are named by validated slice
 ids), so no member can land outside the output folder; unsafe members are still refused
@@ -30,13 +31,13 @@ import zipfile
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from pipeline.classes import SOURCE_CLASSES, metric_label
 from pipeline.io import (
@@ -55,6 +56,7 @@ from pipeline.io import (
     write_manifest,
     write_text_atomic,
 )
+from pipeline.parallel import bounded_ordered_map, worker_count
 from pipeline.params import ExtractParams
 
 Kind = Literal["image", "mask"]
@@ -79,6 +81,12 @@ MEGABYTE = 1024 * 1024
 # Zip members are inflated this many bytes at a time (zipfile otherwise asks zlib for up
 # to 2 GiB at once), so memory stays bounded whatever a member's header claims.
 READ_CHUNK_BYTES = 1 << 20
+# Pairs read ahead per worker: enough that no worker waits for the reading process. And
+# archive bytes read ahead: a 512-px pair is about 0.2 MB, but a hostile archive may hold
+# members of up to max_file_bytes (135 MB by default) each, so beyond this sum one pair at
+# a time is read (plus one pair: its size is known only once read).
+PAIRS_IN_FLIGHT_PER_WORKER = 4
+BYTES_IN_FLIGHT = 64 * MEGABYTE
 # Compression methods whose inflation zipfile can bound (bzip2 and LZMA inflate a whole
 # compressed chunk at once, whatever its expansion).
 BOUNDED_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
@@ -676,11 +684,61 @@ class PairError(Exception):
         self.problems = problems
 
 
+def file_problem(error: DataError, path: str, pair_id: str) -> Problem:
+    """The report line of a file that could not be read or decoded, in its category."""
+    if isinstance(error, ImageRefused):
+        category = "oversized_files"
+    elif isinstance(error, MaskUnreadable):
+        category = "unreadable_masks"
+    else:
+        category = "unreadable_files"
+    return Problem(category, path, f"{error}; dropped {pair_id}")
+
+
+@dataclass(frozen=True)
+class PairTask:
+    """One pair as read from the archive, everything `write_pair` needs in a worker process:
+    each file's bytes, or the problem that reading it raised (the other file is still
+    decoded, so that the report says whether it was usable)."""
+
+    pair: SlicePair
+    image: bytes | Problem
+    mask: bytes | Problem
+    folder: Path  # where images/ and masks/ are written
+    params: ExtractParams
+
+
+@dataclass(frozen=True)
+class PairOutcome:
+    """What `write_pair` did: the manifest row and conversions, or the problems."""
+
+    row: dict[str, object] | None
+    problems: list[Problem]
+    conversions: list[str]
+
+
+def read_pair(source: Source, pair: SlicePair, folder: Path, params: ExtractParams) -> PairTask:
+    """A pair's two members, read in this process (the source bounds what it reads)."""
+    contents: list[bytes | Problem] = []
+    for path in (pair.image_path, pair.mask_path):
+        try:
+            contents.append(source.read(path))
+        except DataError as error:
+            contents.append(file_problem(error, path, pair.id))
+    image, mask = contents
+    return PairTask(pair, image, mask, folder, params)
+
+
+def task_bytes(task: PairTask) -> int:
+    """The archive bytes a pair read and not yet written holds."""
+    return sum(len(content) for content in (task.image, task.mask) if isinstance(content, bytes))
+
+
 def decode_file(
-    source: Source, path: str, is_mask: bool, params: ExtractParams
+    data: bytes, path: str, is_mask: bool, params: ExtractParams
 ) -> tuple[np.ndarray, list[str]]:
-    """One archive file as 8-bit grey (image) or 0/255 (mask), and its conversions."""
-    pixels = decode_untrusted(source.read(path), path, params.max_pixels, "extract.max_pixels")
+    """One archive file's bytes as 8-bit grey (image) or 0/255 (mask), and its conversions."""
+    pixels = decode_untrusted(data, path, params.max_pixels, "extract.max_pixels")
     if is_mask:
         return mask_to_binary(pixels, path)
     window = params.window_16bit
@@ -688,26 +746,24 @@ def decode_file(
     return grey, [f"images_{conversion}" for conversion in conversions]
 
 
-def load_pair(
-    source: Source, pair: SlicePair, params: ExtractParams
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load_pair(task: PairTask) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Grey image, 0/255 mask and the conversions of a pair; PairError if a file is
     unreadable, refused, or the sizes differ.
 
     A readable file whose partner is unusable is reported as a dropped partner, so that
     every file of the pair appears in the report.
     """
+    pair = task.pair
     decoded: dict[str, tuple[np.ndarray, list[str]]] = {}
     problems = []
-    for path in (pair.image_path, pair.mask_path):
+    for path, content in ((pair.image_path, task.image), (pair.mask_path, task.mask)):
+        if isinstance(content, Problem):
+            problems.append(content)
+            continue
         try:
-            decoded[path] = decode_file(source, path, path == pair.mask_path, params)
-        except ImageRefused as error:
-            problems.append(Problem("oversized_files", path, f"{error}; dropped {pair.id}"))
-        except MaskUnreadable as error:
-            problems.append(Problem("unreadable_masks", path, f"{error}; dropped {pair.id}"))
+            decoded[path] = decode_file(content, path, path == pair.mask_path, task.params)
         except DataError as error:
-            problems.append(Problem("unreadable_files", path, f"{error}; dropped {pair.id}"))
+            problems.append(file_problem(error, path, pair.id))
     if problems:
         problems += [
             Problem("dropped_partners", path, f"its partner is unusable; dropped {pair.id}")
@@ -751,27 +807,54 @@ def manifest_row(pair: SlicePair, image: np.ndarray, mask: np.ndarray) -> dict[s
     }
 
 
+def write_pair(task: PairTask) -> PairOutcome:
+    """Decode, threshold, encode, hash and write one pair (the CPU of the stage; runs in a
+    worker process). Files are named by slice id, so workers never write the same file."""
+    try:
+        image, mask, converted = load_pair(task)
+    except PairError as error:
+        return PairOutcome(None, error.problems, [])
+    row = manifest_row(task.pair, image, mask)
+    row["image_sha256"] = write_hashed(task.folder / str(row["image_path"]), encode_png(image))
+    row["mask_sha256"] = write_hashed(task.folder / str(row["mask_path"]), encode_png(mask))
+    return PairOutcome(row, [], converted)
+
+
 def write_pairs(
     source: Source, pairs: Sequence[SlicePair], folder: Path, params: ExtractParams
 ) -> tuple[list[dict[str, object]], list[Problem], Counter[str]]:
     """Decode, threshold and write every pair under `folder`: manifest rows, problems and
-    the conversions of the pairs written."""
+    the conversions of the pairs written, in the order of `pairs` for any `extract.workers`.
+
+    This process reads the archive pair by pair, only as workers free up (at most
+    PAIRS_IN_FLIGHT_PER_WORKER pairs a worker and BYTES_IN_FLIGHT read and not yet
+    written), so memory stays flat in the number of pairs; the workers do the rest
+    (`write_pair`).
+    """
     (folder / "images").mkdir(parents=True)
     (folder / "masks").mkdir()
     rows: list[dict[str, object]] = []
     problems: list[Problem] = []
     conversions: Counter[str] = Counter()
-    for pair in tqdm(pairs, desc="extract", unit="pair", mininterval=1.0):
-        try:
-            image, mask, converted = load_pair(source, pair, params)
-        except PairError as error:
-            problems.extend(error.problems)
-            continue
-        row = manifest_row(pair, image, mask)
-        row["image_sha256"] = write_hashed(folder / str(row["image_path"]), encode_png(image))
-        row["mask_sha256"] = write_hashed(folder / str(row["mask_path"]), encode_png(mask))
-        rows.append(row)
-        conversions.update(converted)
+    tasks = (read_pair(source, pair, folder, params) for pair in pairs)
+    window = PAIRS_IN_FLIGHT_PER_WORKER * worker_count(params.workers)
+    outcomes = bounded_ordered_map(
+        write_pair,
+        tasks,
+        workers=params.workers,
+        window=window,
+        description="extract",
+        total=len(pairs),
+        unit="pair",
+        weight=task_bytes,
+        max_weight=BYTES_IN_FLIGHT,
+    )
+    with closing(outcomes):
+        for outcome in outcomes:
+            if outcome.row is not None:
+                rows.append(outcome.row)
+            problems.extend(outcome.problems)
+            conversions.update(outcome.conversions)
     return rows, problems, conversions
 
 

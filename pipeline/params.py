@@ -180,6 +180,8 @@ class ExtractParams(StrictModel):
     # of view of about 23 cm and 5 mm axial slices. An archive's spacing.json overrides both.
     pixel_spacing_mm: PositiveFloat
     slice_thickness_mm: PositiveFloat
+    # Processes that decode, convert and write the pairs (the archive is read by one).
+    workers: NonNegativeInt  # 0 = one per core
 
     @field_validator("subsets")
     @classmethod

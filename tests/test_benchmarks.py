@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks import augment_speed, dvc_speed, input_speed, kaggle_scale
+from benchmarks import augment_speed, dvc_speed, extract_speed, input_speed, kaggle_scale
 from pipeline.io import read_manifest, verify_content
 from pipeline.params import parse_params
-from tests.conftest import PROJECT_ROOT, TINY_PARAMS, create_project, deep_merge
+from pipeline.synthesize.archive import synthesize_archive
+from tests.conftest import PROJECT_ROOT, TINY_PARAMS, create_project, deep_merge, project_params
 
 
 def test_augment_benchmark_builds_a_training_set_the_stage_accepts(tmp_path: Path) -> None:
@@ -118,3 +119,15 @@ def test_benchmarks_measure_the_stages_training_and_input_of_a_tiny_project(
     assert rates["images_per_epoch"] == len(augmented) // TINY_PARAMS["train"]["batch_size"] * 4
     steps = input_speed.in_child(project, "--breakdown")
     assert "mask_colours_to_indices" in steps and all(rate > 0 for rate in steps.values())
+
+
+def test_extract_benchmark_compares_worker_counts_on_the_archive_and_its_scaled_copy(
+    tmp_path: Path,
+) -> None:
+    archive = tmp_path / "phantom.zip"
+    synthesize_archive(archive, project_params(TINY_PARAMS).phantom, 0)
+    results = extract_speed.compare(archive, 2, tmp_path)  # stops if the outputs differ
+    small, scaled = results["1x"], results[f"{extract_speed.SCALE}x"]
+    assert small["workers=1"]["pairs"] == small["workers=2"]["pairs"] > 0
+    assert scaled["workers=2"]["pairs"] == extract_speed.SCALE * small["workers=2"]["pairs"]
+    assert small["wall_ratio"] > 0 and scaled["workers=2"]["peak_rss_mb"] > 0

@@ -196,11 +196,12 @@ def test_zip_and_folder_give_identical_outputs(tmp_path):
     assert "Testing/Hemorrhagic/mask/051/000.png: subset Testing not in" in zip_report
 
 
-def test_output_is_deterministic(tmp_path):
+def test_output_is_deterministic_for_any_number_of_workers(tmp_path):
     archive = write_zip(tmp_path / "archive.zip", kaggle_files())
-    run_extract(tmp_path / "first", archive)
-    run_extract(tmp_path / "second", archive)
-    assert tree(tmp_path / "first") == tree(tmp_path / "second")
+    run_extract(tmp_path / "first", archive, workers=1)
+    run_extract(tmp_path / "second", archive, workers=1)
+    run_extract(tmp_path / "two_workers", archive, workers=2)
+    assert tree(tmp_path / "first") == tree(tmp_path / "second") == tree(tmp_path / "two_workers")
 
 
 def test_metrics_hold_flat_counts(tmp_path):
@@ -613,6 +614,7 @@ def test_classification_tolerates_folder_spelling(tmp_path):
         ({"window_16bit": {"width": 0}}, "extract.window_16bit.width: Input should be greater"),
         ({"window_16bit": {"centre": 40}}, "extract.window_16bit.centre: unknown key"),
         ({"archive": ""}, "extract.archive: String should have at least 1 character"),
+        ({"workers": -1}, "extract.workers: Input should be greater than or equal to 0"),
         ({"archve": "x.zip"}, "extract.archve: unknown key (allowed here: archive, subsets"),
     ],
 )

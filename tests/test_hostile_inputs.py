@@ -678,14 +678,17 @@ try:
     )
 except DataError as exception:
     error = str(exception)
-peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# This process reads the archive, worker processes (extract.workers) decode: the largest.
+usages = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+peak_mb = max(usage.ru_maxrss for usage in usages) / 1024
 print(json.dumps({"error": error, "peak_mb": peak_mb}))
 """
 
 
 def run_extract(workspace: Path, params: dict, measured: bool) -> tuple[str | None, float | None]:
     """Run extract into `workspace`: the fatal error (or None) and the peak RSS in MB when
-    `measured` (then in a subprocess, so that the peak is this run's alone)."""
+    `measured` (then in a subprocess, so that the peak is this run's alone: of the process
+    that reads the archive or of a worker that decodes, whichever is larger)."""
     extract = project_params({"extract": params}).extract
     if measured:
         complete = json.dumps(extract.model_dump())
@@ -767,6 +770,66 @@ def test_a_killed_extract_leaves_scratch_that_the_next_run_removes(tmp_path):
     (stale / "extracted" / "images").mkdir(parents=True)  # what a kill mid-write leaves
     assert run_extract(workspace, {"archive": str(archive)}, measured=False) == (None, None)
     assert sorted(path.name for path in (workspace / "data").iterdir()) == ["extracted"]
+
+
+def zip_of_every_pair_problem(folder: Path) -> Path:
+    """Good pairs, more than 2 workers hold in flight, around one pair of each problem: files
+    refused as they are read (in the reading process) and files that fail to decode (in a
+    worker)."""
+    path = folder / "archive.zip"
+    mask = io.encode_png(BINARY * 255)
+    files = {
+        **base_files(),
+        **pair("050", b"not an image at all", mask),
+        **pair("051", png_declaring(30000, 30000), mask),
+        **pair("052", encode(ct_slice()), encode(BINARY + np.roll(BINARY, 8, 1))),
+        **pair("053", encode(hu_slice()), mask),
+        **pair("054", encode(ct_slice()), io.encode_png(disc(48).astype(np.uint8) * 255)),
+        **pair("055", encode(ct_slice()), mask),
+    }
+    for stem in range(12):
+        files.update(good_pair("056", f"{stem:03d}"))
+    write_zip(path, files)
+    patch_declared_size(path, f"{HEM}/images/055/000.png", 500_000_000)
+    return append_to_zip(path, good_pair("057"), zipfile.ZIP_BZIP2)
+
+
+def test_workers_write_the_same_bytes_and_problems_as_one_process(tmp_path):
+    archive = zip_of_every_pair_problem(tmp_path)
+    outputs = {}
+    for workers in (1, 2):
+        workspace = tmp_path / f"workers-{workers}"
+        params = {"archive": str(archive), "workers": workers}
+        assert run_extract(workspace, params, measured=False) == (None, None)
+        outputs[workers] = {
+            path.relative_to(workspace).as_posix(): path.read_bytes()
+            for path in sorted(workspace.rglob("*"))
+            if path.is_file()
+        }
+    assert outputs[1] == outputs[2]  # images, masks, manifest, report and metrics
+    metrics = json.loads(outputs[2]["metrics/extract.json"])
+    expected = {
+        "pairs": 15,
+        "unreadable_files": 3,  # 050's image; 057's image and mask (bzip2, when read)
+        "oversized_files": 2,  # 051's image (its header); 055's image (its size, when read)
+        "unreadable_masks": 1,
+        "size_mismatches": 1,
+        "dropped_partners": 5,
+        "converted_images_16bit": 1,
+    }
+    assert {key: metrics[key] for key in expected} == expected
+    report = outputs[2]["reports/extract_report.txt"].decode()
+    for line in (
+        f"{HEM}/images/055/000.png: {HEM}/images/055/000.png: declares 500,000,000 bytes",
+        f"{HEM}/mask/055/000.png: its partner is unusable; dropped Hemorrhagic_055_000",
+        f"{HEM}/mask/057/000.png: {HEM}/mask/057/000.png: compression method 12",
+        f"{HEM}/images/050/000.png: {HEM}/images/050/000.png: not a readable image",
+        f"{HEM}/mask/050/000.png: its partner is unusable; dropped Hemorrhagic_050_000",
+        f"{HEM}/images/051/000.png: {HEM}/images/051/000.png: PNG of 30000x30000",
+        f"{HEM}/mask/052/000.png: {HEM}/mask/052/000.png: values 0..2 give no lesion",
+        f"{HEM}/images/054/000.png: image 32x32 but mask {HEM}/mask/054/000.png is 48x48",
+    ):
+        assert line in report, line
 
 
 # ---------------------------------------------------------------- the new-images command

@@ -4,8 +4,7 @@ pictures, and the Great Expectations gate machinery."""
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
+import multiprocessing
 
 import cv2
 import numpy as np
@@ -123,23 +122,54 @@ def test_ordered_map_keeps_input_order_for_any_worker_count():
     assert parallel.worker_count(0) >= 1
 
 
-def _mark_done(marker: Path) -> Path:
-    time.sleep(0.05)
-    marker.touch()
-    return marker
+@settings(max_examples=40, deadline=None)
+@given(
+    tasks=st.lists(st.integers(-50, 50), max_size=30),
+    workers=st.sampled_from([1, 2]),
+    window=st.integers(1, 6),
+    max_weight=st.none() | st.integers(0, 120),
+)
+def test_bounded_ordered_map_keeps_order_and_takes_at_most_a_window_ahead(
+    tasks, workers, window, max_weight
+):
+    """Tasks are taken lazily: before each result, those taken and not yet yielded number at
+    most `window` and, with a weight, weigh under `max_weight` plus the last one taken."""
+    taken: list[int] = []
+
+    def stream():
+        for task in tasks:
+            taken.append(task)
+            yield task
+
+    weighed = {} if max_weight is None else {"weight": abs, "max_weight": max_weight}
+    results = []
+    for result in parallel.bounded_ordered_map(
+        _square, stream(), workers=workers, window=window, description="bounded", **weighed
+    ):
+        ahead = taken[len(results) :]  # taken and not yet yielded, this result's task first
+        assert len(ahead) <= window
+        if max_weight is not None and workers > 1:
+            assert sum(map(abs, ahead[:-1])) < max(max_weight, 1)
+        results.append(result)
+    assert results == [t * t for t in tasks]
 
 
-def test_ordered_imap_yields_in_order_and_a_caller_stopping_early_does_not_run_the_rest(tmp_path):
-    """synthesize writes each result as it comes; when writing fails, the error must surface
-    without running the tasks still queued."""
-    assert list(parallel.ordered_imap(_square, range(9), workers=2, description="x")) == [
-        t * t for t in range(9)
-    ]
-    markers = [tmp_path / f"{index}.done" for index in range(40)]
-    results = parallel.ordered_imap(_mark_done, markers, workers=2, description="stop", chunksize=1)
-    assert next(results) == markers[0]
-    results.close()
-    assert len(list(tmp_path.glob("*.done"))) < 10
+def _fail_on_three(value: int) -> int:
+    if value == 3:
+        raise ValueError("task 3 failed")
+    return value
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bounded_ordered_map_raises_a_task_error_in_order_and_stops_its_workers(workers):
+    results = []
+    with pytest.raises(ValueError, match="task 3 failed"):
+        for result in parallel.bounded_ordered_map(
+            _fail_on_three, iter(range(20)), workers=workers, window=4, description="failing"
+        ):
+            results.append(result)
+    assert results == [0, 1, 2]
+    assert multiprocessing.active_children() == []  # the pool was shut down, not left running
 
 
 def test_pictures_have_expected_geometry():

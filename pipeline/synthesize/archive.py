@@ -7,6 +7,7 @@ import io
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -22,7 +23,7 @@ from pipeline.io import (
     window_to_uint8,
 )
 from pipeline.numerics import baseline_opencv
-from pipeline.parallel import ordered_imap
+from pipeline.parallel import bounded_ordered_map, worker_count
 from pipeline.params import PhantomParams
 from pipeline.synthesize.layout import ARCHIVE_ROOT, CT_DATA_ROOT, CaseSpec, plan_cases
 from pipeline.synthesize.rendering import PhantomSlice, build_case, render_slice
@@ -191,17 +192,20 @@ def synthesize_archive(
         writer = SortedZipWriter(archive, names, spill)
         for name, data in fixed:
             writer.add(name, data)
-        rendered = ordered_imap(
+        rendered = bounded_ordered_map(
             render_case_files,
-            [(spec, params) for spec in render_order],
+            ((spec, params) for spec in render_order),
             workers=params.workers,
+            window=2 * worker_count(params.workers),  # rendered cases wait here, in memory
             description="synthesize",
-            chunksize=1,
+            total=len(render_order),
+            unit="case",
         )
-        for files in rendered:
-            for name, data in files.members:
-                writer.add(name, data)
-            lesion_pixels[files.spec] = files.lesion_pixels
+        with closing(rendered):  # an error while writing stops the rendering at once
+            for files in rendered:
+                for name, data in files.members:
+                    writer.add(name, data)
+                lesion_pixels[files.spec] = files.lesion_pixels
         writer.finish()
     slices = [CaseSlices(spec, lesion_pixels[spec]) for spec in cases]
     summary = PhantomSummary(
