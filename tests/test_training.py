@@ -150,6 +150,41 @@ class InterruptAfterEpoch(keras.callbacks.Callback):
 
 
 # ------------------------------------------------------------------------------ tf.data
+ARENA_PROBE = """
+import ctypes, sys, threading
+from pipeline.training import limit_malloc_arenas
+if sys.argv[1] == "limit":
+    assert limit_malloc_arenas(2)
+held, all_allocated = [], threading.Barrier(8)
+def allocate():
+    held.append(bytearray(100_000))  # from malloc's arenas (under the 128 kB mmap threshold)
+    all_allocated.wait()  # all 8 threads alive at once, so none reuses another's arena
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+ctypes.CDLL("libc.so.6").malloc_stats()  # one "Arena N:" block per arena, on stderr
+"""
+
+
+def test_training_caps_the_malloc_arenas_of_its_threads() -> None:
+    """configure_runtime caps glibc's arenas, which TensorFlow's threads otherwise multiply
+    (each thread that allocates gets its own; the freed tensor memory they keep raised the
+    peak RSS of training at 512 px by 0.13 GB)."""
+    arenas = {}
+    for mode in ("default", "limit"):
+        done = subprocess.run(
+            [sys.executable, "-c", ARENA_PROBE, mode],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        arenas[mode] = done.stderr.count("Arena ")
+    assert arenas["default"] > 2 and arenas["limit"] == 2
+
+
 def test_decoded_batches_hold_images_and_one_hot_masks(tmp_path: Path) -> None:
     paths = write_tiny_project(tmp_path)
     tables = read_training_tables(paths.augmented_manifest, paths.split_manifest)
