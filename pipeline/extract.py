@@ -87,6 +87,9 @@ READ_CHUNK_BYTES = 1 << 20
 # a time is read (plus one pair: its size is known only once read).
 PAIRS_IN_FLIGHT_PER_WORKER = 4
 BYTES_IN_FLIGHT = 64 * MEGABYTE
+# Central directory bytes allowed per entry of extract.max_entries: a 46-byte header, then
+# the name, extra field and comment (the Kaggle archive's names are about 120 bytes).
+DIRECTORY_BYTES_PER_ENTRY = 512
 # Compression methods whose inflation zipfile can bound (bzip2 and LZMA inflate a whole
 # compressed chunk at once, whatever its expansion).
 BOUNDED_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
@@ -239,40 +242,68 @@ class _PatchedFile(io.FileIO):
         return data[: low - position] + replaced + data[high - position :]
 
 
-def open_zip_with_bad_names(path: Path) -> tuple[zipfile.ZipFile, set[str]]:
-    """Open a zip some of whose names are flagged UTF-8 but are not, which zipfile refuses
-    outright (UnicodeDecodeError for the whole archive).
+def read_central_directory(path: Path, max_entries: int) -> tuple[int, bytearray]:
+    """Where the central directory starts, and its bytes, read as zipfile itself would.
 
-    The central directory is read with those names' UTF-8 flag cleared, so zipfile decodes
-    them as cp437 (always possible); they are returned so that each is reported, and never
-    read. Relies on zipfile's `_EndRecData`, unchanged since Python 3.2.
-    """
+    zipfile reads the whole directory at once and keeps an object of about 0.7 kB per entry
+    (200,000 entries: 136 MB), whatever the members' sizes: a zip of millions of empty
+    members exhausts memory with no member ever read. So the directory is refused when the
+    end record declares more than `max_entries` entries or DIRECTORY_BYTES_PER_ENTRY bytes an
+    entry, and when it holds more records than that (the declared count may lie). Relies on
+    zipfile's `_EndRecData`, unchanged since Python 3.2."""
     with path.open("rb") as file:
         end = zipfile._EndRecData(file)
         if end is None:
             raise DataError(f"{path}: not a readable zip archive (no end record)")
         # Where zipfile itself looks: the directory ends where the end record(s) begin.
         size = end[zipfile._ECD_SIZE]
+        declared = end[zipfile._ECD_ENTRIES_TOTAL]
+        limit = f"over extract.max_entries = {max_entries:,}; refused before reading it"
+        if declared > max_entries or size > max_entries * DIRECTORY_BYTES_PER_ENTRY:
+            raise DataError(
+                f"{path}: its central directory declares {declared:,} entries in {size:,} "
+                f"bytes ({DIRECTORY_BYTES_PER_ENTRY} bytes an entry allowed), {limit}"
+            )
         start = end[zipfile._ECD_LOCATION] - size
         if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
             start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
-        file.seek(start)
+        file.seek(max(start, 0))
         directory = bytearray(file.read(size))
-    bad: set[str] = set()
+    records = sum(1 for _ in central_directory_records(directory))
+    if records > max_entries:
+        raise DataError(f"{path}: its central directory holds {records:,} entries, {limit}")
+    return start, directory
+
+
+def central_directory_records(directory: bytearray) -> Iterator[tuple[int, int, bytes]]:
+    """Each central directory record's position, flags and raw name."""
     position = 0
     while position + 46 <= len(directory) and directory[position : position + 4] == b"PK\x01\x02":
         flags, name_length, extra_length, comment_length = (
             int.from_bytes(directory[position + at : position + at + 2], "little")
             for at in (8, 28, 30, 32)
         )
-        name = bytes(directory[position + 46 : position + 46 + name_length])
+        yield position, flags, bytes(directory[position + 46 : position + 46 + name_length])
+        position += 46 + name_length + extra_length + comment_length
+
+
+def open_zip_with_bad_names(path: Path, max_entries: int) -> tuple[zipfile.ZipFile, set[str]]:
+    """Open a zip some of whose names are flagged UTF-8 but are not, which zipfile refuses
+    outright (UnicodeDecodeError for the whole archive).
+
+    The central directory is read with those names' UTF-8 flag cleared, so zipfile decodes
+    them as cp437 (always possible); they are returned so that each is reported, and never
+    read.
+    """
+    start, directory = read_central_directory(path, max_entries)
+    bad: set[str] = set()
+    for position, flags, name in central_directory_records(directory):
         if flags & 0x800:
             try:
                 name.decode("utf-8")
             except UnicodeDecodeError:
                 directory[position + 8 : position + 10] = (flags & ~0x800).to_bytes(2, "little")
                 bad.add(name.decode("cp437"))
-        position += 46 + name_length + extra_length + comment_length
     return zipfile.ZipFile(_PatchedFile(path, start, bytes(directory))), bad
 
 
@@ -285,16 +316,17 @@ class ZipSource:
     central directory declares, and its CRC check then fails for a member that lied.
     """
 
-    def __init__(self, path: Path, max_member_bytes: int) -> None:
+    def __init__(self, path: Path, max_member_bytes: int, max_entries: int) -> None:
         self.path = path
         self.max_member_bytes = max_member_bytes
         self.read_bytes = 0
         bad_names: set[str] = set()
         try:
+            read_central_directory(path, max_entries)  # refuses too many entries, unparsed
             try:
                 self.archive = zipfile.ZipFile(path)
             except UnicodeDecodeError:
-                self.archive, bad_names = open_zip_with_bad_names(path)
+                self.archive, bad_names = open_zip_with_bad_names(path, max_entries)
         except (zipfile.BadZipFile, OSError) as error:
             raise DataError(f"{path}: not a readable zip archive ({error})") from None
         self.members: dict[str, zipfile.ZipInfo] = {}
@@ -357,12 +389,14 @@ class FolderSource:
     PNG/JPEG within extract.max_pixels can need (a larger file is refused unread).
     """
 
-    def __init__(self, path: Path, max_member_bytes: int) -> None:
+    def __init__(self, path: Path, max_member_bytes: int, max_entries: int) -> None:
         self.path = path
         self.root = path.resolve()
         self.max_member_bytes = max_member_bytes
+        self.max_entries = max_entries
         self.read_bytes = 0
         self.listed: list[Entry] | None = None
+        self.seen = 0  # folder entries listed so far, against max_entries
 
     def close(self) -> None:
         """Nothing to release; present so both sources are used alike."""
@@ -378,8 +412,23 @@ class FolderSource:
                 raise DataError(f"{self.path}: cannot list the folder ({error})") from None
         return list(self.listed)
 
+    def _listing(self, folder: Path) -> list[os.DirEntry]:
+        """A folder's entries in name order, refused past extract.max_entries in all (counted
+        as they stream in, before any sort holds them)."""
+        items = []
+        with os.scandir(folder) as listing:
+            for item in listing:
+                self.seen += 1
+                if self.seen > self.max_entries:
+                    raise DataError(
+                        f"{self.path}: more than extract.max_entries = {self.max_entries:,} "
+                        "files and folders; refused while listing"
+                    )
+                items.append(item)
+        return sorted(items, key=lambda entry: entry.name)
+
     def _walk(self, folder: Path, prefix: str, visited: set[Path]) -> Iterator[Entry]:
-        for item in sorted(os.scandir(folder), key=lambda entry: entry.name):
+        for item in self._listing(folder):
             name = f"{prefix}{item.name}"
             path = Path(item.path)
             if item.is_symlink():
@@ -425,9 +474,9 @@ def open_source(path: Path, params: ExtractParams) -> ZipSource | FolderSource:
     (declared sizes for a zip) is refused before anything is read."""
     cap = max_file_bytes(params.max_pixels)
     if path.is_dir():
-        source: ZipSource | FolderSource = FolderSource(path, cap)
+        source: ZipSource | FolderSource = FolderSource(path, cap, params.max_entries)
     elif path.is_file():
-        source = ZipSource(path, cap)
+        source = ZipSource(path, cap, params.max_entries)
     else:
         raise DataError(
             f"{path}: archive not found (extract.archive; run `dvc repro synthesize` for the "

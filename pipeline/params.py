@@ -173,6 +173,10 @@ class ExtractParams(StrictModel):
     subsets: tuple[Literal["Training", "Testing"], ...]
     mask_suffix: Annotated[str, Field(pattern=r"^[\w.()+-]*$")]
     max_uncompressed_mb: PositiveFloat
+    # Files and folders of the archive (zip members, or entries of an unpacked folder): each
+    # costs memory when listed, whatever its size, so more are refused before listing them
+    # all. The Kaggle archive holds tens of thousands.
+    max_entries: PositiveInt
     # Width x height read from each file's header; larger images are refused undecoded.
     max_pixels: PositiveInt
     window_16bit: StoredWindow

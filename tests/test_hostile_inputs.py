@@ -331,6 +331,20 @@ def patch_declared_size(path: Path, name: str, declared: int) -> None:
     path.write_bytes(bytes(data))
 
 
+def padding_members(count: int, name_bytes: int = 0) -> dict[str, bytes]:
+    return {f"MRI Images/{index:05d}{'c' * name_bytes}.txt": b"" for index in range(count)}
+
+
+def zip_understating_its_entries(folder: Path) -> Path:
+    """40 padding members, but the end record says the directory lists 5 entries."""
+    path = write_zip(folder / "archive.zip", {**base_files(), **padding_members(40)})
+    data = bytearray(path.read_bytes())
+    end = data.rindex(b"PK\x05\x06")
+    data[end + 8 : end + 12] = (5).to_bytes(2, "little") * 2  # entries on this disk, in all
+    path.write_bytes(bytes(data))
+    return path
+
+
 def zip_with_lying_member(folder: Path) -> Path:
     """A member declaring 1,000 bytes whose deflate stream inflates to 1 GiB (1 MB packed)."""
     path = folder / "archive.zip"
@@ -517,6 +531,33 @@ CASES = [
         params={"max_uncompressed_mb": 2.0},
         error=r"archive: declares 3\.0 MB uncompressed, over extract\.max_uncompressed_mb = 2; "
         "refused before writing",
+    ),
+    # Millions of empty members cost memory when listed, whatever their sizes: capped.
+    Case(
+        "zip with more members than extract.max_entries refused before its directory is read",
+        zipped(lambda: padding_members(40)),
+        params={"max_entries": 30},
+        error=r"archive\.zip: its central directory declares 4\d entries in [\d,]+ bytes "
+        r"\(512 bytes an entry allowed\), over extract\.max_entries = 30; refused",
+    ),
+    Case(
+        "zip whose end record understates its entries: the records are counted",
+        zip_understating_its_entries,
+        params={"max_entries": 30},
+        error=r"archive\.zip: its central directory holds 4\d entries, over extract\.max_entries",
+    ),
+    Case(
+        "zip whose few entries have long names: refused by directory bytes",
+        zipped(lambda: padding_members(3, name_bytes=6000)),
+        params={"max_entries": 30},
+        error=r"declares 7 entries in [\d,]+ bytes \(512 bytes an entry allowed\)",
+    ),
+    Case(
+        "folder with more entries than extract.max_entries refused while listing",
+        foldered(lambda: padding_members(40)),
+        params={"max_entries": 30},
+        error=r"archive: more than extract\.max_entries = 30 files and folders; refused while "
+        "listing",
     ),
     # 6. Names: reported per file, never fatal.
     Case(
