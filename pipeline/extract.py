@@ -287,15 +287,17 @@ def central_directory_records(directory: bytearray) -> Iterator[tuple[int, int, 
         position += 46 + name_length + extra_length + comment_length
 
 
-def open_zip_with_bad_names(path: Path, max_entries: int) -> tuple[zipfile.ZipFile, set[str]]:
+def open_zip_with_bad_names(
+    path: Path, start: int, directory: bytearray
+) -> tuple[zipfile.ZipFile, set[str]]:
     """Open a zip some of whose names are flagged UTF-8 but are not, which zipfile refuses
-    outright (UnicodeDecodeError for the whole archive).
+    outright (UnicodeDecodeError for the whole archive), given its central directory
+    (`read_central_directory`).
 
-    The central directory is read with those names' UTF-8 flag cleared, so zipfile decodes
-    them as cp437 (always possible); they are returned so that each is reported, and never
-    read.
+    The directory is handed to zipfile with those names' UTF-8 flag cleared, so zipfile
+    decodes them as cp437 (always possible); they are returned so that each is reported,
+    and never read.
     """
-    start, directory = read_central_directory(path, max_entries)
     bad: set[str] = set()
     for position, flags, name in central_directory_records(directory):
         if flags & 0x800:
@@ -322,11 +324,11 @@ class ZipSource:
         self.read_bytes = 0
         bad_names: set[str] = set()
         try:
-            read_central_directory(path, max_entries)  # refuses too many entries, unparsed
+            start, directory = read_central_directory(path, max_entries)  # before zipfile
             try:
                 self.archive = zipfile.ZipFile(path)
             except UnicodeDecodeError:
-                self.archive, bad_names = open_zip_with_bad_names(path, max_entries)
+                self.archive, bad_names = open_zip_with_bad_names(path, start, directory)
         except (zipfile.BadZipFile, OSError) as error:
             raise DataError(f"{path}: not a readable zip archive ({error})") from None
         self.members: dict[str, zipfile.ZipInfo] = {}
