@@ -28,6 +28,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from pipeline.io import DataError
+from pipeline.zip_directory import read_central_directory
+
 # Two orientations are the same when their direction cosines agree this closely.
 ORIENTATION_TOLERANCE = 1e-4
 # Slice gaps may differ from their median by this share (or POSITION_TOLERANCE_MM, if larger):
@@ -90,35 +93,56 @@ def _read_file(path: Path) -> Callable[[], bytes]:
     return path.read_bytes
 
 
-def _read_member(archive: Path, member: str) -> Callable[[], bytes]:
-    def read() -> bytes:
-        with zipfile.ZipFile(archive) as opened:
-            return opened.read(member)
-
-    return read
+def _read_member(archive: zipfile.ZipFile, member: str) -> Callable[[], bytes]:
+    return lambda: archive.read(member)
 
 
-def dicom_sources(inputs: Sequence[Path | str], refusals: list[SeriesRefusal]) -> list[DicomSource]:
+def _folder_files(folder: Path, max_entries: int | None) -> list[Path]:
+    """A folder's files, recursively and sorted; DataError past `max_entries` files and
+    folders (counted as they are found, before the sort holds them all)."""
+    files = []
+    for count, path in enumerate(folder.rglob("*"), start=1):
+        if max_entries is not None and count > max_entries:
+            raise DataError(
+                f"more than extract.max_entries = {max_entries:,} files and folders; not read"
+            )
+        if path.is_file():
+            files.append(path)
+    return sorted(files)
+
+
+def dicom_sources(
+    inputs: Sequence[Path | str], refusals: list[SeriesRefusal], max_entries: int | None = None
+) -> list[DicomSource]:
     """Every file of the inputs: folders (recursively, sorted), zips (every member) and
-    single files. A missing input or a broken zip is added to `refusals`."""
+    single files. A missing input, a broken zip, or a zip or folder of more than
+    `max_entries` entries is added to `refusals`. Each zip is opened once and read from the
+    open archive (reopening it for each member would parse its directory each time)."""
     sources: list[DicomSource] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            for path in sorted(p for p in item.rglob("*") if p.is_file()):
+            try:
+                files = _folder_files(item, max_entries)
+            except DataError as error:
+                refusals.append(SeriesRefusal(str(item), str(error)))
+                continue
+            for path in files:
                 sources.append(DicomSource(str(path), path.stat().st_size, _read_file(path)))
         elif item.is_file() and zipfile.is_zipfile(item):
             try:
-                with zipfile.ZipFile(item) as archive:
-                    members = [info for info in archive.infolist() if not info.is_dir()]
+                if max_entries is not None:
+                    read_central_directory(item, max_entries)
+                archive = zipfile.ZipFile(item)
+            except DataError as error:
+                refusals.append(SeriesRefusal(str(item), str(error).removeprefix(f"{item}: ")))
+                continue
             except (zipfile.BadZipFile, OSError) as error:
                 refusals.append(SeriesRefusal(str(item), f"not a readable zip ({error})"))
                 continue
+            members = [info for info in archive.infolist() if not info.is_dir()]
             for info in sorted(members, key=lambda info: info.filename):
-                sources.append(
-                    DicomSource(
-                        f"{item}!{info.filename}", info.file_size, _read_member(item, info.filename)
-                    )
-                )
+                read = _read_member(archive, info.filename)
+                sources.append(DicomSource(f"{item}!{info.filename}", info.file_size, read))
         elif item.is_file():
             sources.append(DicomSource(str(item), item.stat().st_size, _read_file(item)))
         else:
@@ -297,7 +321,10 @@ def _load_series(
 
 
 def read_ct_series(
-    inputs: Sequence[Path | str], max_file_bytes: int, max_pixels: int | None = None
+    inputs: Sequence[Path | str],
+    max_file_bytes: int,
+    max_pixels: int | None = None,
+    max_entries: int | None = None,
 ) -> Iterator[CtSeries | SeriesRefusal]:
     """Each series of the inputs, checked and in HU, or the reason it is refused; files that
     are not DICOM, too large, or belong to no series come out as refusals of their own.
@@ -307,7 +334,7 @@ def read_ct_series(
     """
     refusals: list[SeriesRefusal] = []
     groups: dict[str, list[tuple[DicomSource, Dataset]]] = defaultdict(list)
-    for source in dicom_sources(inputs, refusals):
+    for source in dicom_sources(inputs, refusals, max_entries):
         if source.size_bytes > max_file_bytes:
             refusals.append(
                 SeriesRefusal(

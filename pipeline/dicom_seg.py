@@ -280,6 +280,7 @@ def segment_dicom(
     threshold: TriageThreshold,
     model_version: str,
     max_pixels: int | None = None,
+    max_entries: int | None = None,
 ) -> DicomRun:
     """Every series of the inputs: segmented, or refused with its reason on stderr (the other
     series still run); OUT/summary.csv lists both."""
@@ -287,7 +288,7 @@ def segment_dicom(
     run = DicomRun()
     rows: list[dict[str, object]] = []
     max_bytes = int(settings.max_dicom_file_mb * 1e6)
-    for item in read_ct_series(inputs, max_bytes, max_pixels):
+    for item in read_ct_series(inputs, max_bytes, max_pixels, max_entries):
         if isinstance(item, CtSeries):
             try:
                 summary = segment_series(

@@ -58,6 +58,7 @@ from pipeline.io import (
 )
 from pipeline.parallel import bounded_ordered_map, worker_count
 from pipeline.params import ExtractParams
+from pipeline.zip_directory import central_directory_records, read_central_directory
 
 Kind = Literal["image", "mask"]
 
@@ -87,9 +88,6 @@ READ_CHUNK_BYTES = 1 << 20
 # a time is read (plus one pair: its size is known only once read).
 PAIRS_IN_FLIGHT_PER_WORKER = 4
 BYTES_IN_FLIGHT = 64 * MEGABYTE
-# Central directory bytes allowed per entry of extract.max_entries: a 46-byte header, then
-# the name, extra field and comment (the Kaggle archive's names are about 120 bytes).
-DIRECTORY_BYTES_PER_ENTRY = 512
 # Compression methods whose inflation zipfile can bound (bzip2 and LZMA inflate a whole
 # compressed chunk at once, whatever its expansion).
 BOUNDED_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
@@ -240,51 +238,6 @@ class _PatchedFile(io.FileIO):
             return data
         replaced = self.patched[low - self.start : high - self.start]
         return data[: low - position] + replaced + data[high - position :]
-
-
-def read_central_directory(path: Path, max_entries: int) -> tuple[int, bytearray]:
-    """Where the central directory starts, and its bytes, read as zipfile itself would.
-
-    zipfile reads the whole directory at once and keeps an object of about 0.7 kB per entry
-    (200,000 entries: 136 MB), whatever the members' sizes: a zip of millions of empty
-    members exhausts memory with no member ever read. So the directory is refused when the
-    end record declares more than `max_entries` entries or DIRECTORY_BYTES_PER_ENTRY bytes an
-    entry, and when it holds more records than that (the declared count may lie). Relies on
-    zipfile's `_EndRecData`, unchanged since Python 3.2."""
-    with path.open("rb") as file:
-        end = zipfile._EndRecData(file)
-        if end is None:
-            raise DataError(f"{path}: not a readable zip archive (no end record)")
-        # Where zipfile itself looks: the directory ends where the end record(s) begin.
-        size = end[zipfile._ECD_SIZE]
-        declared = end[zipfile._ECD_ENTRIES_TOTAL]
-        limit = f"over extract.max_entries = {max_entries:,}; refused before reading it"
-        if declared > max_entries or size > max_entries * DIRECTORY_BYTES_PER_ENTRY:
-            raise DataError(
-                f"{path}: its central directory declares {declared:,} entries in {size:,} "
-                f"bytes ({DIRECTORY_BYTES_PER_ENTRY} bytes an entry allowed), {limit}"
-            )
-        start = end[zipfile._ECD_LOCATION] - size
-        if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
-            start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
-        file.seek(max(start, 0))
-        directory = bytearray(file.read(size))
-    records = sum(1 for _ in central_directory_records(directory))
-    if records > max_entries:
-        raise DataError(f"{path}: its central directory holds {records:,} entries, {limit}")
-    return start, directory
-
-
-def central_directory_records(directory: bytearray) -> Iterator[tuple[int, int, bytes]]:
-    """Each central directory record's position, flags and raw name."""
-    position = 0
-    while position + 46 <= len(directory) and directory[position : position + 4] == b"PK\x01\x02":
-        flags, name_length, extra_length, comment_length = (
-            int.from_bytes(directory[position + at : position + at + 2], "little")
-            for at in (8, 28, 30, 32)
-        )
-        yield position, flags, bytes(directory[position + 46 : position + 46 + name_length])
-        position += 46 + name_length + extra_length + comment_length
 
 
 def open_zip_with_bad_names(

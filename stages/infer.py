@@ -12,8 +12,9 @@ python -m stages.infer --input DIR_OR_FILE... --output DIR [--model M] [--tta-fl
 python -m stages.infer --input SERIES_DIR_OR_ZIP... --output DIR [--model M] [--tta-flip]
     DICOM CT series (chosen when an input is a zip or holds DICOM files): per series a DICOM
     SEG, overlays and summary.json under DIR/<SeriesInstanceUID>/, and DIR/summary.csv.
-    Refused series are reported; exit status 0 when every series was segmented, 2 when some
-    were refused, 1 when none was segmented.
+    Refused series are reported (and a zip or folder of more than `extract.max_entries`
+    files); exit status 0 when every series was segmented, 2 when some were refused, 1 when
+    none was segmented.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def segment_dicom_series(
         threshold,
         model_version(arguments.model),
         max_pixels=params.extract.max_pixels,
+        max_entries=params.extract.max_entries,
     )
     print(
         f"segmented {len(run.segmented)} series into {arguments.output}; refused "

@@ -436,6 +436,45 @@ def test_reader_refuses_slices_above_the_pixel_limit_before_decoding(phantom_dic
     assert only_series(list(read_ct_series([folder], MAX_BYTES, max_pixels=64 * 64)))
 
 
+def test_reader_refuses_zips_and_folders_of_too_many_entries_and_reads_the_others(
+    tmp_path, phantom_dicom
+):
+    """extract.max_entries bounds what listing an input costs (zipfile keeps ~0.6 kB a
+    member whatever its size); the zip is refused before zipfile parses its directory."""
+    crowded = tmp_path / "crowded"
+    crowded.mkdir()
+    for index in range(40):
+        (crowded / f"{index:02d}.txt").write_text("not DICOM")
+    archive = Path(shutil.make_archive(str(tmp_path / "crowded"), "zip", crowded))
+    good = series_folders(phantom_dicom)[1]
+    items = list(read_ct_series([archive, crowded, good], MAX_BYTES, max_entries=30))
+    refused = {item.series: item.reason for item in items if isinstance(item, SeriesRefusal)}
+    assert refused == {
+        str(archive): "its central directory declares 40 entries in 2,080 bytes (512 bytes an "
+        "entry allowed), over extract.max_entries = 30; refused before reading it",
+        str(crowded): "more than extract.max_entries = 30 files and folders; not read",
+    }
+    (series,) = only_series(items)
+    assert series.series_instance_uid == cases(phantom_dicom)["series_instance_uid"][1]
+
+
+def test_reader_opens_a_zip_once_for_all_its_members(tmp_path, phantom_dicom, monkeypatch):
+    """Reopening the zip for each member parsed its whole directory per member: quadratic in
+    the members, hours for a zip of 100,000 small files."""
+    archive = tmp_path / "series.zip"
+    shutil.make_archive(str(archive.with_suffix("")), "zip", series_folders(phantom_dicom)[1])
+    opened = []
+
+    class CountingZipFile(zipfile.ZipFile):
+        def __init__(self, *arguments, **options) -> None:
+            opened.append(arguments[0])
+            super().__init__(*arguments, **options)
+
+    monkeypatch.setattr(zipfile, "ZipFile", CountingZipFile)
+    (series,) = only_series(list(read_ct_series([archive], MAX_BYTES, max_entries=1000)))
+    assert len(series.sources) > 1 and opened == [archive]
+
+
 # ---- DICOM in, SEG out -----------------------------------------------------------------------
 
 
