@@ -18,6 +18,7 @@ import uuid
 import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,12 +113,16 @@ def _folder_files(folder: Path, max_entries: int | None) -> list[Path]:
 
 
 def dicom_sources(
-    inputs: Sequence[Path | str], refusals: list[SeriesRefusal], max_entries: int | None = None
+    inputs: Sequence[Path | str],
+    refusals: list[SeriesRefusal],
+    max_entries: int | None,
+    open_archives: ExitStack,
 ) -> list[DicomSource]:
     """Every file of the inputs: folders (recursively, sorted), zips (every member) and
     single files. A missing input, a broken zip, or a zip or folder of more than
-    `max_entries` entries is added to `refusals`. Each zip is opened once and read from the
-    open archive (reopening it for each member would parse its directory each time)."""
+    `max_entries` entries is added to `refusals`. Each zip is opened once, in
+    `open_archives`, and its members are read from it (reopening it for each member would
+    parse its whole directory each time)."""
     sources: list[DicomSource] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -132,7 +137,7 @@ def dicom_sources(
             try:
                 if max_entries is not None:
                     read_central_directory(item, max_entries)
-                archive = zipfile.ZipFile(item)
+                archive = open_archives.enter_context(zipfile.ZipFile(item))
             except DataError as error:
                 refusals.append(SeriesRefusal(str(item), str(error).removeprefix(f"{item}: ")))
                 continue
@@ -332,39 +337,40 @@ def read_ct_series(
     Headers are read first (without pixels) to group and check every series; pixels are then
     decoded one series at a time, so memory holds one series.
     """
-    refusals: list[SeriesRefusal] = []
-    groups: dict[str, list[tuple[DicomSource, Dataset]]] = defaultdict(list)
-    for source in dicom_sources(inputs, refusals, max_entries):
-        if source.size_bytes > max_file_bytes:
-            refusals.append(
-                SeriesRefusal(
-                    source.name,
-                    f"{source.size_bytes / 1e6:.1f} MB, above the limit of "
-                    f"{max_file_bytes / 1e6:.1f} MB (infer.max_dicom_file_mb)",
+    with ExitStack() as open_archives:  # the zips' members are read until the last series
+        refusals: list[SeriesRefusal] = []
+        groups: dict[str, list[tuple[DicomSource, Dataset]]] = defaultdict(list)
+        for source in dicom_sources(inputs, refusals, max_entries, open_archives):
+            if source.size_bytes > max_file_bytes:
+                refusals.append(
+                    SeriesRefusal(
+                        source.name,
+                        f"{source.size_bytes / 1e6:.1f} MB, above the limit of "
+                        f"{max_file_bytes / 1e6:.1f} MB (infer.max_dicom_file_mb)",
+                    )
                 )
-            )
-            continue
-        try:
-            ds = _parse(source, pixels=False)
-        except InvalidDicomError:
-            refusals.append(SeriesRefusal(source.name, "not a DICOM file"))
-            continue
-        except Exception as error:  # truncated or corrupt files raise many types
-            refusals.append(SeriesRefusal(source.name, f"not a readable DICOM file ({error})"))
-            continue
-        uid = str(ds.get("SeriesInstanceUID", ""))
-        if not uid:
-            kind = "a DICOMDIR index" if "DirectoryRecordSequence" in ds else "a DICOM file"
-            refusals.append(SeriesRefusal(source.name, f"{kind} with no SeriesInstanceUID"))
-            continue
-        groups[uid].append((source, ds))
-    yield from refusals
-    for uid in sorted(groups):
-        try:
-            yield _load_series(uid, groups[uid], max_pixels)
-        except (ValueError, TypeError, AttributeError, KeyError) as error:
-            # pydicom raises these for values it cannot convert (an empty Rows, a bad IS)
-            yield SeriesRefusal(uid, f"malformed header ({error})", len(groups[uid]))
+                continue
+            try:
+                ds = _parse(source, pixels=False)
+            except InvalidDicomError:
+                refusals.append(SeriesRefusal(source.name, "not a DICOM file"))
+                continue
+            except Exception as error:  # truncated or corrupt files raise many types
+                refusals.append(SeriesRefusal(source.name, f"not a readable DICOM file ({error})"))
+                continue
+            uid = str(ds.get("SeriesInstanceUID", ""))
+            if not uid:
+                kind = "a DICOMDIR index" if "DirectoryRecordSequence" in ds else "a DICOM file"
+                refusals.append(SeriesRefusal(source.name, f"{kind} with no SeriesInstanceUID"))
+                continue
+            groups[uid].append((source, ds))
+        yield from refusals
+        for uid in sorted(groups):
+            try:
+                yield _load_series(uid, groups[uid], max_pixels)
+            except (ValueError, TypeError, AttributeError, KeyError) as error:
+                # pydicom raises these for values it cannot convert (an empty Rows, a bad IS)
+                yield SeriesRefusal(uid, f"malformed header ({error})", len(groups[uid]))
 
 
 def _looks_like_dicom(path: Path) -> bool:

@@ -42,7 +42,7 @@ from pipeline.io import (
     write_text_atomic,
 )
 from pipeline.masks import Palette
-from pipeline.params import InferParams
+from pipeline.params import ExtractParams, InferParams
 
 ALGORITHM_NAME = "stroke-ct FlexUNet lesion segmentation"
 # SNOMED CT morphologic abnormalities. pydicom's code dictionary has Hemorrhage (50960005,
@@ -279,16 +279,16 @@ def segment_dicom(
     settings: InferParams,
     threshold: TriageThreshold,
     model_version: str,
-    max_pixels: int | None = None,
-    max_entries: int | None = None,
+    rules: ExtractParams,
 ) -> DicomRun:
-    """Every series of the inputs: segmented, or refused with its reason on stderr (the other
-    series still run); OUT/summary.csv lists both."""
+    """Every series of the inputs, read within extract's limits (`rules`: pixels per slice,
+    files per zip or folder) like the new PNG images: segmented, or refused with its reason
+    on stderr (the other series still run); OUT/summary.csv lists both."""
     output_dir = Path(output_dir)
     run = DicomRun()
     rows: list[dict[str, object]] = []
     max_bytes = int(settings.max_dicom_file_mb * 1e6)
-    for item in read_ct_series(inputs, max_bytes, max_pixels, max_entries):
+    for item in read_ct_series(inputs, max_bytes, rules.max_pixels, rules.max_entries):
         if isinstance(item, CtSeries):
             try:
                 summary = segment_series(

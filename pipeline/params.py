@@ -175,7 +175,8 @@ class ExtractParams(StrictModel):
     max_uncompressed_mb: PositiveFloat
     # Files and folders of the archive (zip members, or entries of an unpacked folder): each
     # costs memory when listed, whatever its size, so more are refused before listing them
-    # all. The Kaggle archive holds tens of thousands.
+    # all. The reference reports 7,745 CT slices after its augmentation, about 15,000 files
+    # with their masks; the default leaves room for the MRI and PET folders (not counted).
     max_entries: PositiveInt
     # Width x height read from each file's header; larger images are refused undecoded.
     max_pixels: PositiveInt

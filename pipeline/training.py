@@ -90,9 +90,9 @@ def limit_malloc_arenas(arenas: int) -> bool:
 
     glibc gives each thread that allocates its own arena, up to 8 per core, and TensorFlow's
     and tf.data's thread pools then keep freed tensor memory in a dozen of them: 12 training
-    steps at 512 px and batch 4 peaked at 1,975 MB against 1,848 MB with 2 arenas, at the same
-    speed (benchmarks/kaggle_scale.py --scale small, 2026-11-30). It must run before
-    TensorFlow starts its threads."""
+    steps at 512 px and batch 4 peaked at 1,975 MB, and at 1,832 MB with this cap of 2, at the
+    same speed (benchmarks/kaggle_scale.py --train-in on a 1/8-scale project, 2026-11-30). It
+    must run before TensorFlow starts its threads."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(_M_ARENA_MAX, arenas))

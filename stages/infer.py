@@ -84,8 +84,7 @@ def segment_dicom_series(
         settings,
         threshold,
         model_version(arguments.model),
-        max_pixels=params.extract.max_pixels,
-        max_entries=params.extract.max_entries,
+        params.extract,
     )
     print(
         f"segmented {len(run.segmented)} series into {arguments.output}; refused "

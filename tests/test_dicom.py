@@ -285,7 +285,14 @@ def test_pydicoms_ct_files_get_a_seg_each_unless_they_lack_a_frame_of_reference(
     segmenter = Segmenter.from_file(model, batch_size=4)
     threshold = triage_threshold(tmp_path / "absent.json", 0.1)
     run = segment_dicom(
-        segmenter, paths, tmp_path / "out", PARAMS.palette, PARAMS.infer, threshold, "v1"
+        segmenter,
+        paths,
+        tmp_path / "out",
+        PARAMS.palette,
+        PARAMS.infer,
+        threshold,
+        "v1",
+        PARAMS.extract,
     )
     (refusal,) = run.refused
     assert refusal.series == pydicom.dcmread(paths[1]).SeriesInstanceUID
@@ -458,21 +465,24 @@ def test_reader_refuses_zips_and_folders_of_too_many_entries_and_reads_the_other
     assert series.series_instance_uid == cases(phantom_dicom)["series_instance_uid"][1]
 
 
-def test_reader_opens_a_zip_once_for_all_its_members(tmp_path, phantom_dicom, monkeypatch):
+def test_reader_opens_a_zip_once_for_all_its_members_and_closes_it(
+    tmp_path, phantom_dicom, monkeypatch
+):
     """Reopening the zip for each member parsed its whole directory per member: quadratic in
     the members, hours for a zip of 100,000 small files."""
     archive = tmp_path / "series.zip"
     shutil.make_archive(str(archive.with_suffix("")), "zip", series_folders(phantom_dicom)[1])
-    opened = []
+    opened: list[zipfile.ZipFile] = []
 
     class CountingZipFile(zipfile.ZipFile):
         def __init__(self, *arguments, **options) -> None:
-            opened.append(arguments[0])
+            opened.append(self)
             super().__init__(*arguments, **options)
 
     monkeypatch.setattr(zipfile, "ZipFile", CountingZipFile)
     (series,) = only_series(list(read_ct_series([archive], MAX_BYTES, max_entries=1000)))
-    assert len(series.sources) > 1 and opened == [archive]
+    assert len(series.sources) > 1 and [zip_file.filename for zip_file in opened] == [str(archive)]
+    assert opened[0].fp is None, "closed once every series is read"
 
 
 # ---- DICOM in, SEG out -----------------------------------------------------------------------
@@ -497,7 +507,14 @@ def test_round_trip_seg_equals_the_png_path_on_the_same_slices(tmp_path, model, 
     output = tmp_path / "out"
     threshold = triage_threshold(tmp_path / "absent.json", 0.1)
     run = segment_dicom(
-        segmenter, [phantom_dicom / "series"], output, PARAMS.palette, PARAMS.infer, threshold, "v1"
+        segmenter,
+        [phantom_dicom / "series"],
+        output,
+        PARAMS.palette,
+        PARAMS.infer,
+        threshold,
+        "v1",
+        PARAMS.extract,
     )
     assert not run.refused and len(run.segmented) == 2
     for series in only_series(list(read_ct_series([phantom_dicom / "series"], MAX_BYTES))):
@@ -601,7 +618,14 @@ def test_volumes_agree_with_the_phantom_truth(tmp_path, phantom_dicom, model_siz
     # Below the small hemorrhage's 0.06 mL (58 voxels at 64 px), so the call must say yes.
     threshold = triage_threshold(tmp_path / "absent.json", 0.02)
     segment_dicom(
-        segmenter, [phantom_dicom / "series"], output, PARAMS.palette, PARAMS.infer, threshold, "v"
+        segmenter,
+        [phantom_dicom / "series"],
+        output,
+        PARAMS.palette,
+        PARAMS.infer,
+        threshold,
+        "v",
+        PARAMS.extract,
     )
     for uid, (row, bound_ml) in bounds.items():
         summary = json.loads((output / uid / "summary.json").read_text())

@@ -121,7 +121,7 @@ class SortedZipWriter:
     """Writes an archive's members in name order whatever order they arrive in.
 
     A member whose turn has not come is parked in `spill` (a temporary file) until it has, so
-    memory holds one member at a time however large the archive. Every expected name must be
+    the writer holds one member at a time however large the archive. Every expected name must be
     added exactly once; `finish` says which are missing."""
 
     def __init__(self, archive: zipfile.ZipFile, names: Iterable[str], spill: BinaryIO) -> None:
