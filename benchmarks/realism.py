@@ -609,18 +609,20 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def tile(item: Slice, title: str, lesion_count: int) -> np.ndarray:
-    """The slice with its lesions outlined in their classes' display colours, labelled."""
+def tile(item: Slice, side: str, lesion_names: Sequence[str]) -> np.ndarray:
+    """The slice with its lesions outlined in their classes' display colours, labelled with
+    its side and name (class names cut to their initial: the label holds about 22 letters)."""
     picture = cv2.cvtColor(item.grey, cv2.COLOR_GRAY2RGB)
-    for index in range(1, lesion_count + 1):
+    title = Path(item.name).stem
+    for index, name in enumerate(lesion_names, start=1):
         outline, _ = cv2.findContours(
             (item.labels == index).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
         )
-        cv2.drawContours(
-            picture, outline, -1, display_rgb(index), max(1, item.grey.shape[1] // 256)
-        )
+        thickness = max(1, item.grey.shape[1] // 256)
+        cv2.drawContours(picture, outline, -1, display_rgb(index), thickness)
+        title = title.replace(name, name[0])
     small = cv2.resize(picture, (MONTAGE_TILE_PX, MONTAGE_TILE_PX), interpolation=cv2.INTER_AREA)
-    return label(small, title)
+    return label(small, f"{side} {title[-(21 - len(side)) :]}")
 
 
 def spread(items: Sequence[Slice], count: int) -> Iterator[Slice]:
@@ -630,16 +632,12 @@ def spread(items: Sequence[Slice], count: int) -> Iterator[Slice]:
         yield ordered[position]
 
 
-def write_montage(path: Path, real: SliceSet, phantom: SliceSet, lesion_count: int) -> None:
+def write_montage(path: Path, real: SliceSet, phantom: SliceSet, params: Params) -> None:
+    """Up to MONTAGE_TILES phantom slices in a row above as many real ones."""
+    names = [lesion.name for lesion in params.lesion_classes]
     count = min(MONTAGE_TILES, len(real.slices), len(phantom.slices))
-    tiles = [
-        tile(item, f"phantom {Path(item.name).stem[-20:]}", lesion_count)
-        for item in spread(phantom.slices, count)
-    ]
-    tiles += [
-        tile(item, f"real {Path(item.name).stem[-23:]}", lesion_count)
-        for item in spread(real.slices, count)
-    ]
+    tiles = [tile(item, "phantom", names) for item in spread(phantom.slices, count)]
+    tiles += [tile(item, "real", names) for item in spread(real.slices, count)]
     write_png(path, montage(tiles, count))
 
 
@@ -685,7 +683,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if arguments.json:
         write_json(arguments.json, result)
     if arguments.montage:
-        write_montage(arguments.montage, real, phantom, len(params.lesion_classes))
+        write_montage(arguments.montage, real, phantom, params)
     return result
 
 
