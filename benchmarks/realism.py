@@ -259,10 +259,13 @@ def noise_power_bands(hu: np.ndarray, region: np.ndarray, patch_px: int) -> dict
         f"nps_{band}_share": float(power[(radius >= low) & (radius < high)].sum() / total)
         for band, (low, high) in NPS_BANDS.items()
     }
-    # Radial profile in bins of 1/32 cycles/px: mean power per bin, so bins are comparable.
-    bins = np.minimum((radius * 32).astype(int), 16)
-    profile = np.bincount(bins.ravel(), power.ravel()) / np.bincount(bins.ravel())
-    result["nps_peak_cycles_per_px"] = float((int(profile[1:].argmax()) + 1.5) / 32)
+    # Radial profile in rings one frequency step (1 / patch_px) wide: mean power per ring.
+    rings = np.rint(radius * patch_px).astype(int).ravel()
+    profile = np.bincount(rings, power.ravel()) / np.bincount(rings)
+    nyquist = patch_px // 2  # every ring up to here holds frequencies
+    result["nps_peak_cycles_per_px"] = float(
+        (int(profile[1 : nyquist + 1].argmax()) + 1) / patch_px
+    )
     return result
 
 
@@ -350,7 +353,9 @@ def slice_features(
         shifted = np.zeros_like(noise_region)
         shifted[:, :-1] = noise_region[:, :-1] & noise_region[:, 1:]
         left, right = residual[:, :-1][shifted[:, :-1]], residual[:, 1:][shifted[:, :-1]]
-        features["noise_lag1_correlation"] = float(np.corrcoef(left, right)[0, 1])
+        features["noise_lag1_correlation"] = (
+            float(np.corrcoef(left, right)[0, 1]) if left.std() > 0 and right.std() > 0 else np.nan
+        )
     else:
         features["noise_residual_sd_grey"] = features["noise_lag1_correlation"] = np.nan
     features.update(noise_power_bands(hu, intracranial, max(16, round(NPS_PATCH_PX * scale))))
