@@ -207,7 +207,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "scores": table,
     }
     print(format_table(table))
-    print(f"\n{len(scored)} real slices from {arguments.real}; model {arguments.model}")
+    print(
+        f"\n{len(scored)} real slices from {arguments.real}; model {arguments.model}\n"
+        "hit: slice Dice > 0; other class: share of the true lesion's pixels called another "
+        "lesion class; missed: called background;\nFP slices: slices without the class in "
+        "truth where it is predicted, of those slices"
+    )
     if arguments.json:
         write_json(arguments.json, result)
     return result

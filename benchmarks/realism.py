@@ -29,7 +29,7 @@ Features per slice, HU through the model's brain window (`infer.window_level_hu`
   with its quadratic trend removed and a Hann window, and the frequency of its peak;
 - texture: the median Sobel gradient (HU/px) and median 7x7 local SD (HU) inside the skull;
 - per lesion class on the slices holding it: its mean HU, its contrast against a 10-px ring
-  around it (per 512 px; ring pixels inside the head and inside the window), its area (px and
+  around it (per 512 px; the ring's intracranial pixels, lesions left out), its area (px and
   share of the head), and its centroid from the head's centre over R (distance, and vertical:
   positive is lower in the image).
 
@@ -274,7 +274,7 @@ def lesion_features(
     lesion: np.ndarray,
     labels: np.ndarray,
     hu: np.ndarray,
-    grey: np.ndarray,
+    intracranial: np.ndarray,
     head: np.ndarray,
     centre: np.ndarray,
     radius: float,
@@ -291,7 +291,8 @@ def lesion_features(
     if not lesion.any():
         return features
     grown = cv2.dilate(lesion.astype(np.uint8), disc(2 * ring_px + 1)).astype(bool)
-    ring = grown & (labels == 0) & head & (grey > 0) & (grey < 255)
+    # Inside the skull only: beside a subdural or epidural bleed the scalp is no reference.
+    ring = grown & (labels == 0) & intracranial
     rows, columns = np.nonzero(lesion)
     offset = (np.array([rows.mean(), columns.mean()]) - centre) / radius
     features.update(
@@ -371,7 +372,9 @@ def slice_features(
     ring_px = max(1, round(RING_PX * scale))
     for index, name in enumerate(lesion_names, start=1):
         features.update(
-            lesion_features(name, labels == index, labels, hu, grey, head, centre, radius, ring_px)
+            lesion_features(
+                name, labels == index, labels, hu, intracranial, head, centre, radius, ring_px
+            )
         )
     return features
 
