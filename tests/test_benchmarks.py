@@ -350,3 +350,19 @@ def test_transfer_check_runs_the_new_images_command_and_scores_its_masks(
         and scores["Ischemic"]["ischemic"]["slices"] == 1
     )
     assert "pooled Dice" in done.stdout
+
+
+def test_the_classifier_auc_is_near_half_for_one_distribution_and_near_one_for_two() -> None:
+    rng = np.random.default_rng(0)
+    features = 25  # about as many as realism.py's slice-level features
+    same = [
+        realism.classifier_auc(rng.normal(size=(22, features)), rng.normal(size=(64, features)), s)
+        for s in range(5)
+    ]
+    assert 0.35 < np.mean([run["auc"] for run in same]) < 0.65
+    shifted = rng.normal(size=(64, features))
+    shifted[:, 3] += 4.0  # one feature 4 SD off
+    apart = realism.classifier_auc(rng.normal(size=(22, features)), shifted, 0)
+    assert apart["auc"] > 0.9 and apart["auc_min"] <= apart["auc"] <= apart["auc_max"]
+    weights = np.abs(apart["weights"])
+    assert weights.argmax() == 3  # the feature that differs carries the classifier
