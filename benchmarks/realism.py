@@ -127,10 +127,16 @@ class Window:
 
 
 def nearest_palette_labels(colour: np.ndarray, palette: Palette) -> np.ndarray:
-    """Class index of each RGB pixel: its nearest palette colour (squared distance)."""
-    colours = palette_array(palette).astype(np.int32)
-    distances = ((colour[..., None, :].astype(np.int32) - colours) ** 2).sum(axis=-1)
-    return distances.argmin(axis=-1).astype(np.uint8)
+    """Class index of each RGB pixel: its nearest palette colour (squared distance; the lower
+    index on a tie). One colour at a time, so memory stays a few times the mask's."""
+    pixels = colour.astype(np.int32)
+    labels = np.zeros(colour.shape[:2], np.uint8)
+    nearest = np.full(colour.shape[:2], np.iinfo(np.int32).max, np.int32)
+    for index, reference in enumerate(palette_array(palette).astype(np.int32)):
+        distance = ((pixels - reference) ** 2).sum(axis=-1, dtype=np.int32)
+        closer = distance < nearest
+        labels[closer], nearest[closer] = index, distance[closer]
+    return labels
 
 
 def read_real_slice(image_path: Path, mask_path: Path, params: Params) -> Slice:
@@ -351,9 +357,8 @@ def slice_features(
     if noise_region.sum() >= MIN_REGION_PX * scale**2:
         values = residual[noise_region]
         features["noise_residual_sd_grey"] = float(values.std())
-        shifted = np.zeros_like(noise_region)
-        shifted[:, :-1] = noise_region[:, :-1] & noise_region[:, 1:]
-        left, right = residual[:, :-1][shifted[:, :-1]], residual[:, 1:][shifted[:, :-1]]
+        neighbours = noise_region[:, :-1] & noise_region[:, 1:]  # horizontal pixel pairs
+        left, right = residual[:, :-1][neighbours], residual[:, 1:][neighbours]
         features["noise_lag1_correlation"] = (
             float(np.corrcoef(left, right)[0, 1]) if left.std() > 0 and right.std() > 0 else np.nan
         )
