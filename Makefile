@@ -23,7 +23,7 @@ export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONHASHSEED := 0
 
-.PHONY: setup repro test bench lint lock-cuda clean-venv
+.PHONY: setup repro test system-packages bench lint lock-cuda clean-venv
 
 setup: $(STAMP)
 
@@ -45,8 +45,13 @@ lock-cuda: setup
 repro: setup
 	dvc repro
 
-test: setup
+# Chromium, its driver and sshd come from Debian: installed when missing and possible, else
+# a stop with what to install, before anything else (tools/system_packages.sh).
+test: system-packages setup
 	python -m pytest -n 2 --dist loadfile -q
+
+system-packages:
+	bash tools/system_packages.sh
 
 # These two measure against a folder of real slices (--real DIR), which a clone does not hold.
 REAL_CT_BENCHMARKS := benchmarks/realism.py benchmarks/real_transfer.py

@@ -27,7 +27,7 @@ from selenium.webdriver.chrome.service import Service
 
 INSTALL_HINT = (
     "the report's browser test needs Debian's Chromium and its driver: "
-    "`sudo apt-get install -y chromium chromium-driver` (.ci/run installs them in CI)"
+    "`sudo apt-get install -y chromium chromium-driver` (`make test` installs them when it can)"
 )
 LOCAL_SCHEMES = ("file", "data", "about", "chrome", "blob")
 

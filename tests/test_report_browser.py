@@ -3,7 +3,7 @@
 
 The report is built on a tiny run (tests/report_fixtures.py) and its reports/ folder copied
 elsewhere before it is opened, as a reader would receive it. A missing browser fails these
-tests with the line that installs it (.ci/run installs it in CI): they never skip.
+tests with the line that installs it (`make test` installs it when it can): they never skip.
 Screenshots are kept in tests/output/ (git-ignored) to look at.
 """
 
