@@ -24,11 +24,9 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-import yaml
-
 from pipeline.classes import class_labels
 from pipeline.io import DataError, write_text_atomic
-from pipeline.params import ParamsError, parse_params
+from pipeline.params import ParamsError, parse_params, parse_params_yaml
 from pipeline.report_html import (
     Cell,
     Section,
@@ -273,7 +271,7 @@ def committed_params(root: Path) -> dict[str, object] | None:
     text = _git(root, "show", "HEAD:params.yaml")
     if text is None:
         return None
-    raw = yaml.safe_load(text)
+    raw = parse_params_yaml(text, source="HEAD:params.yaml")
     try:
         return flatten(parse_params(raw).model_dump(mode="json"))
     except ParamsError:  # committed under an older schema: compare the raw file

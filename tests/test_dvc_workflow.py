@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dvc.utils.hydra import apply_overrides
 
+from pipeline.params import load_params
 from pipeline.report import headline_keys, number
 from tests.browser import browser, offline_problems
 from tests.conftest import PROJECT_ROOT, DvcProject, create_project
@@ -264,6 +266,23 @@ def test_experiments_with_set_param_and_a_queued_sweep(built):
     assert "Failed" not in status, status
     table = project.dvc("exp", "show", "--md").stdout
     assert "0.002" in table and "0.003" in table
+
+
+def test_a_learning_rate_without_a_dot_set_through_exp_run_is_a_number(make_project):
+    """`dvc exp run -S lr=7e-5` writes `lr: 7e-05`: every stage's loader and `dvc params
+    diff` read it as the number (YAML 1.1 needs a dot in a float and read it as a string)."""
+    project = make_project()
+    # synthesize is the cheapest stage, and it validates the whole params.yaml as train does.
+    project.dvc("exp", "run", "-S", "lr=7e-5", "synthesize")
+    assert load_params(project.path / "params.yaml").lr == 7e-05
+    for typed, expected in (("1e-3", 1e-3), ("5.0e-4", 5e-4), (".5", 0.5), ("1E-6", 1e-6)):
+        apply_overrides(project.path / "params.yaml", [f"lr={typed}"])  # what `-S` runs
+        assert load_params(project.path / "params.yaml").lr == expected
+        diff = json.loads(project.dvc("params", "diff", "--all", "--json").stdout)["params.yaml"][
+            "lr"
+        ]
+        assert (diff["old"], diff["new"]) == (0.001, expected), typed
+        assert isinstance(diff["diff"], float), typed  # DVC subtracts numbers, not strings
 
 
 def test_an_applied_and_committed_experiment_keeps_the_params_tests_green(make_project):
