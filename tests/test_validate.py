@@ -452,3 +452,41 @@ def test_dvc_repro_stops_at_validate_and_nothing_downstream_runs(make_project):
     colorized = read_manifest(project.path / "data" / "colorized" / "manifest.csv")
     assert len(colorized) == 24
     assert json.loads((project.path / "metrics" / "data.json").read_text())["slices"] == 24
+
+
+# The README's walk of a small real archive ("Running on the real Kaggle archive"), exactly:
+# 24 slices, 3 cases of 4 slices per class, in the Kaggle layout.
+SMALL_ARCHIVE_WALK = (
+    "-S", "extract.archive=data/raw/small.zip",
+    "-S", "validate.slices_per_class.min=12",
+)  # fmt: skip
+
+
+def test_a_small_real_format_archive_walks_from_extract_to_a_trained_model(make_project):
+    """With the project's validate and split params, validate stops the walk naming the
+    count, the bound and the param; the README's one override then trains a model."""
+    defaults = project_params()
+    project = make_project(
+        {
+            "validate": defaults.validate.model_dump(mode="json"),
+            "split": defaults.split.model_dump(mode="json"),
+        }
+    )
+    archive = project.path / "data" / "raw" / "small.zip"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    write_ct_archive(archive, duplicate_across_cases=False)
+
+    stopped = project.dvc("exp", "run", *SMALL_ARCHIVE_WALK[:2], "train", check=False)
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode != 0
+    assert (
+        "e.g. Hemorrhagic (slices 12), Ischemic (slices 12); expected slices between 20" in output
+    )
+    assert "validate.slices_per_class.min" in output
+    assert "Running stage 'split'" not in output
+
+    walked = project.dvc("exp", "run", *SMALL_ARCHIVE_WALK, "train")
+    assert "Running stage 'train'" in walked.stdout
+    assert (project.path / "models" / "model.keras").is_file()
+    split = json.loads((project.path / "metrics" / "split.json").read_text())
+    assert split["test_cases_hemorrhagic"] == split["test_cases_ischemic"] == 1
