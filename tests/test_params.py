@@ -4,6 +4,7 @@ are strict, cross-field rules hold at load time, and hostile files are refused c
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -188,7 +189,9 @@ def test_the_loader_reads_each_float_as_dvc_does(scalar):
 @pytest.mark.parametrize("quoted", ["'7e-05'", '"0.001"', "'1E-6'"])
 def test_a_quoted_number_is_still_refused_where_a_number_belongs(tmp_path, quoted):
     path = tmp_path / "params.yaml"
-    path.write_text(PROJECT_PARAMS.read_text().replace("lr: 0.001", f"lr: {quoted}"))
+    text, replaced = re.subn(r"(?m)^lr: .*$", f"lr: {quoted}", PROJECT_PARAMS.read_text())
+    assert replaced == 1
+    path.write_text(text)
     with pytest.raises(ParamsError, match="lr: Input should be a valid number"):
         load_params(path)
 
