@@ -172,9 +172,14 @@ run_stage(main, sys.argv[2])
 """
 
 
-def test_a_terminated_stage_removes_its_scratch_and_keeps_its_output(tmp_path):
-    """SIGTERM (kill, timeout) ends a stage through its `finally`s: no scratch is left for a
-    later run-cache restore (which runs no stage code) to leave beside the outputs."""
+@pytest.mark.parametrize(
+    ("stop", "exit_status"),
+    [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, -signal.SIGINT)],
+    ids=["SIGTERM", "Ctrl-C"],
+)
+def test_a_terminated_stage_removes_its_scratch_and_keeps_its_output(tmp_path, stop, exit_status):
+    """SIGTERM (kill, timeout) and Ctrl-C end a stage through its `finally`s: no scratch is
+    left for a later run-cache restore (which runs no stage code) to leave beside the outputs."""
     target = tmp_path / "data" / "colorized"
     target.mkdir(parents=True)
     (target / "previous.png").write_bytes(b"previous")
@@ -185,8 +190,8 @@ def test_a_terminated_stage_removes_its_scratch_and_keeps_its_output(tmp_path):
     try:
         assert stage.stdout.readline() == "writing\n"
         assert len(scratch_of(target.parent)) == 1
-        stage.terminate()
-        assert stage.wait(timeout=60) == 128 + signal.SIGTERM
+        stage.send_signal(stop)
+        assert stage.wait(timeout=60) == exit_status
     finally:
         stage.kill()
         stage.communicate(timeout=60)
