@@ -15,6 +15,7 @@ is JSON with the numbers.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -199,6 +200,7 @@ def step_profile(image_path: Path, mask_path: Path) -> dict[str, float]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # for --help
     root = Path(tempfile.mkdtemp(prefix="augment_speed."))
     try:
         split_manifest = build_training_set(root)

@@ -2,7 +2,7 @@
 
 1. Default scale: a copy of this project with the default params (images shrunk to keep the
    build short: DVC's cost depends on the number of files, not their pixels).
-2. Kaggle scale: the same DAG with about 8,000 training slices after augmentation.
+2. Kaggle scale: the same DAG with about 4,800 training slices after augmentation.
 
 Each project is built once with a full `dvc repro`, then `dvc status` and `dvc repro` are
 timed (median of 3) with nothing changed. Run: `.venv/bin/python benchmarks/dvc_speed.py`.
@@ -47,7 +47,8 @@ DEFAULT_SCALE = {
     "validate": {"slices_per_class": {"min": 20}, "min_lesion_slice_share": 0.3},
     "split": {"ratios": {"train": 0.5, "valid": 0.2, "test": 0.3}, "mini_test_per_class": 3},
 }
-# 50 + 150 cases x 32 slices = 6,400 originals; augmentation balances train to ~8,600.
+# 50 + 150 cases x 32 slices = 6,400 originals. Half the cases train (split 0.5): 75 ischemic
+# cases, 2,400 slices, and augmentation brings hemorrhagic up to them: about 4,800.
 # (More cases would not fit the phantom's 7-digit ischemic case ids.)
 KAGGLE_SCALE = {
     **DEFAULT_SCALE,

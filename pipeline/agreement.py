@@ -2,7 +2,7 @@
 triage (threshold, sensitivity, specificity, ROC AUC) and volume agreement (Bland-Altman).
 
 Every function takes plain per-case numbers, so each figure can be recomputed from
-reports/evaluate/cases.csv alone.
+metrics/cases.csv alone.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""From per-case scores to the headline metrics, reports/evaluate/cases.csv and the volume plot.
+"""From per-case scores to the headline metrics, metrics/cases.csv and the volume plot.
 
 Headlines are means over the cases that count for a class (the class in the truth or the
 prediction; see `pipeline/case_metrics.py` for the empty rules), each with a seeded bootstrap

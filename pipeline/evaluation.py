@@ -400,10 +400,13 @@ def write_reports(
     folder: Path,
     metrics_path: Path | str,
     confusion_path: Path | str,
+    cases_path: Path | str,
 ) -> dict[str, object]:
     """Tables, plots and best/worst pictures into the report `folder` (a temporary one that
-    replaces reports/evaluate when complete), the metrics JSON and the per-slice confusion
-    records. Metrics: the per-case headlines first, then the slice-pooled figures."""
+    replaces reports/evaluate when complete), the metrics JSON, the per-slice confusion
+    records and the per-case table. Metrics: the per-case headlines first, then the
+    slice-pooled figures. The last three are small and kept in git (`dvc plots diff` compares
+    them across revisions with no cache), so they live outside the cached report folder."""
     pooled = evaluation.pooled
     metrics = {
         **summarize_cases(
@@ -418,7 +421,6 @@ def write_reports(
     rows = evaluation.rows
     by_id = {str(row["id"]): row for _, row in rows.iterrows()}
     write_text_atomic(folder / "evaluation.csv", evaluation_csv(metrics))
-    write_text_atomic(folder / "cases.csv", cases_csv(evaluation.test))
     write_text_atomic(folder / "confusion_matrix.csv", confusion_table(pooled))
     write_text_atomic(folder / "slice_dice.csv", slice_dice_csv(pooled))
     write_bytes_atomic(folder / "confusion_matrix.png", confusion_png(pooled))
@@ -435,6 +437,7 @@ def write_reports(
         picture = slice_picture(item, labels, scores, params.palette)
         write_png(folder / "overlays" / f"{prefix}_{scores.slice_id}.png", picture)
     write_text_atomic(confusion_path, slice_decisions(pooled))
+    write_text_atomic(cases_path, cases_csv(evaluation.test))
     write_json(metrics_path, metrics)
     return metrics
 
@@ -446,12 +449,15 @@ def run_evaluation(
     report_dir: Path | str,
     metrics_path: Path | str,
     confusion_path: Path | str,
+    cases_path: Path | str,
 ) -> dict[str, object]:
     """The whole stage; reports/evaluate appears only when complete."""
     segmenter = Segmenter.from_file(model_path, params.evaluate.batch_size)
     with atomic_path(report_dir) as folder:
         evaluation = evaluate_cases(params, manifest_path, segmenter, folder / "predictions")
-        return write_reports(params, evaluation, segmenter, folder, metrics_path, confusion_path)
+        return write_reports(
+            params, evaluation, segmenter, folder, metrics_path, confusion_path, cases_path
+        )
 
 
 def summary_lines(metrics: Mapping[str, object], keys: Iterable[str]) -> list[str]:

@@ -104,6 +104,9 @@ class Check:
     name: str
     expectation: gxe.Expectation
     critical: bool = True
+    # The params.yaml key(s) that set the check's bound, named in its failure so that a reader
+    # knows what to change (empty where no param does).
+    param: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,11 @@ class CheckOutcome:
     unexpected_count: int
     examples: tuple[str, ...]
     observed: str
+    # The failing values of the checked column, one per example, when the examples are ids
+    # of another column (a class row's slice count), and the bound they broke.
+    values: tuple[str, ...] = ()
+    bound: str = ""
+    param: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,10 +147,16 @@ class ValidationReport:
         lines = []
         for outcome in outcomes:
             where = f"{outcome.unexpected_count} rows" if outcome.unexpected_count else "table"
-            examples = f", e.g. {', '.join(outcome.examples)}" if outcome.examples else ""
+            shown = list(outcome.examples)
+            if len(outcome.values) == len(shown):
+                shown = [f"{e} ({v})" for e, v in zip(shown, outcome.values, strict=True)]
+            examples = f", e.g. {', '.join(shown)}" if shown else ""
             observed = f" (observed {outcome.observed})" if outcome.observed else ""
+            bound = f"; expected {outcome.bound}" if outcome.bound else ""
+            param = f", set by {outcome.param} in params.yaml" if outcome.param else ""
             lines.append(
                 f"  - {outcome.name} [{outcome.expectation_type}]: {where}{examples}{observed}"
+                f"{bound}{param}"
             )
         return "\n".join(lines)
 
@@ -166,10 +180,37 @@ def _quiet_context() -> gx.data_context.AbstractDataContext:
     return context
 
 
+def _number(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _bound(kwargs: dict) -> str:
+    """The range an expectation allows its column, in words ("" if it sets none)."""
+    column, low, high = (
+        kwargs.get("column", "value"),
+        kwargs.get("min_value"),
+        kwargs.get("max_value"),
+    )
+    if low is not None and high is not None:
+        return f"{column} between {_number(low)} and {_number(high)}"
+    if low is not None:
+        return f"{column} >= {_number(low)}"
+    if high is not None:
+        return f"{column} <= {_number(high)}"
+    return ""
+
+
 def _outcome(check: Check, result: object, ids: pd.Series) -> CheckOutcome:
     details = result.result or {}
+    kwargs = result.expectation_config.kwargs
     indices = details.get("unexpected_index_list") or []
     examples = tuple(str(ids.iloc[i]) for i in indices[:EXAMPLES_SHOWN] if isinstance(i, int))
+    values: tuple[str, ...] = ()
+    if examples and kwargs.get("column") != ids.name:
+        values = tuple(
+            f"{kwargs.get('column')} {_number(value)}"
+            for value in (details.get("unexpected_list") or [])[: len(examples)]
+        )
     if not examples:
         examples = tuple(
             str(v) for v in (details.get("partial_unexpected_list") or [])[:EXAMPLES_SHOWN]
@@ -186,6 +227,9 @@ def _outcome(check: Check, result: object, ids: pd.Series) -> CheckOutcome:
         unexpected_count=int(count),
         examples=examples,
         observed="" if observed is None else str(observed)[:200],
+        values=values,
+        bound=_bound(kwargs) if not result.success else "",
+        param=check.param if not result.success else "",
     )
 
 

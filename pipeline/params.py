@@ -9,9 +9,11 @@ from the file's.
 
 Validation is strict: a value must already have its type in YAML (`lr: "0.001"`, `epochs: 3.0`
 and `batch_norm: "yes"` are refused, naming the key). The one widening allowed is the
-conventional one: an integer where a float is expected (`lr: 1`). Cross-field rules that decide
-whether a run can work at all (the UNet's working size) are checked here too, so `dvc repro`
-stops at its first stage rather than in `train` after rerunning the data stages.
+conventional one: an integer where a float is expected (`lr: 1`). Floats are read by YAML 1.2's
+rule, as DVC reads them, so `lr: 7e-05` (what `dvc exp run -S lr=7e-5` writes) is a number.
+Cross-field rules that decide whether a run can work at all (the UNet's working size) are
+checked here too, so `dvc repro` stops at its first stage rather than in `train` after
+rerunning the data stages.
 
 The file itself is read defensively: at most `MAX_PARAMS_BYTES`, no YAML anchors or aliases (an
 alias bomb expands to gigabytes once anything walks the values), bounded nesting, and error
@@ -625,6 +627,42 @@ class _ParamsLoader(yaml.SafeLoader):
             self.depth -= 1
 
 
+# YAML 1.1 (PyYAML's default) reads a float only with a dot in it, so `7e-05`, which DVC writes
+# for `dvc exp run -S lr=7e-5`, would load as a string. DVC reads params.yaml as YAML 1.2
+# (ruamel.yaml), so floats resolve here by the YAML 1.2 rule, the very pattern ruamel uses: the
+# loader and `dvc params diff` see the same number. Quoted scalars stay strings.
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_YAML_12_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |[-+]?\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_ParamsLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _FLOAT_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ParamsLoader.add_implicit_resolver(_FLOAT_TAG, _YAML_12_FLOAT, list("-+0123456789."))
+
+
+def parse_params_yaml(text: str, source: str = "params.yaml") -> object:
+    """The YAML document `text` as DVC reads params (floats by YAML 1.2), refusing anchors,
+    aliases and deep nesting; errors raise `ParamsError` naming `source`."""
+    loader = _ParamsLoader(text)
+    try:
+        return loader.get_single_data()
+    except _RefusedYaml as error:
+        raise ParamsError(f"{source}: {error}") from None
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{source}: not valid YAML: {error}") from None
+    except ValueError as error:  # e.g. an integer beyond Python's 4300-digit conversion limit
+        raise ParamsError(f"{source}: unreadable value: {excerpt(str(error))}") from None
+    finally:
+        loader.dispose()
+
+
 def load_params(path: Path | str = DEFAULT_PARAMS_PATH) -> Params:
     """Read and validate params.yaml; every stage calls this once at start."""
     path = Path(path)
@@ -639,15 +677,4 @@ def load_params(path: Path | str = DEFAULT_PARAMS_PATH) -> Params:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ParamsError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    loader = _ParamsLoader(text)
-    try:
-        raw = loader.get_single_data()
-    except _RefusedYaml as error:
-        raise ParamsError(f"{path}: {error}") from None
-    except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML: {error}") from None
-    except ValueError as error:  # e.g. an integer beyond Python's 4300-digit conversion limit
-        raise ParamsError(f"{path}: unreadable value: {excerpt(str(error))}") from None
-    finally:
-        loader.dispose()
-    return parse_params(raw, source=str(path))
+    return parse_params(parse_params_yaml(text, source=str(path)), source=str(path))

@@ -4,7 +4,7 @@ The page reads only what earlier stages wrote for people and for `dvc metrics`: 
 metrics JSONs under metrics/ and the tables and pictures under reports/. It shows whatever
 keys and files are there, so that it follows the evaluate stage as that grows (confidence
 intervals appear as columns when `<key>_ci_low`/`_ci_high` exist, the per-case table when
-reports/evaluate/cases.csv exists, ...). Pictures are linked by paths relative to
+metrics/cases.csv exists, ...). Pictures are linked by paths relative to
 reports/index.html, so the page works from a copied reports/ folder with no network.
 """
 
@@ -24,11 +24,9 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-import yaml
-
 from pipeline.classes import class_labels
 from pipeline.io import DataError, write_text_atomic
-from pipeline.params import ParamsError, parse_params
+from pipeline.params import ParamsError, parse_params, parse_params_yaml
 from pipeline.report_html import (
     Cell,
     Section,
@@ -137,18 +135,31 @@ UNIT_SUFFIXES = (
     ("_ml", "mL"),
     ("_px", "px"),
     ("_ms", "ms"),
+    ("_mb", "MB"),
     ("_seconds", "s"),
     ("_s", "s"),
 )
 COUNT_ENDINGS = ("count", "cases", "lesions", "slices", "epoch", "epochs")
+# Scores in [0, 1] outside METRICS, by how their names start (lesion_fraction_mean, ...).
+SCORES = (
+    "dice_mean",
+    "dice_coef_multiclass",
+    "pixel_accuracy",
+    "lesion_slice_share",
+    "lesion_fraction",
+)
 
 
 def unit_of(base: str) -> str:
-    """The unit a metric's name carries: `_mm`, `_ml`, `_px`, `<what>_per_s`, a count."""
+    """The unit a metric's name carries: `_mm`, `_ml`, `_px`, `<what>_per_s`, a count, a
+    score; "" for a name that carries none."""
     if base.startswith("pooled_"):
         return unit_of(base.removeprefix("pooled_"))
     if base in METRICS:
         return METRICS[base].unit
+    for split in ("val_", "train_"):  # dvclive's per-split names: val_dice, train_dice_mean
+        if base.startswith(split) and unit_of(base.removeprefix(split)) == SCORE_UNIT:
+            return SCORE_UNIT
     rate = re.search(r"([a-z]+)_per_s$", base)
     if rate:
         return f"{rate[1]}/s"
@@ -161,8 +172,11 @@ def unit_of(base: str) -> str:
         return "nats per pixel"
     if base.endswith(("loss", "_lr")):
         return NO_UNIT
-    last = base.rsplit("_", 1)[-1]
-    return last if last in COUNT_ENDINGS else SCORE_UNIT
+    counted = [word for word in base.split("_") if word in COUNT_ENDINGS]
+    if counted:
+        return counted[-1]
+    # A score only by name; any other key (a ratio, a count of files, a device) claims no unit.
+    return SCORE_UNIT if base.startswith(SCORES) else ""
 
 
 def label_of(base: str) -> str:
@@ -273,7 +287,7 @@ def committed_params(root: Path) -> dict[str, object] | None:
     text = _git(root, "show", "HEAD:params.yaml")
     if text is None:
         return None
-    raw = yaml.safe_load(text)
+    raw = parse_params_yaml(text, source="HEAD:params.yaml")
     try:
         return flatten(parse_params(raw).model_dump(mode="json"))
     except ParamsError:  # committed under an older schema: compare the raw file
@@ -702,11 +716,15 @@ def training_section(data: RunData) -> Section:
 
 def per_case_table(data: RunData) -> tuple[str, str]:
     """(heading, table HTML) of cases.csv when evaluate wrote it, else of slice_dice.csv."""
-    for name, heading in (
-        ("cases.csv", "Per test case (patient)"),
-        ("slice_dice.csv", "Per test slice (the evaluate stage of this run scores slices)"),
+    for folder, name, heading in (
+        ("metrics", "cases.csv", "Per test case (patient)"),
+        (
+            "reports/evaluate",
+            "slice_dice.csv",
+            "Per test slice (the evaluate stage of this run scores slices)",
+        ),
     ):
-        path = data.reports / "evaluate" / name
+        path = data.root / folder / name
         if path.is_file():
             headers, rows = read_csv_rows(path)
             body = [[cell_of(row.get(h, "")) for h in headers] for row in rows]
@@ -884,7 +902,7 @@ def pictures_section(data: RunData) -> Section:
 def failure_modes(data: RunData) -> list[str]:
     """Plain-words failure modes of the worst test cases (or slices) of each class."""
     lines: list[str] = []
-    cases = data.reports / "evaluate" / "cases.csv"
+    cases = data.root / "metrics" / "cases.csv"
     slices = data.reports / "evaluate" / "slice_dice.csv"
     if cases.is_file():
         _, rows = read_csv_rows(cases)

@@ -25,6 +25,11 @@ from pipeline.params import SplitParams, SplitRatios
 from pipeline.stats import class_counts
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
+# Every split holds at least one case of every class, so a class needs one case per split.
+# No ratio raises it (`split_sizes` moves a case from the largest split into any split that
+# rounds to zero) and mini_test only picks slices of the test cases, so this is the whole
+# minimum; validate checks it before split runs (`pipeline.validate`).
+MIN_CASES_PER_CLASS = len(SPLITS)
 
 
 def split_sizes(case_count: int, ratios: SplitRatios, class_name: str) -> dict[str, int]:
@@ -34,11 +39,11 @@ def split_sizes(case_count: int, ratios: SplitRatios, class_name: str) -> dict[s
     present in train, valid and test; fewer than three cases cannot be split that way.
     """
     shares = [case_count * getattr(ratios, name) for name in SPLITS]
-    if case_count < len(SPLITS):
+    if case_count < MIN_CASES_PER_CLASS:
         raise DataError(
-            f"class {class_name} has {case_count} cases, too few for the split ratios "
-            f"train {ratios.train:g} / valid {ratios.valid:g} / test {ratios.test:g}: every "
-            f"split needs at least one case of every class"
+            f"class {class_name} has {case_count} cases, fewer than the {MIN_CASES_PER_CLASS} "
+            f"that split.ratios (train {ratios.train:g} / valid {ratios.valid:g} / test "
+            f"{ratios.test:g}) need: every split needs at least one case of every class"
         )
     sizes = [math.floor(share) for share in shares]
     by_remainder = sorted(range(len(SPLITS)), key=lambda i: (sizes[i] - shares[i], i))

@@ -51,6 +51,7 @@ from pipeline.io import (
 )
 from pipeline.parallel import ordered_map
 from pipeline.params import ValidateParams
+from pipeline.split import MIN_CASES_PER_CLASS, SPLITS
 from pipeline.stats import plot_class_counts
 
 CASE_ID_FORMATS: dict[str, str] = {HEMORRHAGIC: r"^\d{3}$", ISCHEMIC: r"^\d{7}$"}
@@ -263,6 +264,7 @@ def slice_checks(params: ValidateParams) -> list[Check]:
                 gxe.ExpectColumnValuesToBeBetween(
                     column=f"image_{side}", min_value=params.min_side, max_value=params.max_side
                 ),
+                param="validate.min_side / validate.max_side",
             )
         )
     checks += [
@@ -309,18 +311,29 @@ def class_checks(params: ValidateParams) -> list[Check]:
             gxe.ExpectColumnValuesToBeBetween(
                 column="slices", min_value=slices.min, max_value=slices.max
             ),
+            param="validate.slices_per_class.min / .max",
         ),
         Check(
             "cases_per_class_within_bounds",
             gxe.ExpectColumnValuesToBeBetween(
                 column="cases", min_value=cases.min, max_value=cases.max
             ),
+            param="validate.cases_per_class.min / .max",
+        ),
+        # What split will need, checked here so that a small archive stops at the gate with
+        # the reason, not later in split (validate.cases_per_class.min may be set lower).
+        Check(
+            "cases_per_class_enough_to_split",
+            gxe.ExpectColumnValuesToBeBetween(column="cases", min_value=MIN_CASES_PER_CLASS),
+            param=f"the {len(SPLITS)} splits of split.ratios ({', '.join(SPLITS)}: one case "
+            "of every class each, whatever the ratios)",
         ),
         Check(
             "lesion_slice_share_per_class",
             gxe.ExpectColumnValuesToBeBetween(
                 column="lesion_slice_share", min_value=params.min_lesion_slice_share, max_value=1
             ),
+            param="validate.min_lesion_slice_share",
         ),
     ]
 

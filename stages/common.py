@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -72,8 +73,16 @@ def stage_name() -> str:
     return os.path.basename(sys.argv[0]).removesuffix(".py")
 
 
+def _exit_on_termination(signal_number: int, _frame: object) -> None:
+    # SIGTERM (kill, timeout, a container stopping) ends Python without unwinding; as an exit
+    # it runs every `finally`, so `atomic_path` removes its scratch folder and the output
+    # stays as it was. SIGKILL (and an out-of-memory kill) cannot be caught.
+    raise SystemExit(128 + signal_number)
+
+
 def run_stage(main: Callable[[Params], None], params_path: str = "params.yaml") -> None:
     """Validate params.yaml, call `main(params)`, exit 1 with a clear message on bad input."""
+    signal.signal(signal.SIGTERM, _exit_on_termination)
     trace_file = os.environ.get(TRACE_VARIABLE)
     reads: set[str] = set()
     try:

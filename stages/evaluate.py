@@ -1,7 +1,8 @@
 """Stage `evaluate`: per-case 3-D lesion metrics of models/model.keras on the test split.
 
 Writes metrics/evaluate.json (flat; every null has a `<key>_null_reason`), the per-slice
-confusion records metrics/confusion.csv, and reports/evaluate/ (cases.csv, every test
+confusion records metrics/confusion.csv, the per-case table metrics/cases.csv (these three in
+git, for `dvc metrics` and `dvc plots`), and reports/evaluate/ (every test
 prediction under predictions/, the volume Bland-Altman plot, reference-format evaluation.csv,
 confusion matrix, per-slice Dice table and histogram, best/worst slices).
 """
@@ -48,6 +49,7 @@ def main(params: Params) -> None:
         report_dir="reports/evaluate",
         metrics_path="metrics/evaluate.json",
         confusion_path="metrics/confusion.csv",
+        cases_path="metrics/cases.csv",
     )
     print("\n".join(summary_lines(metrics, headline_keys(params))))
 

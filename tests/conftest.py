@@ -223,7 +223,8 @@ def create_project(destination: Path, overrides: Mapping | None = None) -> DvcPr
     project.update_params(deep_merge(TINY_PARAMS, overrides or {}))
     project.git("init", "-q", "-b", "main")
     project.dvc("init", "-q")
-    project.dvc("config", "core.analytics", "false")
+    # The project's committed DVC settings (no analytics, the offline plots page).
+    shutil.copy2(PROJECT_ROOT / ".dvc" / "config", destination / ".dvc" / "config")
     project.git("add", "-A")
     project.git("commit", "-q", "-m", "tiny project")
     return project

@@ -104,7 +104,7 @@ def write_evaluate(root: Path, shape: str) -> None:
             f"{19990 + index:07d},Ischemic,,{dice:.4f},{9.5 - index:.2f},"
             f"0.000,0.000,{3.0 + index:.3f},{predicted:.3f},16"
         )
-    write_text_atomic(evaluate / "cases.csv", "\n".join(lines) + "\n")
+    write_text_atomic(root / "metrics" / "cases.csv", "\n".join(lines) + "\n")
     write_png(evaluate / "volume_bland_altman.png", picture("Bland-Altman", 256, (0, 255, 0)))
 
 

@@ -30,7 +30,32 @@ from pipeline.io import read_image, read_manifest, verify_content, write_png
 from pipeline.masks import index_to_colour
 from pipeline.params import parse_params
 from pipeline.synthesize.archive import synthesize_archive
-from tests.conftest import PROJECT_ROOT, TINY_PARAMS, create_project, deep_merge, project_params
+from tests.conftest import (
+    PROJECT_ROOT,
+    TINY_PARAMS,
+    create_project,
+    deep_merge,
+    project_params,
+    tool_env,
+)
+
+BENCHMARKS = sorted(path.name for path in (PROJECT_ROOT / "benchmarks").glob("*_*.py"))
+
+
+@pytest.mark.parametrize("script", BENCHMARKS)
+def test_every_benchmark_answers_help_without_running(script: str, tmp_path: Path) -> None:
+    """`--help` prints the usage and exits at once: no build, no temporary folder."""
+    result = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", "--help"],
+        cwd=PROJECT_ROOT,
+        env={**tool_env(), "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage:"), result.stdout[:200]
+    assert list(tmp_path.iterdir()) == [], "--help started the benchmark"
 
 
 def test_augment_benchmark_builds_a_training_set_the_stage_accepts(tmp_path: Path) -> None:

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dvc.utils.hydra import apply_overrides
 
+from pipeline.params import load_params
 from pipeline.report import headline_keys, number
 from tests.browser import browser, offline_problems
 from tests.conftest import PROJECT_ROOT, DvcProject, create_project
@@ -68,6 +70,14 @@ def ran_and_skipped(output: str) -> tuple[set[str], set[str]]:
     ran = set(re.findall(r"Running stage '([\w-]+)'", output))
     skipped = set(re.findall(r"Stage '([\w-]+)' didn't change, skipping", output))
     return ran, skipped
+
+
+def plot_revisions(html: str) -> dict[str, set[str]]:
+    """The revisions each Vega plot of a `dvc plots` page holds data of, by plot id."""
+    specs = re.findall(r'<div id = "([^"]+)">\s*<script[^>]*>\s*var spec = (.*?);\n', html)
+    return {
+        plot: {row["rev"] for row in json.loads(spec)["data"]["values"]} for plot, spec in specs
+    }
 
 
 def status_stages(project: DvcProject) -> set[str]:
@@ -221,10 +231,26 @@ def test_metrics_params_and_plots_diff_across_branches(built):
             0.001,
             0.005,
         )
-        out = project.path.parent / "plots-diff"
-        project.dvc("plots", "diff", "main", "faster-lr", "-o", str(out))
-        html = (out / "index.html").read_text()
-        assert "main" in html and "faster-lr" in html
+        # Every plot of dvc.yaml, both revisions in each: in this working copy, and in a
+        # fresh clone with no DVC cache (its sources are kept in git).
+        project.dvc("plots", "diff", "main", "faster-lr", "-o", "plots-diff")
+        page = project.path / "plots-diff" / "index.html"
+        revisions = plot_revisions(page.read_text())
+        assert len(revisions) >= 7, revisions  # curves x2, per-case Dice x2, volume x2, confusion
+        assert all(revs == {"main", "faster-lr"} for revs in revisions.values()), revisions
+        clone = DvcProject(project.path.parent / "plots-clone")
+        project.run("git", "clone", "-q", str(project.path), str(clone.path))
+        clone.git("checkout", "-q", "faster-lr")
+        clone.dvc("plots", "diff", "main", "faster-lr", "-o", "plots-diff")
+        assert plot_revisions((clone.path / "plots-diff" / "index.html").read_text()) == revisions
+        assert not (clone.path / ".dvc" / "cache").exists()
+        with browser() as chromium:
+            visit = chromium.visit(page)
+            assert offline_problems(visit, project.path) == []
+            drawn = chromium.driver.execute_script(
+                "return document.querySelectorAll('.vega-embed .marks').length"
+            )
+        assert drawn == len(revisions), "every plot drawn with the vendored Vega, offline"
     finally:
         project.git("checkout", "-q", "main")
         project.dvc("checkout", "-q")
@@ -264,6 +290,23 @@ def test_experiments_with_set_param_and_a_queued_sweep(built):
     assert "Failed" not in status, status
     table = project.dvc("exp", "show", "--md").stdout
     assert "0.002" in table and "0.003" in table
+
+
+def test_a_learning_rate_without_a_dot_set_through_exp_run_is_a_number(make_project):
+    """`dvc exp run -S lr=7e-5` writes `lr: 7e-05`: every stage's loader and `dvc params
+    diff` read it as the number (YAML 1.1 needs a dot in a float and read it as a string)."""
+    project = make_project()
+    # synthesize is the cheapest stage, and it validates the whole params.yaml as train does.
+    project.dvc("exp", "run", "-S", "lr=7e-5", "synthesize")
+    assert load_params(project.path / "params.yaml").lr == 7e-05
+    for typed, expected in (("1e-3", 1e-3), ("5.0e-4", 5e-4), (".5", 0.5), ("1E-6", 1e-6)):
+        apply_overrides(project.path / "params.yaml", [f"lr={typed}"])  # what `-S` runs
+        assert load_params(project.path / "params.yaml").lr == expected
+        diff = json.loads(project.dvc("params", "diff", "--all", "--json").stdout)["params.yaml"][
+            "lr"
+        ]
+        assert (diff["old"], diff["new"]) == (0.001, expected), typed
+        assert isinstance(diff["diff"], float), typed  # DVC subtracts numbers, not strings
 
 
 def test_an_applied_and_committed_experiment_keeps_the_params_tests_green(make_project):

@@ -156,6 +156,49 @@ def test_scratch_of_a_live_writer_is_left_alone(tmp_path):
     assert scratch_of(tmp_path) == []
 
 
+TERMINATED_STAGE = """
+import sys
+from pipeline.io import atomic_path
+from stages.common import run_stage
+
+def main(params):
+    with atomic_path(sys.argv[1]) as temporary:
+        temporary.mkdir()
+        (temporary / "half.png").write_bytes(b"half")
+        print("writing", flush=True)
+        sys.stdin.readline()  # until terminated
+
+run_stage(main, sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize(
+    ("stop", "exit_status"),
+    [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, -signal.SIGINT)],
+    ids=["SIGTERM", "Ctrl-C"],
+)
+def test_a_terminated_stage_removes_its_scratch_and_keeps_its_output(tmp_path, stop, exit_status):
+    """SIGTERM (kill, timeout) and Ctrl-C end a stage through its `finally`s: no scratch is
+    left for a later run-cache restore (which runs no stage code) to leave beside the outputs."""
+    target = tmp_path / "data" / "colorized"
+    target.mkdir(parents=True)
+    (target / "previous.png").write_bytes(b"previous")
+    params = write_project_params(tmp_path / "params.yaml")
+    stage = python(
+        TERMINATED_STAGE, str(target), str(params), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert stage.stdout.readline() == "writing\n"
+        assert len(scratch_of(target.parent)) == 1
+        stage.send_signal(stop)
+        assert stage.wait(timeout=60) == exit_status
+    finally:
+        stage.kill()
+        stage.communicate(timeout=60)
+    assert scratch_of(target.parent) == []
+    assert [path.name for path in target.iterdir()] == ["previous.png"]
+
+
 def test_atomic_path_replaces_a_folder_and_a_file_in_both_directions(tmp_path):
     target = tmp_path / "out"
     target.write_text("a file")

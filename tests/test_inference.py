@@ -268,6 +268,7 @@ def test_evaluate_writes_every_key_or_a_reason_and_is_deterministic(tmp_path, ti
             folder / "reports" / "evaluate",
             folder / "metrics" / "evaluate.json",
             folder / "metrics" / "confusion.csv",
+            folder / "metrics" / "cases.csv",
         )
         outputs.append(folder)
     saved = json.loads((outputs[0] / "metrics" / "evaluate.json").read_text())
@@ -319,7 +320,7 @@ def test_evaluate_writes_every_key_or_a_reason_and_is_deterministic(tmp_path, ti
         "dice_coef_multiclass,"
     )
     assert "pooled_hd95_mm_ischemic," in lines  # null: written empty
-    cases = pd.read_csv(report / "cases.csv")
+    cases = pd.read_csv(outputs[0] / "metrics" / "cases.csv")
     assert list(cases["case_id"]) == [1, 2] and list(cases["slices"]) == [2, 3]
     assert cases.loc[0, "dice_hemorrhagic"] == 1.0 and pd.isna(cases.loc[0, "dice_ischemic"])
     assert cases.loc[1, "predicted_volume_ml_hemorrhagic"] == pytest.approx(16 * voxel_ml)

@@ -4,15 +4,18 @@ are strict, cross-field rules hold at load time, and hostile files are refused c
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from dvc.utils.hydra import apply_overrides
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
+from ruamel.yaml import YAML
 
 from pipeline.model import UNetConfig
 from pipeline.params import (
@@ -23,6 +26,7 @@ from pipeline.params import (
     ParamsError,
     excerpt,
     load_params,
+    parse_params_yaml,
 )
 from tests.conftest import project_params
 
@@ -141,6 +145,55 @@ def test_integers_are_accepted_where_floats_are_expected():
     assert params.lr == 1.0 and isinstance(params.lr, float)
     assert params.phantom.csf_hu == (0.0, 15.0)
     assert params.augment.target_ratio == 2.0
+
+
+# --- floats as DVC writes them: `dvc exp run -S lr=7e-5` writes `lr: 7e-05` ---
+
+# What a user types after `-S lr=`: the same number with and without a dot, exponent or
+# leading zero, in either case.
+LR_SPELLINGS = (repr, "{:e}".format, "{:E}".format, "{:.3g}".format, "{:.0e}".format)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lr=st.floats(min_value=1e-12, max_value=1.0, exclude_min=True),
+    spell=st.sampled_from(LR_SPELLINGS),
+    drop_leading_zero=st.booleans(),
+)
+def test_every_float_dvc_writes_for_set_param_loads_as_that_number(
+    tmp_path_factory, lr, spell, drop_leading_zero
+):
+    typed = spell(lr)
+    if drop_leading_zero and typed.startswith("0."):
+        typed = typed[1:]  # `.5`
+    expected = float(typed)
+    if expected <= 0.0:  # a spelling rounded the value to zero: lr must stay positive
+        return
+    path = tmp_path_factory.mktemp("params") / "params.yaml"
+    path.write_bytes(PROJECT_PARAMS.read_bytes())
+    apply_overrides(path, [f"lr={typed}"])  # DVC's own `-S` writer
+    assert load_params(path).lr == expected  # what train receives
+    # ... and what `dvc params diff` reads (DVC parses params.yaml with ruamel, YAML 1.2).
+    assert YAML(typ="safe").load(path.read_text())["lr"] == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.from_regex(r"\A[-+]?([0-9]{1,3}(\.[0-9]{0,3})?|\.[0-9]{1,3})([eE][-+]?[0-9]{1,2})?\Z"))
+def test_the_loader_reads_each_float_as_dvc_does(scalar):
+    ours = parse_params_yaml(f"value: {scalar}")["value"]
+    dvcs = YAML(typ="safe").load(f"value: {scalar}")["value"]
+    if isinstance(ours, float) or isinstance(dvcs, float):
+        assert type(ours) is type(dvcs) and ours == dvcs, scalar
+
+
+@pytest.mark.parametrize("quoted", ["'7e-05'", '"0.001"', "'1E-6'"])
+def test_a_quoted_number_is_still_refused_where_a_number_belongs(tmp_path, quoted):
+    path = tmp_path / "params.yaml"
+    text, replaced = re.subn(r"(?m)^lr: .*$", f"lr: {quoted}", PROJECT_PARAMS.read_text())
+    assert replaced == 1
+    path.write_text(text)
+    with pytest.raises(ParamsError, match="lr: Input should be a valid number"):
+        load_params(path)
 
 
 # --- cross-field rules: refused at load time, naming the keys ---

@@ -89,6 +89,19 @@ def test_evaluate_keys_split_into_metric_class_and_bound(key, expected):
         ("test_cases", "cases"),
         ("pooled_hd95_mm", "mm"),
         ("dice", "score 0-1"),
+        ("val_dice", "score 0-1"),
+        ("dice_mean", "score 0-1"),
+        ("val_dice_coef_multiclass", "score 0-1"),
+        ("lesion_fraction_median", "score 0-1"),
+        ("read_mb", "MB"),
+        ("train_slices_after", "slices"),
+        # Names that carry no unit claim none (issue 25: these read "score 0-1").
+        ("pairs", ""),
+        ("devices", ""),
+        ("ratio_before", ""),
+        ("augmented_barrel", ""),
+        ("expectations_failed", ""),
+        ("batch_size", ""),
     ],
 )
 def test_units_come_from_the_metric_names(base, unit):
@@ -195,7 +208,7 @@ def test_every_link_and_picture_of_the_page_is_a_file_inside_reports(run):
 
 def test_text_from_files_is_escaped(tmp_path):
     root = write_tiny_run(tmp_path / "run", "cases")
-    cases = root / "reports" / "evaluate" / "cases.csv"
+    cases = root / "metrics" / "cases.csv"
     cases.write_text(cases.read_text().replace("0019990", "<script>alert(1)</script>", 1))
     page = build(root)
     assert "<script>alert(1)" not in page
@@ -235,7 +248,7 @@ def test_any_text_in_a_table_reads_back_as_the_same_text(rows):
 
 def test_an_unreadable_table_is_named(tmp_path):
     root = write_tiny_run(tmp_path / "run", "cases")
-    (root / "reports" / "evaluate" / "cases.csv").write_bytes(b"case_id,dice\n\xff\xfe,1\n")
+    (root / "metrics" / "cases.csv").write_bytes(b"case_id,dice\n\xff\xfe,1\n")
     with pytest.raises(DataError, match=r"cases\.csv: cannot read as UTF-8 CSV"):
         build(root)
 

@@ -17,6 +17,7 @@ from pipeline.expectations import ValidationFailed
 from pipeline.io import DataError, read_manifest, resolve_path, write_manifest, write_png
 from pipeline.params import Params
 from pipeline.split import (
+    MIN_CASES_PER_CLASS,
     SPLITS,
     pick_mini_test,
     split_manifest,
@@ -106,8 +107,26 @@ def test_split_sizes_cover_all_cases_with_one_per_split_at_least(count, train, v
 
 
 def test_too_few_cases_names_class_count_and_ratios():
-    with pytest.raises(DataError, match=r"class Ischemic has 2 cases.*train 0.5 / valid 0.2"):
+    with pytest.raises(
+        DataError, match=r"class Ischemic has 2 cases, fewer than the 3 that split.ratios"
+    ):
         split_sizes(2, project_params().split.ratios, "Ischemic")
+
+
+@settings(max_examples=60, deadline=None)
+@given(ratio_values, ratio_values)
+def test_the_minimum_cases_per_class_that_validate_checks_is_splits_whatever_the_ratios(
+    train, valid
+):
+    test = 1.0 - train - valid
+    if test <= 0.01:
+        return
+    ratios = project_params(
+        {"split": {"ratios": {"train": train, "valid": valid, "test": test}}}
+    ).split.ratios
+    assert min(split_sizes(MIN_CASES_PER_CLASS, ratios, "Ischemic").values()) == 1
+    with pytest.raises(DataError, match="fewer than the"):
+        split_sizes(MIN_CASES_PER_CLASS - 1, ratios, "Ischemic")
 
 
 def test_stage_splits_whole_cases_and_writes_outputs(project, monkeypatch):

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from pipeline.expectations import ValidationFailed, run_suite
 from pipeline.io import read_image, read_manifest, resolve_path, write_manifest, write_png
+from pipeline.split import MIN_CASES_PER_CLASS
 from pipeline.stats import class_counts, plot_class_counts
 from pipeline.validate import (
     ValidateOutputs,
@@ -320,8 +321,43 @@ def test_missing_class_fails_counts(dataset: Path, tmp_path: Path):
     with pytest.raises(ValidationFailed) as raised:
         validate_extracted(dataset, outputs_under(tmp_path), PARAMS)
     failures = {o.name: o for o in raised.value.report.critical_failures}
-    assert set(failures) == {"slices_per_class_within_bounds", "cases_per_class_within_bounds"}
+    assert set(failures) == {
+        "slices_per_class_within_bounds",
+        "cases_per_class_within_bounds",
+        "cases_per_class_enough_to_split",
+    }
     assert failures["slices_per_class_within_bounds"].examples == ("Hemorrhagic",)
+
+
+def test_a_count_failure_names_the_count_the_bound_and_the_param(dataset: Path, tmp_path: Path):
+    too_few_slices(dataset)
+    with pytest.raises(ValidationFailed) as raised:
+        validate_extracted(dataset, outputs_under(tmp_path), PARAMS)
+    message = str(raised.value)
+    assert (
+        "slices_per_class_within_bounds [expect_column_values_to_be_between]: 1 rows, "
+        "e.g. Hemorrhagic (slices 3); expected slices between 4 and 100, "
+        "set by validate.slices_per_class.min / .max in params.yaml"
+    ) in message
+
+
+def test_too_few_cases_for_the_split_stop_at_validate_naming_the_minimum(
+    dataset: Path, tmp_path: Path
+):
+    """Lowering validate.cases_per_class.min lets two cases through its own bound; split
+    would then stop on them, so validate checks split's minimum itself."""
+    edit_manifest(dataset, lambda frame: frame[frame["case_id"] != "051"])
+    params = PARAMS.model_copy(
+        update={"cases_per_class": PARAMS.cases_per_class.model_copy(update={"min": 1})}
+    )
+    with pytest.raises(ValidationFailed) as raised:
+        validate_extracted(dataset, outputs_under(tmp_path), params)
+    assert [o.name for o in raised.value.report.critical_failures] == [
+        "cases_per_class_enough_to_split"
+    ]
+    message = str(raised.value)
+    assert f"e.g. Hemorrhagic (cases 2); expected cases >= {MIN_CASES_PER_CLASS}" in message
+    assert "split.ratios (train, valid, test: one case of every class each" in message
 
 
 @settings(max_examples=25, deadline=None)
@@ -416,3 +452,41 @@ def test_dvc_repro_stops_at_validate_and_nothing_downstream_runs(make_project):
     colorized = read_manifest(project.path / "data" / "colorized" / "manifest.csv")
     assert len(colorized) == 24
     assert json.loads((project.path / "metrics" / "data.json").read_text())["slices"] == 24
+
+
+# The README's walk of a small real archive ("Running on the real Kaggle archive"), exactly:
+# 24 slices, 3 cases of 4 slices per class, in the Kaggle layout.
+SMALL_ARCHIVE_WALK = (
+    "-S", "extract.archive=data/raw/small.zip",
+    "-S", "validate.slices_per_class.min=12",
+)  # fmt: skip
+
+
+def test_a_small_real_format_archive_walks_from_extract_to_a_trained_model(make_project):
+    """With the project's validate and split params, validate stops the walk naming the
+    count, the bound and the param; the README's one override then trains a model."""
+    defaults = project_params()
+    project = make_project(
+        {
+            "validate": defaults.validate.model_dump(mode="json"),
+            "split": defaults.split.model_dump(mode="json"),
+        }
+    )
+    archive = project.path / "data" / "raw" / "small.zip"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    write_ct_archive(archive, duplicate_across_cases=False)
+
+    stopped = project.dvc("exp", "run", *SMALL_ARCHIVE_WALK[:2], "train", check=False)
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode != 0
+    assert (
+        "e.g. Hemorrhagic (slices 12), Ischemic (slices 12); expected slices between 20" in output
+    )
+    assert "validate.slices_per_class.min" in output
+    assert "Running stage 'split'" not in output
+
+    walked = project.dvc("exp", "run", *SMALL_ARCHIVE_WALK, "train")
+    assert "Running stage 'train'" in walked.stdout
+    assert (project.path / "models" / "model.keras").is_file()
+    split = json.loads((project.path / "metrics" / "split.json").read_text())
+    assert split["test_cases_hemorrhagic"] == split["test_cases_ischemic"] == 1
