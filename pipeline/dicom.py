@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import uuid
 import zipfile
 from collections import defaultdict
@@ -38,6 +39,12 @@ ORIENTATION_TOLERANCE = 1e-4
 # positions are written as decimal strings, rounded to a few digits.
 GAP_TOLERANCE = 0.01
 POSITION_TOLERANCE_MM = 0.05
+# A UID as PS3.5 9.1 defines it: components of digits without leading zeros, joined by dots,
+# at most 64 characters. A series' UID names its output folder, so nothing else may pass.
+UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+MAX_UID_CHARS = 64
+# Characters of a refused value quoted in a message (a hostile header may hold anything).
+QUOTED_CHARS = 80
 # Namespace of this project's name-based UIDs (uuid5 of the project's name in the URL space).
 UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "stroke-ct-lesion-segmentation")
 
@@ -48,6 +55,18 @@ def derived_uid(*parts: object) -> str:
     sources when it makes a 2.25 UID, and returns a random one.)"""
     name = "/".join(map(str, parts))
     return f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}"
+
+
+def uid_problem(value: object, keyword: str) -> str:
+    """'' when `value` is a valid DICOM UID; else why not, quoting at most QUOTED_CHARS of it."""
+    text = str(value) if isinstance(value, str) else repr(value)
+    if len(text) <= MAX_UID_CHARS and UID_PATTERN.fullmatch(text):
+        return ""
+    shown = repr(text[:QUOTED_CHARS]) + ("..." if len(text) > QUOTED_CHARS else "")
+    return (
+        f"{keyword} {shown} is not a DICOM UID (digits and dots, at most {MAX_UID_CHARS} "
+        "characters)"
+    )
 
 
 # --------------------------------------------------------------------------- reading series
@@ -358,14 +377,20 @@ def read_ct_series(
             except Exception as error:  # truncated or corrupt files raise many types
                 refusals.append(SeriesRefusal(source.name, f"not a readable DICOM file ({error})"))
                 continue
-            uid = str(ds.get("SeriesInstanceUID", ""))
-            if not uid:
+            value = ds.get("SeriesInstanceUID", "")
+            if not value:
                 kind = "a DICOMDIR index" if "DirectoryRecordSequence" in ds else "a DICOM file"
                 refusals.append(SeriesRefusal(source.name, f"{kind} with no SeriesInstanceUID"))
                 continue
-            groups[uid].append((source, ds))
+            groups[str(value) if isinstance(value, str) else repr(value)].append((source, ds))
         yield from refusals
         for uid in sorted(groups):
+            problem = uid_problem(uid, "SeriesInstanceUID")
+            if problem:
+                # Named by its first file: the UID itself may be a path or control characters.
+                first = groups[uid][0][0].name
+                yield SeriesRefusal(first, f"{problem}; not read", len(groups[uid]))
+                continue
             try:
                 yield _load_series(uid, groups[uid], max_pixels)
             except (ValueError, TypeError, AttributeError, KeyError) as error:

@@ -19,6 +19,7 @@ temporary folder and renamed into place when complete.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ import pandas as pd
 from pydicom.sr.codedict import codes
 
 from pipeline.classes import HEMORRHAGIC, ISCHEMIC, SOURCE_CLASSES, metric_label
-from pipeline.dicom import CtSeries, SeriesRefusal, derived_uid, read_ct_series
+from pipeline.dicom import CtSeries, SeriesRefusal, derived_uid, read_ct_series, uid_problem
 from pipeline.inference import Segmenter, batches, write_slice_outputs
 from pipeline.io import (
     DataError,
@@ -195,6 +196,21 @@ def series_summary(
     }
 
 
+def series_folder(output_dir: Path, series_instance_uid: str) -> Path:
+    """OUT/<SeriesInstanceUID>, checked to lie inside OUT before anything is written there;
+    DataError otherwise. The reader already refuses names outside the UID grammar; this check
+    holds whatever the name, and also refuses a link at that name that leads out of OUT."""
+    problem = uid_problem(series_instance_uid, "SeriesInstanceUID")
+    if problem:
+        raise DataError(f"{problem}; it would name the output folder")
+    folder = output_dir / series_instance_uid
+    root = Path(os.path.realpath(output_dir))
+    resolved = Path(os.path.realpath(folder))
+    if resolved == root or not resolved.is_relative_to(root):
+        raise DataError(f"{folder} leads to {resolved}, outside the output folder {root}")
+    return folder
+
+
 def segment_series(
     segmenter: Segmenter,
     series: CtSeries,
@@ -211,6 +227,7 @@ def segment_series(
             "no FrameOfReferenceUID (anonymisers sometimes remove it): a DICOM SEG must share "
             "its source's frame of reference"
         )
+    target = series_folder(output_dir, series.series_instance_uid)
     greys = [
         window_to_uint8(slice_hu, settings.window_level_hu, settings.window_width_hu)
         for slice_hu in series.hu
@@ -220,7 +237,7 @@ def segment_series(
         labels.extend(segmenter.segment(chunk))
     volume = np.stack(labels)
     summary = series_summary(series, volume, threshold, settings)
-    with atomic_path(output_dir / series.series_instance_uid) as folder:
+    with atomic_path(target) as folder:
         folder.mkdir(parents=True)
         try:
             segmentation = build_segmentation(series, volume, model_version)

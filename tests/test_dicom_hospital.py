@@ -1,0 +1,186 @@
+"""DICOM input as a hospital sends it (issue 24): hostile names that would write outside the
+output folder, duplicate instances, pixel padding, SEG identity, bounded memory, non-image
+instances, orientation and compressed syntaxes.
+
+Series are built here with pydicom from the phantom's own slice writer (small disks of brain
+with a bright blob), and segmented in-process with test_inference's numpy forward pass
+(bright pixels lean hemorrhagic), so no test needs TensorFlow but the command tests.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+
+from pipeline.dicom import derived_uid
+from pipeline.dicom_seg import segment_dicom, series_folder, triage_threshold
+from pipeline.inference import Segmenter
+from pipeline.io import DataError
+from pipeline.synthesize.dicom_series import phantom_slice_dataset
+from pipeline.synthesize.layout import plan_cases
+from tests.conftest import project_params
+from tests.test_dicom import run_command
+from tests.test_inference import MODEL_SIZE, numpy_forward, tiny_model  # noqa: F401 (fixture)
+from tests.test_synthesize import SMALL as SMALL_PHANTOM
+
+PARAMS = project_params({"image_size": MODEL_SIZE, "infer": {"batch_size": 4}})
+PHANTOM = project_params({"phantom": {**SMALL_PHANTOM, "files_per_other_modality": 0}}).phantom
+SPEC = plan_cases(PHANTOM, 11)[0]
+SIZE_PX = 32
+
+Edit = Callable[[int, Dataset], object]
+
+
+def slice_hu(index: int, size: int = SIZE_PX) -> np.ndarray:
+    """A head-like slice: air, a disk of brain (30 HU), a bright blob (70 HU) on slices 1-2."""
+    rows, columns = np.mgrid[:size, :size] - (size - 1) / 2.0
+    radius = np.hypot(rows, columns)
+    hu = np.where(radius < 0.4 * size, 30.0, -1000.0)
+    if index in (1, 2):
+        hu[np.hypot(rows - 3, columns + 2) < 0.12 * size] = 70.0
+    return hu
+
+
+def write_series(
+    folder: Path, name: str, *, slices: int = 4, size: int = SIZE_PX, edit: Edit | None = None
+) -> Path:
+    """A CT series `name` (its UIDs derive from it) as `folder/NNN.dcm`; `edit(index, ds)`
+    may change each dataset before it is written, or return False to leave it out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = derived_uid("test-series", name)
+    for index in range(slices):
+        ds = phantom_slice_dataset(slice_hu(index, size), SPEC, index, PHANTOM)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = derived_uid("test-instance", name, index)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # hostile values are the point of some tests
+            if edit is not None and edit(index, ds) is False:
+                continue
+            ds.save_as(folder / f"{index:03d}.dcm", enforce_file_format=True)
+    return folder
+
+
+def run_segment(inputs: list[Path], output: Path, settings=None, tta_flip: bool = False):
+    return segment_dicom(
+        Segmenter(numpy_forward, MODEL_SIZE, batch_size=4, tta_flip=tta_flip),
+        inputs,
+        output,
+        PARAMS.palette,
+        settings or PARAMS.infer,
+        triage_threshold(output.parent / "absent.json", 0.1),
+        "v1",
+        PARAMS.extract,
+    )
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+# ---- 1. names from files never reach outside --output ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "../victim",  # climbs out of the output folder
+        "ABSOLUTE/victim",  # an absolute path (made absolute below)
+        "..",  # the output folder's parent itself
+        ".",  # the output folder itself
+        "1.2.840/../../victim",  # digits first, then a climb
+        "1.2.3\nrefused 1.2.3: forged line",  # a forged stderr line
+        "1." + "2" * 70,  # digits and dots, but over 64 characters
+        "1.02.3",  # a leading zero: outside the UID grammar
+    ],
+)
+def test_a_series_uid_outside_the_uid_grammar_is_refused_and_nothing_leaves_output(
+    tmp_path, hostile
+):
+    """Issue 24, defect 1: a SeriesInstanceUID `../victim` made the command replace the folder
+    beside the output (deleting what it held) with its SEG, exit 0."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    uid = hostile.replace("ABSOLUTE", str(tmp_path))
+
+    def hostile_uid(index, ds):
+        ds.SeriesInstanceUID = uid
+
+    write_series(tmp_path / "in" / "bad", "bad", edit=hostile_uid)
+    write_series(tmp_path / "in" / "good", "good")
+    output = tmp_path / "work" / "out"
+    before = files_under(tmp_path / "in")
+    run = run_segment([tmp_path / "in"], output)
+    (refusal,) = run.refused
+    assert refusal.series == str(tmp_path / "in" / "bad" / "000.dcm") and refusal.files == 4
+    assert "SeriesInstanceUID" in refusal.reason and "is not a DICOM UID" in refusal.reason
+    assert "\n" not in refusal.reason  # the value is quoted with repr
+    assert [summary["series_instance_uid"] for summary in run.segmented] == [
+        derived_uid("test-series", "good")
+    ]
+    assert (victim / "precious.txt").read_text() == "keep me"
+    assert sorted(os.listdir(victim)) == ["precious.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["in", "victim", "work"]
+    assert sorted(os.listdir(tmp_path / "work")) == ["out"]
+    assert files_under(tmp_path / "in") == before
+
+
+def test_a_link_in_output_named_like_a_series_is_not_written_through(tmp_path):
+    """A link already in the output folder under the series' name, leading out of it: the
+    series is refused, and neither the link nor what it leads to is touched."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    write_series(tmp_path / "in", "good")
+    output = tmp_path / "out"
+    output.mkdir()
+    link = output / derived_uid("test-series", "good")
+    link.symlink_to(victim, target_is_directory=True)
+    run = run_segment([tmp_path / "in"], output)
+    (refusal,) = run.refused
+    assert "outside the output folder" in refusal.reason and not run.segmented
+    assert link.is_symlink() and sorted(os.listdir(victim)) == ["precious.txt"]
+
+
+@pytest.mark.parametrize("name", ["../victim", "/tmp/victim", "..", "", "a/b", "1.2\x00"])
+def test_series_folder_refuses_any_name_that_is_not_a_uid(tmp_path, name):
+    """The writer's own check, whatever the reader let through."""
+    with pytest.raises(DataError, match="not a DICOM UID"):
+        series_folder(tmp_path, name)
+    assert series_folder(tmp_path, "1.2.3") == tmp_path / "1.2.3"
+
+
+@pytest.fixture(scope="module")
+def model(request) -> Path:
+    """test_inference's tiny model file, for the command tests."""
+    return request.getfixturevalue("tiny_model")
+
+
+def test_the_command_refuses_a_climbing_uid_exit_status_and_victim_intact(tmp_path, model):
+    """The issue's case through the command: the hostile series is refused (exit 2 beside a
+    good one), the folder beside the output keeps its file."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+
+    def climbing(index, ds):
+        ds.SeriesInstanceUID = "../victim"
+
+    write_series(tmp_path / "in" / "bad", "bad", edit=climbing)
+    write_series(tmp_path / "in" / "good", "good")
+    result = run_command(tmp_path, model, tmp_path / "in")
+    assert result.returncode == 2, result.stderr
+    assert "SeriesInstanceUID '../victim' is not a DICOM UID" in result.stderr
+    assert sorted(os.listdir(victim)) == ["precious.txt"]
+    assert (tmp_path / "out" / derived_uid("test-series", "good") / "seg.dcm").is_file()
