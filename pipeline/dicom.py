@@ -20,7 +20,7 @@ import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +102,8 @@ class CtSeries:
     pixel_spacing_mm: tuple[float, float]  # between rows, between columns
     slice_spacing_mm: float
     positions_mm: np.ndarray  # each slice's position along the normal
+    # Files of the series not segmented, and why (a second copy of an instance, ...).
+    set_aside: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def voxel_volume_ml(self) -> float:
@@ -215,6 +217,66 @@ def _transfer_syntax_problem(ds: Dataset) -> str:
     return f"pixel data in {syntax.name} ({syntax}) and no decoder for it is installed{needs}"
 
 
+# Header values that two files of one SOPInstanceUID must share to be copies of one image
+# (their pixels are compared when they are decoded).
+INSTANCE_IDENTITY_KEYWORDS = (
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
+    "RescaleSlope",
+    "RescaleIntercept",
+)
+
+
+@dataclass
+class Instance:
+    """One SOP instance of a series: its first file and header, and the further files that
+    hold the same SOPInstanceUID with the same header values (copies, until their pixels
+    are compared)."""
+
+    source: DicomSource
+    header: Dataset
+    copies: list[DicomSource] = field(default_factory=list)
+
+
+def distinct_instances(headers: list[tuple[DicomSource, Dataset]]) -> list[Instance] | str:
+    """The series' files grouped by SOPInstanceUID (the first file of each in file-name
+    order leads), or why the series cannot be read: a missing or malformed SOPInstanceUID,
+    or two files of one SOPInstanceUID whose headers differ (two different images)."""
+    instances: dict[str, Instance] = {}
+    for source, ds in headers:
+        uid = ds.get("SOPInstanceUID", "")
+        problem = uid_problem(uid, "SOPInstanceUID")
+        if problem:
+            return f"{problem} in {source.name}"
+        known = instances.get(uid)
+        if known is None:
+            instances[uid] = Instance(source, ds)
+            continue
+        differing = [
+            keyword
+            for keyword in INSTANCE_IDENTITY_KEYWORDS
+            if str(known.header.get(keyword)) != str(ds.get(keyword))
+        ]
+        if differing:
+            return _shared_uid(uid, known.source, source, f"differ in {differing[0]}")
+        known.copies.append(source)
+    return list(instances.values())
+
+
+def _shared_uid(uid: str, first: DicomSource, other: DicomSource, how: str) -> str:
+    return (
+        f"two different images share SOPInstanceUID {uid} ({first.name} and {other.name} "
+        f"{how}); a SEG cannot reference either"
+    )
+
+
 def _header_problem(headers: list[tuple[DicomSource, Dataset]], max_pixels: int | None) -> str:
     """The first reason this series cannot be segmented, from its headers alone; '' if none."""
     modalities = sorted({str(ds.get("Modality", "")) for _, ds in headers})
@@ -296,12 +358,28 @@ def spacing_problem(positions_mm: np.ndarray) -> str:
     return ""
 
 
+def _decode(source: DicomSource) -> tuple[Dataset, np.ndarray] | SeriesRefusal:
+    """A file's dataset and stored pixel values, or why they cannot be decoded."""
+    try:
+        ds = _parse(source, pixels=True)
+        return ds, ds.pixel_array
+    except Exception as error:  # decoders raise many types for damaged pixel data
+        return SeriesRefusal(
+            source.name, f"pixel data of {source.name} cannot be decoded ({error})"
+        )
+
+
 def _load_series(
     uid: str, headers: list[tuple[DicomSource, Dataset]], max_pixels: int | None
 ) -> CtSeries | SeriesRefusal:
+    instances = distinct_instances(headers)
+    if isinstance(instances, str):
+        return SeriesRefusal(uid, instances, len(headers))
+    files = len(headers)
+    headers = [(instance.source, instance.header) for instance in instances]
     problem = _header_problem(headers, max_pixels)
     if problem:
-        return SeriesRefusal(uid, problem, len(headers))
+        return SeriesRefusal(uid, problem, files)
     order, positions = order_along_normal(
         _numbers(headers[0][1], "ImageOrientationPatient"),
         [_numbers(ds, "ImagePositionPatient") for _, ds in headers],
@@ -310,23 +388,30 @@ def _load_series(
     if len(headers) > 1:
         problem = spacing_problem(positions)
         if problem:
-            return SeriesRefusal(uid, problem, len(headers))
+            return SeriesRefusal(uid, problem, files)
         slice_spacing = float(np.median(np.diff(positions)))
     else:
         thickness = _numbers(first, "SliceThickness")
         if thickness is None or thickness[0] <= 0:
             return SeriesRefusal(uid, "one slice without SliceThickness: its volume is unknown")
         slice_spacing = thickness[0]
-    datasets, sources, volumes = [], [], []
+    datasets, sources, volumes, set_aside = [], [], [], []
     for index in order:
-        source = headers[index][0]
-        try:
-            ds = _parse(source, pixels=True)
-            stored = ds.pixel_array
-        except Exception as error:  # decoders raise many types for damaged pixel data
-            return SeriesRefusal(
-                uid, f"pixel data of {source.name} cannot be decoded ({error})", len(headers)
-            )
+        instance = instances[index]
+        source = instance.source
+        stored = _decode(source)
+        if isinstance(stored, SeriesRefusal):
+            return SeriesRefusal(uid, stored.reason, files)
+        ds, stored = stored
+        for copy in instance.copies:
+            copied = _decode(copy)
+            if isinstance(copied, SeriesRefusal):
+                return SeriesRefusal(uid, copied.reason, files)
+            if not np.array_equal(copied[1], stored):
+                problem = _shared_uid(ds.SOPInstanceUID, source, copy, "hold different pixels")
+                return SeriesRefusal(uid, problem, files)
+            reason = f"a copy of {source.name} (same SOPInstanceUID and pixels); dropped"
+            set_aside.append((copy.name, reason))
         slope = _numbers(ds, "RescaleSlope")[0]
         intercept = _numbers(ds, "RescaleIntercept")[0]
         volumes.append((stored.astype(np.float64) * slope + intercept).astype(np.float32))
@@ -341,6 +426,7 @@ def _load_series(
         pixel_spacing_mm=(row_mm, column_mm),
         slice_spacing_mm=slice_spacing,
         positions_mm=positions,
+        set_aside=set_aside,
     )
 
 

@@ -65,6 +65,7 @@ SUMMARY_COLUMNS = (
     "hemorrhage_present",
     "triage_threshold_ml_hemorrhagic",
     "seg_path",
+    "set_aside_files",
 )
 TRIAGE_METRIC = "triage_threshold_ml_hemorrhagic"
 
@@ -192,6 +193,7 @@ def series_summary(
         "hemorrhage_present": volumes[metric_label(HEMORRHAGIC)] >= threshold.ml,
         "triage_threshold_ml_hemorrhagic": threshold.ml,
         "triage_threshold_source": threshold.source,
+        "set_aside": [{"file": name, "reason": reason} for name, reason in series.set_aside],
         "note": "research tool, not a medical device",
     }
 
@@ -285,6 +287,7 @@ def summary_row(
         "hemorrhage_present": summary["hemorrhage_present"],
         "triage_threshold_ml_hemorrhagic": summary["triage_threshold_ml_hemorrhagic"],
         "seg_path": f"{summary['series_instance_uid']}/seg.dcm",
+        "set_aside_files": len(summary["set_aside"]),
     }
 
 
@@ -314,6 +317,8 @@ def segment_dicom(
             except DataError as error:
                 item = SeriesRefusal(item.series_instance_uid, str(error), len(item.datasets))
             else:
+                for name, reason in item.set_aside:
+                    print(f"set aside {name}: {reason}", file=sys.stderr)
                 run.segmented.append(summary)
                 rows.append(summary_row(summary, None))
                 continue

@@ -10,22 +10,25 @@ with a bright blob), and segmented in-process with test_inference's numpy forwar
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from pipeline.dicom import derived_uid
+from pipeline.dicom import CtSeries, SeriesRefusal, derived_uid, read_ct_series
 from pipeline.dicom_seg import segment_dicom, series_folder, triage_threshold
 from pipeline.inference import Segmenter
 from pipeline.io import DataError
 from pipeline.synthesize.dicom_series import phantom_slice_dataset
 from pipeline.synthesize.layout import plan_cases
 from tests.conftest import project_params
-from tests.test_dicom import run_command
+from tests.test_dicom import run_command, seg_labels
 from tests.test_inference import MODEL_SIZE, numpy_forward, tiny_model  # noqa: F401 (fixture)
 from tests.test_synthesize import SMALL as SMALL_PHANTOM
 
@@ -33,6 +36,7 @@ PARAMS = project_params({"image_size": MODEL_SIZE, "infer": {"batch_size": 4}})
 PHANTOM = project_params({"phantom": {**SMALL_PHANTOM, "files_per_other_modality": 0}}).phantom
 SPEC = plan_cases(PHANTOM, 11)[0]
 SIZE_PX = 32
+MAX_BYTES = 10**8
 
 Edit = Callable[[int, Dataset], object]
 
@@ -184,3 +188,71 @@ def test_the_command_refuses_a_climbing_uid_exit_status_and_victim_intact(tmp_pa
     assert "SeriesInstanceUID '../victim' is not a DICOM UID" in result.stderr
     assert sorted(os.listdir(victim)) == ["precious.txt"]
     assert (tmp_path / "out" / derived_uid("test-series", "good") / "seg.dcm").is_file()
+
+
+# ---- 3. instances are identified by SOPInstanceUID ----------------------------------------
+
+
+def test_an_exact_copy_of_an_instance_is_dropped_and_reported(tmp_path):
+    """Issue 24, defect 3: a file copied twice gave a SEG referencing one UID at two positions,
+    which highdicom could not read back. The copy is dropped and listed; the SEG reads back."""
+    folder = write_series(tmp_path / "in", "copied")
+    shutil.copy(folder / "001.dcm", folder / "001_copy.dcm")
+    run = run_segment([folder], tmp_path / "out")
+    assert not run.refused
+    (summary,) = run.segmented
+    assert summary["slices"] == 4
+    assert summary["set_aside"] == [
+        {
+            "file": str(folder / "001_copy.dcm"),
+            "reason": f"a copy of {folder / '001.dcm'} (same SOPInstanceUID and pixels); dropped",
+        }
+    ]
+    (series,) = only_series(read([folder]))
+    labels = seg_labels(tmp_path / "out" / summary["series_instance_uid"] / "seg.dcm", series)
+    assert labels.shape == (4, SIZE_PX, SIZE_PX) and (labels == 1).any()
+    table = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert table["set_aside_files"].tolist() == [1]
+
+
+def test_two_different_images_sharing_an_instance_uid_refuse_the_series(tmp_path):
+    """Different positions (seen in the headers) or different pixels (seen when decoded)."""
+
+    def reused_uid(index, ds):
+        if index == 2:
+            ds.SOPInstanceUID = derived_uid("test-instance", "reused", 1)
+
+    reused = write_series(tmp_path / "reused", "reused", edit=reused_uid)
+    repixelled = write_series(tmp_path / "repixelled", "repixelled")
+    changed = dataset(repixelled / "001.dcm")
+    pixels = changed.pixel_array.copy()
+    pixels[0, 0] += 1
+    changed.PixelData = pixels.tobytes()
+    changed.save_as(repixelled / "001_changed.dcm", enforce_file_format=True)
+    found = {item.series: item.reason for item in refusals(read([reused, repixelled]))}
+    uid = derived_uid("test-instance", "reused", 1)
+    assert found[derived_uid("test-series", "reused")] == (
+        f"two different images share SOPInstanceUID {uid} ({reused / '001.dcm'} and "
+        f"{reused / '002.dcm'} differ in ImagePositionPatient); a SEG cannot reference either"
+    )
+    uid = derived_uid("test-instance", "repixelled", 1)
+    assert found[derived_uid("test-series", "repixelled")] == (
+        f"two different images share SOPInstanceUID {uid} ({repixelled / '001.dcm'} and "
+        f"{repixelled / '001_changed.dcm'} hold different pixels); a SEG cannot reference either"
+    )
+
+
+def only_series(items: list) -> list[CtSeries]:
+    return [item for item in items if isinstance(item, CtSeries)]
+
+
+def refusals(items: list) -> list[SeriesRefusal]:
+    return [item for item in items if isinstance(item, SeriesRefusal)]
+
+
+def read(inputs: list[Path], **limits) -> list:
+    return list(read_ct_series(inputs, MAX_BYTES, **limits))
+
+
+def dataset(path: Path) -> Dataset:
+    return pydicom.dcmread(path)
