@@ -18,8 +18,10 @@ temporary folder and renamed into place when complete.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -29,6 +31,7 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pandas as pd
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from pipeline.classes import HEMORRHAGIC, ISCHEMIC, SOURCE_CLASSES, metric_label
@@ -68,6 +71,15 @@ SUMMARY_COLUMNS = (
     "set_aside_files",
 )
 TRIAGE_METRIC = "triage_threshold_ml_hemorrhagic"
+# Where the SEG's content date and time come from, in this order (`content_date_time`), and the
+# DA and TM forms (PS3.5 6.2) they must have.
+CONTENT_DATE_TIME_KEYWORDS = (
+    ("ContentDate", "ContentTime"),
+    ("SeriesDate", "SeriesTime"),
+    ("StudyDate", "StudyTime"),
+)
+DA_PATTERN = re.compile(r"[0-9]{8}")
+TM_PATTERN = re.compile(r"[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?")
 
 
 @dataclass(frozen=True)
@@ -113,29 +125,58 @@ def segment_descriptions(model_version: str) -> list[hd.seg.SegmentDescription]:
     ]
 
 
-def build_segmentation(
-    series: CtSeries, labels: np.ndarray, model_version: str
-) -> hd.seg.Segmentation:
-    """DICOM SEG of class-index masks (slices, rows, columns) on the series' own slices.
+def seg_identity(
+    series: CtSeries, labels: np.ndarray, model_version: str, settings: InferParams, tta_flip: bool
+) -> str:
+    """sha256 (hex) of everything that determines a SEG: the source instances in order (their
+    SOPInstanceUIDs and HU), the model, the settings that change predictions (the window and
+    flip TTA) and the predicted labels themselves. The SEG's UIDs derive from it, so two
+    different SEGs never share a UID, and the same input gives the same bytes."""
+    digest = hashlib.sha256()
+    settings_used = (settings.window_level_hu, settings.window_width_hu, tta_flip)
+    instances = (str(ds.SOPInstanceUID) for ds in series.datasets)
+    for part in (model_version, *settings_used, *instances):
+        digest.update(f"{part}\n".encode())
+    digest.update(np.ascontiguousarray(series.hu, dtype=np.float32).data)
+    digest.update(np.ascontiguousarray(labels, dtype=np.uint8).data)
+    return digest.hexdigest()
 
-    UIDs derive from the source series and the model version, so the same model on the same
-    series gives the same SEG UIDs."""
+
+def build_segmentation(
+    series: CtSeries, labels: np.ndarray, model_version: str, identity: str
+) -> hd.seg.Segmentation:
+    """DICOM SEG of class-index masks (slices, rows, columns) on the series' own slices,
+    its UIDs derived from `identity` (`seg_identity`)."""
     with warnings.catch_warnings():
         # highdicom warns about the source's one-part PatientName (common after anonymisation);
         # the SEG copies it as it is, so the warning would only puzzle the user.
         warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
-        return _segmentation(series, labels, model_version)
+        return _segmentation(series, labels, model_version, identity)
 
 
-def _segmentation(series: CtSeries, labels: np.ndarray, model_version: str) -> hd.seg.Segmentation:
-    return hd.seg.Segmentation(
+def content_date_time(source: Dataset) -> tuple[str, str]:
+    """The SEG's content date and time: the source image's own (ContentDate/Time, else
+    SeriesDate/Time, else StudyDate/Time), never the clock, so the same input gives the same
+    bytes; 19700101 000000 when the source holds no well-formed pair."""
+    for date_keyword, time_keyword in CONTENT_DATE_TIME_KEYWORDS:
+        date, time = str(source.get(date_keyword, "")), str(source.get(time_keyword, ""))
+        if DA_PATTERN.fullmatch(date) and TM_PATTERN.fullmatch(time):
+            return date, time
+    return "19700101", "000000"
+
+
+def _segmentation(
+    series: CtSeries, labels: np.ndarray, model_version: str, identity: str
+) -> hd.seg.Segmentation:
+    content_date, content_time = content_date_time(series.datasets[0])
+    segmentation = hd.seg.Segmentation(
         source_images=series.datasets,
         pixel_array=labels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segment_descriptions(model_version),
-        series_instance_uid=derived_uid("seg-series", series.series_instance_uid, model_version),
+        series_instance_uid=derived_uid("seg-series", series.series_instance_uid, identity),
         series_number=int(series.datasets[0].get("SeriesNumber", 0) or 0) + 1000,
-        sop_instance_uid=derived_uid("seg-instance", series.series_instance_uid, model_version),
+        sop_instance_uid=derived_uid("seg-instance", series.series_instance_uid, identity),
         instance_number=1,
         manufacturer="stroke-ct pipeline (research use only)",
         manufacturer_model_name=ALGORITHM_NAME,
@@ -144,7 +185,23 @@ def _segmentation(series: CtSeries, labels: np.ndarray, model_version: str) -> h
         content_description="Lesion segmentation (research tool, not a medical device)",
         content_label="LESIONS",
         omit_empty_frames=False,
+        content_date=content_date,
+        content_time=content_time,
     )
+    # highdicom stamps the instance with the clock and a random dimension organisation UID;
+    # the content's date and a derived UID make the same input give the same bytes.
+    segmentation.InstanceCreationDate = content_date
+    segmentation.InstanceCreationTime = content_time
+    stamps = {
+        "ContributionDateTime": content_date + content_time,
+        "DimensionOrganizationUID": derived_uid(
+            "seg-dimensions", series.series_instance_uid, identity
+        ),
+    }
+    for element in segmentation.iterall():
+        if element.keyword in stamps:
+            element.value = stamps[element.keyword]
+    return segmentation
 
 
 def largest_lesion_slice(series: CtSeries, labels: np.ndarray) -> dict[str, object] | None:
@@ -242,7 +299,8 @@ def segment_series(
     with atomic_path(target) as folder:
         folder.mkdir(parents=True)
         try:
-            segmentation = build_segmentation(series, volume, model_version)
+            identity = seg_identity(series, volume, model_version, settings, segmenter.tta_flip)
+            segmentation = build_segmentation(series, volume, model_version, identity)
         except (ValueError, TypeError, AttributeError, KeyError) as error:
             # highdicom checks the source images against the SEG's needs (patient, study, ...)
             raise DataError(f"no DICOM SEG can be built on this series ({error})") from None

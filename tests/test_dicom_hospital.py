@@ -242,6 +242,36 @@ def test_two_different_images_sharing_an_instance_uid_refuse_the_series(tmp_path
     )
 
 
+# ---- 4. the SEG's identity is tied to its content -----------------------------------------
+
+
+def seg_uids(output: Path, series_uid: str) -> tuple[str, str]:
+    seg = dataset(output / series_uid / "seg.dcm")
+    return str(seg.SOPInstanceUID), str(seg.SeriesInstanceUID)
+
+
+def test_seg_uids_follow_the_series_the_model_and_the_settings(tmp_path):
+    """Issue 24, defect 4: the UIDs came from the source series and the model alone, so the
+    series with a slice removed, or run with flip TTA, gave a different SEG under the same
+    UIDs. The same input still gives the same bytes."""
+    folder = write_series(tmp_path / "in", "identity", slices=5)
+    uid = derived_uid("test-series", "identity")
+    run_segment([folder], tmp_path / "first")
+    run_segment([folder], tmp_path / "again")
+    assert files_under(tmp_path / "first") == files_under(tmp_path / "again")
+    reference = seg_uids(tmp_path / "first", uid)
+
+    shorter = write_series(tmp_path / "shorter", "identity", slices=4)  # the top slice gone
+    run_segment([shorter], tmp_path / "shorter_out")
+    flipped_window = PARAMS.infer.model_copy(update={"window_width_hu": 100.0})
+    run_segment([folder], tmp_path / "window", settings=flipped_window)
+    run_segment([folder], tmp_path / "tta", tta_flip=True)
+    others = [seg_uids(tmp_path / name, uid) for name in ("shorter_out", "window", "tta")]
+    for sop_uid, seg_series_uid in others:
+        assert sop_uid != reference[0] and seg_series_uid != reference[1]
+    assert len({uids[0] for uids in others}) == len(others)
+
+
 def only_series(items: list) -> list[CtSeries]:
     return [item for item in items if isinstance(item, CtSeries)]
 
