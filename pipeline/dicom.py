@@ -45,6 +45,9 @@ UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 MAX_UID_CHARS = 64
 # Characters of a refused value quoted in a message (a hostile header may hold anything).
 QUOTED_CHARS = 80
+# What padding pixels (PixelPaddingValue) become before windowing: air, black in any brain
+# window, as outside the head in the training slices. Their labels are background.
+PADDING_HU = -1000.0
 # Namespace of this project's name-based UIDs (uuid5 of the project's name in the URL space).
 UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "stroke-ct-lesion-segmentation")
 
@@ -102,8 +105,15 @@ class CtSeries:
     pixel_spacing_mm: tuple[float, float]  # between rows, between columns
     slice_spacing_mm: float
     positions_mm: np.ndarray  # each slice's position along the normal
+    # Where a slice holds PixelPaddingValue (bool, like `hu`), or None when no slice does;
+    # its HU are PADDING_HU there.
+    padding: np.ndarray | None = None
     # Files of the series not segmented, and why (a second copy of an instance, ...).
     set_aside: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def padding_pixels(self) -> int:
+        return 0 if self.padding is None else int(np.count_nonzero(self.padding))
 
     @property
     def voxel_volume_ml(self) -> float:
@@ -293,6 +303,9 @@ def _header_problem(headers: list[tuple[DicomSource, Dataset]], max_pixels: int 
         problem = _missing(headers, keyword, len(headers))
         if problem:
             return f"{problem}: Hounsfield units unknown"
+    rescale_types = sorted({str(ds.get("RescaleType", "")).strip() for _, ds in headers} - {""})
+    if rescale_types not in ([], ["HU"]):
+        return f"RescaleType {', '.join(rescale_types)}, not HU: Hounsfield units unknown"
     if any("ModalityLUTSequence" in ds for _, ds in headers):
         return "a Modality LUT Sequence: only linear RescaleSlope/RescaleIntercept is supported"
     photometric = {str(ds.get("PhotometricInterpretation", "")) for _, ds in headers}
@@ -358,6 +371,28 @@ def spacing_problem(positions_mm: np.ndarray) -> str:
     return ""
 
 
+def _as_stored(value: object, ds: Dataset) -> int:
+    """A padding value as the decoded pixels hold it: a signed image's value written as US
+    (two's complement in BitsAllocated bits) becomes the negative number it stands for."""
+    number = int(value)
+    bits = int(ds.get("BitsAllocated", 16))
+    if int(ds.get("PixelRepresentation", 0)) == 1 and number >= 1 << (bits - 1):
+        number -= 1 << bits
+    return number
+
+
+def padding_mask(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
+    """Where `stored` holds padding (PS3.3 C.7.5.1.1.2): PixelPaddingValue, or with
+    PixelPaddingRangeLimit every value between the two, inclusive; None without padding."""
+    if ds.get("PixelPaddingValue") is None:
+        return None
+    value = _as_stored(ds.PixelPaddingValue, ds)
+    if ds.get("PixelPaddingRangeLimit") is None:
+        return stored == value
+    low, high = sorted((value, _as_stored(ds.PixelPaddingRangeLimit, ds)))
+    return (stored >= low) & (stored <= high)
+
+
 def _decode(source: DicomSource) -> tuple[Dataset, np.ndarray] | SeriesRefusal:
     """A file's dataset and stored pixel values, or why they cannot be decoded."""
     try:
@@ -395,7 +430,7 @@ def _load_series(
         if thickness is None or thickness[0] <= 0:
             return SeriesRefusal(uid, "one slice without SliceThickness: its volume is unknown")
         slice_spacing = thickness[0]
-    datasets, sources, volumes, set_aside = [], [], [], []
+    datasets, sources, volumes, set_aside, paddings = [], [], [], [], []
     for index in order:
         instance = instances[index]
         source = instance.source
@@ -414,7 +449,12 @@ def _load_series(
             set_aside.append((copy.name, reason))
         slope = _numbers(ds, "RescaleSlope")[0]
         intercept = _numbers(ds, "RescaleIntercept")[0]
-        volumes.append((stored.astype(np.float64) * slope + intercept).astype(np.float32))
+        hu = (stored.astype(np.float64) * slope + intercept).astype(np.float32)
+        padded = padding_mask(ds, stored)
+        if padded is not None:
+            hu[padded] = PADDING_HU
+        volumes.append(hu)
+        paddings.append(padded)
         datasets.append(ds)
         sources.append(source.name)
     row_mm, column_mm = _numbers(first, "PixelSpacing")
@@ -427,6 +467,9 @@ def _load_series(
         slice_spacing_mm=slice_spacing,
         positions_mm=positions,
         set_aside=set_aside,
+        padding=None
+        if all(padded is None for padded in paddings)
+        else np.stack([np.zeros(hu.shape, bool) if p is None else p for p in paddings]),
     )
 
 

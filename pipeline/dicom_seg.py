@@ -246,6 +246,7 @@ def series_summary(
         "window_level_hu": settings.window_level_hu,
         "window_width_hu": settings.window_width_hu,
         "volume_ml": volumes,
+        "padding_pixels": series.padding_pixels,
         "largest_lesion_slice": largest_lesion_slice(series, labels),
         "hemorrhage_present": volumes[metric_label(HEMORRHAGIC)] >= threshold.ml,
         "triage_threshold_ml_hemorrhagic": threshold.ml,
@@ -295,6 +296,9 @@ def segment_series(
     for chunk in batches(greys, segmenter.batch_size):
         labels.extend(segmenter.segment(chunk))
     volume = np.stack(labels)
+    del labels
+    if series.padding is not None:
+        volume[series.padding] = 0  # padding lies outside the scan: never a lesion
     summary = series_summary(series, volume, threshold, settings)
     with atomic_path(target) as folder:
         folder.mkdir(parents=True)
@@ -305,7 +309,7 @@ def segment_series(
             # highdicom checks the source images against the SEG's needs (patient, study, ...)
             raise DataError(f"no DICOM SEG can be built on this series ({error})") from None
         segmentation.save_as(folder / "seg.dcm")
-        for position, (grey, mask) in enumerate(zip(greys, labels, strict=True), start=1):
+        for position, (grey, mask) in enumerate(zip(greys, volume, strict=True), start=1):
             write_slice_outputs(
                 folder, f"{position:04d}.png", grey, mask, palette, settings.overlay_alpha
             )

@@ -242,6 +242,85 @@ def test_two_different_images_sharing_an_instance_uid_refuse_the_series(tmp_path
     )
 
 
+# ---- 2. pixel padding and the rescale type ------------------------------------------------
+
+OUTSIDE_SCAN = np.hypot(*(np.mgrid[:SIZE_PX, :SIZE_PX] - (SIZE_PX - 1) / 2.0)) >= 0.45 * SIZE_PX
+
+
+def padded(values: Callable[[np.ndarray], np.ndarray], **header) -> Edit:
+    """An edit that stores `values(stored)` outside the scan circle and sets `header`."""
+
+    def edit(index, ds):
+        stored = ds.pixel_array.copy()
+        stored[OUTSIDE_SCAN] = values(stored)[OUTSIDE_SCAN]
+        ds.PixelData = stored.tobytes()
+        for keyword, value in header.items():
+            setattr(ds, keyword, value)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        # the issue's case: 16-bit unsigned, 65535 outside the scan circle
+        padded(lambda stored: np.full_like(stored, 65535), PixelPaddingValue=65535),
+        # a range: every value from 65000 to 65535 (here the limit is written first)
+        padded(
+            lambda stored: 65000 + (np.arange(stored.size) % 536).reshape(stored.shape),
+            PixelPaddingValue=65535,
+            PixelPaddingRangeLimit=65000,
+        ),
+    ],
+    ids=["value", "range"],
+)
+def test_padded_series_give_the_volumes_of_the_unpadded_one(tmp_path, edit):
+    """Issue 24, defect 2: 65535 outside the scan circle, declared as PixelPaddingValue, came
+    out as 586 mL of hemorrhage. Padding is air before windowing and background after."""
+    plain = write_series(tmp_path / "plain", "plain")
+    padded_folder = write_series(tmp_path / "padded", "padded", edit=edit)
+    run = run_segment([plain, padded_folder], tmp_path / "out")
+    assert not run.refused
+    by_uid = {summary["series_instance_uid"]: summary for summary in run.segmented}
+    unpadded = by_uid[derived_uid("test-series", "plain")]
+    with_padding = by_uid[derived_uid("test-series", "padded")]
+    assert with_padding["volume_ml"] == unpadded["volume_ml"]
+    assert unpadded["volume_ml"]["hemorrhagic"] > 0  # the blob: the check is not vacuous
+    assert with_padding["hemorrhage_present"] == unpadded["hemorrhage_present"]
+    assert with_padding["padding_pixels"] == 4 * int(OUTSIDE_SCAN.sum())
+    assert unpadded["padding_pixels"] == 0
+
+
+def test_padding_of_a_signed_image_written_as_unsigned_is_found(tmp_path):
+    """PixelPaddingValue is US or SS like the pixels: 0x8000 written as US on a signed image
+    stands for -32768."""
+
+    def signed(index, ds):
+        hu = slice_hu(index)
+        hu[OUTSIDE_SCAN] = -32768
+        ds.PixelRepresentation = 1
+        ds.RescaleIntercept = "0"
+        ds.PixelData = hu.astype("<i2").tobytes()
+        ds.add_new("PixelPaddingValue", "US", 0x8000)
+
+    folder = write_series(tmp_path / "signed", "signed", edit=signed)
+    (series,) = only_series(read([folder]))
+    assert series.padding_pixels == 4 * int(OUTSIDE_SCAN.sum())
+    assert (series.hu[:, OUTSIDE_SCAN] == -1000.0).all()
+
+
+def test_a_rescale_type_other_than_hu_is_refused(tmp_path):
+    def optical_density(index, ds):
+        ds.RescaleType = "OD"
+
+    folder = write_series(tmp_path / "od", "od", edit=optical_density)
+    hounsfield = write_series(tmp_path / "hu", "hu")  # RescaleType HU, as the phantom writes
+    items = read([folder, hounsfield])
+    (refusal,) = refusals(items)
+    assert refusal.reason == "RescaleType OD, not HU: Hounsfield units unknown"
+    assert len(only_series(items)) == 1
+
+
 # ---- 4. the SEG's identity is tied to its content -----------------------------------------
 
 
