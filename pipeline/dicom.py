@@ -12,7 +12,6 @@ never by file name.
 
 from __future__ import annotations
 
-import io
 import math
 import re
 import uuid
@@ -22,10 +21,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
 import pydicom.pixels
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian
@@ -48,6 +49,11 @@ QUOTED_CHARS = 80
 # What padding pixels (PixelPaddingValue) become before windowing: air, black in any brain
 # window, as outside the head in the training slices. Their labels are background.
 PADDING_HU = -1000.0
+# Header values longer than this are not read (a CT header's longest are a few hundred bytes;
+# a private element of 50 MB in each of a series' files once took 2.2 GB when kept).
+HEADER_VALUE_MAX_BYTES = 64 * 1024
+# HU are computed this many rows at a time (a float64 scratch of 2 MB for 512 columns).
+HU_ROWS_PER_STEP = 512
 # Namespace of this project's name-based UIDs (uuid5 of the project's name in the URL space).
 UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "stroke-ct-lesion-segmentation")
 
@@ -77,11 +83,12 @@ def uid_problem(value: object, keyword: str) -> str:
 
 @dataclass(frozen=True)
 class DicomSource:
-    """One input file: a path, or a member of a zip (`archive.zip!member`)."""
+    """One input file: a path, or a member of a zip (`archive.zip!member`), opened for
+    reading (a seekable binary file) by `open`."""
 
     name: str
     size_bytes: int
-    read: Callable[[], bytes]
+    open: Callable[[], BinaryIO]
 
 
 @dataclass(frozen=True)
@@ -121,12 +128,12 @@ class CtSeries:
         return row_mm * column_mm * self.slice_spacing_mm / 1000.0
 
 
-def _read_file(path: Path) -> Callable[[], bytes]:
-    return path.read_bytes
+def _open_file(path: Path) -> Callable[[], BinaryIO]:
+    return lambda: path.open("rb")
 
 
-def _read_member(archive: zipfile.ZipFile, member: str) -> Callable[[], bytes]:
-    return lambda: archive.read(member)
+def _open_member(archive: zipfile.ZipFile, member: str) -> Callable[[], BinaryIO]:
+    return lambda: archive.open(member)
 
 
 def _folder_files(folder: Path, max_entries: int | None) -> list[Path]:
@@ -163,7 +170,7 @@ def dicom_sources(
                 refusals.append(SeriesRefusal(str(item), str(error)))
                 continue
             for path in files:
-                sources.append(DicomSource(str(path), path.stat().st_size, _read_file(path)))
+                sources.append(DicomSource(str(path), path.stat().st_size, _open_file(path)))
         elif item.is_file() and zipfile.is_zipfile(item):
             try:
                 if max_entries is not None:
@@ -177,17 +184,25 @@ def dicom_sources(
                 continue
             members = [info for info in archive.infolist() if not info.is_dir()]
             for info in sorted(members, key=lambda info: info.filename):
-                read = _read_member(archive, info.filename)
-                sources.append(DicomSource(f"{item}!{info.filename}", info.file_size, read))
+                opener = _open_member(archive, info.filename)
+                sources.append(DicomSource(f"{item}!{info.filename}", info.file_size, opener))
         elif item.is_file():
-            sources.append(DicomSource(str(item), item.stat().st_size, _read_file(item)))
+            sources.append(DicomSource(str(item), item.stat().st_size, _open_file(item)))
         else:
             refusals.append(SeriesRefusal(str(item), "no such file or folder"))
     return sources
 
 
-def _parse(source: DicomSource, *, pixels: bool) -> Dataset:
-    return pydicom.dcmread(io.BytesIO(source.read()), stop_before_pixels=not pixels)
+def read_header(source: DicomSource) -> Dataset:
+    """A file's header: every element but the pixel data and values over
+    HEADER_VALUE_MAX_BYTES, which are skipped unread (pydicom defers them) and dropped."""
+    with source.open() as file:
+        ds = pydicom.dcmread(file, stop_before_pixels=True, defer_size=HEADER_VALUE_MAX_BYTES)
+    for tag in list(ds.keys()):
+        element = ds.get_item(tag, keep_deferred=True)
+        if isinstance(element, RawDataElement) and element.value is None:  # deferred
+            del ds[tag]
+    return ds
 
 
 def _numbers(ds: Dataset, keyword: str) -> tuple[float, ...] | None:
@@ -287,7 +302,11 @@ def _shared_uid(uid: str, first: DicomSource, other: DicomSource, how: str) -> s
     )
 
 
-def _header_problem(headers: list[tuple[DicomSource, Dataset]], max_pixels: int | None) -> str:
+def _header_problem(
+    headers: list[tuple[DicomSource, Dataset]],
+    max_pixels: int | None,
+    max_series_pixels: int | None,
+) -> str:
     """The first reason this series cannot be segmented, from its headers alone; '' if none."""
     modalities = sorted({str(ds.get("Modality", "")) for _, ds in headers})
     if modalities != ["CT"]:
@@ -321,6 +340,11 @@ def _header_problem(headers: list[tuple[DicomSource, Dataset]], max_pixels: int 
         # byte cap can still declare a slice too large to hold.
         return (
             f"{columns}x{rows} px slices, above the limit of {max_pixels} px (extract.max_pixels)"
+        )
+    if max_series_pixels is not None and len(headers) * rows * columns > max_series_pixels:
+        return (
+            f"{len(headers)} slices of {columns}x{rows} px = {len(headers) * rows * columns:,} "
+            f"px, above infer.max_series_pixels = {max_series_pixels:,}; not decoded"
         )
     orientations = np.array([_numbers(ds, "ImageOrientationPatient") for _, ds in headers])
     if orientations.shape[1] != 6:
@@ -393,26 +417,49 @@ def padding_mask(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
     return (stored >= low) & (stored <= high)
 
 
-def _decode(source: DicomSource) -> tuple[Dataset, np.ndarray] | SeriesRefusal:
-    """A file's dataset and stored pixel values, or why they cannot be decoded."""
+def _decode(source: DicomSource, shape: tuple[int, int]) -> np.ndarray | str:
+    """A file's stored pixel values, read without the rest of its dataset; or why not."""
     try:
-        ds = _parse(source, pixels=True)
-        return ds, ds.pixel_array
+        with source.open() as file:
+            stored = pydicom.pixels.pixel_array(file)
     except Exception as error:  # decoders raise many types for damaged pixel data
-        return SeriesRefusal(
-            source.name, f"pixel data of {source.name} cannot be decoded ({error})"
-        )
+        return f"pixel data of {source.name} cannot be decoded ({error})"
+    if stored.shape != shape:
+        return f"pixel data of {source.name} is {stored.shape}, not the {shape} its header says"
+    return stored
+
+
+def _store_hu(stored: np.ndarray, header: Dataset, out: np.ndarray) -> np.ndarray | None:
+    """HU of one slice into `out` (float32), padding as PADDING_HU; where the padding is."""
+    slope = _numbers(header, "RescaleSlope")[0]
+    intercept = _numbers(header, "RescaleIntercept")[0]
+    for start in range(0, stored.shape[0], HU_ROWS_PER_STEP):
+        rows = slice(start, start + HU_ROWS_PER_STEP)
+        out[rows] = stored[rows].astype(np.float64) * slope + intercept
+    padded = padding_mask(header, stored)
+    if padded is not None:
+        out[padded] = PADDING_HU
+    return padded
 
 
 def _load_series(
-    uid: str, headers: list[tuple[DicomSource, Dataset]], max_pixels: int | None
+    uid: str,
+    sources: list[DicomSource],
+    max_pixels: int | None,
+    max_series_pixels: int | None,
 ) -> CtSeries | SeriesRefusal:
+    """One series, checked from its headers, then decoded slice by slice into one volume.
+
+    The headers are read here, for this series alone (without large values); each slice's
+    pixels are decoded, converted into the preallocated HU volume and released, so the
+    series costs its volume and headers plus one slice's decoding."""
+    files = len(sources)
+    headers = [(source, read_header(source)) for source in sources]
     instances = distinct_instances(headers)
     if isinstance(instances, str):
-        return SeriesRefusal(uid, instances, len(headers))
-    files = len(headers)
+        return SeriesRefusal(uid, instances, files)
     headers = [(instance.source, instance.header) for instance in instances]
-    problem = _header_problem(headers, max_pixels)
+    problem = _header_problem(headers, max_pixels, max_series_pixels)
     if problem:
         return SeriesRefusal(uid, problem, files)
     order, positions = order_along_normal(
@@ -430,46 +477,41 @@ def _load_series(
         if thickness is None or thickness[0] <= 0:
             return SeriesRefusal(uid, "one slice without SliceThickness: its volume is unknown")
         slice_spacing = thickness[0]
-    datasets, sources, volumes, set_aside, paddings = [], [], [], [], []
-    for index in order:
+    shape = (int(first.Rows), int(first.Columns))
+    hu = np.empty((len(instances), *shape), np.float32)
+    padding: np.ndarray | None = None
+    set_aside: list[tuple[str, str]] = []
+    for position, index in enumerate(order):
         instance = instances[index]
-        source = instance.source
-        stored = _decode(source)
-        if isinstance(stored, SeriesRefusal):
-            return SeriesRefusal(uid, stored.reason, files)
-        ds, stored = stored
+        stored = _decode(instance.source, shape)
+        if isinstance(stored, str):
+            return SeriesRefusal(uid, stored, files)
         for copy in instance.copies:
-            copied = _decode(copy)
-            if isinstance(copied, SeriesRefusal):
-                return SeriesRefusal(uid, copied.reason, files)
-            if not np.array_equal(copied[1], stored):
-                problem = _shared_uid(ds.SOPInstanceUID, source, copy, "hold different pixels")
-                return SeriesRefusal(uid, problem, files)
-            reason = f"a copy of {source.name} (same SOPInstanceUID and pixels); dropped"
+            copied = _decode(copy, shape)
+            if isinstance(copied, str):
+                return SeriesRefusal(uid, copied, files)
+            if not np.array_equal(copied, stored):
+                how = "hold different pixels"
+                sop_uid = instance.header.SOPInstanceUID
+                return SeriesRefusal(uid, _shared_uid(sop_uid, instance.source, copy, how), files)
+            reason = f"a copy of {instance.source.name} (same SOPInstanceUID and pixels); dropped"
             set_aside.append((copy.name, reason))
-        slope = _numbers(ds, "RescaleSlope")[0]
-        intercept = _numbers(ds, "RescaleIntercept")[0]
-        hu = (stored.astype(np.float64) * slope + intercept).astype(np.float32)
-        padded = padding_mask(ds, stored)
-        if padded is not None:
-            hu[padded] = PADDING_HU
-        volumes.append(hu)
-        paddings.append(padded)
-        datasets.append(ds)
-        sources.append(source.name)
+        padded = _store_hu(stored, instance.header, hu[position])
+        if padded is not None and padded.any():
+            if padding is None:
+                padding = np.zeros(hu.shape, bool)
+            padding[position] = padded
     row_mm, column_mm = _numbers(first, "PixelSpacing")
     return CtSeries(
         series_instance_uid=uid,
-        datasets=datasets,
-        sources=sources,
-        hu=np.stack(volumes),
+        datasets=[instances[index].header for index in order],
+        sources=[instances[index].source.name for index in order],
+        hu=hu,
         pixel_spacing_mm=(row_mm, column_mm),
         slice_spacing_mm=slice_spacing,
         positions_mm=positions,
+        padding=padding,
         set_aside=set_aside,
-        padding=None
-        if all(padded is None for padded in paddings)
-        else np.stack([np.zeros(hu.shape, bool) if p is None else p for p in paddings]),
     )
 
 
@@ -478,16 +520,23 @@ def read_ct_series(
     max_file_bytes: int,
     max_pixels: int | None = None,
     max_entries: int | None = None,
+    max_series_pixels: int | None = None,
 ) -> Iterator[CtSeries | SeriesRefusal]:
     """Each series of the inputs, checked and in HU, or the reason it is refused; files that
     are not DICOM, too large, or belong to no series come out as refusals of their own.
+    Refused unread: files over `max_file_bytes` (infer.max_dicom_file_mb), slices over
+    `max_pixels` (extract.max_pixels), series over `max_series_pixels`
+    (infer.max_series_pixels), zips and folders of more than `max_entries` files
+    (extract.max_entries); None sets no limit.
 
-    Headers are read first (without pixels) to group and check every series; pixels are then
-    decoded one series at a time, so memory holds one series.
+    A first pass reads each file's header (without pixels or large values) only to group the
+    files by series, and keeps only the files' names; each series is then read in turn
+    (`_load_series`), so memory holds one series. A caller that drops each series before
+    asking for the next holds no more.
     """
     with ExitStack() as open_archives:  # the zips' members are read until the last series
         refusals: list[SeriesRefusal] = []
-        groups: dict[str, list[tuple[DicomSource, Dataset]]] = defaultdict(list)
+        groups: dict[str, list[DicomSource]] = defaultdict(list)
         for source in dicom_sources(inputs, refusals, max_entries, open_archives):
             if source.size_bytes > max_file_bytes:
                 refusals.append(
@@ -499,7 +548,7 @@ def read_ct_series(
                 )
                 continue
             try:
-                ds = _parse(source, pixels=False)
+                ds = read_header(source)
             except InvalidDicomError:
                 refusals.append(SeriesRefusal(source.name, "not a DICOM file"))
                 continue
@@ -511,20 +560,23 @@ def read_ct_series(
                 kind = "a DICOMDIR index" if "DirectoryRecordSequence" in ds else "a DICOM file"
                 refusals.append(SeriesRefusal(source.name, f"{kind} with no SeriesInstanceUID"))
                 continue
-            groups[str(value) if isinstance(value, str) else repr(value)].append((source, ds))
+            groups[str(value) if isinstance(value, str) else repr(value)].append(source)
+            del ds
         yield from refusals
         for uid in sorted(groups):
             problem = uid_problem(uid, "SeriesInstanceUID")
             if problem:
                 # Named by its first file: the UID itself may be a path or control characters.
-                first = groups[uid][0][0].name
+                first = groups[uid][0].name
                 yield SeriesRefusal(first, f"{problem}; not read", len(groups[uid]))
                 continue
             try:
-                yield _load_series(uid, groups[uid], max_pixels)
+                yield _load_series(uid, groups[uid], max_pixels, max_series_pixels)
             except (ValueError, TypeError, AttributeError, KeyError) as error:
                 # pydicom raises these for values it cannot convert (an empty Rows, a bad IS)
                 yield SeriesRefusal(uid, f"malformed header ({error})", len(groups[uid]))
+            except (OSError, InvalidDicomError) as error:  # a file changed since it was listed
+                yield SeriesRefusal(uid, f"a file cannot be read again ({error})", len(groups[uid]))
 
 
 def _looks_like_dicom(path: Path) -> bool:

@@ -353,6 +353,29 @@ def summary_row(
     }
 
 
+def _segment_or_refusal(
+    series: CtSeries,
+    segmenter: Segmenter,
+    output_dir: Path,
+    palette: Palette,
+    settings: InferParams,
+    threshold: TriageThreshold,
+    model_version: str,
+    run: DicomRun,
+) -> SeriesRefusal | None:
+    """Segment one series into `run`, or the refusal that says why it could not be."""
+    try:
+        summary = segment_series(
+            segmenter, series, output_dir, palette, settings, threshold, model_version
+        )
+    except DataError as error:
+        return SeriesRefusal(series.series_instance_uid, str(error), len(series.datasets))
+    for name, reason in series.set_aside:
+        print(f"set aside {name}: {reason}", file=sys.stderr)
+    run.segmented.append(summary)
+    return None
+
+
 def segment_dicom(
     segmenter: Segmenter,
     inputs: Sequence[Path | str],
@@ -370,24 +393,20 @@ def segment_dicom(
     run = DicomRun()
     rows: list[dict[str, object]] = []
     max_bytes = int(settings.max_dicom_file_mb * 1e6)
-    for item in read_ct_series(inputs, max_bytes, rules.max_pixels, rules.max_entries):
+    series = read_ct_series(
+        inputs, max_bytes, rules.max_pixels, rules.max_entries, settings.max_series_pixels
+    )
+    for item in series:
         if isinstance(item, CtSeries):
-            try:
-                summary = segment_series(
-                    segmenter, item, output_dir, palette, settings, threshold, model_version
-                )
-            except DataError as error:
-                item = SeriesRefusal(item.series_instance_uid, str(error), len(item.datasets))
-            else:
-                for name, reason in item.set_aside:
-                    print(f"set aside {name}: {reason}", file=sys.stderr)
-                run.segmented.append(summary)
-                rows.append(summary_row(summary, None))
-                continue
-        files = f" ({item.files} files)" if item.files > 1 else ""
-        print(f"refused {item.series}{files}: {item.reason}", file=sys.stderr)
-        run.refused.append(item)
-        rows.append(summary_row(None, item))
+            # Rebinding `item` drops the series before the reader loads the next one.
+            item = _segment_or_refusal(
+                item, segmenter, output_dir, palette, settings, threshold, model_version, run
+            )
+        if item is not None:
+            files = f" ({item.files} files)" if item.files > 1 else ""
+            print(f"refused {item.series}{files}: {item.reason}", file=sys.stderr)
+            run.refused.append(item)
+        rows.append(summary_row(run.segmented[-1] if item is None else None, item))
     table = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     write_text_atomic(output_dir / "summary.csv", table.to_csv(index=False, lineterminator="\n"))
     return run

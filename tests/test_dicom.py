@@ -34,10 +34,12 @@ from pydicom.uid import CTImageStorage, JPEGLosslessSV1
 
 from pipeline.classes import SOURCE_CLASSES
 from pipeline.dicom import (
+    PADDING_HU,
     CtSeries,
     SeriesRefusal,
     is_dicom_input,
     order_along_normal,
+    padding_mask,
     read_ct_series,
     slice_normal,
     spacing_problem,
@@ -263,6 +265,10 @@ def test_reader_on_pydicoms_ct_files_matches_apply_modality_lut_and_geometry(nam
     ds = pydicom.dcmread(path)
     (series,) = only_series(list(read_ct_series([path], MAX_BYTES)))
     expected = apply_modality_lut(ds.pixel_array, ds)
+    padded = padding_mask(ds, ds.pixel_array)  # 693_J2KI pads with -2000 (494 pixels)
+    if padded is not None:
+        expected[padded] = PADDING_HU
+        assert series.padding_pixels == np.count_nonzero(padded)
     assert series.hu.shape == (1, ds.Rows, ds.Columns)
     np.testing.assert_allclose(series.hu[0], expected, atol=1e-3)
     if float(ds.RescaleIntercept) != 0:
