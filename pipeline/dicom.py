@@ -29,7 +29,14 @@ import pydicom.pixels
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    ExplicitVRLittleEndian,
+    LegacyConvertedEnhancedCTImageStorage,
+    MediaStorageDirectoryStorage,
+)
 
 from pipeline.io import DataError
 from pipeline.zip_directory import read_central_directory
@@ -49,6 +56,13 @@ QUOTED_CHARS = 80
 # What padding pixels (PixelPaddingValue) become before windowing: air, black in any brain
 # window, as outside the head in the training slices. Their labels are background.
 PADDING_HU = -1000.0
+# SOP classes of CT slices. Enhanced CT is multi-frame and refused as such by the header checks;
+# any other class in a series (a secondary capture, a dose report, ...) is set aside.
+CT_IMAGE_CLASSES = frozenset(
+    {CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage}
+)
+# Files that operating systems and archivers leave beside the data, by name (lower case).
+OS_METADATA_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 # Header values longer than this are not read (a CT header's longest are a few hundred bytes;
 # a private element of 50 MB in each of a series' files once took 2.2 GB when kept).
 HEADER_VALUE_MAX_BYTES = 64 * 1024
@@ -89,6 +103,15 @@ class DicomSource:
     name: str
     size_bytes: int
     open: Callable[[], BinaryIO]
+
+
+@dataclass(frozen=True)
+class IgnoredFile:
+    """A file that is no part of any series and not an error: a DICOMDIR index (the files
+    it lists are read directly) or what operating systems and archivers leave beside data."""
+
+    name: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -136,6 +159,18 @@ def _open_member(archive: zipfile.ZipFile, member: str) -> Callable[[], BinaryIO
     return lambda: archive.open(member)
 
 
+def os_metadata_reason(name: str) -> str:
+    """Why a file named `name` (a path inside an input) is operating-system metadata, or ''."""
+    parts = re.split(r"[/\\]", name)
+    if "__MACOSX" in parts:
+        return "macOS archive metadata (__MACOSX)"
+    if parts[-1].startswith("._"):
+        return "macOS resource fork (._ file)"
+    if parts[-1].lower() in OS_METADATA_NAMES:
+        return "operating system metadata"
+    return ""
+
+
 def _folder_files(folder: Path, max_entries: int | None) -> list[Path]:
     """A folder's files, recursively and sorted; DataError past `max_entries` files and
     folders (counted as they are found, before the sort holds them all)."""
@@ -155,10 +190,12 @@ def dicom_sources(
     refusals: list[SeriesRefusal],
     max_entries: int | None,
     open_archives: ExitStack,
+    ignored: list[IgnoredFile],
 ) -> list[DicomSource]:
     """Every file of the inputs: folders (recursively, sorted), zips (every member) and
     single files. A missing input, a broken zip, or a zip or folder of more than
-    `max_entries` entries is added to `refusals`. Each zip is opened once, in
+    `max_entries` entries is added to `refusals`; operating-system metadata files
+    (`os_metadata_reason`) to `ignored`. Each zip is opened once, in
     `open_archives`, and its members are read from it (reopening it for each member would
     parse its whole directory each time)."""
     sources: list[DicomSource] = []
@@ -170,6 +207,10 @@ def dicom_sources(
                 refusals.append(SeriesRefusal(str(item), str(error)))
                 continue
             for path in files:
+                reason = os_metadata_reason(str(path.relative_to(item)))
+                if reason:
+                    ignored.append(IgnoredFile(str(path), reason))
+                    continue
                 sources.append(DicomSource(str(path), path.stat().st_size, _open_file(path)))
         elif item.is_file() and zipfile.is_zipfile(item):
             try:
@@ -184,6 +225,10 @@ def dicom_sources(
                 continue
             members = [info for info in archive.infolist() if not info.is_dir()]
             for info in sorted(members, key=lambda info: info.filename):
+                reason = os_metadata_reason(info.filename)
+                if reason:
+                    ignored.append(IgnoredFile(f"{item}!{info.filename}", reason))
+                    continue
                 opener = _open_member(archive, info.filename)
                 sources.append(DicomSource(f"{item}!{info.filename}", info.file_size, opener))
         elif item.is_file():
@@ -240,6 +285,19 @@ def _transfer_syntax_problem(ds: Dataset) -> str:
         return ""
     needs = f" (install one of: {'; '.join(decoder.missing_dependencies)})"
     return f"pixel data in {syntax.name} ({syntax}) and no decoder for it is installed{needs}"
+
+
+def not_a_ct_slice(ds: Dataset) -> str:
+    """Why an instance of a series is no CT slice to segment (a localizer, a secondary
+    capture or another SOP class), or ''. ImageType's third value is LOCALIZER for a scout."""
+    image_type = ds.get("ImageType") or []
+    values = [image_type] if isinstance(image_type, str) else [str(v) for v in image_type]
+    if "LOCALIZER" in (value.strip().upper() for value in values[2:]):
+        return f"a localizer (ImageType {chr(92).join(values)})"
+    sop_class = UID(str(ds.get("SOPClassUID", "")))
+    if sop_class and sop_class not in CT_IMAGE_CLASSES:
+        return f"a {sop_class.name} instance, not a CT slice"
+    return ""
 
 
 # Header values that two files of one SOPInstanceUID must share to be copies of one image
@@ -454,7 +512,17 @@ def _load_series(
     pixels are decoded, converted into the preallocated HU volume and released, so the
     series costs its volume and headers plus one slice's decoding."""
     files = len(sources)
-    headers = [(source, read_header(source)) for source in sources]
+    headers, set_aside = [], []
+    for source in sources:
+        ds = read_header(source)
+        reason = not_a_ct_slice(ds)
+        if reason:
+            set_aside.append((source.name, f"{reason}; set aside"))
+        else:
+            headers.append((source, ds))
+    if not headers:
+        name, reason = set_aside[0]
+        return SeriesRefusal(uid, f"no CT slices among its files (e.g. {name}: {reason})", files)
     instances = distinct_instances(headers)
     if isinstance(instances, str):
         return SeriesRefusal(uid, instances, files)
@@ -480,7 +548,6 @@ def _load_series(
     shape = (int(first.Rows), int(first.Columns))
     hu = np.empty((len(instances), *shape), np.float32)
     padding: np.ndarray | None = None
-    set_aside: list[tuple[str, str]] = []
     for position, index in enumerate(order):
         instance = instances[index]
         stored = _decode(instance.source, shape)
@@ -521,9 +588,10 @@ def read_ct_series(
     max_pixels: int | None = None,
     max_entries: int | None = None,
     max_series_pixels: int | None = None,
-) -> Iterator[CtSeries | SeriesRefusal]:
+) -> Iterator[CtSeries | SeriesRefusal | IgnoredFile]:
     """Each series of the inputs, checked and in HU, or the reason it is refused; files that
-    are not DICOM, too large, or belong to no series come out as refusals of their own.
+    are not DICOM, too large, or belong to no series come out as refusals of their own, and
+    DICOMDIR indexes and operating-system metadata as IgnoredFile.
     Refused unread: files over `max_file_bytes` (infer.max_dicom_file_mb), slices over
     `max_pixels` (extract.max_pixels), series over `max_series_pixels`
     (infer.max_series_pixels), zips and folders of more than `max_entries` files
@@ -536,8 +604,9 @@ def read_ct_series(
     """
     with ExitStack() as open_archives:  # the zips' members are read until the last series
         refusals: list[SeriesRefusal] = []
+        ignored: list[IgnoredFile] = []
         groups: dict[str, list[DicomSource]] = defaultdict(list)
-        for source in dicom_sources(inputs, refusals, max_entries, open_archives):
+        for source in dicom_sources(inputs, refusals, max_entries, open_archives, ignored):
             if source.size_bytes > max_file_bytes:
                 refusals.append(
                     SeriesRefusal(
@@ -555,13 +624,20 @@ def read_ct_series(
             except Exception as error:  # truncated or corrupt files raise many types
                 refusals.append(SeriesRefusal(source.name, f"not a readable DICOM file ({error})"))
                 continue
+            meta = getattr(ds, "file_meta", None) or {}
+            if meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
+                reason = "a DICOMDIR index (the files it lists are read directly)"
+                ignored.append(IgnoredFile(source.name, reason))
+                continue
             value = ds.get("SeriesInstanceUID", "")
             if not value:
-                kind = "a DICOMDIR index" if "DirectoryRecordSequence" in ds else "a DICOM file"
-                refusals.append(SeriesRefusal(source.name, f"{kind} with no SeriesInstanceUID"))
+                refusals.append(
+                    SeriesRefusal(source.name, "a DICOM file with no SeriesInstanceUID")
+                )
                 continue
             groups[str(value) if isinstance(value, str) else repr(value)].append(source)
             del ds
+        yield from ignored
         yield from refusals
         for uid in sorted(groups):
             problem = uid_problem(uid, "SeriesInstanceUID")

@@ -35,7 +35,14 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from pipeline.classes import HEMORRHAGIC, ISCHEMIC, SOURCE_CLASSES, metric_label
-from pipeline.dicom import CtSeries, SeriesRefusal, derived_uid, read_ct_series, uid_problem
+from pipeline.dicom import (
+    CtSeries,
+    IgnoredFile,
+    SeriesRefusal,
+    derived_uid,
+    read_ct_series,
+    uid_problem,
+)
 from pipeline.inference import Segmenter, batches, write_slice_outputs
 from pipeline.io import (
     DataError,
@@ -323,6 +330,7 @@ class DicomRun:
 
     segmented: list[dict[str, object]] = field(default_factory=list)
     refused: list[SeriesRefusal] = field(default_factory=list)
+    ignored: list[IgnoredFile] = field(default_factory=list)  # no part of any series
 
 
 def summary_row(
@@ -397,6 +405,10 @@ def segment_dicom(
         inputs, max_bytes, rules.max_pixels, rules.max_entries, settings.max_series_pixels
     )
     for item in series:
+        if isinstance(item, IgnoredFile):
+            print(f"ignored {item.name}: {item.reason}", file=sys.stderr)
+            run.ignored.append(item)
+            continue
         if isinstance(item, CtSeries):
             # Rebinding `item` drops the series before the reader loads the next one.
             item = _segment_or_refusal(

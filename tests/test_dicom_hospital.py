@@ -23,9 +23,11 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
+from pydicom.uid import SecondaryCaptureImageStorage
 
-from pipeline.dicom import CtSeries, SeriesRefusal, derived_uid, read_ct_series
+from pipeline.dicom import CtSeries, IgnoredFile, SeriesRefusal, derived_uid, read_ct_series
 from pipeline.dicom_seg import segment_dicom, series_folder, triage_threshold
 from pipeline.inference import Segmenter
 from pipeline.io import DataError
@@ -482,6 +484,100 @@ def test_one_series_is_alive_at_a_time(tmp_path):
     assert alone["segmented"] == 1 and both["segmented"] == 2
     series_mb = 24 * 512 * 512 * 4 / 2**20  # the HU volume alone: 24 MB
     assert both["increase_mb"] < alone["increase_mb"] + series_mb / 2, (alone, both)
+
+
+# ---- 6. localizers, secondary captures, DICOMDIR and OS metadata --------------------------
+
+
+def add_non_images(folder: Path, name: str) -> dict[str, str]:
+    """A localizer (coronal, another size, no slice of the axial stack) and a secondary
+    capture (no PixelSpacing) added to the series `name` in `folder`: {file: why}."""
+
+    def localizer(index, ds):
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        ds.SOPInstanceUID = derived_uid("test-localizer", name)
+        return index == 0
+
+    def secondary_capture(index, ds):
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        ds.SOPInstanceUID = derived_uid("test-capture", name)
+        del ds.PixelSpacing
+        return index == 0
+
+    write_series(folder / "scout", name, slices=1, size=48, edit=localizer)
+    write_series(folder / "capture", name, slices=1, edit=secondary_capture)
+    return {
+        str(folder / "scout" / "000.dcm"): "a localizer (ImageType ORIGINAL\\PRIMARY\\LOCALIZER); "
+        "set aside",
+        str(folder / "capture" / "000.dcm"): "a Secondary Capture Image Storage instance, not a "
+        "CT slice; set aside",
+    }
+
+
+def test_localizers_and_secondary_captures_are_set_aside_and_the_series_segmented(tmp_path):
+    """Issue 24: a scout or a secondary capture in a series refused it ("mixed orientations",
+    "PixelSpacing missing")."""
+    folder = write_series(tmp_path / "in", "study")
+    expected = add_non_images(folder, "study")
+    run = run_segment([folder], tmp_path / "out")
+    assert not run.refused
+    (summary,) = run.segmented
+    assert summary["slices"] == 4
+    assert {item["file"]: item["reason"] for item in summary["set_aside"]} == expected
+
+
+def test_a_series_of_localizers_alone_is_refused_naming_one(tmp_path):
+    def localizer(index, ds):
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+
+    folder = write_series(tmp_path / "scouts", "scouts", slices=2, edit=localizer)
+    (refusal,) = refusals(read([folder]))
+    assert refusal.reason.startswith(f"no CT slices among its files (e.g. {folder / '000.dcm'}: ")
+
+
+def dicom_tree_with_os_metadata(root: Path) -> Path:
+    """A series as it comes off a CD or out of a Mac's zip: DICOMDIR, __MACOSX, ._ and
+    .DS_Store files beside the slices."""
+    folder = write_series(root / "disc", "disc")
+    shutil.copy(get_testdata_file("DICOMDIR"), folder / "DICOMDIR")
+    (folder / "__MACOSX").mkdir()
+    (folder / "__MACOSX" / "._000.dcm").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (folder / "._001.dcm").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    return folder
+
+
+def test_dicomdir_and_os_metadata_are_ignored(tmp_path):
+    """Issue 24: a DICOMDIR or macOS `__MACOSX/._*` files turned exit 0 into 2."""
+    folder = dicom_tree_with_os_metadata(tmp_path)
+    archive = shutil.make_archive(str(tmp_path / "disc"), "zip", folder)
+    for source in (folder, Path(archive)):
+        items = read([source])
+        assert not refusals(items) and len(only_series(items)) == 1
+        ignored = {
+            Path(item.name.split("!")[-1]).name: item.reason
+            for item in items
+            if isinstance(item, IgnoredFile)
+        }
+        assert ignored == {
+            "DICOMDIR": "a DICOMDIR index (the files it lists are read directly)",
+            "._000.dcm": "macOS archive metadata (__MACOSX)",
+            "._001.dcm": "macOS resource fork (._ file)",
+            ".DS_Store": "operating system metadata",
+        }
+
+
+def test_the_command_exits_0_on_a_hospital_export(tmp_path, model):
+    """Localizer, secondary capture, a copied instance, DICOMDIR and Mac metadata around one
+    series: segmented, each set-aside or ignored file named on stderr, exit status 0."""
+    folder = dicom_tree_with_os_metadata(tmp_path)
+    add_non_images(folder, "disc")
+    shutil.copy(folder / "002.dcm", folder / "002 copy.dcm")
+    result = run_command(tmp_path, model, folder)
+    assert result.returncode == 0, result.stderr
+    assert "refused" not in result.stderr.replace("refused 0", "")
+    assert result.stderr.count("set aside ") == 3 and result.stderr.count("ignored ") == 4
 
 
 def only_series(items: list) -> list[CtSeries]:
