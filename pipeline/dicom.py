@@ -41,7 +41,10 @@ from pydicom.uid import (
 from pipeline.io import DataError
 from pipeline.zip_directory import read_central_directory
 
-# Two orientations are the same when their direction cosines agree this closely.
+# Direction cosines: each row and column direction has unit length, the two are at right angles
+# (|dot| below this), and two slices share an orientation when their cosines agree this
+# closely. Scanners write them with 5 or 6 decimals (rounding errors near 1e-5). The SEG writer
+# (highdicom) compares orientations exactly, so it is given the first slice's for all.
 ORIENTATION_TOLERANCE = 1e-4
 # Slice gaps may differ from their median by this share (or POSITION_TOLERANCE_MM, if larger):
 # positions are written as decimal strings, rounded to a few digits.
@@ -407,8 +410,15 @@ def _header_problem(
     orientations = np.array([_numbers(ds, "ImageOrientationPatient") for _, ds in headers])
     if orientations.shape[1] != 6:
         return "ImageOrientationPatient must hold 6 direction cosines"
+    for (source, _), orientation in zip(headers, orientations, strict=True):
+        problem = orientation_problem(orientation)
+        if problem:
+            return f"{problem} in {source.name}"
     if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
-        return "mixed orientations (ImageOrientationPatient differs between slices)"
+        return (
+            "mixed orientations (ImageOrientationPatient differs between slices by more than "
+            f"{ORIENTATION_TOLERANCE:g})"
+        )
     spacings = np.array([_numbers(ds, "PixelSpacing") for _, ds in headers])
     if spacings.shape[1] != 2 or (spacings <= 0).any():
         return f"PixelSpacing must be two positive numbers, got {spacings[0].tolist()}"
@@ -418,6 +428,22 @@ def _header_problem(
         problem = _transfer_syntax_problem(ds)
         if problem:
             return f"{problem} (e.g. {source.name})"
+    return ""
+
+
+def orientation_problem(orientation: Sequence[float]) -> str:
+    """'' when ImageOrientationPatient holds two unit vectors at right angles (within
+    ORIENTATION_TOLERANCE); else what is wrong."""
+    row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float)
+    lengths = (float(np.linalg.norm(row)), float(np.linalg.norm(column)))
+    dot = float(row @ column)
+    if max(abs(length - 1.0) for length in lengths) > ORIENTATION_TOLERANCE:
+        shown = ", ".join(f"{length:.6f}" for length in lengths)
+        return f"ImageOrientationPatient direction cosines of length {shown}, not 1"
+    if abs(dot) > ORIENTATION_TOLERANCE:
+        return (
+            f"ImageOrientationPatient row and column directions not at right angles (dot {dot:.6f})"
+        )
     return ""
 
 
@@ -569,9 +595,12 @@ def _load_series(
                 padding = np.zeros(hu.shape, bool)
             padding[position] = padded
     row_mm, column_mm = _numbers(first, "PixelSpacing")
+    datasets = [instances[index].header for index in order]
+    for ds in datasets:  # all within ORIENTATION_TOLERANCE of it: see there
+        ds.ImageOrientationPatient = first.ImageOrientationPatient
     return CtSeries(
         series_instance_uid=uid,
-        datasets=[instances[index].header for index in order],
+        datasets=datasets,
         sources=[instances[index].source.name for index in order],
         hu=hu,
         pixel_spacing_mm=(row_mm, column_mm),

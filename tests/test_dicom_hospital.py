@@ -23,18 +23,28 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from pipeline.dicom import CtSeries, IgnoredFile, SeriesRefusal, derived_uid, read_ct_series
+from pipeline.dicom import (
+    ORIENTATION_TOLERANCE,
+    CtSeries,
+    IgnoredFile,
+    SeriesRefusal,
+    derived_uid,
+    orientation_problem,
+    read_ct_series,
+)
 from pipeline.dicom_seg import segment_dicom, series_folder, triage_threshold
 from pipeline.inference import Segmenter
 from pipeline.io import DataError
 from pipeline.synthesize.dicom_series import phantom_slice_dataset
 from pipeline.synthesize.layout import plan_cases
 from tests.conftest import project_params
-from tests.test_dicom import run_command, seg_labels
+from tests.test_dicom import angles, rotation, run_command, seg_labels
 from tests.test_inference import MODEL_SIZE, numpy_forward, tiny_model  # noqa: F401 (fixture)
 from tests.test_synthesize import SMALL as SMALL_PHANTOM
 
@@ -578,6 +588,58 @@ def test_the_command_exits_0_on_a_hospital_export(tmp_path, model):
     assert result.returncode == 0, result.stderr
     assert "refused" not in result.stderr.replace("refused 0", "")
     assert result.stderr.count("set aside ") == 3 and result.stderr.count("ignored ") == 4
+
+
+# ---- 8. orientation validated up front ----------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(angles, angles, angles, st.integers(0, 5), st.sampled_from([-1.0, 1.0]))
+def test_any_rotation_passes_and_a_cosine_off_by_more_than_the_tolerance_does_not(
+    yaw, pitch, roll, component, sign
+):
+    matrix = rotation(yaw, pitch, roll)
+    orientation = np.array([*matrix[:, 0], *matrix[:, 1]])
+    assert orientation_problem(orientation) == ""
+    nudged = orientation.copy()
+    nudged[component] += sign * 3 * ORIENTATION_TOLERANCE
+    row, column = nudged[:3], nudged[3:]
+    off = max(abs(np.linalg.norm(row) - 1), abs(np.linalg.norm(column) - 1), abs(row @ column))
+    assert (orientation_problem(nudged) != "") == (off > ORIENTATION_TOLERANCE)
+
+
+@pytest.mark.parametrize(
+    ("cosines", "message"),
+    [
+        ([1.01, 0, 0, 0, 1, 0], "direction cosines of length 1.010000, 1.000000, not 1"),
+        ([1, 0, 0, 0.3, 0.953939, 0], "not at right angles (dot 0.300000)"),
+    ],
+)
+def test_orientations_that_are_not_unit_and_orthogonal_are_refused_before_decoding(
+    tmp_path, cosines, message
+):
+    def skewed(index, ds):
+        ds.ImageOrientationPatient = cosines
+
+    folder = write_series(tmp_path / "skewed", "skewed", edit=skewed)
+    (refusal,) = refusals(read([folder]))
+    assert message in refusal.reason and str(folder / "000.dcm") in refusal.reason
+
+
+def test_slices_within_the_orientation_tolerance_get_a_seg(tmp_path):
+    """Issue 24: cosines 5e-5 apart passed the reader (tolerance 1e-4) and then failed in
+    highdicom ("Source images must have a shared orientation"), after inference. The SEG is
+    given the one orientation the reader accepted."""
+
+    def wobbling(index, ds):
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 5e-5 * (index % 2)]
+
+    folder = write_series(tmp_path / "wobbling", "wobbling", edit=wobbling)
+    run = run_segment([folder], tmp_path / "out")
+    assert not run.refused, run.refused
+    (series,) = only_series(read([folder]))
+    seg_path = tmp_path / "out" / series.series_instance_uid / "seg.dcm"
+    assert seg_labels(seg_path, series).shape == (4, SIZE_PX, SIZE_PX)
 
 
 def only_series(items: list) -> list[CtSeries]:
