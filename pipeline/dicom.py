@@ -34,6 +34,7 @@ from pydicom.uid import (
     CTImageStorage,
     EnhancedCTImageStorage,
     ExplicitVRLittleEndian,
+    JPEGExtended12Bit,
     LegacyConvertedEnhancedCTImageStorage,
     MediaStorageDirectoryStorage,
 )
@@ -66,6 +67,8 @@ CT_IMAGE_CLASSES = frozenset(
 )
 # Files that operating systems and archivers leave beside the data, by name (lower case).
 OS_METADATA_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+# pydicom's decoder plugins that read JPEG of more than 8 bits (Pillow reads 8-bit JPEG only).
+HIGH_BIT_JPEG_PLUGINS = frozenset({"pylibjpeg", "gdcm"})
 # Header values longer than this are not read (a CT header's longest are a few hundred bytes;
 # a private element of 50 MB in each of a series' files once took 2.2 GB when kept).
 HEADER_VALUE_MAX_BYTES = 64 * 1024
@@ -285,6 +288,12 @@ def _transfer_syntax_problem(ds: Dataset) -> str:
     except NotImplementedError:
         return f"pixel data in {syntax.name} ({syntax}), which pydicom cannot decode"
     if decoder.is_available:
+        high_bit = syntax == JPEGExtended12Bit and int(ds.get("BitsStored", 8)) > 8
+        if high_bit and not HIGH_BIT_JPEG_PLUGINS & set(decoder.available_plugins):
+            return (
+                f"pixel data in {syntax.name} ({syntax}) with {ds.BitsStored} bits, and no "
+                "decoder for JPEG above 8 bits is installed (install pylibjpeg-libjpeg)"
+            )
         return ""
     needs = f" (install one of: {'; '.join(decoder.missing_dependencies)})"
     return f"pixel data in {syntax.name} ({syntax}) and no decoder for it is installed{needs}"

@@ -27,7 +27,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import SecondaryCaptureImageStorage
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEGLosslessSV1, SecondaryCaptureImageStorage
 
 from pipeline.dicom import (
     ORIENTATION_TOLERANCE,
@@ -640,6 +641,117 @@ def test_slices_within_the_orientation_tolerance_get_a_seg(tmp_path):
     (series,) = only_series(read([folder]))
     seg_path = tmp_path / "out" / series.series_instance_uid / "seg.dcm"
     assert seg_labels(seg_path, series).shape == (4, SIZE_PX, SIZE_PX)
+
+
+# ---- 7. JPEG Lossless and 12-bit JPEG ------------------------------------------------------
+
+
+def jpeg_lossless(stored: np.ndarray, bits: int = 16) -> bytes:
+    """A JPEG Lossless (process 14, selection value 1) stream of an unsigned image: no encoder
+    for it is on PyPI, so this one writes it. One Huffman table gives each difference category
+    (0-16) a 5-bit code; differences are taken modulo 2**16 (ITU T.81 H.1.2)."""
+    rows, columns = stored.shape
+    values = stored.astype(np.int64)
+    predicted = np.empty_like(values)
+    predicted[0, 0] = 1 << (bits - 1)
+    predicted[0, 1:] = values[0, :-1]  # first row: the left neighbour
+    predicted[1:, 0] = values[:-1, 0]  # first column: the one above
+    predicted[1:, 1:] = values[1:, :-1]  # selection value 1: the left neighbour
+    bit_string = []
+    for difference in ((values - predicted) % 65536).ravel().tolist():
+        difference = difference - 65536 if difference > 32768 else difference
+        category = abs(difference).bit_length()
+        bit_string.append(format(category, "05b"))
+        if 0 < category < 16:
+            extra = difference if difference > 0 else difference - 1
+            bit_string.append(format(extra & ((1 << category) - 1), f"0{category}b"))
+    bit_string = "".join(bit_string)
+    bit_string += "1" * (-len(bit_string) % 8)
+    scan = bytes(int(bit_string[at : at + 8], 2) for at in range(0, len(bit_string), 8))
+    scan = scan.replace(b"\xff", b"\xff\x00")
+    frame = (
+        bytes([bits]) + rows.to_bytes(2, "big") + columns.to_bytes(2, "big") + b"\x01\x01\x11\x00"
+    )
+    huffman = b"\x00" + bytes([0, 0, 0, 0, 17] + [0] * 11) + bytes(range(17))
+    start_of_scan = b"\x01\x01\x00\x01\x00\x00"
+
+    def segment(marker: int, payload: bytes) -> bytes:
+        return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+    return (
+        b"\xff\xd8"
+        + segment(0xC3, frame)
+        + segment(0xC4, huffman)
+        + segment(0xDA, start_of_scan)
+        + scan
+        + b"\xff\xd9"
+    )
+
+
+def test_jpeg_lossless_ct_decodes_to_the_same_hu(tmp_path):
+    """Issue 24: JPEG Lossless (process 14, SV1), the usual lossless CT syntax, could not be
+    decoded; pylibjpeg-libjpeg (pinned in requirements) decodes it."""
+
+    def compressed(index, ds):
+        ds.PixelData = encapsulate([jpeg_lossless(ds.pixel_array)])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+
+    plain = write_series(tmp_path / "plain", "lossless")
+    lossless = write_series(tmp_path / "lossless", "lossless", edit=compressed)
+    assert dataset(lossless / "000.dcm").file_meta.TransferSyntaxUID == JPEGLosslessSV1
+    (expected,) = only_series(read([plain]))
+    (series,) = only_series(read([lossless]))
+    np.testing.assert_array_equal(series.hu, expected.hu)
+
+
+def twelve_bit_jpeg(tmp_path: Path) -> Path:
+    """pydicom's 12-bit JPEG Extended test image (NM, 1024 x 256) as one CT slice."""
+    source = dataset(Path(get_testdata_file("JPGExtended.dcm")))
+
+    def twelve_bit(index, ds):
+        for keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelData"):
+            setattr(ds, keyword, source[keyword].value)
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = source.file_meta.TransferSyntaxUID
+        return index == 0
+
+    return write_series(tmp_path / "twelve", "twelve", slices=1, edit=twelve_bit)
+
+
+def test_12_bit_jpeg_extended_ct_decodes(tmp_path):
+    """Issue 24: 12-bit JPEG Extended was reported decodable (Pillow is installed) and then
+    failed (Pillow reads 8-bit JPEG only); pylibjpeg-libjpeg decodes it."""
+    folder = twelve_bit_jpeg(tmp_path)
+    (series,) = only_series(read([folder]))
+    stored = dataset(Path(get_testdata_file("JPGExtended.dcm"))).pixel_array
+    assert stored.max() > 255  # more than 8 bits really are used
+    np.testing.assert_array_equal(series.hu[0], stored.astype(np.float32) - 1024.0)
+
+
+def test_12_bit_jpeg_without_a_decoder_for_it_is_refused_before_decoding(tmp_path):
+    """Where pylibjpeg is not installed (here: made unimportable in a child process), Pillow
+    alone claims JPEG Extended; the series is refused from its headers with what to install,
+    instead of failing in the decoder."""
+    folder = twelve_bit_jpeg(tmp_path)
+    without_pylibjpeg = (
+        "import sys; sys.modules['pylibjpeg'] = sys.modules['libjpeg'] = None\n"
+        "from pipeline.dicom import read_ct_series\n"
+        "print(*(item.reason for item in read_ct_series(sys.argv[1:], 10**8)), sep='\\n')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", without_pylibjpeg, str(folder)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.strip() == (
+        "pixel data in JPEG Extended (Process 2 and 4) (1.2.840.10008.1.2.4.51) with 12 bits, "
+        "and no decoder for JPEG above 8 bits is installed (install pylibjpeg-libjpeg) "
+        f"(e.g. {folder / '000.dcm'})"
+    ), done.stderr[-2000:]
 
 
 def only_series(items: list) -> list[CtSeries]:
