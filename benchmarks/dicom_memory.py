@@ -122,8 +122,10 @@ def run(project: Path, workdir: Path, model: Path, source: Path) -> dict[str, ob
     output = workdir / "out"
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-c", COMMAND, "--params", str(params), "--model", str(model)]
-        + ["--input", str(source), "--output", str(output)],
+        [
+            *(sys.executable, "-c", COMMAND, "--params", str(params), "--model", str(model)),
+            *("--input", str(source), "--output", str(output)),
+        ],
         cwd=workdir,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(project)},
         capture_output=True,
@@ -131,13 +133,14 @@ def run(project: Path, workdir: Path, model: Path, source: Path) -> dict[str, ob
         timeout=TIMEOUT_S,
     )
     peak = re.search(r"peak_kb (\d+)", result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.startswith(("refused", "seg"))]
+    said = ("refused", "segmented", "set aside", "ignored", "Traceback")
+    lines = [line for line in result.stderr.splitlines() if line.startswith(said)]
     return {
         "exit_status": result.returncode,
         "peak_mb": round(int(peak.group(1)) / 1024) if peak else None,
         "wall_s": round(time.perf_counter() - started, 1),
         "input_bytes": sum(p.stat().st_size for p in [source, *source.rglob("*")] if p.is_file()),
-        "stderr": [line[:160] for line in lines[:3]],
+        "stderr": [line[:160] for line in lines[:6]],
     }
 
 

@@ -17,7 +17,7 @@ import re
 import uuid
 import zipfile
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -372,16 +372,23 @@ def _shared_uid(uid: str, first: DicomSource, other: DicomSource, how: str) -> s
     )
 
 
+def _modality_problem(modalities: Iterable[str]) -> str:
+    found = sorted(set(modalities))
+    if found != ["CT"]:
+        shown = ", ".join(m or "(none)" for m in found)
+        return f"modality {shown}, not CT"
+    return ""
+
+
 def _header_problem(
     headers: list[tuple[DicomSource, Dataset]],
     max_pixels: int | None,
     max_series_pixels: int | None,
 ) -> str:
     """The first reason this series cannot be segmented, from its headers alone; '' if none."""
-    modalities = sorted({str(ds.get("Modality", "")) for _, ds in headers})
-    if modalities != ["CT"]:
-        shown = ", ".join(m or "(none)" for m in modalities)
-        return f"modality {shown}, not CT"
+    problem = _modality_problem(str(ds.get("Modality", "")) for _, ds in headers)
+    if problem:
+        return problem
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds in headers):
         return "multi-frame images (Enhanced CT) are not supported; export single-frame slices"
     for keyword in ("PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient"):
@@ -547,15 +554,19 @@ def _load_series(
     pixels are decoded, converted into the preallocated HU volume and released, so the
     series costs its volume and headers plus one slice's decoding."""
     files = len(sources)
-    headers, set_aside = [], []
+    headers, set_aside, modalities = [], [], []
     for source in sources:
         ds = read_header(source)
         reason = not_a_ct_slice(ds)
         if reason:
             set_aside.append((source.name, f"{reason}; set aside"))
+            modalities.append(str(ds.get("Modality", "")))
         else:
             headers.append((source, ds))
     if not headers:
+        problem = _modality_problem(modalities)  # an MR series is refused as MR
+        if problem:
+            return SeriesRefusal(uid, problem, files)
         name, reason = set_aside[0]
         return SeriesRefusal(uid, f"no CT slices among its files (e.g. {name}: {reason})", files)
     instances = distinct_instances(headers)
