@@ -3,11 +3,17 @@ series in Hounsfield units (the new-images command, pipeline/dicom_seg.py), and 
 name-based UIDs (`derived_uid`). The phantom's own series are written by
 pipeline/synthesize/dicom_series.py.
 
-Files are grouped by SeriesInstanceUID and each series is checked before its pixels
-are decoded; a series that cannot be read right is refused with one sentence that says why
-(`SeriesRefusal`), and the other series still go on. Slices are ordered by their
+Files are grouped by SeriesInstanceUID (which must be a DICOM UID: it names the output
+folder) and each series is checked before its pixels are decoded; a series that cannot be
+read right is refused with one sentence that says why (`SeriesRefusal`), and the other series
+still go on. Within a series, instances are identified by SOPInstanceUID (a second copy is set
+aside), and localizers and other non-CT instances are set aside; DICOMDIR indexes and
+operating-system metadata are ignored (`IgnoredFile`). Slices are ordered by their
 ImagePositionPatient projected on the slice normal (ImageOrientationPatient's row x column),
-never by file name.
+never by file name. Stored values become HU through the rescale, pixel padding becomes air.
+
+Memory holds one series: headers without large values, and one float32 HU volume filled
+slice by slice (`read_ct_series`).
 """
 
 from __future__ import annotations

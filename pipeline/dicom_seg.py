@@ -12,8 +12,9 @@ the model was trained with (`infer.window_level_hu` / `window_width_hu`), predic
     OUT/summary.csv                        one row per series, refused ones included
 
 Volumes count predicted voxels times PixelSpacing (rows x columns) x the spacing between
-slice centres (SliceThickness for a one-slice series). Each series folder is built in a
-temporary folder and renamed into place when complete.
+slice centres (SliceThickness for a one-slice series); padding pixels are never lesion. Each
+series folder, checked to lie inside OUT (`series_folder`), is built in a temporary folder and
+renamed into place when complete. The SEG's UIDs derive from its content (`seg_identity`).
 """
 
 from __future__ import annotations
