@@ -32,7 +32,6 @@ from pydicom.uid import JPEGLosslessSV1, SecondaryCaptureImageStorage
 
 from pipeline.dicom import (
     ORIENTATION_TOLERANCE,
-    CtSeries,
     IgnoredFile,
     SeriesRefusal,
     derived_uid,
@@ -45,7 +44,7 @@ from pipeline.io import DataError
 from pipeline.synthesize.dicom_series import phantom_slice_dataset
 from pipeline.synthesize.layout import plan_cases
 from tests.conftest import project_params
-from tests.test_dicom import angles, rotation, run_command, seg_labels
+from tests.test_dicom import angles, only_series, rotation, run_command, seg_labels
 from tests.test_inference import MODEL_SIZE, numpy_forward, tiny_model  # noqa: F401 (fixture)
 from tests.test_synthesize import SMALL as SMALL_PHANTOM
 
@@ -108,6 +107,14 @@ def files_under(folder: Path) -> dict[str, bytes]:
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
+
+
+def refusals(items: list) -> list[SeriesRefusal]:
+    return [item for item in items if isinstance(item, SeriesRefusal)]
+
+
+def read(inputs: list[Path], **limits) -> list:
+    return list(read_ct_series(inputs, MAX_BYTES, **limits))
 
 
 # ---- 1. names from files never reach outside --output ------------------------------------
@@ -242,7 +249,7 @@ def test_two_different_images_sharing_an_instance_uid_refuse_the_series(tmp_path
 
     reused = write_series(tmp_path / "reused", "reused", edit=reused_uid)
     repixelled = write_series(tmp_path / "repixelled", "repixelled")
-    changed = dataset(repixelled / "001.dcm")
+    changed = pydicom.dcmread(repixelled / "001.dcm")
     pixels = changed.pixel_array.copy()
     pixels[0, 0] += 1
     changed.PixelData = pixels.tobytes()
@@ -343,7 +350,7 @@ def test_a_rescale_type_other_than_hu_is_refused(tmp_path):
 
 
 def seg_uids(output: Path, series_uid: str) -> tuple[str, str]:
-    seg = dataset(output / series_uid / "seg.dcm")
+    seg = pydicom.dcmread(output / series_uid / "seg.dcm")
     return str(seg.SOPInstanceUID), str(seg.SeriesInstanceUID)
 
 
@@ -702,7 +709,7 @@ def test_jpeg_lossless_ct_decodes_to_the_same_hu(tmp_path):
 
     plain = write_series(tmp_path / "plain", "lossless")
     lossless = write_series(tmp_path / "lossless", "lossless", edit=compressed)
-    assert dataset(lossless / "000.dcm").file_meta.TransferSyntaxUID == JPEGLosslessSV1
+    assert pydicom.dcmread(lossless / "000.dcm").file_meta.TransferSyntaxUID == JPEGLosslessSV1
     (expected,) = only_series(read([plain]))
     (series,) = only_series(read([lossless]))
     np.testing.assert_array_equal(series.hu, expected.hu)
@@ -710,7 +717,7 @@ def test_jpeg_lossless_ct_decodes_to_the_same_hu(tmp_path):
 
 def twelve_bit_jpeg(tmp_path: Path) -> Path:
     """pydicom's 12-bit JPEG Extended test image (NM, 1024 x 256) as one CT slice."""
-    source = dataset(Path(get_testdata_file("JPGExtended.dcm")))
+    source = pydicom.dcmread(Path(get_testdata_file("JPGExtended.dcm")))
 
     def twelve_bit(index, ds):
         for keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelData"):
@@ -727,7 +734,7 @@ def test_12_bit_jpeg_extended_ct_decodes(tmp_path):
     failed (Pillow reads 8-bit JPEG only); pylibjpeg-libjpeg decodes it."""
     folder = twelve_bit_jpeg(tmp_path)
     (series,) = only_series(read([folder]))
-    stored = dataset(Path(get_testdata_file("JPGExtended.dcm"))).pixel_array
+    stored = pydicom.dcmread(Path(get_testdata_file("JPGExtended.dcm"))).pixel_array
     assert stored.max() > 255  # more than 8 bits really are used
     np.testing.assert_array_equal(series.hu[0], stored.astype(np.float32) - 1024.0)
 
@@ -755,19 +762,3 @@ def test_12_bit_jpeg_without_a_decoder_for_it_is_refused_before_decoding(tmp_pat
         "and no decoder for JPEG above 8 bits is installed (install pylibjpeg-libjpeg) "
         f"(e.g. {folder / '000.dcm'})"
     ), done.stderr[-2000:]
-
-
-def only_series(items: list) -> list[CtSeries]:
-    return [item for item in items if isinstance(item, CtSeries)]
-
-
-def refusals(items: list) -> list[SeriesRefusal]:
-    return [item for item in items if isinstance(item, SeriesRefusal)]
-
-
-def read(inputs: list[Path], **limits) -> list:
-    return list(read_ct_series(inputs, MAX_BYTES, **limits))
-
-
-def dataset(path: Path) -> Dataset:
-    return pydicom.dcmread(path)
