@@ -2,9 +2,9 @@
 inputs that once cost gigabytes.
 
 Builds each case with pydicom in a temporary folder, then runs `python -m stages.infer` on it
-in a child process (a tiny 1x1-convolution model at 64 px, so TensorFlow is loaded as in
-real use but the model costs nothing) and reads the child's peak resident memory (VmHWM)
-at exit. Cases:
+in a child process (a tiny 1x1-convolution model at 64 px that calls bright pixels
+hemorrhagic, so TensorFlow is loaded as in real use but the model costs nothing) and reads
+the child's peak resident memory (VmHWM) at exit. Cases:
 
     series_512_40, series_512_160   a 512 x 512 CT series of 40 and 160 slices; their
                                     difference / 120 is the memory per slice
@@ -104,11 +104,17 @@ def build(case: str, folder: Path) -> Path:
 
 
 def tiny_model(path: Path) -> Path:
+    """A 1x1 convolution that calls pixels brighter than grey 128 hemorrhagic (fixed weights:
+    the runs are reproducible, and a bright padding value shows as hemorrhage)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
     inputs = keras.Input((MODEL_SIDE, MODEL_SIDE, 3))
-    keras.Model(inputs, keras.layers.Conv2D(3, 1, activation="softmax")(inputs)).save(path)
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 1, activation="softmax")(inputs))
+    weights = np.zeros((1, 1, 3, 3), dtype=np.float32)
+    weights[0, 0, :, 1] = 0.5 / 3.0  # hemorrhagic logit: mean grey / 2 - 64
+    model.layers[-1].set_weights([weights, np.array([0.0, -64.0, -1000.0], np.float32)])
+    model.save(path)
     return path
 
 
