@@ -31,6 +31,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLosslessSV1, SecondaryCaptureImageStorage
 
 from pipeline.dicom import (
+    HEADER_PIXELS,
     ORIENTATION_TOLERANCE,
     IgnoredFile,
     SeriesRefusal,
@@ -465,6 +466,18 @@ def test_a_series_over_max_series_pixels_is_refused_before_decoding(tmp_path, la
         f"{pixels - 1:,}; not decoded"
     ]
     assert result["increase_mb"] < 40, result
+
+
+def test_a_series_of_more_files_than_headers_may_cost_is_refused_unread(tmp_path):
+    """Each file's header costs memory whatever its pixels: a series may hold at most
+    infer.max_series_pixels / HEADER_PIXELS files."""
+    folder = write_series(tmp_path / "many", "many", slices=5)
+    (refusal,) = refusals(read([folder], max_series_pixels=4 * HEADER_PIXELS))
+    assert refusal.reason == (
+        f"5 files, more than infer.max_series_pixels / {HEADER_PIXELS:,} = 4 (a header costs "
+        f"about the memory of {HEADER_PIXELS:,} pixels); not read"
+    )
+    assert only_series(read([folder], max_series_pixels=5 * HEADER_PIXELS))
 
 
 def test_memory_of_a_series_grows_by_its_pixels_alone(tmp_path, large_zero_slices):
