@@ -12,13 +12,17 @@ the model was trained with (`infer.window_level_hu` / `window_width_hu`), predic
     OUT/summary.csv                        one row per series, refused ones included
 
 Volumes count predicted voxels times PixelSpacing (rows x columns) x the spacing between
-slice centres (SliceThickness for a one-slice series). Each series folder is built in a
-temporary folder and renamed into place when complete.
+slice centres (SliceThickness for a one-slice series); padding pixels are never lesion. Each
+series folder, checked to lie inside OUT (`series_folder`), is built in a temporary folder and
+renamed into place when complete. The SEG's UIDs derive from its content (`seg_identity`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -28,10 +32,18 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pandas as pd
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from pipeline.classes import HEMORRHAGIC, ISCHEMIC, SOURCE_CLASSES, metric_label
-from pipeline.dicom import CtSeries, SeriesRefusal, derived_uid, read_ct_series
+from pipeline.dicom import (
+    CtSeries,
+    IgnoredFile,
+    SeriesRefusal,
+    derived_uid,
+    read_ct_series,
+    uid_problem,
+)
 from pipeline.inference import Segmenter, batches, write_slice_outputs
 from pipeline.io import (
     DataError,
@@ -64,8 +76,18 @@ SUMMARY_COLUMNS = (
     "hemorrhage_present",
     "triage_threshold_ml_hemorrhagic",
     "seg_path",
+    "set_aside_files",
 )
 TRIAGE_METRIC = "triage_threshold_ml_hemorrhagic"
+# Where the SEG's content date and time come from, in this order (`content_date_time`), and the
+# DA and TM forms (PS3.5 6.2) they must have.
+CONTENT_DATE_TIME_KEYWORDS = (
+    ("ContentDate", "ContentTime"),
+    ("SeriesDate", "SeriesTime"),
+    ("StudyDate", "StudyTime"),
+)
+DA_PATTERN = re.compile(r"[0-9]{8}")
+TM_PATTERN = re.compile(r"[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?")
 
 
 @dataclass(frozen=True)
@@ -111,29 +133,58 @@ def segment_descriptions(model_version: str) -> list[hd.seg.SegmentDescription]:
     ]
 
 
-def build_segmentation(
-    series: CtSeries, labels: np.ndarray, model_version: str
-) -> hd.seg.Segmentation:
-    """DICOM SEG of class-index masks (slices, rows, columns) on the series' own slices.
+def seg_identity(
+    series: CtSeries, labels: np.ndarray, model_version: str, settings: InferParams, tta_flip: bool
+) -> str:
+    """sha256 (hex) of everything that determines a SEG: the source instances in order (their
+    SOPInstanceUIDs and HU), the model, the settings that change predictions (the window and
+    flip TTA) and the predicted labels themselves. The SEG's UIDs derive from it, so two
+    different SEGs never share a UID, and the same input gives the same bytes."""
+    digest = hashlib.sha256()
+    settings_used = (settings.window_level_hu, settings.window_width_hu, tta_flip)
+    instances = (str(ds.SOPInstanceUID) for ds in series.datasets)
+    for part in (model_version, *settings_used, *instances):
+        digest.update(f"{part}\n".encode())
+    digest.update(np.ascontiguousarray(series.hu, dtype=np.float32).data)
+    digest.update(np.ascontiguousarray(labels, dtype=np.uint8).data)
+    return digest.hexdigest()
 
-    UIDs derive from the source series and the model version, so the same model on the same
-    series gives the same SEG UIDs."""
+
+def build_segmentation(
+    series: CtSeries, labels: np.ndarray, model_version: str, identity: str
+) -> hd.seg.Segmentation:
+    """DICOM SEG of class-index masks (slices, rows, columns) on the series' own slices,
+    its UIDs derived from `identity` (`seg_identity`)."""
     with warnings.catch_warnings():
         # highdicom warns about the source's one-part PatientName (common after anonymisation);
         # the SEG copies it as it is, so the warning would only puzzle the user.
         warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
-        return _segmentation(series, labels, model_version)
+        return _segmentation(series, labels, model_version, identity)
 
 
-def _segmentation(series: CtSeries, labels: np.ndarray, model_version: str) -> hd.seg.Segmentation:
-    return hd.seg.Segmentation(
+def content_date_time(source: Dataset) -> tuple[str, str]:
+    """The SEG's content date and time: the source image's own (ContentDate/Time, else
+    SeriesDate/Time, else StudyDate/Time), never the clock, so the same input gives the same
+    bytes; 19700101 000000 when the source holds no well-formed pair."""
+    for date_keyword, time_keyword in CONTENT_DATE_TIME_KEYWORDS:
+        date, time = str(source.get(date_keyword, "")), str(source.get(time_keyword, ""))
+        if DA_PATTERN.fullmatch(date) and TM_PATTERN.fullmatch(time):
+            return date, time
+    return "19700101", "000000"
+
+
+def _segmentation(
+    series: CtSeries, labels: np.ndarray, model_version: str, identity: str
+) -> hd.seg.Segmentation:
+    content_date, content_time = content_date_time(series.datasets[0])
+    segmentation = hd.seg.Segmentation(
         source_images=series.datasets,
         pixel_array=labels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segment_descriptions(model_version),
-        series_instance_uid=derived_uid("seg-series", series.series_instance_uid, model_version),
+        series_instance_uid=derived_uid("seg-series", series.series_instance_uid, identity),
         series_number=int(series.datasets[0].get("SeriesNumber", 0) or 0) + 1000,
-        sop_instance_uid=derived_uid("seg-instance", series.series_instance_uid, model_version),
+        sop_instance_uid=derived_uid("seg-instance", series.series_instance_uid, identity),
         instance_number=1,
         manufacturer="stroke-ct pipeline (research use only)",
         manufacturer_model_name=ALGORITHM_NAME,
@@ -142,7 +193,23 @@ def _segmentation(series: CtSeries, labels: np.ndarray, model_version: str) -> h
         content_description="Lesion segmentation (research tool, not a medical device)",
         content_label="LESIONS",
         omit_empty_frames=False,
+        content_date=content_date,
+        content_time=content_time,
     )
+    # highdicom stamps the instance with the clock and a random dimension organisation UID;
+    # the content's date and a derived UID make the same input give the same bytes.
+    segmentation.InstanceCreationDate = content_date
+    segmentation.InstanceCreationTime = content_time
+    stamps = {
+        "ContributionDateTime": content_date + content_time,
+        "DimensionOrganizationUID": derived_uid(
+            "seg-dimensions", series.series_instance_uid, identity
+        ),
+    }
+    for element in segmentation.iterall():
+        if element.keyword in stamps:
+            element.value = stamps[element.keyword]
+    return segmentation
 
 
 def largest_lesion_slice(series: CtSeries, labels: np.ndarray) -> dict[str, object] | None:
@@ -187,12 +254,29 @@ def series_summary(
         "window_level_hu": settings.window_level_hu,
         "window_width_hu": settings.window_width_hu,
         "volume_ml": volumes,
+        "padding_pixels": series.padding_pixels,
         "largest_lesion_slice": largest_lesion_slice(series, labels),
         "hemorrhage_present": volumes[metric_label(HEMORRHAGIC)] >= threshold.ml,
         "triage_threshold_ml_hemorrhagic": threshold.ml,
         "triage_threshold_source": threshold.source,
+        "set_aside": [{"file": name, "reason": reason} for name, reason in series.set_aside],
         "note": "research tool, not a medical device",
     }
+
+
+def series_folder(output_dir: Path, series_instance_uid: str) -> Path:
+    """OUT/<SeriesInstanceUID>, checked to lie inside OUT before anything is written there;
+    DataError otherwise. The reader already refuses names outside the UID grammar; this check
+    holds whatever the name, and also refuses a link at that name that leads out of OUT."""
+    problem = uid_problem(series_instance_uid, "SeriesInstanceUID")
+    if problem:
+        raise DataError(f"{problem}; it would name the output folder")
+    folder = output_dir / series_instance_uid
+    root = Path(os.path.realpath(output_dir))
+    resolved = Path(os.path.realpath(folder))
+    if resolved == root or not resolved.is_relative_to(root):
+        raise DataError(f"{folder} leads to {resolved}, outside the output folder {root}")
+    return folder
 
 
 def segment_series(
@@ -211,6 +295,7 @@ def segment_series(
             "no FrameOfReferenceUID (anonymisers sometimes remove it): a DICOM SEG must share "
             "its source's frame of reference"
         )
+    target = series_folder(output_dir, series.series_instance_uid)
     greys = [
         window_to_uint8(slice_hu, settings.window_level_hu, settings.window_width_hu)
         for slice_hu in series.hu
@@ -219,16 +304,20 @@ def segment_series(
     for chunk in batches(greys, segmenter.batch_size):
         labels.extend(segmenter.segment(chunk))
     volume = np.stack(labels)
+    del labels
+    if series.padding is not None:
+        volume[series.padding] = 0  # padding lies outside the scan: never a lesion
     summary = series_summary(series, volume, threshold, settings)
-    with atomic_path(output_dir / series.series_instance_uid) as folder:
+    with atomic_path(target) as folder:
         folder.mkdir(parents=True)
         try:
-            segmentation = build_segmentation(series, volume, model_version)
+            identity = seg_identity(series, volume, model_version, settings, segmenter.tta_flip)
+            segmentation = build_segmentation(series, volume, model_version, identity)
         except (ValueError, TypeError, AttributeError, KeyError) as error:
             # highdicom checks the source images against the SEG's needs (patient, study, ...)
             raise DataError(f"no DICOM SEG can be built on this series ({error})") from None
         segmentation.save_as(folder / "seg.dcm")
-        for position, (grey, mask) in enumerate(zip(greys, labels, strict=True), start=1):
+        for position, (grey, mask) in enumerate(zip(greys, volume, strict=True), start=1):
             write_slice_outputs(
                 folder, f"{position:04d}.png", grey, mask, palette, settings.overlay_alpha
             )
@@ -242,6 +331,7 @@ class DicomRun:
 
     segmented: list[dict[str, object]] = field(default_factory=list)
     refused: list[SeriesRefusal] = field(default_factory=list)
+    ignored: list[IgnoredFile] = field(default_factory=list)  # no part of any series
 
 
 def summary_row(
@@ -268,7 +358,31 @@ def summary_row(
         "hemorrhage_present": summary["hemorrhage_present"],
         "triage_threshold_ml_hemorrhagic": summary["triage_threshold_ml_hemorrhagic"],
         "seg_path": f"{summary['series_instance_uid']}/seg.dcm",
+        "set_aside_files": len(summary["set_aside"]),
     }
+
+
+def _segment_or_refusal(
+    series: CtSeries,
+    segmenter: Segmenter,
+    output_dir: Path,
+    palette: Palette,
+    settings: InferParams,
+    threshold: TriageThreshold,
+    model_version: str,
+    run: DicomRun,
+) -> SeriesRefusal | None:
+    """Segment one series into `run`, or the refusal that says why it could not be."""
+    try:
+        summary = segment_series(
+            segmenter, series, output_dir, palette, settings, threshold, model_version
+        )
+    except DataError as error:
+        return SeriesRefusal(series.series_instance_uid, str(error), len(series.datasets))
+    for name, reason in series.set_aside:
+        print(f"set aside {name}: {reason}", file=sys.stderr)
+    run.segmented.append(summary)
+    return None
 
 
 def segment_dicom(
@@ -288,22 +402,24 @@ def segment_dicom(
     run = DicomRun()
     rows: list[dict[str, object]] = []
     max_bytes = int(settings.max_dicom_file_mb * 1e6)
-    for item in read_ct_series(inputs, max_bytes, rules.max_pixels, rules.max_entries):
+    series = read_ct_series(
+        inputs, max_bytes, rules.max_pixels, rules.max_entries, settings.max_series_pixels
+    )
+    for item in series:
+        if isinstance(item, IgnoredFile):
+            print(f"ignored {item.name}: {item.reason}", file=sys.stderr)
+            run.ignored.append(item)
+            continue
         if isinstance(item, CtSeries):
-            try:
-                summary = segment_series(
-                    segmenter, item, output_dir, palette, settings, threshold, model_version
-                )
-            except DataError as error:
-                item = SeriesRefusal(item.series_instance_uid, str(error), len(item.datasets))
-            else:
-                run.segmented.append(summary)
-                rows.append(summary_row(summary, None))
-                continue
-        files = f" ({item.files} files)" if item.files > 1 else ""
-        print(f"refused {item.series}{files}: {item.reason}", file=sys.stderr)
-        run.refused.append(item)
-        rows.append(summary_row(None, item))
+            # Rebinding `item` drops the series before the reader loads the next one.
+            item = _segment_or_refusal(
+                item, segmenter, output_dir, palette, settings, threshold, model_version, run
+            )
+        if item is not None:
+            files = f" ({item.files} files)" if item.files > 1 else ""
+            print(f"refused {item.series}{files}: {item.reason}", file=sys.stderr)
+            run.refused.append(item)
+        rows.append(summary_row(run.segmented[-1] if item is None else None, item))
     table = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     write_text_atomic(output_dir / "summary.csv", table.to_csv(index=False, lineterminator="\n"))
     return run

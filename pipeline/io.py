@@ -352,8 +352,11 @@ def read_untrusted(path: Path | str, max_pixels: int, limit: str) -> np.ndarray:
 def window_to_uint8(values: np.ndarray, level: float, width: float) -> np.ndarray:
     """Display window: `level - width/2` maps to 0, `level + width/2` to 255, linear between,
     clipped, rounded half to even (float64, so the bytes are the same on every machine)."""
-    scaled = (values.astype(np.float64) - (level - width / 2.0)) * (255.0 / width)
-    return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+    scaled = values.astype(np.float64)  # one float64 copy, worked on in place
+    scaled -= level - width / 2.0
+    scaled *= 255.0 / width
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    return np.rint(scaled, out=scaled).astype(np.uint8)
 
 
 def untrusted_to_grey(

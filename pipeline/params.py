@@ -443,6 +443,9 @@ class InferParams(StrictModel):
     # pixels.
     triage_threshold_ml_hemorrhagic: Annotated[float, Field(ge=0.0)]
     max_dicom_file_mb: PositiveFloat  # larger input files are refused unread
+    # A DICOM series of more pixels (slices x rows x columns) is refused before any is decoded:
+    # memory per series grows with its pixels (README, "Segmenting a CT series").
+    max_series_pixels: PositiveInt
 
 
 # Each section is named for its stage, `validate` too: an instance's `params.validate` is the

@@ -13,8 +13,9 @@ python -m stages.infer --input SERIES_DIR_OR_ZIP... --output DIR [--model M] [--
     DICOM CT series (chosen when an input is a zip or holds DICOM files): per series a DICOM
     SEG, overlays and summary.json under DIR/<SeriesInstanceUID>/, and DIR/summary.csv.
     Refused series are reported (and a zip or folder of more than `extract.max_entries`
-    files); exit status 0 when every series was segmented, 2 when some were refused, 1 when
-    none was segmented.
+    files), so are files set aside (copies, localizers) and ignored (DICOMDIR, OS metadata);
+    exit status 0 when every series was segmented, 2 when some were refused, 1 when none
+    was segmented.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def segment_dicom_series(
     )
     print(
         f"segmented {len(run.segmented)} series into {arguments.output}; refused "
-        f"{len(run.refused)}; triage threshold {threshold.ml:g} mL from {threshold.source}",
+        f"{len(run.refused)}; ignored {len(run.ignored)} files; triage threshold "
+        f"{threshold.ml:g} mL from {threshold.source}",
         file=sys.stderr,
     )
     if not run.segmented:

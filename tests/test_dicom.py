@@ -30,14 +30,16 @@ from pydicom import config as pydicom_config
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_modality_lut
-from pydicom.uid import CTImageStorage, JPEGLosslessSV1
+from pydicom.uid import CTImageStorage
 
 from pipeline.classes import SOURCE_CLASSES
 from pipeline.dicom import (
+    PADDING_HU,
     CtSeries,
     SeriesRefusal,
     is_dicom_input,
     order_along_normal,
+    padding_mask,
     read_ct_series,
     slice_normal,
     spacing_problem,
@@ -263,6 +265,10 @@ def test_reader_on_pydicoms_ct_files_matches_apply_modality_lut_and_geometry(nam
     ds = pydicom.dcmread(path)
     (series,) = only_series(list(read_ct_series([path], MAX_BYTES)))
     expected = apply_modality_lut(ds.pixel_array, ds)
+    padded = padding_mask(ds, ds.pixel_array)  # 693_J2KI pads with -2000 (494 pixels)
+    if padded is not None:
+        expected[padded] = PADDING_HU
+        assert series.padding_pixels == np.count_nonzero(padded)
     assert series.hu.shape == (1, ds.Rows, ds.Columns)
     np.testing.assert_allclose(series.hu[0], expected, atol=1e-3)
     if float(ds.RescaleIntercept) != 0:
@@ -338,17 +344,20 @@ def copy_series(source: Path, destination: Path, edit) -> Path:
     return destination
 
 
-def jpeg_lossless_ct(destination: Path) -> Path:
-    """CT_small with its pixel data declared JPEG Lossless SV1, a syntax with no decoder here
-    (pydicom needs pylibjpeg-libjpeg or gdcm for it, and neither is a dependency)."""
+# JPEG 2000 Part 2 multi-component: a transfer syntax pydicom has no decoder for at all.
+UNDECODABLE_SYNTAX = pydicom.uid.UID("1.2.840.10008.1.2.4.92")
+
+
+def undecodable_syntax_ct(destination: Path) -> Path:
+    """CT_small with its pixel data declared in UNDECODABLE_SYNTAX."""
     ds = pydicom.dcmread(CT_SMALL)
     ds.SeriesInstanceUID = pydicom.uid.generate_uid()
-    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.file_meta.TransferSyntaxUID = UNDECODABLE_SYNTAX
     ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3" + bytes(64) + b"\xff\xd9"])
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True
     destination.mkdir(parents=True)
-    ds.save_as(destination / "jpeg.dcm", enforce_file_format=True)
+    ds.save_as(destination / "j2k_part2.dcm", enforce_file_format=True)
     return destination
 
 
@@ -389,8 +398,9 @@ def malformed_inputs(tmp_path: Path, phantom_dicom: Path) -> dict[str, tuple[Pat
             "uneven slice spacing: gaps from 5.000 to 10.000 mm",
         ),
         "compressed": (
-            jpeg_lossless_ct(tmp_path / "jpeg"),
-            "pixel data in JPEG Lossless, Non-Hierarchical, First-Order Prediction",
+            undecodable_syntax_ct(tmp_path / "j2k_part2"),
+            "pixel data in JPEG 2000 Part 2 Multi-component Image Compression (Lossless Only) "
+            "(1.2.840.10008.1.2.4.92), which pydicom cannot decode",
         ),
         "not CT": (mr, "modality MR, not CT"),
         "malformed header": (
