@@ -19,7 +19,7 @@ temporary folder and renamed into place when complete.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +43,8 @@ from pipeline.io import (
 )
 from pipeline.masks import Palette
 from pipeline.params import ExtractParams, InferParams
+
+LOG = logging.getLogger(__name__)
 
 ALGORITHM_NAME = "stroke-ct FlexUNet lesion segmentation"
 # SNOMED CT morphologic abnormalities. pydicom's code dictionary has Hemorrhage (50960005,
@@ -301,7 +303,7 @@ def segment_dicom(
                 rows.append(summary_row(summary, None))
                 continue
         files = f" ({item.files} files)" if item.files > 1 else ""
-        print(f"refused {item.series}{files}: {item.reason}", file=sys.stderr)
+        LOG.warning(f"refused {item.series}{files}: {item.reason}")
         run.refused.append(item)
         rows.append(summary_row(None, item))
     table = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))

@@ -7,8 +7,8 @@ the metrics around it) stays cheap.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +37,8 @@ from pipeline.io import (
 )
 from pipeline.masks import Palette, colour_to_index, index_to_colour
 from pipeline.params import ExtractParams, Params
+
+LOG = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import keras
@@ -302,7 +304,7 @@ class SegmentationSummary:
 
     def skip(self, source: str, reason: str) -> None:
         self.skipped.append(InputProblem(source, reason))
-        print(f"skipped {source}: {reason}", file=sys.stderr)
+        LOG.warning(f"skipped {source}: {reason}")
 
 
 def collect_inputs(items: Sequence[str | Path], summary: SegmentationSummary) -> list[Path]:
@@ -348,7 +350,7 @@ def read_new_image(path: Path, rules: ExtractParams) -> np.ndarray:
     window = rules.window_16bit
     grey, conversions = untrusted_to_grey(pixels, window.level, window.width)
     if conversions:
-        print(f"converted {path}: {', '.join(conversions)}", file=sys.stderr)
+        LOG.info(f"converted {path}: {', '.join(conversions)}")
     return grey
 
 

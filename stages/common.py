@@ -14,6 +14,7 @@ the params each stage declares in dvc.yaml, so a stage can neither read an undec
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from pipeline.io import DataError
+from pipeline.logs import configure_logging
 from pipeline.params import Params, ParamsError, load_params
 
 TRACE_VARIABLE = "PIPELINE_PARAMS_TRACE"
@@ -74,13 +76,15 @@ def stage_name() -> str:
 
 def run_stage(main: Callable[[Params], None], params_path: str = "params.yaml") -> None:
     """Validate params.yaml, call `main(params)`, exit 1 with a clear message on bad input."""
+    configure_logging()
     trace_file = os.environ.get(TRACE_VARIABLE)
     reads: set[str] = set()
     try:
         params = load_params(params_path)
         main(TracedParams(params, "", reads) if trace_file else params)  # type: ignore[arg-type]
     except (ParamsError, DataError) as error:
-        print(f"stage {stage_name()} failed: {error}", file=sys.stderr)
+        name = stage_name()
+        logging.getLogger(f"stages.{name}").error("stage %s failed: %s", name, error)
         sys.exit(1)
     finally:
         if trace_file:

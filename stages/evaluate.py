@@ -8,9 +8,13 @@ confusion matrix, per-slice Dice table and histogram, best/worst slices).
 
 from __future__ import annotations
 
+import logging
+
 from pipeline.evaluation import run_evaluation, summary_lines
 from pipeline.params import Params
 from stages.common import run_stage
+
+LOG = logging.getLogger("stages.evaluate")
 
 
 def headline_keys(params: Params) -> tuple[str, ...]:
@@ -49,7 +53,7 @@ def main(params: Params) -> None:
         metrics_path="metrics/evaluate.json",
         confusion_path="metrics/confusion.csv",
     )
-    print("\n".join(summary_lines(metrics, headline_keys(params))))
+    LOG.info("evaluate:\n%s", "\n".join(summary_lines(metrics, headline_keys(params))))
 
 
 if __name__ == "__main__":
