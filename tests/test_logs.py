@@ -19,7 +19,7 @@ STAMPED = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING|ERROR) pipel
 BAR_SCRIPT = """
 import logging, sys
 from tqdm import tqdm
-from pipeline.logs import configure_logging
+from stages.common import configure_logging
 configure_logging()
 log = logging.getLogger("pipeline.demo")
 with tqdm(total=3, desc="segment", unit="img", mininterval=0, file=sys.stderr) as bar:
