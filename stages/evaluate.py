@@ -1,6 +1,7 @@
 """Stage `evaluate`: per-case 3-D lesion metrics of models/model.keras on the test split.
 
-Writes metrics/evaluate.json (flat; every null has a `<key>_null_reason`), the per-slice
+Writes metrics/evaluate.json (flat; every null has a `<key>_null_reason`), its 12-key digest
+metrics/headline.json (pipeline/headline.py, for `dvc exp show`), the per-slice
 confusion records metrics/confusion.csv, and reports/evaluate/ (cases.csv, every test
 prediction under predictions/, the volume Bland-Altman plot, reference-format evaluation.csv,
 confusion matrix, per-slice Dice table and histogram, best/worst slices).
@@ -11,6 +12,8 @@ from __future__ import annotations
 import logging
 
 from pipeline.evaluation import run_evaluation, summary_lines
+from pipeline.headline import headline_metrics
+from pipeline.io import write_json
 from pipeline.params import Params
 from stages.common import run_stage
 
@@ -53,6 +56,7 @@ def main(params: Params) -> None:
         metrics_path="metrics/evaluate.json",
         confusion_path="metrics/confusion.csv",
     )
+    write_json("metrics/headline.json", headline_metrics(metrics))
     LOG.info("evaluate:\n%s", "\n".join(summary_lines(metrics, headline_keys(params))))
 
 
