@@ -29,6 +29,7 @@ STAGES = (
     "augment",
     "train",
     "evaluate",
+    "export",
     "infer",
     "report",
 )
@@ -36,16 +37,17 @@ STAGES = (
 # param (dotted) -> new value -> the stages that read it (and only those). `report` shows
 # every param, so it reads them all.
 READERS: list[tuple[str, object, set[str]]] = [
-    ("seed", 7, {"synthesize", "split", "augment", "train", "evaluate", "report"}),
+    ("seed", 7, {"synthesize", "split", "augment", "train", "evaluate", "export", "report"}),
     ("phantom.noise_hu", [2.0, 4.0], {"synthesize", "report"}),
-    ("extract.max_uncompressed_mb", 2048.0, {"extract", "report"}),
+    # export records the extract and infer sections: the new-images command's settings.
+    ("extract.max_uncompressed_mb", 2048.0, {"extract", "export", "report"}),
     ("validate.min_lesion_slice_share", 0.1, {"validate", "report"}),
     ("colorize.image_interpolation", "linear", {"colorize", "report"}),
     ("image_size", 48, {"colorize", "train", "report"}),
     (
         "rgb_map",
         {"background": [0, 0, 0], "Hemorrhagic": [255, 0, 255], "Ischemic": [0, 255, 0]},
-        {"colorize", "augment", "train", "evaluate", "infer", "report"},
+        {"colorize", "augment", "train", "evaluate", "export", "infer", "report"},
     ),
     ("split.mini_test_per_class", 2, {"split", "report"}),
     ("augment.elastic.alpha", 6.0, {"augment", "report"}),
@@ -53,7 +55,7 @@ READERS: list[tuple[str, object, set[str]]] = [
     ("model.dropout_rate", 0.1, {"train", "report"}),
     ("train.clipvalue", 1.0, {"train", "report"}),
     ("evaluate.nsd_tolerance_mm", 2.0, {"evaluate", "report"}),
-    ("infer.overlay_alpha", 0.3, {"infer", "report"}),
+    ("infer.overlay_alpha", 0.3, {"infer", "export", "report"}),
 ]
 
 
@@ -124,9 +126,13 @@ def test_changing_a_param_flags_exactly_its_readers(built, key, value, readers):
 @pytest.mark.parametrize(
     ("key", "value", "reruns"),
     [
-        ("augment.barrel.radius", 0.4, {"augment", "train", "evaluate", "infer", "report"}),
-        ("lr", 0.002, {"train", "evaluate", "infer", "report"}),
-        ("infer.overlay_alpha", 0.3, {"infer", "report"}),
+        (
+            "augment.barrel.radius",
+            0.4,
+            {"augment", "train", "evaluate", "export", "infer", "report"},
+        ),
+        ("lr", 0.002, {"train", "evaluate", "export", "infer", "report"}),
+        ("infer.overlay_alpha", 0.3, {"infer", "export", "report"}),
     ],
 )
 def test_repro_reruns_readers_and_downstream_and_skips_the_rest(built, key, value, reruns):
