@@ -79,11 +79,15 @@ class TriageThreshold:
 
 
 def triage_threshold(metrics_path: Path | str, default_ml: float) -> TriageThreshold:
-    """The evaluate stage's validated threshold when its metrics hold one, else the default."""
+    """The evaluate stage's validated threshold when its metrics hold one, else the default.
+
+    `metrics_path` is metrics/evaluate.json or an exported model's metadata.json, which holds
+    the same key in its `evaluation` section (pipeline/export.py)."""
     path = Path(metrics_path)
     if path.is_file():
         try:
-            value = json.loads(path.read_text(encoding="utf-8")).get(TRIAGE_METRIC)
+            document = json.loads(path.read_text(encoding="utf-8"))
+            value = document.get("evaluation", document).get(TRIAGE_METRIC)
         except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as error:
             raise DataError(f"{path}: not a readable metrics file ({error})") from None
         if isinstance(value, (int, float)) and value >= 0:

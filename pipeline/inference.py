@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import keras
 
 MONTAGE_COLUMNS = 2
+MAX_SUBFOLDERS_NAMED = 5  # in the message about a folder without images at its top level
 WARM_UP_CALLS = 3
 
 Forward = Callable[[np.ndarray], np.ndarray]
@@ -308,19 +309,22 @@ class SegmentationSummary:
 
 
 def collect_inputs(items: Sequence[str | Path], summary: SegmentationSummary) -> list[Path]:
-    """Files named, plus the PNG/JPEG files of folders named (sorted, not recursive).
+    """Files named, plus the PNG/JPEG files of folders named (sorted, not recursive: a
+    folder's subfolders often hold masks or other series, which must not be segmented as CT).
 
-    Missing paths and a second input whose output name (stem + .png) is taken are skipped.
+    Missing paths, a folder with no image at its top level (its subfolders named, to pick
+    from) and a second input whose output name (stem + .png) is taken are skipped.
     """
     found: list[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found.extend(
-                sorted(
-                    p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                )
+            images = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
             )
+            if not images:
+                summary.skip(str(path), empty_folder_reason(path))
+            found.extend(images)
         elif path.is_file():
             found.append(path)
         else:
@@ -335,6 +339,19 @@ def collect_inputs(items: Sequence[str | Path], summary: SegmentationSummary) ->
         owners[name] = path
         unique.append(path)
     return unique
+
+
+def empty_folder_reason(folder: Path) -> str:
+    subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    reason = f"no PNG/JPEG file at its top level ({', '.join(sorted(IMAGE_SUFFIXES))})"
+    if subfolders:
+        shown = ", ".join(subfolders[:MAX_SUBFOLDERS_NAMED])
+        more = len(subfolders) - MAX_SUBFOLDERS_NAMED
+        reason += (
+            f"; subfolders are not searched, name the one to segment: {shown}"
+            + (f" and {more} more" if more > 0 else "")
+        )
+    return reason
 
 
 def output_name(path: Path) -> str:

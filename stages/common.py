@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import BaseModel
 from tqdm import tqdm
@@ -125,6 +125,12 @@ def stage_name() -> str:
     return os.path.basename(sys.argv[0]).removesuffix(".py")
 
 
+def fail(what: str, error: Exception) -> NoReturn:
+    """End a stage or command on bad params or data: one logged message, exit status 1."""
+    logging.getLogger("stages").error("%s failed: %s", what, error)
+    sys.exit(1)
+
+
 def run_stage(main: Callable[[Params], None], params_path: str = "params.yaml") -> None:
     """Validate params.yaml, call `main(params)`, exit 1 with a clear message on bad input."""
     configure_logging()
@@ -134,9 +140,7 @@ def run_stage(main: Callable[[Params], None], params_path: str = "params.yaml") 
         params = load_params(params_path)
         main(TracedParams(params, "", reads) if trace_file else params)  # type: ignore[arg-type]
     except (ParamsError, DataError) as error:
-        name = stage_name()
-        logging.getLogger(f"stages.{name}").error("stage %s failed: %s", name, error)
-        sys.exit(1)
+        fail(f"stage {stage_name()}", error)
     finally:
         if trace_file:
             with open(trace_file, "a", encoding="utf-8") as trace:

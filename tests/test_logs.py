@@ -114,4 +114,4 @@ def test_a_stage_failure_is_a_stamped_error(tmp_path: Path) -> None:
         text=True,
     )
     assert result.returncode == 1
-    assert re.search(r"\d\d:\d\d:\d\d ERROR stages\.extract: stage extract failed: ", result.stderr)
+    assert re.search(r"\d\d:\d\d:\d\d ERROR stages: stage extract failed: ", result.stderr)
