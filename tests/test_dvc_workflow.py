@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.headline import headline_metric_keys
 from pipeline.report import headline_keys, number
 from tests.browser import browser, offline_problems
 from tests.conftest import PROJECT_ROOT, DvcProject, create_project
@@ -222,6 +223,13 @@ def test_metrics_params_and_plots_diff_across_branches(built):
         # One epoch on the tiny phantom may leave a class at the same Dice; the loss always moves.
         changed = {key for key, value in evaluate.items() if value.get("diff")}
         assert "categorical_crossentropy" in changed and changed & {"dice_hemorrhagic", "dice_mean"}
+        # The README's comparison of all 12 headline figures, one row each.
+        targets = ("--targets", "metrics/headline.json", "--json", "--all")
+        headline = json.loads(
+            project.dvc("metrics", "diff", *targets, "--", "main", "faster-lr").stdout
+        )
+        assert list(headline) == ["metrics/headline.json"]
+        assert set(headline["metrics/headline.json"]) == set(headline_metric_keys())
         params = json.loads(project.dvc("params", "diff", "main", "faster-lr", "--json").stdout)
         assert (params["params.yaml"]["lr"]["old"], params["params.yaml"]["lr"]["new"]) == (
             0.001,
@@ -270,6 +278,27 @@ def test_experiments_with_set_param_and_a_queued_sweep(built):
     assert "Failed" not in status, status
     table = project.dvc("exp", "show", "--md").stdout
     assert "0.002" in table and "0.003" in table
+
+    # The README's recipe: one row per experiment, within 120 columns, nothing cut off.
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    recipe = [
+        line
+        for line in readme.splitlines()
+        if line.startswith(("HIDE=", "dvc exp show --only-changed"))
+    ]
+    assert len(recipe) == 2, recipe
+    shown = project.run("bash", "-c", "; ".join(recipe), env={"COLUMNS": "120"}).stdout
+    assert "…" not in shown, shown
+    header = next(line for line in shown.splitlines() if "Experiment" in line).split()
+    assert [name for name in header if name not in ("State", "Executor")] == [
+        "Experiment",
+        "Created",
+        "metrics/headline.json:dice_hemorrhagic",
+        "metrics/headline.json:dice_ischemic",
+        "lr",
+    ], shown
+    for lr in ("0.0005", "0.002", "0.003"):
+        assert lr in shown
 
 
 def test_an_applied_and_committed_experiment_keeps_the_params_tests_green(make_project):
