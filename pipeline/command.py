@@ -9,16 +9,14 @@ Both take the same inputs and write the same outputs: PNG/JPEG slices or folders
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from pipeline import classes
 from pipeline.dicom_seg import TRIAGE_METRIC, TriageThreshold, triage_threshold
-from pipeline.io import DataError, sha256_hex
+from pipeline.io import DataError, read_json_object, sha256_hex
 from pipeline.params import ExtractParams, InferParams, Rgb, StrictModel
 
 LOG = logging.getLogger(__name__)
@@ -49,22 +47,12 @@ class CommandSettings(StrictModel):
         return classes.palette(self.rgb_map)
 
 
-def read_json_file(path: Path, what: str) -> dict[str, Any]:
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: {what} not found") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not a readable {what} ({error})") from None
-    if not isinstance(document, dict):
-        raise DataError(f"{path}: not a readable {what} (not a JSON object)")
-    return document
-
-
 def load_command_settings(metadata_path: Path, model_path: Path) -> CommandSettings:
     """The settings in `metadata_path`, after checking that it describes `model_path` (the
     model file's sha256 is among those it lists)."""
-    metadata = read_json_file(metadata_path, "model metadata (written by the export stage)")
+    metadata = read_json_object(
+        metadata_path, "the model's metadata, written by the export stage; give it with --metadata"
+    )
     digest = sha256_hex(model_path.read_bytes()) if model_path.is_file() else None
     if digest is not None and digest not in metadata.get("files_sha256", {}).values():
         raise DataError(

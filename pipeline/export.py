@@ -16,7 +16,6 @@ do not (tests/test_export.py).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +25,7 @@ from pipeline.classes import BACKGROUND, lesion_classes
 from pipeline.dicom_seg import TRIAGE_METRIC, model_version
 from pipeline.headline import HEADLINE_FIGURES, figures_with_intervals
 from pipeline.inference import load_model
-from pipeline.io import DataError, atomic_path, sha256_hex, write_json
+from pipeline.io import atomic_path, read_json_object, sha256_hex, write_json
 from pipeline.model_card import (
     INTENDED_USE,
     KAGGLE_LICENCES,
@@ -52,18 +51,6 @@ def file_hashes(root: Path, paths: list[Path]) -> dict[str, str]:
         for file in files:
             hashes[file.relative_to(root).as_posix()] = sha256_hex(file.read_bytes())
     return hashes
-
-
-def read_evaluate_metrics(path: Path) -> dict[str, Any]:
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found (did the evaluate stage run?)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not a readable metrics file ({error})") from None
-    if not isinstance(metrics, dict):
-        raise DataError(f"{path}: not a metrics object")
-    return metrics
 
 
 def command_settings(params: Params) -> dict[str, Any]:
@@ -164,7 +151,7 @@ def export_model(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
-    evaluate_metrics = read_evaluate_metrics(evaluate_metrics_path)
+    evaluate_metrics = read_json_object(evaluate_metrics_path, "did the evaluate stage run?")
     # Dropout layers hold seed-generator variables, drawn when the model is built: seeded
     # here, they hold the same values in every export.
     keras.utils.set_random_seed(params.seed)

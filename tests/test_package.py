@@ -246,7 +246,7 @@ def test_missing_metadata_and_an_explicit_missing_metrics_file_are_errors(
     )
     assert no_metadata.returncode == 1
     metadata = lonely.parent / "metadata.json"
-    assert f"stroke-seg failed: {metadata}: model metadata" in no_metadata.stderr
+    assert f"stroke-seg failed: {metadata}: not found (the model's metadata" in no_metadata.stderr
     series = str(series_folders(phantom_dicom)[0])
     missing = tmp_path / "missing.json"
     no_metrics = run_installed(
