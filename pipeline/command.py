@@ -99,8 +99,12 @@ def new_images_parser(prog: str, description: str, *, installed: bool) -> argpar
     """The options of the new-images command; `installed` (stroke-seg) takes its settings from
     the model's metadata and needs --input and --output, the stage reads params.yaml."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--input", nargs="+", required=installed, help=INPUT_HELP)
-    parser.add_argument("--output", type=Path, required=installed, help=OUTPUT_HELP)
+    # The stage without --input and --output runs on the mini_test slices.
+    stage_default = "" if installed else " (default: none, the DVC stage)"
+    parser.add_argument("--input", nargs="+", required=installed, help=INPUT_HELP + stage_default)
+    parser.add_argument(
+        "--output", type=Path, required=installed, help=OUTPUT_HELP + stage_default
+    )
     parser.add_argument(
         "--model", type=Path, help=f"the trained Keras model (default: {DEFAULT_MODEL})"
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from pipeline.command import new_images_parser
 from pipeline.export import export_model
 from tests.conftest import PROJECT_ROOT, project_params, write_project_params
 from tests.test_dicom import phantom_dicom, series_folders  # noqa: F401 (a pytest fixture)
@@ -144,6 +145,14 @@ def test_help_names_every_option_with_its_default(stroke_seg: Path, tmp_path: Pa
     ):
         assert default in text
     assert "not a medical device" in text
+
+
+@pytest.mark.parametrize("installed", [True, False], ids=["stroke-seg", "stages.infer"])
+def test_every_option_states_its_default(installed: bool) -> None:
+    parser = new_images_parser("command", "", installed=installed)
+    for action in parser._actions:
+        if action.option_strings != ["-h", "--help"] and not action.required:
+            assert "(default: " in action.help, action.option_strings
 
 
 def test_installed_command_segments_png_like_the_project(
