@@ -9,9 +9,9 @@ from under which licences, its headline test figures with their 95 % intervals, 
 new-images command's settings (so `stroke-seg` runs without params.yaml), and the sha256 of
 every model file.
 
-The SavedModel's bytes differ from one export to the next (TensorFlow orders graph nodes by
-object identity), so their sha256 in metadata.json do too; its variables and its predictions
-do not (tests/test_export.py).
+The SavedModel's bytes differ from one export to the next (TensorFlow writes the graph's
+nodes in a different order), so their sha256 in metadata.json do too; its variables and its
+predictions do not (tests/test_export.py).
 """
 
 from __future__ import annotations
