@@ -34,8 +34,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import logging
 import math
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,6 +62,8 @@ from pipeline.io import (
 from pipeline.numerics import baseline_opencv
 from pipeline.parallel import ordered_map
 from pipeline.params import AugmentParams, ParamsError
+
+LOG = logging.getLogger(__name__)
 
 AUGMENTED_CLASS = HEMORRHAGIC  # the minority class of the Kaggle archive, as the reference chose
 OTHER_CLASS = ISCHEMIC
@@ -275,11 +277,10 @@ def plan_augmentation(train: pd.DataFrame, params: AugmentParams, seed: int) -> 
     grid = transform_grid(params)
     count = min(wanted, len(eligible) * len(grid))
     if count < wanted:
-        print(
-            f"WARNING augment: target_ratio {params.target_ratio:g} asks for {wanted} "
+        LOG.warning(
+            f"augment: target_ratio {params.target_ratio:g} asks for {wanted} "
             f"augmented slices, but {len(eligible)} originals x {len(grid)} transforms "
-            f"give only {count}",
-            file=sys.stderr,
+            f"give only {count}"
         )
     order = np.random.default_rng([seed, PLAN_STREAM]).permutation(len(eligible))
     # Output j takes original j mod n and transform j mod g, shifted by one after every

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,6 +55,8 @@ from pipeline.io import (
 )
 from pipeline.masks import Palette
 from pipeline.params import ExtractParams, InferParams
+
+LOG = logging.getLogger(__name__)
 
 ALGORITHM_NAME = "stroke-ct FlexUNet lesion segmentation"
 # SNOMED CT morphologic abnormalities. pydicom's code dictionary has Hemorrhage (50960005,
@@ -99,11 +101,15 @@ class TriageThreshold:
 
 
 def triage_threshold(metrics_path: Path | str, default_ml: float) -> TriageThreshold:
-    """The evaluate stage's validated threshold when its metrics hold one, else the default."""
+    """The evaluate stage's validated threshold when its metrics hold one, else the default.
+
+    `metrics_path` is metrics/evaluate.json or an exported model's metadata.json, which holds
+    the same key in its `evaluation` section (pipeline/export.py)."""
     path = Path(metrics_path)
     if path.is_file():
         try:
-            value = json.loads(path.read_text(encoding="utf-8")).get(TRIAGE_METRIC)
+            document = json.loads(path.read_text(encoding="utf-8"))
+            value = document.get("evaluation", document).get(TRIAGE_METRIC)
         except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as error:
             raise DataError(f"{path}: not a readable metrics file ({error})") from None
         if isinstance(value, (int, float)) and value >= 0:
@@ -380,7 +386,7 @@ def _segment_or_refusal(
     except DataError as error:
         return SeriesRefusal(series.series_instance_uid, str(error), len(series.datasets))
     for name, reason in series.set_aside:
-        print(f"set aside {name}: {reason}", file=sys.stderr)
+        LOG.warning(f"set aside {name}: {reason}")
     run.segmented.append(summary)
     return None
 
@@ -407,7 +413,7 @@ def segment_dicom(
     )
     for item in series:
         if isinstance(item, IgnoredFile):
-            print(f"ignored {item.name}: {item.reason}", file=sys.stderr)
+            LOG.warning(f"ignored {item.name}: {item.reason}")
             run.ignored.append(item)
             continue
         if isinstance(item, CtSeries):
@@ -417,7 +423,7 @@ def segment_dicom(
             )
         if item is not None:
             files = f" ({item.files} files)" if item.files > 1 else ""
-            print(f"refused {item.series}{files}: {item.reason}", file=sys.stderr)
+            LOG.warning(f"refused {item.series}{files}: {item.reason}")
             run.refused.append(item)
         rows.append(summary_row(run.segmented[-1] if item is None else None, item))
     table = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
 import signal
@@ -46,6 +47,8 @@ from keras import ops
 from pipeline.io import DataError
 from pipeline.losses import Loss, make_loss
 from pipeline.params import ParamsError
+
+LOG = logging.getLogger(__name__)
 
 TF_CONFIG = "TF_CONFIG"
 CLUSTER_ROLES = ("chief", "worker")  # the task types MultiWorkerMirroredStrategy trains with
@@ -231,10 +234,9 @@ class Distribution:
             source = Path(getattr(paths, resume_state))
             if source.is_dir():
                 shutil.copytree(source, moved[resume_state], copy_function=_link_or_copy)
-            print(
+            LOG.info(
                 f"train: worker {self.worker_index}: outputs go to {scratch} (removed at "
-                "the end); the chief writes the stage's outputs",
-                flush=True,
+                "the end); the chief writes the stage's outputs"
             )
             yield replace(paths, **moved)
         finally:
@@ -308,17 +310,16 @@ def start_distribution(name: str, environ: Mapping[str, str] = os.environ) -> Di
         )
     else:
         if environ.get(TF_CONFIG):
-            print(
+            LOG.warning(
                 f"train: {TF_CONFIG} is set but train.strategy is {name}: training on this "
-                "machine alone (set train.strategy=multi_worker to join the cluster)",
-                file=sys.stderr,
+                "machine alone (set train.strategy=multi_worker to join the cluster)"
             )
         several_gpus = len(tf.config.list_physical_devices("GPU")) > 1
         if name == "mirrored" or several_gpus:
             distribution = Distribution(tf.distribute.MirroredStrategy())
         else:
             distribution = Distribution(tf.distribute.get_strategy())
-    print(f"train: {distribution.describe()} on {', '.join(distribution.devices())}", flush=True)
+    LOG.info(f"train: {distribution.describe()} on {', '.join(distribution.devices())}")
     return distribution
 
 

@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ from great_expectations import expectations as gxe
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from pipeline.io import DataError, atomic_path
+
+LOG = logging.getLogger(__name__)
 
 __all__ = [
     "Check",
@@ -366,10 +367,9 @@ def make_data_docs_offline(docs_root: Path) -> int:
 def enforce(report: ValidationReport) -> None:
     """Print non-critical failures as warnings; raise `ValidationFailed` on critical ones."""
     if report.warnings:
-        print(
-            f"WARNING {report.suite}: {len(report.warnings)} non-critical checks failed:\n"
-            f"{report.describe(report.warnings)}",
-            file=sys.stderr,
+        LOG.warning(
+            f"{report.suite}: {len(report.warnings)} non-critical checks failed:\n"
+            f"{report.describe(report.warnings)}"
         )
     if report.critical_failures:
         raise ValidationFailed(report)

@@ -7,8 +7,8 @@ the metrics around it) stays cheap.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,10 +38,13 @@ from pipeline.io import (
 from pipeline.masks import Palette, colour_to_index, index_to_colour
 from pipeline.params import ExtractParams, Params
 
+LOG = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     import keras
 
 MONTAGE_COLUMNS = 2
+MAX_SUBFOLDERS_NAMED = 5  # in the message about a folder without images at its top level
 WARM_UP_CALLS = 3
 
 Forward = Callable[[np.ndarray], np.ndarray]
@@ -302,23 +305,26 @@ class SegmentationSummary:
 
     def skip(self, source: str, reason: str) -> None:
         self.skipped.append(InputProblem(source, reason))
-        print(f"skipped {source}: {reason}", file=sys.stderr)
+        LOG.warning(f"skipped {source}: {reason}")
 
 
 def collect_inputs(items: Sequence[str | Path], summary: SegmentationSummary) -> list[Path]:
-    """Files named, plus the PNG/JPEG files of folders named (sorted, not recursive).
+    """Files named, plus the PNG/JPEG files of folders named (sorted, not recursive: a
+    folder's subfolders often hold masks or other series, which must not be segmented as CT).
 
-    Missing paths and a second input whose output name (stem + .png) is taken are skipped.
+    Missing paths, a folder with no image at its top level (its subfolders named, to pick
+    from) and a second input whose output name (stem + .png) is taken are skipped.
     """
     found: list[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found.extend(
-                sorted(
-                    p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                )
+            images = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
             )
+            if not images:
+                summary.skip(str(path), empty_folder_reason(path))
+            found.extend(images)
         elif path.is_file():
             found.append(path)
         else:
@@ -335,6 +341,19 @@ def collect_inputs(items: Sequence[str | Path], summary: SegmentationSummary) ->
     return unique
 
 
+def empty_folder_reason(folder: Path) -> str:
+    subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    reason = f"no PNG/JPEG file at its top level ({', '.join(sorted(IMAGE_SUFFIXES))})"
+    if subfolders:
+        shown = ", ".join(subfolders[:MAX_SUBFOLDERS_NAMED])
+        more = len(subfolders) - MAX_SUBFOLDERS_NAMED
+        reason += (
+            f"; subfolders are not searched, name the one to segment: {shown}"
+            + (f" and {more} more" if more > 0 else "")
+        )
+    return reason
+
+
 def output_name(path: Path) -> str:
     """Masks are always PNG (a JPEG would blur the palette colours)."""
     return f"{path.stem}.png"
@@ -348,7 +367,7 @@ def read_new_image(path: Path, rules: ExtractParams) -> np.ndarray:
     window = rules.window_16bit
     grey, conversions = untrusted_to_grey(pixels, window.level, window.width)
     if conversions:
-        print(f"converted {path}: {', '.join(conversions)}", file=sys.stderr)
+        LOG.info(f"converted {path}: {', '.join(conversions)}")
     return grey
 
 

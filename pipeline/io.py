@@ -193,6 +193,22 @@ def write_json(path: Path | str, payload: Mapping[str, object]) -> None:
     write_text_atomic(path, text)
 
 
+def read_json_object(path: Path | str, missing_hint: str = "") -> dict[str, object]:
+    """The JSON object in `path`; a missing, unreadable or non-object file is a DataError naming
+    it (`missing_hint` says what writes the file, when it is missing)."""
+    path = Path(path)
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        hint = f" ({missing_hint})" if missing_hint else ""
+        raise DataError(f"{path}: not found{hint}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: not a readable JSON file ({error})") from None
+    if not isinstance(loaded, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(loaded).__name__}")
+    return loaded
+
+
 # One fixed filter and run-length deflate: lossless, deterministic, about 3x faster than the
 # adaptive filter search and smaller on CT slices and flat-colour masks (benchmarks/augment_speed).
 PNG_ENCODE_FLAGS = [

@@ -26,6 +26,15 @@ from pathlib import Path
 
 from pipeline.classes import class_labels
 from pipeline.io import DataError, write_text_atomic
+from pipeline.model_card import (
+    INTENDED_USE,
+    NOT_A_DEVICE,
+    NOT_INTENDED_FOR,
+    PHANTOM_CAVEAT,
+    PHANTOM_PROVENANCE,
+    is_phantom,
+    kaggle_provenance,
+)
 from pipeline.params import ParamsError, parse_params, parse_params_yaml
 from pipeline.report_html import (
     Cell,
@@ -40,9 +49,6 @@ from pipeline.report_html import (
 
 STAGE_METRICS = ("extract", "data", "split", "augment", "train", "evaluate", "infer")
 REPORT_PAGE = Path("reports/index.html")
-# Where stage `synthesize` writes the phantom (stages/synthesize.py, dvc.yaml): extract reading
-# this archive means phantom data; any other archive is real data.
-PHANTOM_ARCHIVE = Path("data/raw/phantom.zip")
 # Distributions whose versions a reader needs to rerun the numbers (the first found of
 # each group: the CPU and the CUDA lock install TensorFlow under different names).
 PACKAGES: tuple[tuple[str, ...], ...] = (
@@ -57,15 +63,6 @@ PACKAGES: tuple[tuple[str, ...], ...] = (
     ("dvclive",),
     ("pydantic",),
     ("matplotlib",),
-)
-PHANTOM_CAVEAT = (
-    "Phantom numbers: the synthetic phantom is much easier than real CT. Published per-patient "
-    "Dice on real non-contrast CT is about 0.6-0.7 for hemorrhage and 0.2-0.4 for early "
-    "ischemia; do not read these figures as what the model would do on patients."
-)
-NOT_A_DEVICE = (
-    "Research and education only. This is not a medical device: not for diagnosis, triage or "
-    "any decision about a patient."
 )
 REFERENCE_METRIC_NOTE = (
     "dice_coef_multiclass is the reference notebook's metric, kept for comparison only. It "
@@ -372,7 +369,7 @@ def collect_run(root: Path, params: Mapping[str, object]) -> RunData:
         metrics=metrics,
         facts=run_facts(root, params, metrics["train"]),
         classes=classes,
-        phantom=Path(archive) == PHANTOM_ARCHIVE,
+        phantom=is_phantom(archive),
         extract_archive=archive,
     )
 
@@ -952,21 +949,13 @@ def model_card_section(data: RunData) -> Section:
     params = data.facts.params
     if data.phantom:
         provenance = (
-            "A synthetic non-contrast head CT phantom written by this pipeline's synthesize "
-            f"stage (seed {params.get('seed')}): "
+            f"{PHANTOM_PROVENANCE} Seed {params.get('seed')}: "
             f"{params.get('phantom.hemorrhagic_cases')} hemorrhagic and "
-            f"{params.get('phantom.ischemic_cases')} ischemic cases. No patient data. "
+            f"{params.get('phantom.ischemic_cases')} ischemic cases. "
             + PHANTOM_CAVEAT
         )
     else:
-        provenance = (
-            f"The archive {data.extract_archive}, laid out like the Kaggle dataset 'Real-Time "
-            "Stroke Detection in MRI, CT, PET Images'. Its CT part appears to derive from "
-            "PhysioNet's CT-ICH dataset (Computed Tomography Images for Intracranial Hemorrhage "
-            "Detection and Segmentation; CC BY 4.0) and from AISD, the Acute Ischemic Stroke "
-            "Dataset (non-commercial licence). Check and honour both licences, and cite them; "
-            "commercial use of the ischemic part is not allowed."
-        )
+        provenance = kaggle_provenance(data.extract_archive)
     definitions = [
         [info.label, info.unit, info.definition]
         for base, info in METRICS.items()
@@ -981,16 +970,8 @@ def model_card_section(data: RunData) -> Section:
             f"input {params.get('image_size')} x {params.get('image_size')} px grey CT "
             "slices in a brain window; output per pixel: background, hemorrhagic, ischemic.",
         ),
-        (
-            "Intended use",
-            "Research and education: studying lesion segmentation on CT, "
-            "teaching, and reproducing this pipeline.",
-        ),
-        (
-            "Not intended for",
-            "Diagnosis, triage, treatment decisions or any clinical use. "
-            "NOT a medical device; no regulator has reviewed it.",
-        ),
+        ("Intended use", INTENDED_USE),
+        ("Not intended for", NOT_INTENDED_FOR),
         ("Training data", provenance),
         (
             "Evaluation data",
@@ -1122,7 +1103,7 @@ def comparison_page(
         if values.get("old") != values.get("new")
     ]
     phantom = any(
-        str(values.get(side)) == str(PHANTOM_ARCHIVE)
+        is_phantom(str(values.get(side)))
         for entries in params_diff.values()
         for key, values in entries.items()
         if key == "extract.archive"

@@ -11,8 +11,8 @@ written; a critical failure stops the stage.
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,8 @@ from pipeline.expectations import Check, enforce, gxe, run_suite
 from pipeline.io import DataError, relative_to, resolve_path
 from pipeline.params import SplitParams, SplitRatios
 from pipeline.stats import class_counts
+
+LOG = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 # Every split holds at least one case of every class, so a class needs one case per split.
@@ -104,10 +106,9 @@ def pick_mini_test(table: pd.DataFrame, per_class: int) -> pd.Series:
             ["rank_in_case", "lesion_pixels", "id"], ascending=[True, False, True], kind="stable"
         )
         if len(ranked) < per_class:
-            print(
-                f"WARNING split: only {len(ranked)} {class_name} test slices have lesions, "
-                f"mini_test_per_class is {per_class}",
-                file=sys.stderr,
+            LOG.warning(
+                f"split: only {len(ranked)} {class_name} test slices have lesions, "
+                f"mini_test_per_class is {per_class}"
             )
         chosen[ranked.index[:per_class]] = True
     return chosen

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from tqdm import tqdm
 
 from pipeline import visualize
 from pipeline.dataset import (
@@ -54,6 +56,8 @@ from pipeline.masks import index_to_colour
 from pipeline.model import build_model
 from pipeline.params import Params, TrainParams
 from pipeline.train_metrics import make_metrics
+
+LOG = logging.getLogger(__name__)
 
 MONITOR = "val_dice_mean"  # every "best" below means the highest validation mean lesion Dice
 CHECKPOINT_PREFIX = "epoch_"
@@ -121,7 +125,7 @@ def configure_runtime(params: Params) -> None:
             try:
                 setter(value)
             except RuntimeError:  # TensorFlow already ran ops in this process (tests)
-                print(f"train: thread settings not applied ({setter.__name__})", file=sys.stderr)
+                LOG.warning("train: thread settings not applied (%s)", setter.__name__)
     keras.config.set_dtype_policy("mixed_float16" if train.mixed_precision else "float32")
     keras.utils.set_random_seed(params.seed)
 
@@ -354,6 +358,78 @@ class EpochChangeInference(keras.callbacks.Callback):
             write_png(self.folder / f"epoch_{epoch + 1:03d}_{slice_id}.png", tile)
 
 
+# Without a terminal, a progress line at most this often: a Kaggle-size CPU epoch lasts over
+# half an hour, and a line every half minute tells a log reader it is alive without flooding it.
+PROGRESS_LINE_INTERVAL_S = 30.0
+
+
+class StepProgress(keras.callbacks.Callback):
+    """Progress within each epoch's training steps: a tqdm bar (images) on a terminal, else a
+    log line at most every `line_interval_s` and at the epoch's last step, with images/s and
+    the time left (this epoch's steps, and all remaining epochs' steps at this rate; the
+    validation passes come on top).
+
+    Comes first in the callback list, so its bar is closed before the epoch's summary line.
+    """
+
+    def __init__(
+        self,
+        steps_per_epoch: int,
+        images_per_step: int,
+        epochs: int,
+        interactive: bool,
+        line_interval_s: float = PROGRESS_LINE_INTERVAL_S,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        super().__init__()
+        self.steps_per_epoch = steps_per_epoch
+        self.images_per_step = images_per_step
+        self.epochs = epochs
+        self.interactive, self.line_interval_s, self.clock = interactive, line_interval_s, clock
+        self.bar: tqdm | None = None
+        self.epoch = 0
+        self.started = self.last_line = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch = epoch
+        self.started = self.last_line = self.clock()
+        if self.interactive:
+            self.bar = tqdm(
+                total=self.steps_per_epoch * self.images_per_step,
+                desc=f"epoch {epoch + 1}/{self.epochs}",
+                unit="img",
+                mininterval=1.0,
+                leave=False,
+            )
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        if self.bar is not None:
+            self.bar.update(self.images_per_step)
+            return
+        step, now = batch + 1, self.clock()
+        if now - self.last_line < self.line_interval_s and step < self.steps_per_epoch:
+            return
+        self.last_line = now
+        images_per_s = step * self.images_per_step / max(now - self.started, 1e-9)
+        steps_left = self.steps_per_epoch - step
+        all_steps_left = steps_left + self.steps_per_epoch * (self.epochs - self.epoch - 1)
+        LOG.info(
+            "epoch %d/%d step %d/%d: %.1f images/s, %s left in this epoch, %s in all epochs",
+            self.epoch + 1,
+            self.epochs,
+            step,
+            self.steps_per_epoch,
+            images_per_s,
+            tqdm.format_interval(steps_left * self.images_per_step / images_per_s),
+            tqdm.format_interval(all_steps_left * self.images_per_step / images_per_s),
+        )
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 class TrainingRecorder(keras.callbacks.Callback):
     """Times each epoch, records its row, commits the checkpoint, logs to dvclive, prints.
 
@@ -404,7 +480,7 @@ class TrainingRecorder(keras.callbacks.Callback):
             state.best_epoch, state.best_value = epoch + 1, value
         self.store.commit(self.model, state, improved)
         log_epoch(self.live, row)
-        print(format_epoch(row, self.epochs, improved), flush=True)
+        LOG.info(format_epoch(row, self.epochs, improved))
 
 
 def _json_safe(values: dict) -> dict:
@@ -660,19 +736,26 @@ def train_on_worker(
             params, datasets.steps_per_epoch, distribution, latest[0] if latest else None
         )
         if latest:
-            print(f"train: resuming after epoch {state.epochs_done} from {latest[0]}", flush=True)
-        print(
+            LOG.info(f"train: resuming after epoch {state.epochs_done} from {latest[0]}")
+        LOG.info(
             f"train: {datasets.train_slices} training slices ({datasets.steps_per_epoch} steps of "
             f"{global_batch} = {params.train.batch_size} x {distribution.replicas} replicas), "
             f"{len(tables.valid)} validation, "
-            f"{model.count_params():,} parameters",
-            flush=True,
+            f"{model.count_params():,} parameters"
         )
         live = open_live(paths.dvclive_dir)
         for row in state.history:
             log_epoch(live, row)
         monitors = make_callbacks(params, state)
-        callbacks: list[keras.callbacks.Callback] = list(monitors)
+        callbacks: list[keras.callbacks.Callback] = [
+            StepProgress(
+                datasets.steps_per_epoch,
+                global_batch,
+                params.train.epochs,
+                interactive=sys.stderr.isatty(),
+            ),
+            *monitors,
+        ]
         if params.train.epoch_change_infer:
             callbacks.append(EpochChangeInference(*mini_test, palette, staging))
         callbacks.append(

@@ -6,6 +6,7 @@ data/colorized/{images,masks}/<id>.png and data/colorized/manifest.csv.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from pipeline.colorize import colorize_dataset
 from pipeline.io import read_manifest
 from pipeline.params import Params
 from stages.common import run_stage
+
+LOG = logging.getLogger("stages.colorize")
 
 VALIDATED_MANIFEST = Path("data/validated/manifest.csv")
 OUTPUT_FOLDER = Path("data/colorized")
@@ -30,7 +33,7 @@ def main(params: Params) -> None:
         workers=params.colorize.workers,
     )
     seconds = time.perf_counter() - started
-    print(
+    LOG.info(
         f"colorize: {len(colorized)} slices to {params.image_size} px in {seconds:.1f} s "
         f"({len(colorized) / seconds:.0f} images/s) into {OUTPUT_FOLDER}"
     )

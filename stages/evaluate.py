@@ -1,17 +1,24 @@
 """Stage `evaluate`: per-case 3-D lesion metrics of models/model.keras on the test split.
 
-Writes metrics/evaluate.json (flat; every null has a `<key>_null_reason`), the per-slice
-confusion records metrics/confusion.csv, the per-case table metrics/cases.csv (these three in
-git, for `dvc metrics` and `dvc plots`), and reports/evaluate/ (every test
+Writes metrics/evaluate.json (flat; every null has a `<key>_null_reason`), its 12-key digest
+metrics/headline.json (pipeline/headline.py, for `dvc exp show`), the per-slice confusion
+records metrics/confusion.csv, the per-case table metrics/cases.csv (these four in git, for
+`dvc metrics` and `dvc plots`), and reports/evaluate/ (every test
 prediction under predictions/, the volume Bland-Altman plot, reference-format evaluation.csv,
 confusion matrix, per-slice Dice table and histogram, best/worst slices).
 """
 
 from __future__ import annotations
 
+import logging
+
 from pipeline.evaluation import run_evaluation, summary_lines
+from pipeline.headline import headline_metrics
+from pipeline.io import write_json
 from pipeline.params import Params
 from stages.common import run_stage
+
+LOG = logging.getLogger("stages.evaluate")
 
 
 def headline_keys(params: Params) -> tuple[str, ...]:
@@ -51,7 +58,8 @@ def main(params: Params) -> None:
         confusion_path="metrics/confusion.csv",
         cases_path="metrics/cases.csv",
     )
-    print("\n".join(summary_lines(metrics, headline_keys(params))))
+    write_json("metrics/headline.json", headline_metrics(metrics))
+    LOG.info("evaluate:\n%s", "\n".join(summary_lines(metrics, headline_keys(params))))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from pathlib import Path
 
 from pipeline.extract import extract_archive
 from pipeline.params import Params
 from stages.common import run_stage
+
+LOG = logging.getLogger("stages.extract")
 
 OUTPUT = Path("data/extracted")
 REPORT = Path("reports/extract_report.txt")
@@ -20,10 +22,9 @@ def main(params: Params) -> None:
     result = extract_archive(params.extract, OUTPUT, REPORT, METRICS)
     seconds = time.perf_counter() - started
     pairs = len(result.rows)
-    print(
+    LOG.info(
         f"extract: {pairs} image/mask pairs from {result.archive} in {seconds:.1f} s "
-        f"({pairs / seconds:.0f} pairs/s); {len(result.problems)} files not used, see {REPORT}",
-        file=sys.stderr,
+        f"({pairs / seconds:.0f} pairs/s); {len(result.problems)} files not used, see {REPORT}"
     )
 
 

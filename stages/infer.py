@@ -16,22 +16,34 @@ python -m stages.infer --input SERIES_DIR_OR_ZIP... --output DIR [--model M] [--
     files), so are files set aside (copies, localizers) and ignored (DICOMDIR, OS metadata);
     exit status 0 when every series was segmented, 2 when some were refused, 1 when none
     was segmented.
+stroke-seg --input ... --output DIR [--model M] [--metadata J] [--tta-flip]
+    the same new-images command, installed by `pip install .` and run from any folder: its
+    settings come from the model's metadata.json (stage `export`), not from params.yaml.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from pathlib import Path
 
+from pipeline.command import (
+    DEFAULT_EVALUATE_METRICS,
+    DEFAULT_MODEL,
+    METADATA_NAME,
+    CommandSettings,
+    command_threshold,
+    load_command_settings,
+    new_images_parser,
+)
 from pipeline.dicom import is_dicom_input
-from pipeline.dicom_seg import model_version, segment_dicom, triage_threshold
+from pipeline.dicom_seg import model_version, segment_dicom
 from pipeline.inference import Segmenter, run_mini_test, segment_files
+from pipeline.io import DataError
 from pipeline.params import Params
-from stages.common import run_stage
+from stages.common import configure_logging, fail, run_stage
 
-DEFAULT_MODEL = Path("models/model.keras")
-DEFAULT_EVALUATE_METRICS = Path("metrics/evaluate.json")
+LOG = logging.getLogger("stages.infer")
 # Exit status of the DICOM command when some series were segmented and others refused.
 EXIT_SOME_REFUSED = 2
 
@@ -45,10 +57,10 @@ def main(params: Params) -> None:
         metrics_path="metrics/infer.json",
         montage_path="reports/infer/mini_test_output.png",
     )
-    print(", ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
+    LOG.info(", ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
 
 
-def segment_new_images(params: Params, arguments: argparse.Namespace) -> None:
+def segment_new_images(params: Params | CommandSettings, arguments: argparse.Namespace) -> None:
     segmenter = Segmenter.from_file(arguments.model, params.infer.batch_size, arguments.tta_flip)
     if is_dicom_input(arguments.input):
         segment_dicom_series(params, arguments, segmenter)
@@ -61,21 +73,22 @@ def segment_new_images(params: Params, arguments: argparse.Namespace) -> None:
         params.infer.overlay_alpha,
         params.extract,
     )
-    print(
+    LOG.info(
         f"segmented {len(summary.segmented)} image(s) into {arguments.output}; "
-        f"skipped {len(summary.skipped)}",
-        file=sys.stderr,
+        f"skipped {len(summary.skipped)}"
     )
     if not summary.segmented:
         sys.exit(1)
 
 
 def segment_dicom_series(
-    params: Params, arguments: argparse.Namespace, segmenter: Segmenter
+    params: Params | CommandSettings, arguments: argparse.Namespace, segmenter: Segmenter
 ) -> None:
     settings = params.infer
-    threshold = triage_threshold(
-        arguments.evaluate_metrics, settings.triage_threshold_ml_hemorrhagic
+    threshold = command_threshold(
+        arguments.evaluate_metrics,
+        arguments.evaluate_metrics_default,
+        settings.triage_threshold_ml_hemorrhagic,
     )
     run = segment_dicom(
         segmenter,
@@ -87,11 +100,10 @@ def segment_dicom_series(
         model_version(arguments.model),
         params.extract,
     )
-    print(
+    LOG.info(
         f"segmented {len(run.segmented)} series into {arguments.output}; refused "
         f"{len(run.refused)}; ignored {len(run.ignored)} files; triage threshold "
-        f"{threshold.ml:g} mL from {threshold.source}",
-        file=sys.stderr,
+        f"{threshold.ml:g} mL from {threshold.source}"
     )
     if not run.segmented:
         sys.exit(1)
@@ -100,23 +112,11 @@ def segment_dicom_series(
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m stages.infer",
-        description="Without --input: the DVC stage on the mini_test slices. With --input and "
-        "--output: segment new PNG/JPEG slices of any size, or DICOM CT series.",
-    )
-    parser.add_argument(
-        "--input", nargs="+", help="PNG/JPEG files or folders, or DICOM folders or zips"
-    )
-    parser.add_argument("--output", type=Path, help="folder for masks/ and overlays/")
-    parser.add_argument("--model", type=Path, help=f"Keras model (default {DEFAULT_MODEL})")
-    parser.add_argument("--tta-flip", action="store_true", help="average with a flipped pass")
-    parser.add_argument("--params", default="params.yaml", help="palette, batch size, alpha")
-    parser.add_argument(
-        "--evaluate-metrics",
-        type=Path,
-        default=DEFAULT_EVALUATE_METRICS,
-        help="DICOM: the evaluate stage's metrics, for its validated triage threshold",
+    parser = new_images_parser(
+        "python -m stages.infer",
+        "Without --input: the DVC stage on the mini_test slices. With --input and --output: "
+        "segment new PNG/JPEG slices of any size, or DICOM CT series.",
+        installed=False,
     )
     arguments = parser.parse_args(argv)
     if (arguments.input is None) != (arguments.output is None):
@@ -124,7 +124,27 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     if arguments.input is None and (arguments.model or arguments.tta_flip):
         parser.error("--model and --tta-flip apply to new images: give --input and --output")
     arguments.model = arguments.model or DEFAULT_MODEL
+    arguments.evaluate_metrics_default = DEFAULT_EVALUATE_METRICS
     return arguments
+
+
+def command(argv: list[str] | None = None) -> None:
+    """`stroke-seg` (pyproject.toml's [project.scripts]): the new-images command with the
+    settings of the model's metadata.json, from any folder."""
+    configure_logging()
+    arguments = new_images_parser(
+        "stroke-seg",
+        "Segment hemorrhagic and ischemic stroke lesions in new CT: PNG/JPEG slices of any "
+        "size, or DICOM CT series. Research use only, not a medical device.",
+        installed=True,
+    ).parse_args(argv)
+    arguments.model = arguments.model or DEFAULT_MODEL
+    arguments.metadata = arguments.metadata or arguments.model.parent / METADATA_NAME
+    arguments.evaluate_metrics_default = arguments.metadata
+    try:
+        segment_new_images(load_command_settings(arguments.metadata, arguments.model), arguments)
+    except DataError as error:
+        fail("stroke-seg", error)
 
 
 if __name__ == "__main__":

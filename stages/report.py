@@ -11,11 +11,14 @@ python -m stages.report --compare REV_A REV_B [--output PATH]
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from pipeline.params import Params
 from pipeline.report import write_comparison, write_report
 from stages.common import run_stage
+
+LOG = logging.getLogger("stages.report")
 
 
 def params_document(params: Params) -> dict[str, object]:
@@ -31,7 +34,7 @@ def params_document(params: Params) -> dict[str, object]:
 
 def main(params: Params) -> None:
     page = write_report(Path("."), params_document(params))
-    print(f"report: {page} (open it in a browser; the reports/ folder travels as a whole)")
+    LOG.info(f"report: {page} (open it in a browser; the reports/ folder travels as a whole)")
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:

@@ -8,6 +8,7 @@ compare by eye with real CT such as tests/data/real-ct).
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from pipeline.synthesize.archive import synthesize_archive
 from pipeline.synthesize.dicom_series import synthesize_dicom
 from pipeline.synthesize.montage import phantom_montage
 from stages.common import run_stage
+
+LOG = logging.getLogger("stages.synthesize")
 
 ARCHIVE_PATH = Path("data/raw/phantom.zip")
 DICOM_PATH = Path("data/raw/phantom_dicom")
@@ -31,7 +34,7 @@ def main(params: Params) -> None:
     dicom_cases = synthesize_dicom(DICOM_PATH, params.phantom, params.seed)
     dicom_seconds = time.perf_counter() - started_dicom
     write_png(MONTAGE_PATH, phantom_montage(ARCHIVE_PATH, cases))
-    print(
+    LOG.info(
         f"synthesize: {summary.cases} cases, {summary.slices} slices "
         f"({summary.lesion_slices} with a lesion, {summary.masks} with a mask file) in "
         f"{seconds:.1f} s = {summary.slices / seconds:.1f} slices/s; "

@@ -11,17 +11,21 @@ With train.strategy multi_worker every node runs this same command with its own 
 
 from __future__ import annotations
 
+import logging
+
 from pipeline.distribute import start_distribution
 from pipeline.params import Params
 from pipeline.training import TrainPaths, configure_runtime, train_model
 from stages.common import run_stage
+
+LOG = logging.getLogger("stages.train")
 
 
 def main(params: Params) -> None:
     configure_runtime(params)  # thread pools, then the strategy: both before any other TF op
     distribution = start_distribution(params.train.strategy)
     summary = train_model(params, TrainPaths(), distribution)
-    print(
+    LOG.info(
         f"train: best epoch {summary['best_epoch']} of {summary['epochs']}: validation Dice "
         f"hemorrhagic {summary['val_dice_hemorrhagic']:.3f}, ischemic "
         f"{summary['val_dice_ischemic']:.3f}, mean {summary['val_dice_mean']:.3f}; "

@@ -7,12 +7,15 @@ pipeline/validate.py for the checks and their severities).
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 from pipeline.params import Params
 from pipeline.validate import ValidateOutputs, validate_extracted
 from stages.common import run_stage
+
+LOG = logging.getLogger("stages.validate")
 
 EXTRACTED_MANIFEST = Path("data/extracted/manifest.csv")
 OUTPUTS = ValidateOutputs(
@@ -27,7 +30,7 @@ def main(params: Params) -> None:
     started = time.perf_counter()
     report = validate_extracted(EXTRACTED_MANIFEST, OUTPUTS, params.validate)
     seconds = time.perf_counter() - started
-    print(
+    LOG.info(
         f"validate: no critical failure among {len(report.outcomes)} expectations on "
         f"{report.rows} slices ({len(report.warnings)} warnings); {seconds:.1f} s, "
         f"{report.rows / seconds:.0f} rows/s"

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from dvc.utils.hydra import apply_overrides
 
+from pipeline.headline import headline_metric_keys
 from pipeline.params import load_params
 from pipeline.report import headline_keys, number
 from tests.browser import browser, offline_problems
@@ -31,6 +32,7 @@ STAGES = (
     "augment",
     "train",
     "evaluate",
+    "export",
     "infer",
     "report",
 )
@@ -38,16 +40,17 @@ STAGES = (
 # param (dotted) -> new value -> the stages that read it (and only those). `report` shows
 # every param, so it reads them all.
 READERS: list[tuple[str, object, set[str]]] = [
-    ("seed", 7, {"synthesize", "split", "augment", "train", "evaluate", "report"}),
+    ("seed", 7, {"synthesize", "split", "augment", "train", "evaluate", "export", "report"}),
     ("phantom.noise_hu", [2.0, 4.0], {"synthesize", "report"}),
-    ("extract.max_uncompressed_mb", 2048.0, {"extract", "report"}),
+    # export records the extract and infer sections: the new-images command's settings.
+    ("extract.max_uncompressed_mb", 2048.0, {"extract", "export", "report"}),
     ("validate.min_lesion_slice_share", 0.1, {"validate", "report"}),
     ("colorize.image_interpolation", "linear", {"colorize", "report"}),
     ("image_size", 48, {"colorize", "train", "report"}),
     (
         "rgb_map",
         {"background": [0, 0, 0], "Hemorrhagic": [255, 0, 255], "Ischemic": [0, 255, 0]},
-        {"colorize", "augment", "train", "evaluate", "infer", "report"},
+        {"colorize", "augment", "train", "evaluate", "export", "infer", "report"},
     ),
     ("split.mini_test_per_class", 2, {"split", "report"}),
     ("augment.elastic.alpha", 6.0, {"augment", "report"}),
@@ -55,7 +58,7 @@ READERS: list[tuple[str, object, set[str]]] = [
     ("model.dropout_rate", 0.1, {"train", "report"}),
     ("train.clipvalue", 1.0, {"train", "report"}),
     ("evaluate.nsd_tolerance_mm", 2.0, {"evaluate", "report"}),
-    ("infer.overlay_alpha", 0.3, {"infer", "report"}),
+    ("infer.overlay_alpha", 0.3, {"infer", "export", "report"}),
 ]
 
 
@@ -134,9 +137,13 @@ def test_changing_a_param_flags_exactly_its_readers(built, key, value, readers):
 @pytest.mark.parametrize(
     ("key", "value", "reruns"),
     [
-        ("augment.barrel.radius", 0.4, {"augment", "train", "evaluate", "infer", "report"}),
-        ("lr", 0.002, {"train", "evaluate", "infer", "report"}),
-        ("infer.overlay_alpha", 0.3, {"infer", "report"}),
+        (
+            "augment.barrel.radius",
+            0.4,
+            {"augment", "train", "evaluate", "export", "infer", "report"},
+        ),
+        ("lr", 0.002, {"train", "evaluate", "export", "infer", "report"}),
+        ("infer.overlay_alpha", 0.3, {"infer", "export", "report"}),
     ],
 )
 def test_repro_reruns_readers_and_downstream_and_skips_the_rest(built, key, value, reruns):
@@ -226,6 +233,13 @@ def test_metrics_params_and_plots_diff_across_branches(built):
         # One epoch on the tiny phantom may leave a class at the same Dice; the loss always moves.
         changed = {key for key, value in evaluate.items() if value.get("diff")}
         assert "categorical_crossentropy" in changed and changed & {"dice_hemorrhagic", "dice_mean"}
+        # The README's comparison of all 12 headline figures, one row each.
+        targets = ("--targets", "metrics/headline.json", "--json", "--all")
+        headline = json.loads(
+            project.dvc("metrics", "diff", *targets, "--", "main", "faster-lr").stdout
+        )
+        assert list(headline) == ["metrics/headline.json"]
+        assert set(headline["metrics/headline.json"]) == set(headline_metric_keys())
         params = json.loads(project.dvc("params", "diff", "main", "faster-lr", "--json").stdout)
         assert (params["params.yaml"]["lr"]["old"], params["params.yaml"]["lr"]["new"]) == (
             0.001,
@@ -290,6 +304,27 @@ def test_experiments_with_set_param_and_a_queued_sweep(built):
     assert "Failed" not in status, status
     table = project.dvc("exp", "show", "--md").stdout
     assert "0.002" in table and "0.003" in table
+
+    # The README's recipe: one row per experiment, within 120 columns, nothing cut off.
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    recipe = [
+        line
+        for line in readme.splitlines()
+        if line.startswith(("HIDE=", "dvc exp show --only-changed"))
+    ]
+    assert len(recipe) == 2, recipe
+    shown = project.run("bash", "-c", "; ".join(recipe), env={"COLUMNS": "120"}).stdout
+    assert "…" not in shown, shown
+    header = next(line for line in shown.splitlines() if "Experiment" in line).split()
+    assert [name for name in header if name not in ("State", "Executor")] == [
+        "Experiment",
+        "Created",
+        "metrics/headline.json:dice_hemorrhagic",
+        "metrics/headline.json:dice_ischemic",
+        "lr",
+    ], shown
+    for lr in ("0.0005", "0.002", "0.003"):
+        assert lr in shown
 
 
 def test_a_learning_rate_without_a_dot_set_through_exp_run_is_a_number(make_project):

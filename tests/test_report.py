@@ -20,10 +20,9 @@ from hypothesis import strategies as st
 
 from pipeline.expectations import make_data_docs_offline
 from pipeline.io import DataError
+from pipeline.model_card import PHANTOM_ARCHIVE, PHANTOM_CAVEAT
 from pipeline.params import load_params
 from pipeline.report import (
-    PHANTOM_ARCHIVE,
-    PHANTOM_CAVEAT,
     headline_keys,
     metric_rows,
     number,

@@ -396,7 +396,7 @@ def test_stage_writes_the_archive_and_the_montage(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = run_stage_command("synthesize", tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "slices/s" in result.stdout
+    assert "INFO stages.synthesize: synthesize: " in result.stderr and "slices/s" in result.stderr
     assert zipfile.is_zipfile(tmp_path / "data/raw/phantom.zip")
     assert (tmp_path / "data/raw/phantom_dicom/cases.csv").is_file()  # tests/test_dicom.py
     montage = cv2.imread(str(tmp_path / "reports/phantom_montage.png"))

@@ -7,7 +7,9 @@ with real files: manifests written by `write_manifest`, PNGs, checkpoints, repor
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -339,7 +341,8 @@ def test_missing_files_and_wrong_sizes_fail_before_training(tmp_path: Path) -> N
 
 
 # ------------------------------------------------------------------------------ training
-def test_one_epoch_writes_model_metrics_reports_and_dvclive(tmp_path: Path, capsys) -> None:
+def test_one_epoch_writes_model_metrics_reports_and_dvclive(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="pipeline")
     paths = write_tiny_project(tmp_path)
     summary = run_train(tiny_params(), paths)
 
@@ -353,10 +356,17 @@ def test_one_epoch_writes_model_metrics_reports_and_dvclive(tmp_path: Path, caps
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["params_count"] == model.count_params()
     assert metrics["training_s"] > 0 and metrics["train_images_per_s"] > 0
-    # The devices it trained on, printed at the start and recorded with the rate.
+    # The devices it trained on, logged at the start and recorded with the rate.
     device = "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
     assert metrics["devices"].startswith(device) and metrics["replicas"] == 1
-    assert f"on {metrics['devices']}" in capsys.readouterr().out
+    assert f"on {metrics['devices']}" in caplog.text
+    # No terminal under pytest: the epoch's last step gets a progress line, then its summary.
+    messages = [record.getMessage() for record in caplog.records]
+    progress = [m for m in messages if re.fullmatch(r"epoch 1/1 step (\d+)/\1: .*", m)]
+    assert progress and re.search(r": [\d.]+ images/s, 00:00 left in this epoch", progress[0])
+    assert messages.index(progress[0]) < next(
+        index for index, m in enumerate(messages) if re.match(r"epoch 1/1 \d+s ", m)
+    )
     reports = paths.reports_dir
     for name in ("train_metrics.csv", "train_losses.csv", "train_metrics.png", "train_losses.png"):
         assert (reports / name).is_file(), name
