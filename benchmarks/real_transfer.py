@@ -1,6 +1,6 @@
 """Transfer check: the project's new-images command over real slices, scored against their masks.
 
-    .venv/bin/python benchmarks/real_transfer.py --real ../shared/real-ct-dev \
+    .venv/bin/python benchmarks/real_transfer.py --real DIR \
         [--model models/model.keras] [--tta-flip] [--output DIR] [--json OUT.json]
 
 Runs `python -m stages.infer --model M --input DIR/images --output OUT` in a subprocess (the
@@ -14,7 +14,7 @@ in benchmarks/realism.py). Per lesion class, over the slices whose truth holds i
   (and missed: predicted as background);
 - false-positive slices: slices whose truth lacks the class but whose prediction holds it.
 The same table follows per source, a source being the file name up to its first underscore
-(BHSD, barrdistorted (CT-ICH), Ischemic (AISD) in ../shared/real-ct-dev). The predictions go
+(in the development set: BHSD, barrdistorted (CT-ICH), Ischemic (AISD)). The predictions go
 to a temporary folder unless `--output` names one.
 """
 

@@ -1,6 +1,6 @@
 """Realism score: phantom slices against real head CT slices, feature by feature, and one figure.
 
-    .venv/bin/python benchmarks/realism.py --real ../shared/real-ct-dev \
+    .venv/bin/python benchmarks/realism.py --real DIR \
         [--phantom data/raw/phantom.zip] [--phantom-slices 64] [--seed 0] \
         [--json OUT.json] [--montage OUT.png]
 

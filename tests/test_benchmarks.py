@@ -171,7 +171,7 @@ def test_extract_benchmark_compares_worker_counts_on_the_archive_and_its_scaled_
 
 
 # ---- the realism score and the transfer check (benchmarks/realism.py, real_transfer.py) ------
-# Real slices never come from ../shared here: the "real" folders are drawn in the test or
+# Real slices never come from a real-CT folder here: the "real" folders are drawn in the test or
 # written from the tiny phantom.
 
 
@@ -250,7 +250,7 @@ def test_realism_features_of_a_drawn_head_are_what_was_drawn() -> None:
 
 
 def write_real_folder(folder: Path, slices: list, palette) -> Path:
-    """Slices in the layout of ../shared/real-ct-dev: images/ grey, masks/ rgb_map colours."""
+    """A real-CT folder as --real takes it: images/ grey, masks/ rgb_map colours."""
     for item in slices:
         name = f"{item.name}.png"
         write_png(folder / "images" / name, item.grey)
