@@ -41,6 +41,8 @@ PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
 HuRange = tuple[float, float]
+# A [low, high] share of the image, both above 0 (head width: a head of zero width is no head).
+ShareRange = tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]]
 Rgb = tuple[
     Annotated[int, Field(ge=0, le=255)],
     Annotated[int, Field(ge=0, le=255)],
@@ -93,6 +95,12 @@ class PhantomParams(StrictModel):
     """Synthetic non-contrast head CT laid out like the Kaggle archive (stage `synthesize`)."""
 
     image_size: Annotated[int, Field(ge=32, le=1024)]
+    # Pose, drawn per case the same way for both classes (README, "The phantom"): head width
+    # at its widest level over image width (real slices 0.64-0.95), in-plane rotation drawn
+    # uniformly within +-rotation_max_deg, centre shift (std, share of the image size).
+    head_width_share: ShareRange
+    rotation_max_deg: Annotated[float, Field(ge=0.0, le=45.0)]
+    centre_shift_share: Annotated[float, Field(ge=0.0, le=0.2)]
     # Masked cases (21 - 1 and 28) split 0.5 / 0.2 / 0.3 give test 6 + 8 and valid 4 + 6
     # cases: enough patients per class for intervals and triage, while train keeps 448
     # slices after augmentation (544 before), so `make repro` stays near 6 minutes.
@@ -133,7 +141,14 @@ class PhantomParams(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> PhantomParams:
-        for name in ("csf_hu", "hemorrhage_hu", "ischemic_drop_hu", "parenchyma_hu", "noise_hu"):
+        for name in (
+            "head_width_share",
+            "csf_hu",
+            "hemorrhage_hu",
+            "ischemic_drop_hu",
+            "parenchyma_hu",
+            "noise_hu",
+        ):
             _ordered_range(getattr(self, name), name)
         _distinct(self.dicom_subsets, "dicom_subsets")
         if self.hemorrhagic_cases_without_mask >= self.hemorrhagic_cases:

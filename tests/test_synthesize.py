@@ -51,8 +51,9 @@ def small_archive(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def rendered_slices() -> list[tuple[PhantomParams, object]]:
-    """Every slice of four cases (two per class) at 128 px, with their params."""
-    params = small_params(image_size=128)
+    """Every slice of four cases (two per class) at 256 px, with their params: at 128 px the
+    cortex ribbon of the smallest heads (0.55 of the image) is a pixel or two wide."""
+    params = small_params(image_size=256)
     cases = plan_cases(params, seed=3)
     chosen = [c for c in cases if c.class_name == "Hemorrhagic"][:2]
     chosen += [c for c in cases if c.class_name == "Ischemic"][:2]

@@ -1,7 +1,8 @@
 """The head: tissue densities, the random anatomy of a case (head shape, skull, ventricles,
 sulci, deep nuclei) and the pixel grid it is drawn on.
 
-Lengths in pixels are given at 512 px (REFERENCE_SIZE) and scale with `image_size`."""
+Lengths in pixels are given for a head of the reference size (REFERENCE_HEAD_WIDTH_SHARE of a
+512 px image, REFERENCE_SIZE) and scale with the case's head width and `image_size`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ from pipeline.numerics import arctan2_f32, cos_f32, sin_f32
 from pipeline.params import PhantomParams
 
 REFERENCE_SIZE = 512
+# Head width (at its widest level) over image width that the pixel lengths below are given
+# for; a case's head is drawn at its own width (`phantom.head_width_share`) and its skull,
+# cortex, sulci and lesion thicknesses scale with it, as a real head does when it fills more of
+# the field of view.
+REFERENCE_HEAD_WIDTH_SHARE = 0.66
 # Tissues outside the brain have fixed densities; brain, CSF and lesions come from params.
 AIR_HU = -1000.0
 FAT_HU = -90.0
@@ -68,6 +74,7 @@ class Anatomy:
 
     centre: tuple[float, float]
     half_width_px: float
+    px_scale: float  # pixels of this case per pixel of the reference head at 512 px
     elongation: float  # front-to-back over left-to-right head size
     rotation: float
     outline: np.ndarray  # (k, 3): harmonic order, amplitude, phase of the head outline
@@ -208,14 +215,16 @@ def _ellipsoids(
 
 def sample_anatomy(rng: np.random.Generator, params: PhantomParams) -> Anatomy:
     size = params.image_size
-    scale = size / REFERENCE_SIZE
     slices = params.slices_per_case
-    half_width = size * rng.uniform(0.31, 0.355)
+    # Pose and size: drawn first, the same way for every class (no shortcut for the model).
+    half_width = size * rng.uniform(*params.head_width_share) / 2.0
+    scale = size / REFERENCE_SIZE * half_width / (size * REFERENCE_HEAD_WIDTH_SHARE / 2.0)
+    rotation = math.radians(rng.uniform(-1.0, 1.0) * params.rotation_max_deg)
+    shift = rng.normal(0.0, params.centre_shift_share, size=2)
     elongation = rng.uniform(1.14, 1.26)
-    centre = (
-        size * (0.5 + rng.normal(0.0, 0.012)),
-        size * (0.465 + rng.normal(0.0, 0.01)),
-    )
+    # Centred a little above the middle (the table and neck below), shifted per case: wide
+    # heads shifted towards an edge are cropped by the field of view, as in real scans.
+    centre = (size * (0.5 + shift[0]), size * (0.475 + shift[1]))
     orders = np.arange(2.0, 6.0)
     outline = np.column_stack(
         [orders, rng.uniform(0.0, 0.016, size=4), rng.uniform(0, 2 * np.pi, size=4)]
@@ -241,13 +250,15 @@ def sample_anatomy(rng: np.random.Generator, params: PhantomParams) -> Anatomy:
     csf_low, csf_high = params.csf_hu
     table = None
     if rng.uniform() < params.table_probability:
-        lowest = centre[1] + half_width * elongation * 1.1 + rng.uniform(6.0, 20.0) * scale
-        table = (lowest, size * rng.uniform(0.55, 1.2), rng.uniform(3.0, 6.0) * scale)
+        image_scale = size / REFERENCE_SIZE
+        lowest = centre[1] + half_width * elongation * 1.1 + rng.uniform(6.0, 20.0) * image_scale
+        table = (lowest, size * rng.uniform(0.55, 1.2), rng.uniform(3.0, 6.0) * image_scale)
     return Anatomy(
         centre=centre,
         half_width_px=half_width,
+        px_scale=scale,
         elongation=elongation,
-        rotation=rng.normal(0.0, 0.08),
+        rotation=rotation,
         outline=outline,
         heights=heights,
         skin_px=rng.uniform(1.8, 2.8) * scale,

@@ -14,7 +14,6 @@ from pipeline.numerics import sin_f32
 from pipeline.params import PhantomParams
 from pipeline.synthesize.anatomy import (
     PARENCHYMA,
-    REFERENCE_SIZE,
     Anatomy,
     CaseGrid,
     Ellipsoid,
@@ -196,7 +195,7 @@ def _hemorrhage_region(
         region[box] |= field < 1.0 - t * t
     if bleed.extra_axial is not None:
         angle, half_angle, thickness_px = bleed.extra_axial
-        most = thickness_px * size / REFERENCE_SIZE
+        most = thickness_px * anatomy.px_scale
         offset = _angle_offset(grid.angle, angle)
         candidates = np.nonzero(
             (inner_depth >= 0.0) & (inner_depth < 1.3 * most) & (offset < half_angle)

@@ -143,7 +143,7 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     """Slice `index` of a case in HU, with its tissue labels and lesion mask."""
     params, anatomy, grid = case.params, case.anatomy, case.grid
     size = params.image_size
-    scale = size / REFERENCE_SIZE
+    scale = anatomy.px_scale
     z = float(anatomy.heights[index])
     base = float(smoothstep(BASE_TOP, 0.02, z))  # 1 at the skull base, 0 higher up
     hu = np.full((size, size), AIR_HU, dtype=np.float32)
@@ -200,7 +200,7 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     lesion = np.zeros_like(brain)
     if lesion_t is not None:
         lesion = add_lesion(hu, tissue, case, lesion_t, brain_space, head.inner_depth, infarct)
-    sigma = params.blur_sigma_px * scale
+    sigma = params.blur_sigma_px * size / REFERENCE_SIZE  # the scanner's, not the head's
     blurred = cv2.GaussianBlur(hu, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE) if sigma else hu
     return PhantomSlice(blurred + _noise(case, index), hu, baseline_hu, tissue, lesion)
 
@@ -210,7 +210,7 @@ def _scalp_and_skull(
 ) -> _Head:
     """Paint skin, fat, temporal muscles and skull by depth below the skin."""
     anatomy, grid = case.anatomy, case.grid
-    scale = case.params.image_size / REFERENCE_SIZE
+    scale = anatomy.px_scale
     rho = np.hypot(grid.u, grid.v) / (grid.outline_radius * np.float32(head_scale(z)))
     head = rho < 1.0
     depth = cv2.distanceTransform(head.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
@@ -237,7 +237,7 @@ def _grey_share(
     thickness along the brain surface, sulci and fissures (`cortex_source` is zero there),
     the deep nuclei, and a uniform cerebellum."""
     anatomy = case.anatomy
-    scale = case.params.image_size / REFERENCE_SIZE
+    scale = anatomy.px_scale
     depth = cv2.distanceTransform(
         cortex_source.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
     )
