@@ -97,7 +97,6 @@ class Anatomy:
     grey_hu: float
     white_hu: float
     csf_hu: float
-    noise_hu: float
     texture: np.ndarray  # (slices, g, g) smooth parenchyma texture, unit std
     folding: np.ndarray  # (slices, g, g) smooth field that bends the sulci, unit std
     porosity: np.ndarray  # (g, g) field whose high values are air cells in the skull base
@@ -292,11 +291,42 @@ def sample_anatomy(rng: np.random.Generator, params: PhantomParams) -> Anatomy:
         csf_hu=rng.uniform(
             csf_low + 0.55 * (csf_high - csf_low), csf_low + 0.9 * (csf_high - csf_low)
         ),
-        noise_hu=rng.uniform(*params.noise_hu),
         texture=texture[2:-2],
         folding=folding[2:-2],
         porosity=rng.uniform(0.0, 1.0, size=(85, 85)).astype(np.float32),
         table=table,
+    )
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """How a case was scanned and exported, drawn per case like the pose."""
+
+    window_level_hu: float
+    window_width_hu: float
+    noise_hu: float
+    noise_filter: np.ndarray  # (n, n // 2 + 1) amplitude of the noise's half-size spectrum
+    blur_sigma_px: float
+
+
+def sample_acquisition(rng: np.random.Generator, params: PhantomParams) -> Acquisition:
+    """Window, noise and blur of a case. The noise is filtered back-projection noise: power
+    spectrum |f| W(f)^2 (the ramp filter times a Hann apodisation window cut off at the case's
+    frequency), so it is mottled, with no grain finer than the cut-off. It is drawn on a grid
+    half the image size (cut-offs up to 0.25 cycles per pixel; `rendering._noise`)."""
+    half = max(8, params.image_size // 2)
+    cutoff = rng.uniform(*params.noise_cutoff_cycles_per_px)
+    # Frequencies in cycles per image pixel: the half-size grid's pixels are two image pixels.
+    fy = np.fft.fftfreq(half)[:, None] / 2.0
+    fx = np.fft.rfftfreq(half)[None, :] / 2.0
+    radial = np.hypot(fy, fx)
+    window = np.where(radial < cutoff, 0.5 + 0.5 * np.cos(np.pi * radial / cutoff), 0.0)
+    return Acquisition(
+        window_level_hu=rng.uniform(*params.window_level_hu),
+        window_width_hu=rng.uniform(*params.window_width_hu),
+        noise_hu=rng.uniform(*params.noise_hu),
+        noise_filter=np.sqrt(radial) * window,
+        blur_sigma_px=rng.uniform(*params.blur_sigma_px),
     )
 
 

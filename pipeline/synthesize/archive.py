@@ -76,7 +76,7 @@ def render_case_files(task: tuple[CaseSpec, PhantomParams]) -> CaseFiles:
     lesion_pixels: list[int] = []
     slices = render_case_slices(spec, params)
     for stem, rendered in zip(spec.slice_stems, slices, strict=True):
-        image = window_to_uint8(rendered.hu, params.window_level_hu, params.window_width_hu)
+        image = window_to_uint8(rendered.hu, rendered.window_level_hu, rendered.window_width_hu)
         members.append((spec.member("images", stem), encode_png(image)))
         if spec.has_mask:
             mask = np.where(rendered.lesion, np.uint8(255), np.uint8(0))

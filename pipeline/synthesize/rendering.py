@@ -21,6 +21,7 @@ from pipeline.synthesize.anatomy import (
     SKIN_HU,
     TABLE_HU,
     VITREOUS_HU,
+    Acquisition,
     Anatomy,
     CaseGrid,
     Ellipsoid,
@@ -30,24 +31,35 @@ from pipeline.synthesize.anatomy import (
     ellipse_field,
     head_scale,
     pixel_box,
+    sample_acquisition,
     sample_anatomy,
     smoothstep,
 )
 from pipeline.synthesize.layout import CaseSpec
-from pipeline.synthesize.lesions import Lesion, add_lesion, infarct_region, sample_lesion
+from pipeline.synthesize.lesions import (
+    Lesion,
+    Spaces,
+    add_context,
+    add_lesions,
+    infarct_region,
+    sample_lesions,
+)
 
 
 @dataclass(frozen=True)
 class PhantomSlice:
     """One rendered slice: `hu` is the final image in HU (blur and noise included);
     `clean_hu` the tissue model before blur and noise; `baseline_hu` the same tissue model
-    without the lesion; `tissue` a `Tissue` label per pixel; `lesion` the lesion mask."""
+    without the lesion; `tissue` a `Tissue` label per pixel; `lesion` the lesion mask; the
+    case's brain window for its 8-bit export."""
 
     hu: np.ndarray
     clean_hu: np.ndarray
     baseline_hu: np.ndarray
     tissue: np.ndarray
     lesion: np.ndarray
+    window_level_hu: float
+    window_width_hu: float
 
 
 @dataclass(frozen=True)
@@ -55,17 +67,22 @@ class CaseModel:
     spec: CaseSpec
     params: PhantomParams
     anatomy: Anatomy
-    lesion: Lesion
+    acquisition: Acquisition
+    lesions: tuple[Lesion, ...]
     grid: CaseGrid
 
 
 @baseline_opencv()
 def build_case(spec: CaseSpec, params: PhantomParams) -> CaseModel:
-    """Draw the anatomy and lesion of one case from the case's own generator."""
+    """Draw the anatomy, acquisition and lesions of one case from the case's own generator:
+    the first two before anything depends on the class, so they are drawn the same way for
+    both classes."""
     rng = np.random.default_rng(np.random.SeedSequence(list(spec.entropy)))
     anatomy = sample_anatomy(rng, params)
-    lesion = sample_lesion(rng, spec.class_name, params, anatomy.elongation)
-    return CaseModel(spec, params, anatomy, lesion, case_grid(anatomy, params.image_size))
+    acquisition = sample_acquisition(rng, params)
+    lesions = sample_lesions(rng, spec.class_name, params, anatomy)
+    grid = case_grid(anatomy, params.image_size)
+    return CaseModel(spec, params, anatomy, acquisition, lesions, grid)
 
 
 @dataclass(frozen=True)
@@ -175,11 +192,8 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     _paint_tubes(ventricles, grid, anatomy, anatomy.ventricles, z)
     _paint_ellipsoids(ventricles, grid, anatomy, anatomy.small_ventricles, z)
     ventricles &= brain & (surface_depth > 3.0 * scale)
-    lesion_t = case.lesion.height(index)
-    infarct = None
-    if lesion_t is not None and case.lesion.infarct is not None:
-        infarct = brain & infarct_region(case.lesion, case.lesion.infarct, grid, head.rho, lesion_t)
-        open_sulci &= ~infarct  # swelling effaces the sulci of an infarct
+    infarct = infarct_region(case, index, brain, head.rho)
+    open_sulci &= ~infarct  # swelling effaces the sulci of an infarct
     outer_csf = (brain_space & ~brain) | (brain & (open_sulci | fissure | cisterns))
 
     grey = _grey_share(case, index, brain & ~(outer_csf | sulcal_lines | falx), skull_base)
@@ -196,13 +210,24 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     if grid.table is not None:
         _set(hu, tissue, grid.table & ~head.head, TABLE_HU, Tissue.TABLE)
 
+    spaces = Spaces(
+        brain_space, brain, head.inner_depth, head.rho, outer_csf & brain_space, ventricles
+    )
+    add_context(hu, tissue, case, index, spaces, head.head)
     baseline_hu = hu.copy()
-    lesion = np.zeros_like(brain)
-    if lesion_t is not None:
-        lesion = add_lesion(hu, tissue, case, lesion_t, brain_space, head.inner_depth, infarct)
-    sigma = params.blur_sigma_px * size / REFERENCE_SIZE  # the scanner's, not the head's
+    lesion = add_lesions(hu, tissue, case, index, spaces)
+    acquisition = case.acquisition
+    sigma = acquisition.blur_sigma_px * size / REFERENCE_SIZE  # the scanner's, not the head's
     blurred = cv2.GaussianBlur(hu, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE) if sigma else hu
-    return PhantomSlice(blurred + _noise(case, index), hu, baseline_hu, tissue, lesion)
+    return PhantomSlice(
+        blurred + _noise(case, index),
+        hu,
+        baseline_hu,
+        tissue,
+        lesion,
+        acquisition.window_level_hu,
+        acquisition.window_width_hu,
+    )
 
 
 def _scalp_and_skull(
@@ -264,13 +289,17 @@ def _slice_rng(case: CaseModel, stream: int, index: int) -> np.random.Generator:
 
 
 def _noise(case: CaseModel, index: int) -> np.ndarray:
-    """CT-like noise, a few pixels grainy, with the case's standard deviation exactly."""
+    """Filtered back-projection noise (`anatomy.sample_acquisition`) with the case's standard
+    deviation exactly: a random spectrum shaped by the case's filter on a half-size grid,
+    transformed back and enlarged to the image (a quarter of the cost of a full-size FFT)."""
     size = case.params.image_size
-    white = _slice_rng(case, 1, index).standard_normal((size, size), dtype=np.float32)
-    grain = case.params.noise_grain_px * size / REFERENCE_SIZE
-    field = cv2.GaussianBlur(white, (0, 0), grain) if grain > 0.0 else white
+    shaping = case.acquisition.noise_filter
+    coefficients = _slice_rng(case, 1, index).standard_normal((2, *shaping.shape))
+    spectrum = (coefficients[0] + 1j * coefficients[1]) * shaping
+    half = np.fft.irfft2(spectrum, s=(shaping.shape[0], shaping.shape[0])).astype(np.float32)
+    field = cv2.resize(half, (size, size), interpolation=cv2.INTER_LINEAR)
     field -= np.float32(field.mean())
-    return field * np.float32(case.anatomy.noise_hu / max(float(field.std()), 1e-6))
+    return field * np.float32(case.acquisition.noise_hu / max(float(field.std()), 1e-6))
 
 
 def _sulci(
