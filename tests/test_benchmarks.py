@@ -11,11 +11,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from benchmarks import augment_speed, dvc_speed, extract_speed, input_speed, kaggle_scale
-from pipeline.io import read_manifest, verify_content
+from benchmarks import (
+    augment_speed,
+    dvc_speed,
+    extract_speed,
+    input_speed,
+    kaggle_scale,
+    realism,
+)
+from pipeline.io import read_image, read_manifest, verify_content, write_png
+from pipeline.masks import index_to_colour
 from pipeline.params import parse_params
 from pipeline.synthesize.archive import synthesize_archive
 from tests.conftest import PROJECT_ROOT, TINY_PARAMS, create_project, deep_merge, project_params
@@ -131,3 +143,210 @@ def test_extract_benchmark_compares_worker_counts_on_the_archive_and_its_scaled_
     assert small["workers=1"]["pairs"] == small["workers=2"]["pairs"] > 0
     assert scaled["workers=2"]["pairs"] == extract_speed.SCALE * small["workers=2"]["pairs"]
     assert small["wall_ratio"] > 0 and scaled["workers=2"]["peak_rss_mb"] > 0
+
+
+# ---- the realism score and the transfer check (benchmarks/realism.py, real_transfer.py) ------
+# Real slices never come from ../shared here: the "real" folders are drawn in the test or
+# written from the tiny phantom.
+
+
+def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(PROJECT_ROOT / "benchmarks" / script), *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT)
+
+
+@pytest.mark.parametrize("script", ["realism.py", "real_transfer.py"])
+def test_realism_and_transfer_help_runs_nothing(script: str, tmp_path: Path) -> None:
+    done = run_benchmark(script, "--help")
+    assert done.returncode == 0 and "--real" in done.stdout
+    missing = run_benchmark(script, "--real", str(tmp_path / "nowhere"))
+    assert missing.returncode != 0 and "no images/ folder" in missing.stderr
+
+
+@given(
+    colours=st.lists(st.tuples(*[st.integers(0, 255)] * 3), min_size=1, max_size=40),
+)
+@settings(max_examples=50, deadline=None)
+def test_each_mask_pixel_takes_its_nearest_palette_colour(colours: list) -> None:
+    palette = project_params().palette
+    pixels = np.array(colours + list(palette), dtype=np.uint8)[None]
+    labels = realism.nearest_palette_labels(pixels, palette)[0]
+    assert labels[len(colours) :].tolist() == list(range(len(palette)))  # exact colours
+    distances = ((pixels[0, :, None].astype(int) - np.array(palette)) ** 2).sum(-1)
+    assert (distances[np.arange(len(labels)), labels] == distances.min(axis=1)).all()
+
+
+def drawn_head(lesion_grey: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 512-px head: scalp (grey 120) to radius 170, skull (255) 150-165, brain 100 with
+    noise SD 3, and a lesion disc of radius 20, 60 px below the centre, at `lesion_grey`."""
+    grey = np.zeros((512, 512), np.uint8)
+    cv2.circle(grey, (256, 256), 170, 120, -1)
+    cv2.circle(grey, (256, 256), 165, 255, -1)
+    cv2.circle(grey, (256, 256), 150, 100, -1)
+    lesion = np.zeros_like(grey)
+    cv2.circle(lesion, (256, 316), 20, 1, -1)
+    grey[lesion > 0] = lesion_grey
+    brain = (grey == 100) | (lesion > 0)
+    noise = np.random.default_rng(seed).normal(0.0, 3.0, grey.shape)
+    grey = np.where(brain, np.clip(np.rint(grey + noise), 1, 254), grey).astype(np.uint8)
+    return grey, lesion
+
+
+def test_realism_features_of_a_drawn_head_are_what_was_drawn() -> None:
+    window = realism.Window(40.0, 80.0)
+    names = ["hemorrhagic", "ischemic"]
+    grey, lesion = drawn_head(lesion_grey=200, seed=0)
+    features = realism.slice_features(grey, lesion.astype(np.uint8), window, names)
+    assert features["head_width_share"] == 341 / 512
+    head_px = np.pi * 170.5**2
+    assert features["bone_share_of_head"] == pytest.approx(
+        np.pi * (165**2 - 150**2) / head_px, 0.03
+    )
+    assert features["air_share_of_head"] == 0.0
+    # The brain is grey 100 (31.4 HU); the lesion 2% of it leaves every quantile there.
+    assert features["intracranial_hu_p50"] == pytest.approx(100 / 255 * 80, abs=0.5)
+    assert features["intracranial_hu_p95"] < features["hemorrhagic_lesion_hu"]
+    assert features["hemorrhagic_lesion_hu"] == pytest.approx(200 / 255 * 80, abs=0.2)
+    assert features["hemorrhagic_contrast_hu"] == pytest.approx(100 / 255 * 80, abs=0.3)
+    assert features["hemorrhagic_area_px"] == lesion.sum()
+    radius = np.sqrt(head_px / np.pi)
+    assert features["hemorrhagic_position_y"] == pytest.approx(60 / radius, abs=0.01)
+    assert features["hemorrhagic_position_r"] == pytest.approx(60 / radius, abs=0.01)
+    assert np.isnan(features["ischemic_contrast_hu"])  # no ischemic lesion on this slice
+    assert 2.0 < features["noise_residual_sd_grey"] < 4.0  # white noise of SD 3
+    assert abs(features["noise_lag1_correlation"]) < 0.3
+    # White noise spreads its power evenly over frequency: the high band holds the most area.
+    assert features["nps_high_share"] > features["nps_low_share"]
+
+    dark, _ = drawn_head(lesion_grey=80, seed=1)
+    infarct = realism.slice_features(dark, 2 * lesion.astype(np.uint8), window, names)
+    assert infarct["ischemic_contrast_hu"] == pytest.approx(-20 / 255 * 80, abs=0.3)
+    assert np.isnan(infarct["hemorrhagic_lesion_hu"])
+
+
+def write_real_folder(folder: Path, slices: list, palette) -> Path:
+    """Slices in the layout of ../shared/real-ct-dev: images/ grey, masks/ rgb_map colours."""
+    for item in slices:
+        name = f"{item.name}.png"
+        write_png(folder / "images" / name, item.grey)
+        write_png(folder / "masks" / name, index_to_colour(item.labels, palette))
+    return folder
+
+
+def test_realism_of_the_phantom_against_its_own_slices_and_a_noisier_copy(
+    tmp_path: Path,
+) -> None:
+    archive = tmp_path / "phantom.zip"
+    synthesize_archive(archive, project_params(TINY_PARAMS).phantom, 0)
+    params = project_params()
+    drawn = realism.read_phantom(archive, params, 10, seed=3)
+    assert len(drawn.slices) == 10 and all(item.labels.any() for item in drawn.slices)
+    again = realism.read_phantom(archive, params, 10, seed=3)
+    assert [item.name for item in again.slices] == [item.name for item in drawn.slices]
+    same = write_real_folder(tmp_path / "same", drawn.slices, params.palette)
+    common = ["--phantom", str(archive), "--phantom-slices", "10", "--seed", "3"]
+    result = realism.main(["--real", str(same), *common, "--json", str(tmp_path / "same.json")])
+    # The real reader and extract's reader see the same pixels and classes: no distance.
+    distances = [row["wasserstein"] for row in result["features"].values()]
+    assert all(distance == 0 or np.isnan(distance) for distance in distances)
+    assert result["real"]["slices"] == result["phantom"]["slices"] == 10
+    assert json.loads((tmp_path / "same.json").read_text())["classifier"]["folds"] == 5
+
+    rng = np.random.default_rng(0)
+    noisy = [
+        realism.Slice(
+            item.name,
+            np.clip(item.grey + rng.normal(0, 25, item.grey.shape), 0, 255).astype(np.uint8),
+            item.labels,
+        )
+        for item in drawn.slices
+    ]
+    other = write_real_folder(tmp_path / "noisy", noisy, params.palette)
+    write_png(other / "images" / "no_mask.png", noisy[0].grey)  # reported, not scored
+    montage = tmp_path / "montage.png"
+    result = realism.main(["--real", str(other), *common, "--montage", str(montage)])
+    assert result["real"]["slices"] == 10 and "no_mask.png" in result["real"]["skipped"][0]
+    assert result["features"]["noise_residual_sd_grey"]["wasserstein"] > 5
+    assert result["classifier"]["auc"] > 0.9
+    picture = read_image(montage, color=True)
+    assert picture.shape[1] > 5 * realism.MONTAGE_TILE_PX  # 8 tiles a row, phantom over real
+
+
+def grey_band_model(path: Path) -> Path:
+    """A real Keras model of known answers at 32 px (1x1 convolution and softmax on the grey):
+    background below grey 60, ischemic from 60 to 180, hemorrhagic above 180."""
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Conv2D(3, 1, activation="softmax")(inputs)
+    model = keras.Model(inputs, outputs)
+    weights = np.zeros((1, 1, 3, 3), np.float32)
+    weights[0, 0, :, 1] = 1.0 / 3.0  # hemorrhagic logit: grey - 150
+    weights[0, 0, :, 2] = 0.25 / 3.0  # ischemic logit: (grey - 60) / 4
+    model.layers[-1].set_weights([weights, np.array([0.0, -150.0, -15.0], np.float32)])
+    model.save(path)
+    return path
+
+
+def test_transfer_check_runs_the_new_images_command_and_scores_its_masks(
+    tmp_path: Path,
+) -> None:
+    """64-px slices, squares on even pixels (the 2x resizes are exact): hemorrhage found on
+    one BHSD slice and called ischemic on the other; the infarct found, with a bright spot
+    that the model calls hemorrhagic on the AISD-like slice."""
+    model = grey_band_model(tmp_path / "model.keras")
+    bright, mid = (slice(8, 24), slice(8, 24)), (slice(32, 48), slice(32, 48))
+    slices = []
+    for name, grey_squares, truth_squares in (
+        ("BHSD_found", [(bright, 220)], [(bright, 1)]),
+        ("BHSD_missed", [(mid, 100)], [(mid, 1)]),
+        ("Ischemic_found", [(mid, 100), (bright, 220)], [(mid, 2)]),
+    ):
+        grey = np.full((64, 64), 20, np.uint8)
+        labels = np.zeros((64, 64), np.uint8)
+        for square, value in grey_squares:
+            grey[square] = value
+        for square, value in truth_squares:
+            labels[square] = value
+        slices.append(realism.Slice(name, grey, labels))
+    palette = project_params().palette
+    real = write_real_folder(tmp_path / "real", slices, palette)
+    output = tmp_path / "predictions"
+
+    done = run_benchmark(
+        "real_transfer.py",
+        "--real",
+        str(real),
+        "--model",
+        str(model),
+        "--output",
+        str(output),
+        "--json",
+        str(tmp_path / "transfer.json"),
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "stages.infer" in done.stderr  # the command itself ran
+    assert sorted(p.name for p in (output / "masks").iterdir()) == sorted(
+        f"{item.name}.png" for item in slices
+    )
+    scores = json.loads((tmp_path / "transfer.json").read_text())["scores"]
+    hemorrhagic, ischemic = scores["all"]["hemorrhagic"], scores["all"]["ischemic"]
+    assert hemorrhagic == {
+        "slices": 2,
+        "pooled_dice": 2 * 256 / (512 + 256),
+        "mean_slice_dice": 0.5,
+        "slices_hit": 1,
+        "called_other_class_share": 0.5,
+        "missed_share": 0.0,
+        "slices_without_class": 1,
+        "false_positive_slices": 1,
+    }
+    assert (ischemic["pooled_dice"], ischemic["slices_hit"], ischemic["slices"]) == (1.0, 1, 1)
+    assert ischemic["false_positive_slices"] == 1  # BHSD_missed
+    assert list(scores) == ["all", "BHSD", "Ischemic"]
+    assert (
+        scores["BHSD"]["hemorrhagic"]["slices"] == 2
+        and scores["Ischemic"]["ischemic"]["slices"] == 1
+    )
+    assert "pooled Dice" in done.stdout

@@ -1,0 +1,217 @@
+"""Transfer check: the project's new-images command over real slices, scored against their masks.
+
+    .venv/bin/python benchmarks/real_transfer.py --real ../shared/real-ct-dev \
+        [--model models/model.keras] [--tta-flip] [--output DIR] [--json OUT.json]
+
+Runs `python -m stages.infer --model M --input DIR/images --output OUT` in a subprocess (the
+command a user runs, with this project's params.yaml), reads OUT/masks/<name>.png, and scores
+them against DIR/masks/<name> (rgb_map colours; each pixel takes its nearest rgb_map colour, as
+in benchmarks/realism.py). Per lesion class, over the slices whose truth holds it:
+- pooled Dice: 2 sum|T & P| / (sum|T| + sum|P|), pixels summed over those slices;
+- mean slice Dice, and slices hit: slices where the Dice is above 0 (the prediction of the
+  class touches the true lesion);
+- called other class: the share of the true lesion's pixels predicted as another lesion class
+  (and missed: predicted as background);
+- false-positive slices: slices whose truth lacks the class but whose prediction holds it.
+The same table follows per source, a source being the file name up to its first underscore
+(BHSD, barrdistorted (CT-ICH), Ischemic (AISD) in ../shared/real-ct-dev). The predictions go
+to a temporary folder unless `--output` names one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.realism import Slice, read_real_folder  # noqa: E402
+from pipeline.io import DataError, read_image, write_json  # noqa: E402
+from pipeline.masks import colour_to_index  # noqa: E402
+from pipeline.params import Params, load_params  # noqa: E402
+
+DEFAULT_MODEL = ROOT / "models/model.keras"
+ALL_SOURCES = "all"
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One real slice: truth and predicted class indices at the slice's size."""
+
+    name: str
+    truth: np.ndarray
+    prediction: np.ndarray
+
+    @property
+    def source(self) -> str:
+        return self.name.split("_", 1)[0]
+
+
+def run_new_images_command(
+    model: Path, images: Path, output: Path, params_path: Path, tta_flip: bool
+) -> None:
+    command = [sys.executable, "-m", "stages.infer", "--model", str(model)]
+    command += ["--input", str(images), "--output", str(output), "--params", str(params_path)]
+    if tta_flip:
+        command.append("--tta-flip")
+    print("running:", " ".join(command), file=sys.stderr)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    sys.stderr.write(done.stderr[-4000:])
+    if done.returncode != 0:
+        raise DataError(f"the new-images command failed (exit status {done.returncode})")
+
+
+def read_predictions(real: Sequence[Slice], output: Path, params: Params) -> list[Scored]:
+    """Each real slice with its predicted mask; a slice without one is reported and left out."""
+    scored = []
+    for item in real:
+        path = output / "masks" / f"{Path(item.name).stem}.png"
+        try:
+            prediction = colour_to_index(read_image(path, color=True), params.palette, str(path))
+        except DataError as error:
+            print(f"skipped {item.name}: no prediction ({error})", file=sys.stderr)
+            continue
+        scored.append(Scored(item.name, item.labels, prediction))
+    return scored
+
+
+def class_scores(slices: Sequence[Scored], index: int) -> dict[str, float | int | None]:
+    """The figures of one lesion class (class index `index`); see the module docstring."""
+    holding = [item for item in slices if (item.truth == index).any()]
+    overlap = truth_px = predicted_px = other_px = missed_px = 0
+    slice_dice = []
+    for item in holding:
+        truth, predicted = item.truth == index, item.prediction == index
+        both, truth_here, predicted_here = (
+            int((truth & predicted).sum()),
+            int(truth.sum()),
+            int(predicted.sum()),
+        )
+        slice_dice.append(2 * both / (truth_here + predicted_here))  # truth_here > 0
+        overlap += both
+        truth_px += truth_here
+        predicted_px += predicted_here
+        other_px += int((truth & (item.prediction != index) & (item.prediction != 0)).sum())
+        missed_px += int((truth & (item.prediction == 0)).sum())
+    lacking = [item for item in slices if not (item.truth == index).any()]
+    return {
+        "slices": len(holding),
+        "pooled_dice": 2 * overlap / (truth_px + predicted_px) if holding else None,
+        "mean_slice_dice": float(np.mean(slice_dice)) if holding else None,
+        "slices_hit": sum(value > 0 for value in slice_dice),
+        "called_other_class_share": other_px / truth_px if holding else None,
+        "missed_share": missed_px / truth_px if holding else None,
+        "slices_without_class": len(lacking),
+        "false_positive_slices": sum((item.prediction == index).any() for item in lacking),
+    }
+
+
+def transfer_scores(slices: Sequence[Scored], params: Params) -> dict[str, dict]:
+    """{source: {class label: figures}}, "all" first, then each source by name."""
+    sources = [ALL_SOURCES, *sorted({item.source for item in slices})]
+    table: dict[str, dict] = {}
+    for source in sources:
+        chosen = [item for item in slices if source in (ALL_SOURCES, item.source)]
+        table[source] = {
+            lesion.label: class_scores(chosen, lesion.index) for lesion in params.lesion_classes
+        }
+    return table
+
+
+def format_table(table: dict[str, dict]) -> str:
+    header = (
+        "slices",
+        "class",
+        "pooled Dice",
+        "mean slice Dice",
+        "hit",
+        "other class",
+        "missed",
+        "FP slices",
+    )
+    rows = [header]
+    for source, classes in table.items():
+        for label, row in classes.items():
+            if not row["slices"] and not row["false_positive_slices"]:
+                continue
+            held = row["slices"]
+            rows.append(
+                (
+                    source,
+                    label,
+                    "-" if not held else f"{row['pooled_dice']:.2f}",
+                    "-" if not held else f"{row['mean_slice_dice']:.2f}",
+                    f"{row['slices_hit']}/{held}",
+                    "-" if not held else f"{row['called_other_class_share']:.0%}",
+                    "-" if not held else f"{row['missed_share']:.0%}",
+                    f"{row['false_positive_slices']}/{row['slices_without_class']}",
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
+    parser.add_argument("--real", type=Path, required=True, help="folder with images/ and masks/")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="Keras model file")
+    parser.add_argument("--tta-flip", action="store_true", help="passed to the command")
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--output", type=Path, help="keep the predictions here")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    arguments = parser.parse_args(argv)
+    try:
+        params = load_params(arguments.params)
+        real = read_real_folder(arguments.real, params)
+        if not real.slices:
+            raise DataError(f"{arguments.real}: no usable slice (see the lines above)")
+        with tempfile.TemporaryDirectory(prefix="real-transfer-") as scratch:
+            output = arguments.output or Path(scratch) / "predictions"
+            run_new_images_command(
+                arguments.model.resolve(),
+                (arguments.real / "images").resolve(),
+                output.resolve(),
+                arguments.params.resolve(),
+                arguments.tta_flip,
+            )
+            scored = read_predictions(real.slices, output, params)
+    except DataError as error:
+        sys.exit(f"real_transfer: {error}")
+    table = transfer_scores(scored, params)
+    result = {
+        "real": str(arguments.real),
+        "model": str(arguments.model),
+        "tta_flip": arguments.tta_flip,
+        "slices": len(scored),
+        "skipped": [
+            *real.skipped,
+            *sorted({s.name for s in real.slices} - {s.name for s in scored}),
+        ],
+        "scores": table,
+    }
+    print(format_table(table))
+    print(f"\n{len(scored)} real slices from {arguments.real}; model {arguments.model}")
+    if arguments.json:
+        write_json(arguments.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
