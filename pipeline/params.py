@@ -191,8 +191,12 @@ class PhantomParams(StrictModel):
     # Unlabelled oedema rim around parenchymal bleeds: width (px at the reference head), drop.
     oedema_rim_px: tuple[NonNegativeFloat, NonNegativeFloat]
     oedema_drop_hu: tuple[NonNegativeFloat, NonNegativeFloat]
-    # Share of a lesion's HU change on its first and last slice (partial volume).
+    # Partial volume: share of a lesion's HU change on its first and last slice, and on
+    # every slice of a thin subarachnoid or subdural layer.
     edge_slice_fill: tuple[
+        Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]
+    ]
+    thin_bleed_fill: tuple[
         Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]
     ]
     table_probability: Probability
@@ -224,6 +228,7 @@ class PhantomParams(StrictModel):
             "oedema_rim_px",
             "oedema_drop_hu",
             "edge_slice_fill",
+            "thin_bleed_fill",
             "parenchyma_hu",
         ):
             _ordered_range(getattr(self, name), name)

@@ -47,6 +47,8 @@ KIND_HEIGHTS: dict[str, tuple[float, float]] = {
     "lacunar": (0.3, 0.48),  # basal ganglia, internal capsule, thalamus
     "posterior_fossa": (0.03, 0.22),  # cerebellum and brainstem
 }
+# A few millimetres thick, they fill only part of a 5 mm slice (`phantom.thin_bleed_fill`).
+THIN_BLEEDS = ("subarachnoid", "subdural")
 SCALP_HAEMATOMA_HU = 55.0  # the unlabelled swelling over an epidural haematoma
 
 
@@ -90,6 +92,7 @@ class Lesion:
     layer: float | None
     level_hu: float  # hemorrhage: its mean HU; infarct: its mean drop below parenchyma
     edge_fill: float  # share of the lesion's HU change on its first and last slice
+    body_fill: float  # share on the other slices (below 1 for thin layers: partial volume)
     oedema_px: float  # unlabelled oedema rim around a hemorrhage (0: none), reference head
     oedema_drop_hu: float
 
@@ -107,7 +110,7 @@ class Lesion:
     def fill(self, index: int) -> float:
         """Share of the HU change on slice `index`: partial volume on the end slices."""
         ends = self.last > self.first and index in (self.first, self.last)
-        return self.edge_fill if ends else 1.0
+        return self.edge_fill * self.body_fill if ends else self.body_fill
 
 
 def _choose(rng: np.random.Generator, shares: dict[str, float], names: tuple[str, ...]) -> str:
@@ -276,6 +279,7 @@ def _lesion(
         layer=layer,
         level_hu=level_hu,
         edge_fill=float(rng.uniform(*params.edge_slice_fill)),
+        body_fill=float(rng.uniform(*params.thin_bleed_fill)) if kind in THIN_BLEEDS else 1.0,
         oedema_px=oedema_px,
         oedema_drop_hu=oedema_drop_hu,
     )
