@@ -199,6 +199,18 @@ class PhantomParams(StrictModel):
     thin_bleed_fill: tuple[
         Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]
     ]
+    # Unlabelled look-alikes, in both classes alike (README, "The phantom"): calcified choroid
+    # plexus and pineal (each with calcification_probability), a calcified falx; dural sinuses
+    # and arteries at blood density, a hyperdense middle cerebral artery; an old infarct at
+    # CSF density; periventricular hypodensity (more likely with atrophy).
+    calcification_probability: Probability
+    falx_calcification_probability: Probability
+    calcification_hu: HuRange
+    sinus_hu: HuRange
+    hyperdense_artery_probability: Probability
+    old_infarct_probability: Probability
+    periventricular_hypodensity_probability: Probability
+    periventricular_drop_hu: tuple[NonNegativeFloat, NonNegativeFloat]
     table_probability: Probability
     lesion_free_slice_share: Annotated[float, Field(ge=0.0, lt=1.0)]
     # The physical scale the phantom declares for its images (written into the archive for
@@ -230,6 +242,9 @@ class PhantomParams(StrictModel):
             "edge_slice_fill",
             "thin_bleed_fill",
             "parenchyma_hu",
+            "calcification_hu",
+            "sinus_hu",
+            "periventricular_drop_hu",
         ):
             _ordered_range(getattr(self, name), name)
         _shares(self.hemorrhage_subtype_share, HEMORRHAGE_SUBTYPES, "hemorrhage_subtype_share")

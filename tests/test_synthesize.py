@@ -119,6 +119,10 @@ def test_tissue_densities_follow_the_params(rendered_slices):
         for label in PARENCHYMA:
             assert np.all((values(label) >= low) & (values(label) <= high))
         assert np.all(values(Tissue.FALX) == params.falx_hu)
+        # Arteries sit 8 HU below the sinuses, or up to 5 HU above them (hyperdense sign).
+        low, high = params.sinus_hu
+        vessels = values(Tissue.VESSEL)
+        assert np.all((vessels >= low - 8.0) & (vessels <= high + 5.0))
         # A bleed replaces what was there (by edge_slice_fill on its end slices: partial
         # volume), so it lies between that and hemorrhage_hu.
         low, high = params.hemorrhage_hu
@@ -453,6 +457,11 @@ NUISANCE_FACTORS = {
     "atrophy (gap)": lambda case: case.anatomy.gap_px,
     "sulci": lambda case: case.anatomy.sulcus_count,
     "table": lambda case: case.anatomy.table is not None,
+    "calcifications": lambda case: len(case.anatomy.lookalikes.calcifications),
+    "old infarcts": lambda case: len(case.anatomy.lookalikes.old_infarcts),
+    "sinus density": lambda case: case.anatomy.lookalikes.sinus_hu,
+    "artery density": lambda case: case.anatomy.lookalikes.artery_hu,
+    "periventricular": lambda case: case.anatomy.lookalikes.periventricular_drop_hu,
     "window level": lambda case: case.acquisition.window_level_hu,
     "window width": lambda case: case.acquisition.window_width_hu,
     "noise": lambda case: case.acquisition.noise_hu,

@@ -46,6 +46,7 @@ class Tissue(IntEnum):
     FALX = 8
     HEMORRHAGE = 9
     ISCHEMIA = 10
+    VESSEL = 11  # dural sinuses and arteries, at blood density (unlabelled look-alikes)
 
 
 PARENCHYMA = (Tissue.GREY_MATTER, Tissue.WHITE_MATTER)
@@ -101,6 +102,24 @@ class Anatomy:
     folding: np.ndarray  # (slices, g, g) smooth field that bends the sulci, unit std
     porosity: np.ndarray  # (g, g) field whose high values are air cells in the skull base
     table: tuple[float, float, float] | None  # lowest point y, radius, thickness (px)
+    lookalikes: LookAlikes
+
+
+@dataclass(frozen=True)
+class LookAlikes:
+    """Unlabelled structures that look like lesions, drawn for both classes alike: bright
+    calcifications (choroid plexus, pineal, falx) and blood-density vessels and sinuses like a
+    bleed, old infarcts at CSF density and periventricular hypodensity like an infarct."""
+
+    calcifications: tuple[Ellipsoid, ...]
+    falx_calcified: tuple[float, float] | None  # v range (head units) of a calcified falx
+    calcification_hu: float
+    sinus_hu: float
+    arteries: tuple[Tube, ...]  # middle cerebral arteries in the Sylvian fissures
+    artery_hu: float  # above sinus_hu in a hyperdense artery sign
+    old_infarcts: tuple[Ellipsoid, ...]
+    periventricular_drop_hu: float  # 0: none
+    periventricular_px: float  # reach from the ventricles (reference head)
 
 
 @dataclass(frozen=True)
@@ -295,6 +314,65 @@ def sample_anatomy(rng: np.random.Generator, params: PhantomParams) -> Anatomy:
         folding=folding[2:-2],
         porosity=rng.uniform(0.0, 1.0, size=(85, 85)).astype(np.float32),
         table=table,
+        lookalikes=_sample_lookalikes(rng, params, elongation, atrophy),
+    )
+
+
+def _sample_lookalikes(
+    rng: np.random.Generator, params: PhantomParams, elongation: float, atrophy: float
+) -> LookAlikes:
+    chance = params.calcification_probability
+    calcifications: list[Ellipsoid] = []
+    for side in (1, -1):  # choroid plexus in the atria
+        if rng.uniform() < chance:
+            radius = rng.uniform(0.012, 0.03)
+            centre = (side * 0.2, 0.3 * elongation, 0.46 + rng.normal(0.0, 0.02))
+            calcifications.append(Ellipsoid(centre, (radius, radius * 1.4, 0.05), 0.0))
+    if rng.uniform() < chance:  # pineal gland
+        radius = rng.uniform(0.012, 0.025)
+        pineal = Ellipsoid((0.0, 0.17 * elongation, 0.38), (radius, radius, 0.05), 0.0)
+        calcifications.append(pineal)
+    falx = None
+    if rng.uniform() < params.falx_calcification_probability:
+        start = rng.uniform(-0.8, 0.5) * elongation
+        falx = (start, start + rng.uniform(0.08, 0.25) * elongation)
+    sinus_hu = rng.uniform(*params.sinus_hu)
+    hyperdense = rng.uniform() < params.hyperdense_artery_probability
+    arteries = tuple(
+        Tube(
+            np.array(
+                [
+                    (side * u, v * elongation, z + 0.02, 0.012, 0.05)
+                    for u, v, z, _, _ in SYLVIAN_FISSURE
+                ]
+            )
+        )
+        for side in (1, -1)
+    )
+    old_infarcts: list[Ellipsoid] = []
+    if rng.uniform() < params.old_infarct_probability:
+        direction, distance = rng.uniform(-np.pi, np.pi), rng.uniform(0.2, 0.7)
+        radius = rng.uniform(0.03, 0.1)
+        centre = (
+            distance * math.cos(direction),
+            distance * math.sin(direction) * elongation,
+            rng.uniform(0.3, 0.75),
+        )
+        axes = (radius, radius * rng.uniform(0.6, 1.4), 0.1)
+        old_infarcts.append(Ellipsoid(centre, axes, 0.0))
+    chance = params.periventricular_hypodensity_probability * (0.5 + atrophy)
+    drop = rng.uniform(*params.periventricular_drop_hu) if rng.uniform() < chance else 0.0
+    return LookAlikes(
+        calcifications=tuple(calcifications),
+        falx_calcified=falx,
+        calcification_hu=rng.uniform(*params.calcification_hu),
+        sinus_hu=sinus_hu,
+        arteries=arteries,
+        # Normal arteries a little below the sinuses; a hyperdense one up to 5 HU above.
+        artery_hu=rng.uniform(sinus_hu, params.sinus_hu[1] + 5.0) if hyperdense else sinus_hu - 8.0,
+        old_infarcts=tuple(old_infarcts),
+        periventricular_drop_hu=drop,
+        periventricular_px=rng.uniform(6.0, 16.0),
     )
 
 

@@ -341,7 +341,9 @@ def add_lesions(
             continue
         fill = np.float32(lesion.fill(index))
         if lesion.hemorrhagic:
+            # Calcifications and vessels stay visible within a bleed.
             region = hemorrhage_region(lesion, case, t, spaces) & ~mask
+            region &= ~np.isin(tissue, (Tissue.BONE, Tissue.VESSEL))
             variation = wave_noise(lesion.waves[2:], grid.u[region], grid.v[region], t)
             bleed = np.clip(
                 np.float32(lesion.level_hu) + np.float32(params.hemorrhage_texture_hu) * variation,

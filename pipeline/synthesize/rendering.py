@@ -207,6 +207,7 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     tissue[solid] = np.where(grey[solid] >= 0.5, Tissue.GREY_MATTER, Tissue.WHITE_MATTER)
     _set(hu, tissue, outer_csf | ventricles, anatomy.csf_hu, Tissue.CSF)
     _set(hu, tissue, falx, params.falx_hu, Tissue.FALX)
+    _lookalikes(hu, tissue, case, index, brain, ventricles, falx, head.inner_depth)
     if grid.table is not None:
         _set(hu, tissue, grid.table & ~head.head, TABLE_HU, Tissue.TABLE)
 
@@ -228,6 +229,62 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
         acquisition.window_level_hu,
         acquisition.window_width_hu,
     )
+
+
+def _lookalikes(
+    hu: np.ndarray,
+    tissue: np.ndarray,
+    case: CaseModel,
+    index: int,
+    brain: np.ndarray,
+    ventricles: np.ndarray,
+    falx: np.ndarray,
+    inner_depth: np.ndarray,
+) -> None:
+    """Paint the case's unlabelled look-alikes (`anatomy.LookAlikes`) into the brain."""
+    anatomy, grid, params = case.anatomy, case.grid, case.params
+    found, scale = anatomy.lookalikes, anatomy.px_scale
+    z = float(anatomy.heights[index])
+    if found.periventricular_drop_hu > 0.0 and ventricles.any():
+        reach = max(1, round(found.periventricular_px * scale))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
+        near = cv2.dilate(ventricles.astype(np.uint8), kernel).astype(bool)
+        caps = near & (tissue == Tissue.WHITE_MATTER)
+        lowered = hu[caps] - np.float32(found.periventricular_drop_hu)
+        hu[caps] = np.maximum(lowered, np.float32(params.parenchyma_hu[0]))
+    if found.old_infarcts:
+        old = np.zeros_like(brain)
+        _paint_ellipsoids(old, grid, anatomy, found.old_infarcts, z)
+        old &= np.isin(tissue, (Tissue.GREY_MATTER, Tissue.WHITE_MATTER))
+        _set(hu, tissue, old, anatomy.csf_hu, Tissue.CSF)
+    # Dural sinuses, computed on the thin band under the inner table only (speed): the
+    # superior sagittal one a triangle at the midline, front and back; the transverse ones
+    # along the back of the skull at the skull base.
+    depth_px = np.float32(7.0 * scale)
+    band = np.nonzero(brain & (inner_depth < depth_px))
+    u, v, depth = grid.u[band], grid.v[band], inner_depth[band]
+    bend_linear, bend_square = anatomy.falx_bend
+    midline = np.float32(bend_linear) * v + np.float32(bend_square) * v * v
+    offset_px = np.abs(u - midline) * np.float32(anatomy.half_width_px)
+    sinus = (np.abs(v) > 0.5 * anatomy.elongation) & (
+        offset_px < np.float32(4.0 * scale) * (1.0 - depth / depth_px)
+    )
+    if z < 0.22:
+        sinus |= (depth < np.float32(4.0 * scale)) & (v > 0.55 * anatomy.elongation)
+    elif z < 0.3:
+        sinus &= v < 0.0  # the sagittal sinus begins above the torcula
+    rows, columns = band[0][sinus], band[1][sinus]
+    hu[rows, columns] = found.sinus_hu
+    tissue[rows, columns] = Tissue.VESSEL
+    arteries = np.zeros_like(brain)
+    _paint_tubes(arteries, grid, anatomy, found.arteries, z)
+    _set(hu, tissue, arteries & brain & ~ventricles, found.artery_hu, Tissue.VESSEL)
+    calcified = np.zeros_like(brain)
+    _paint_ellipsoids(calcified, grid, anatomy, found.calcifications, z)
+    if found.falx_calcified is not None:
+        low, high = found.falx_calcified
+        calcified |= falx & (grid.v > low) & (grid.v < high)
+    _set(hu, tissue, calcified & brain, found.calcification_hu, Tissue.BONE)
 
 
 def _scalp_and_skull(

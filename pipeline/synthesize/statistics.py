@@ -27,6 +27,7 @@ RING_TISSUES = (
     Tissue.GREY_MATTER,
     Tissue.WHITE_MATTER,
     Tissue.FALX,
+    Tissue.VESSEL,
     Tissue.HEMORRHAGE,
     Tissue.ISCHEMIA,
 )
