@@ -368,27 +368,35 @@ def _sulci(
     count = anatomy.sulcus_count
     z = float(anatomy.heights[index])
     size = grid.u.shape[0]
+    mean_depth = (16.0 + 14.0 * z) * scale
+    # Only the band a sulcus can reach is computed (a third or less of the image).
+    reach = float(anatomy.sulcus_depth.max()) * mean_depth
+    band = np.nonzero((surface_depth >= 0.0) & (surface_depth < reach))
     folding = cv2.resize(anatomy.folding[index], (size, size), interpolation=cv2.INTER_CUBIC)
-    phase = grid.sulcus_phase + np.float32(2.2) * folding
+    phase = grid.sulcus_phase[band] + np.float32(2.2) * folding[band]
     for (_, amplitude, _, drift), sine, cosine in zip(
         anatomy.sulcus_meander, grid.meander_sin, grid.meander_cos, strict=True
     ):
         # amplitude * sin(order * angle + offset + drift * z), with the angle part cached.
         shift = drift * z
-        phase += np.float32(amplitude * math.cos(shift)) * sine
-        phase += np.float32(amplitude * math.sin(shift)) * cosine
-    phase += surface_depth * np.float32(0.08 / scale)  # clefts bend as they go deeper
+        phase += np.float32(amplitude * math.cos(shift)) * sine[band]
+        phase += np.float32(amplitude * math.sin(shift)) * cosine[band]
+    below = surface_depth[band]
+    phase += below * np.float32(0.08 / scale)  # clefts bend as they go deeper
     nearest = np.floor(phase * np.float32(1.0 / (2 * np.pi)) + np.float32(0.5))
-    offset_px = np.abs(phase - nearest * np.float32(2 * np.pi)) * grid.radius_px / np.float32(count)
-    mean_depth = (16.0 + 14.0 * z) * scale
+    offset_px = (
+        np.abs(phase - nearest * np.float32(2 * np.pi)) * grid.radius_px[band] / np.float32(count)
+    )
     which = nearest.astype(np.int64) % count
     depth = anatomy.sulcus_depth.astype(np.float32)[which] * np.float32(mean_depth)
-    inside = (surface_depth >= 0.0) & (surface_depth < depth)
+    inside = below < depth
     open_depth = depth * anatomy.sulcus_opening.astype(np.float32)[which]
-    within = np.clip(1.0 - surface_depth / np.maximum(open_depth, 1e-3), 0.0, 1.0)
+    within = np.clip(1.0 - below / np.maximum(open_depth, 1e-3), 0.0, 1.0)
     half_width = anatomy.sulcus_width_px.astype(np.float32)[which] * (0.4 + 0.6 * np.sqrt(within))
-    open_part = inside & (surface_depth < open_depth) & (offset_px < half_width)
-    lines = inside & (offset_px < 0.75 * scale)
+    open_part = np.zeros((size, size), dtype=bool)
+    lines = np.zeros((size, size), dtype=bool)
+    open_part[band] = inside & (below < open_depth) & (offset_px < half_width)
+    lines[band] = inside & (offset_px < 0.75 * scale)
     return open_part, lines
 
 
