@@ -39,17 +39,18 @@ KIND_HEIGHTS: dict[str, tuple[float, float]] = {
     "subarachnoid": (0.1, 0.85),
     "subdural": (0.2, 0.92),
     "epidural": (0.25, 0.9),
-    "contusion": (0.1, 0.45),  # frontal and temporal poles
+    "contusion": (0.14, 0.45),  # frontal and temporal poles
     "middle_cerebral": (0.25, 0.75),
     "anterior_cerebral": (0.4, 0.9),
     "posterior_cerebral": (0.2, 0.55),
     "watershed": (0.45, 0.85),
-    "lacunar": (0.3, 0.48),  # basal ganglia, internal capsule, thalamus
+    "lacunar": (0.3, 0.44),  # basal ganglia, internal capsule, thalamus
     "posterior_fossa": (0.03, 0.22),  # cerebellum and brainstem
 }
 # A few millimetres thick, they fill only part of a 5 mm slice (`phantom.thin_bleed_fill`).
 THIN_BLEEDS = ("subarachnoid", "subdural")
-SCALP_HAEMATOMA_HU = 55.0  # the unlabelled swelling over an epidural haematoma
+SCALP_HAEMATOMA_HU = 55.0
+MIN_BLOB_AXIS_PX = 2.2  # see _blob_region  # the unlabelled swelling over an epidural haematoma
 
 
 @dataclass(frozen=True)
@@ -214,13 +215,13 @@ def _lesion(
         blobs = _blob_cluster(rng, centre, rng.uniform(0.06, 0.18), int(rng.integers(2, 5)))
     elif kind == "contusion":  # several small foci at a frontal or a temporal pole
         frontal = rng.uniform() < 0.5
-        centre = (side * 0.25, -0.78 * elongation) if frontal else (side * 0.62, -0.28 * elongation)
+        centre = (side * 0.22, -0.6 * elongation) if frontal else (side * 0.55, -0.2 * elongation)
         blobs = tuple(
             blob
             for _ in range(int(rng.integers(2, 5)))
             for blob in _blob_cluster(
                 rng,
-                (centre[0] + rng.normal(0.0, 0.08), centre[1] + rng.normal(0.0, 0.08)),
+                (centre[0] + rng.normal(0.0, 0.05), centre[1] + rng.normal(0.0, 0.05)),
                 rng.uniform(0.03, 0.07),
                 2,
             )
@@ -230,7 +231,11 @@ def _lesion(
         blobs = tuple(
             Ellipsoid((s * 0.19, 0.33 * elongation, 0.0), (0.07, 0.09, 1.0), s * 0.4) for s in sides
         )
-        layer = 0.3 * elongation + rng.uniform(-0.06, 0.02)
+        # The level (head units along gravity, image down) lies above the blobs' centres, so
+        # their dependent part always holds blood.
+        cos, sin = math.cos(anatomy.rotation), math.sin(anatomy.rotation)
+        lowest = min(s * 0.19 * sin + 0.33 * elongation * cos for s in sides)
+        layer = lowest + rng.uniform(-0.06, 0.0)
     elif kind == "subarachnoid":
         sector = (float(rng.uniform(-np.pi, np.pi)), float(rng.uniform(0.4, 1.2)))
     elif kind == "subdural":
@@ -400,15 +405,23 @@ def _angle_offset(angle: np.ndarray, towards: float) -> np.ndarray:
 
 
 def _blob_region(lesion: Lesion, anatomy: Anatomy, grid: CaseGrid, t: float) -> np.ndarray:
+    """The blobs at height t, their outlines roughened by up to 40 % of their radius. A blob
+    keeps a radius of at least 0.77 px on every slice of its run (axes of 2.2 px or more,
+    shrinking to no less than 0.59 of them at its ends, roughened by no less than 0.6), so it
+    always covers the pixel nearest its centre: a lesion never vanishes at a small image size."""
     size = grid.u.shape[0]
     region = np.zeros((size, size), dtype=bool)
-    for blob in lesion.blobs:
-        box = pixel_box(anatomy, np.array([blob.centre[:2]]), max(blob.axes[:2]) * 1.4, size)
+    shortest = MIN_BLOB_AXIS_PX / anatomy.half_width_px
+    threshold = np.float32(max(1.0 - t * t, 0.35))
+    for drawn in lesion.blobs:
+        axes = (max(drawn.axes[0], shortest), max(drawn.axes[1], shortest), drawn.axes[2])
+        blob = Ellipsoid(drawn.centre, axes, drawn.angle)
+        box = pixel_box(anatomy, np.array([blob.centre[:2]]), max(axes[:2]) * 1.4, size)
         if box is None:
             continue
         u, v = grid.u[box], grid.v[box]
-        field = ellipse_field(u, v, blob) + 0.3 * wave_noise(lesion.waves, u, v, t)
-        region[box] |= field < 1.0 - t * t
+        rough = np.clip(1.0 + 0.25 * wave_noise(lesion.waves, u, v, t), 0.6, 1.4)
+        region[box] |= ellipse_field(u, v, blob) < threshold * rough * rough
     return region
 
 
@@ -433,7 +446,9 @@ def hemorrhage_region(lesion: Lesion, case: CaseModel, t: float, spaces: Spaces)
             1.0 - (offset[candidates] / shell.half_angle) ** shell.power - t * t, 0.0, None
         )
         rough = 1.0 + 0.15 * wave_noise(lesion.waves, grid.u[candidates], grid.v[candidates], t)
-        region[candidates] = spaces.inner_depth[candidates] < most * np.sqrt(profile) * rough
+        # At least a pixel deep wherever the profile is open: no slice of its run is empty.
+        thickness = np.where(profile > 0.0, np.maximum(most * np.sqrt(profile) * rough, 1.0), 0.0)
+        region[candidates] = spaces.inner_depth[candidates] < thickness
     if lesion.sector is not None:
         angle, half_angle = lesion.sector
         widest = half_angle * math.sqrt(max(0.0, 1.0 - t * t))
