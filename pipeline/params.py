@@ -188,6 +188,8 @@ class PhantomParams(StrictModel):
     ischemic_mean_drop_hu: HuRange
     ischemic_drop_hu: HuRange
     extra_lesion_probability: Probability
+    # Mass effect of a haematoma: midline shift (falx and ventricles) up to this, for the largest.
+    midline_shift_max_mm: Annotated[float, Field(ge=0.0, le=30.0)]
     # Unlabelled oedema rim around parenchymal bleeds: width (px at the reference head), drop.
     oedema_rim_px: tuple[NonNegativeFloat, NonNegativeFloat]
     oedema_drop_hu: tuple[NonNegativeFloat, NonNegativeFloat]

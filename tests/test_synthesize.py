@@ -569,3 +569,32 @@ def test_synthesize_metrics_count_every_case_and_lesion(small_archive):
     low, high = SMALL_HEAD_WIDTH
     assert low <= metrics["head_width_share_min"] <= metrics["head_width_share_max"] <= high
     assert all(key == key.lower() for key in metrics)
+
+
+def test_a_haematoma_pushes_the_midline_to_the_other_side():
+    params, cases = _many_cases()
+    pushed = [
+        case
+        for case in cases
+        if case.lesions[0].kind in ("intraparenchymal_lobar", "intraparenchymal_deep")
+    ]
+    assert pushed and all(case.anatomy.midline_shift != 0.0 for case in pushed)
+    unit_mm = params.pixel_spacing_mm * 512 * 0.66 / 2.0
+    for case in pushed:
+        lesion_side = np.sign(np.mean([blob.centre[0] for blob in case.lesions[0].blobs]))
+        assert np.sign(case.anatomy.midline_shift) == -lesion_side
+        assert abs(case.anatomy.midline_shift) * unit_mm <= params.midline_shift_max_mm
+    assert all(
+        case.anatomy.midline_shift == 0.0 for case in cases if not case.lesions[0].hemorrhagic
+    )
+    # Rendered at 256 px: the falx moves with it, away from the bleed.
+    case = max(pushed, key=lambda c: abs(c.anatomy.midline_shift))
+    larger = params.model_copy(update={"image_size": 256})
+    still = larger.model_copy(update={"midline_shift_max_mm": 0.0})
+    index = (case.lesions[0].first + case.lesions[0].last) // 2
+    columns = [
+        np.nonzero(render_slice(build_case(case.spec, p), index).tissue == Tissue.FALX)[1].mean()
+        for p in (larger, still)
+    ]
+    turn = np.sign(np.cos(case.anatomy.rotation))
+    assert np.sign(columns[0] - columns[1]) == np.sign(case.anatomy.midline_shift) * turn

@@ -91,6 +91,9 @@ class Anatomy:
     sulcus_opening: np.ndarray  # share of each sulcus' depth that holds visible CSF
     sulcus_width_px: np.ndarray  # half-width of each sulcus at the surface
     falx_bend: tuple[float, float]
+    # Midline shift by a mass (head units, + towards the image right; 0 without): the falx
+    # bows by this much midway along it, the ventricles move with it (lesions.mass_effect).
+    midline_shift: float
     ventricles: tuple[Tube, ...]
     small_ventricles: tuple[Ellipsoid, ...]
     fissures: tuple[Tube, ...]
@@ -295,6 +298,7 @@ def sample_anatomy(rng: np.random.Generator, params: PhantomParams) -> Anatomy:
         sulcus_opening=(0.2 + 0.6 * atrophy) * rng.uniform(0.2, 1.2, size=sulcus_count),
         sulcus_width_px=(0.9 + 0.9 * atrophy) * scale * rng.uniform(0.6, 1.4, size=sulcus_count),
         falx_bend=(rng.normal(0.0, 0.02), rng.normal(0.0, 0.03)),
+        midline_shift=0.0,
         ventricles=tuple(
             _tube(path, side, grow * (1.0 + side * asymmetry), elongation, rng)
             for path in (LATERAL_VENTRICLE, TEMPORAL_HORN)

@@ -8,6 +8,7 @@ run of consecutive slices, so a case's lesion slices stay consecutive."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,10 +21,13 @@ from pipeline.numerics import sin_f32
 from pipeline.params import HEMORRHAGE_SUBTYPES, ISCHEMIA_TERRITORIES, PhantomParams
 from pipeline.synthesize.anatomy import (
     PARENCHYMA,
+    REFERENCE_HEAD_WIDTH_SHARE,
+    REFERENCE_SIZE,
     Anatomy,
     CaseGrid,
     Ellipsoid,
     Tissue,
+    Tube,
     ellipse_field,
     pixel_box,
 )
@@ -287,6 +291,56 @@ def _lesion(
         body_fill=float(rng.uniform(*params.thin_bleed_fill)) if kind in THIN_BLEEDS else 1.0,
         oedema_px=oedema_px,
         oedema_drop_hu=oedema_drop_hu,
+    )
+
+
+# Kinds whose mass shifts the midline, and the size that gives the largest shift: a blob
+# radius (head units) or a shell thickness (px at the reference head).
+MASS_KINDS = ("intraparenchymal_lobar", "intraparenchymal_deep", "subdural", "epidural")
+LARGEST_BLOB = 0.22
+THICKEST_SHELL_PX = 30.0
+
+
+def mass_effect(
+    rng: np.random.Generator, anatomy: Anatomy, lesions: tuple[Lesion, ...], params: PhantomParams
+) -> Anatomy:
+    """The anatomy with the first lesion's mass effect: a hematoma pushes the falx and the
+    ventricles to the other side, by up to `phantom.midline_shift_max_mm` for the largest
+    (0 to that, scaled by its size), and compresses the ventricle on its own side."""
+    lesion = lesions[0]
+    if lesion.kind not in MASS_KINDS:
+        return anatomy
+    if lesion.shell is not None:
+        side = 1.0 if math.cos(lesion.shell.angle) >= 0.0 else -1.0
+        size = min(1.0, lesion.shell.thickness_px / THICKEST_SHELL_PX)
+    else:
+        side = 1.0 if np.mean([blob.centre[0] for blob in lesion.blobs]) >= 0.0 else -1.0
+        size = min(1.0, max(blob.axes[0] for blob in lesion.blobs) / LARGEST_BLOB)
+    # One head unit (half the head width) of the reference head, in millimetres.
+    unit_mm = params.pixel_spacing_mm * REFERENCE_SIZE * REFERENCE_HEAD_WIDTH_SHARE / 2.0
+    shift = -side * size * rng.uniform(0.0, params.midline_shift_max_mm) / unit_mm
+    if shift == 0.0:
+        return anatomy
+
+    squeeze = 1.0 - 0.5 * abs(shift) * unit_mm / max(params.midline_shift_max_mm, 1e-6)
+
+    def moved(tube: Tube) -> Tube:
+        points = tube.points.copy()
+        if np.sign(points[:, 0].mean()) == side:  # the lesion's side: compressed
+            points[:, 3] *= squeeze
+        along = np.clip(1.0 - (points[:, 1] / anatomy.elongation) ** 2, 0.0, 1.0)
+        points[:, 0] += shift * along
+        return Tube(points)
+
+    third = tuple(
+        dataclasses.replace(e, centre=(e.centre[0] + shift, *e.centre[1:]))
+        for e in anatomy.small_ventricles
+    )
+    return dataclasses.replace(
+        anatomy,
+        midline_shift=shift,
+        ventricles=tuple(moved(tube) for tube in anatomy.ventricles),
+        small_ventricles=third,
     )
 
 

@@ -42,6 +42,7 @@ from pipeline.synthesize.lesions import (
     add_context,
     add_lesions,
     infarct_region,
+    mass_effect,
     sample_lesions,
 )
 
@@ -81,6 +82,7 @@ def build_case(spec: CaseSpec, params: PhantomParams) -> CaseModel:
     anatomy = sample_anatomy(rng, params)
     acquisition = sample_acquisition(rng, params)
     lesions = sample_lesions(rng, spec.class_name, params, anatomy)
+    anatomy = mass_effect(rng, anatomy, lesions, params)
     grid = case_grid(anatomy, params.image_size)
     return CaseModel(spec, params, anatomy, acquisition, lesions, grid)
 
@@ -411,6 +413,9 @@ def _interhemispheric(
     them between the ventricles, above which they run the whole length."""
     bend_linear, bend_square = anatomy.falx_bend
     midline = np.float32(bend_linear) * grid.v + np.float32(bend_square) * grid.v * grid.v
+    if anatomy.midline_shift:  # bowed by a mass, anchored front and back
+        along_falx = np.clip(1.0 - (grid.v / np.float32(anatomy.elongation)) ** 2, 0.0, 1.0)
+        midline += np.float32(anatomy.midline_shift) * along_falx
     offset_px = np.abs(grid.u - midline) * np.float32(anatomy.half_width_px)
     half_gap = 0.45 * anatomy.elongation * float(smoothstep(0.7, 0.62, z))
     along = brain & ((grid.v < -half_gap) | ((grid.v > half_gap) & (z > 0.2)))
