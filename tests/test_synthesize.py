@@ -598,3 +598,20 @@ def test_a_haematoma_pushes_the_midline_to_the_other_side():
     ]
     turn = np.sign(np.cos(case.anatomy.rotation))
     assert np.sign(columns[0] - columns[1]) == np.sign(case.anatomy.midline_shift) * turn
+
+
+def test_default_phantom_meets_validate_lesion_slice_share():
+    """The default phantom passes `validate`'s lesion_slice_share_per_class expectation: each
+    class holds a lesion on at least validate.min_lesion_slice_share of its slices (a kind's
+    heights and run length set it; lesions cover every slice of their run)."""
+    params = project_params()
+    for class_name in ("Hemorrhagic", "Ischemic"):
+        specs = [s for s in plan_cases(params.phantom, params.seed) if s.class_name == class_name]
+        lesion_slices = 0
+        for spec in specs:
+            case = build_case(spec, params.phantom)
+            lesion_slices += len(
+                {i for lesion in case.lesions for i in range(lesion.first, lesion.last + 1)}
+            )
+        share = lesion_slices / (len(specs) * params.phantom.slices_per_case)
+        assert share >= params.validate.min_lesion_slice_share + 0.05, (class_name, share)

@@ -44,9 +44,9 @@ KIND_HEIGHTS: dict[str, tuple[float, float]] = {
     "subdural": (0.2, 0.92),
     "epidural": (0.25, 0.9),
     "contusion": (0.14, 0.45),  # frontal and temporal poles
-    "middle_cerebral": (0.25, 0.75),
-    "anterior_cerebral": (0.4, 0.9),
-    "posterior_cerebral": (0.2, 0.55),
+    "middle_cerebral": (0.2, 0.8),
+    "anterior_cerebral": (0.35, 0.92),
+    "posterior_cerebral": (0.15, 0.6),
     "watershed": (0.45, 0.85),
     "lacunar": (0.3, 0.44),  # basal ganglia, internal capsule, thalamus
     "posterior_fossa": (0.03, 0.22),  # cerebellum and brainstem
@@ -127,14 +127,14 @@ def _slice_run(
     rng: np.random.Generator, heights: np.ndarray, kind: str, first: int, last: int
 ) -> tuple[int, int]:
     """A run of consecutive slices within first..last whose heights suit `kind`: at least
-    half of the suitable ones (the nearest slice when none suits)."""
+    three quarters of the suitable ones (the nearest slice when none suits)."""
     low, high = KIND_HEIGHTS[kind]
     indices = np.arange(first, last + 1)
     suitable = indices[(heights[indices] >= low) & (heights[indices] <= high)]
     if suitable.size == 0:
         nearest = indices[int(np.argmin(np.abs(heights[indices] - (low + high) / 2.0)))]
         return int(nearest), int(nearest)
-    span = int(rng.integers(math.ceil(suitable.size / 2), suitable.size + 1))
+    span = int(rng.integers(math.ceil(0.75 * suitable.size), suitable.size + 1))
     start = int(suitable[0]) + int(rng.integers(0, suitable.size - span + 1))
     return start, start + span - 1
 
