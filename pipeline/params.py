@@ -42,7 +42,10 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 HuRange = tuple[float, float]
+# A [low, high] share of the image, both above 0 (head width: a head of zero width is no head).
+ShareRange = tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]]
 Rgb = tuple[
     Annotated[int, Field(ge=0, le=255)],
     Annotated[int, Field(ge=0, le=255)],
@@ -87,6 +90,49 @@ def _ordered_range(value: HuRange, name: str) -> None:
         raise ValueError(f"{name} must be [low, high] with low <= high, got {list(value)}")
 
 
+# The phantom's lesion catalogue (pipeline/synthesize/lesions.py; README, "The phantom").
+HEMORRHAGE_SUBTYPES = (
+    "intraparenchymal_lobar",
+    "intraparenchymal_deep",
+    "intraventricular",
+    "subarachnoid",
+    "subdural",
+    "epidural",
+    "contusion",
+)
+ISCHEMIA_TERRITORIES = (
+    "middle_cerebral",
+    "anterior_cerebral",
+    "posterior_cerebral",
+    "watershed",
+    "lacunar",
+    "posterior_fossa",
+)
+HemorrhageSubtype = Literal[HEMORRHAGE_SUBTYPES]  # type: ignore[valid-type]
+IschemiaTerritory = Literal[ISCHEMIA_TERRITORIES]  # type: ignore[valid-type]
+
+
+def _shares(shares: dict[str, float], names: tuple[str, ...], name: str) -> None:
+    """Every kind listed, shares summing to 1."""
+    missing = [kind for kind in names if kind not in shares]
+    if missing:
+        raise ValueError(f"{name} must give a share for every kind; missing {missing}")
+    if abs(sum(shares.values()) - 1.0) > 1e-6:
+        raise ValueError(f"{name} shares must sum to 1, got {sum(shares.values()):g}")
+
+
+class HemorrhageDensities(StrictModel):
+    """Mean density (HU) of each hemorrhage subtype: the BHSD-fitted peaks of
+    DIDSR/InSilicoICH (README, "The phantom"); contusions bleed like parenchymal haematomas."""
+
+    intraparenchymal: float
+    intraventricular: float
+    subarachnoid: float
+    subdural: float
+    epidural: float
+    contusion: float
+
+
 # Largest random step between consecutive ischemic case ids of the phantom.
 ISCHEMIC_ID_MAX_STEP = 60_000
 
@@ -95,6 +141,12 @@ class PhantomParams(StrictModel):
     """Synthetic non-contrast head CT laid out like the Kaggle archive (stage `synthesize`)."""
 
     image_size: Annotated[int, Field(ge=32, le=1024)]
+    # Pose, drawn per case the same way for both classes (README, "The phantom"): head width
+    # at its widest level over image width (real slices 0.64-0.95), in-plane rotation drawn
+    # uniformly within +-rotation_max_deg, centre shift (std, share of the image size).
+    head_width_share: ShareRange
+    rotation_max_deg: Annotated[float, Field(ge=0.0, le=45.0)]
+    centre_shift_share: Annotated[float, Field(ge=0.0, le=0.2)]
     # Masked cases (21 - 1 and 28) split 0.5 / 0.2 / 0.3 give test 6 + 8 and valid 4 + 6
     # cases: enough patients per class for intervals and triage, while train keeps 448
     # slices after augmentation (544 before), so `make repro` stays near 6 minutes.
@@ -106,20 +158,63 @@ class PhantomParams(StrictModel):
     files_per_other_modality: NonNegativeInt
     first_hemorrhagic_case: NonNegativeInt
     first_ischemic_case: NonNegativeInt
-    window_level_hu: float
-    window_width_hu: PositiveFloat
+    # Acquisition, drawn per case (the same way for both classes): brain window of the PNGs,
+    # noise std and the cut-off of its filtered-back-projection spectrum (ramp times a Hann
+    # window; the noise is drawn at half resolution, hence at most 0.25), Gaussian blur.
+    window_level_hu: HuRange
+    window_width_hu: tuple[PositiveFloat, PositiveFloat]
+    noise_hu: HuRange
+    noise_cutoff_cycles_per_px: tuple[
+        Annotated[float, Field(gt=0.0, le=0.25)], Annotated[float, Field(gt=0.0, le=0.25)]
+    ]
+    blur_sigma_px: tuple[
+        Annotated[float, Field(ge=0.0, le=5.0)], Annotated[float, Field(ge=0.0, le=5.0)]
+    ]
     skull_hu: float
     grey_matter_hu: float
     white_matter_hu: float
     csf_hu: HuRange
-    hemorrhage_hu: HuRange
-    ischemic_drop_hu: HuRange
     parenchyma_hu: HuRange
     texture_hu: Annotated[float, Field(ge=0.0, le=10.0)]
     falx_hu: float
-    noise_hu: HuRange
-    noise_grain_px: Annotated[float, Field(ge=0.0, le=5.0)]
-    blur_sigma_px: Annotated[float, Field(ge=0.0, le=5.0)]
+    # Lesions (README, "The phantom", for each range's source): the share of each kind, the
+    # density of each hemorrhage subtype, a case's spread around it (std) and the bleed's
+    # internal texture (std); every bleed within hemorrhage_hu. An infarct lowers parenchyma
+    # by a case mean drawn from ischemic_mean_drop_hu, each pixel within ischemic_drop_hu.
+    hemorrhage_subtype_share: dict[HemorrhageSubtype, Probability]
+    ischemia_territory_share: dict[IschemiaTerritory, Probability]
+    hemorrhage_density_hu: HemorrhageDensities
+    hemorrhage_case_sd_hu: Annotated[float, Field(ge=0.0, le=30.0)]
+    hemorrhage_texture_hu: Annotated[float, Field(ge=0.0, le=20.0)]
+    hemorrhage_hu: HuRange
+    ischemic_mean_drop_hu: HuRange
+    ischemic_drop_hu: HuRange
+    extra_lesion_probability: Probability
+    # Mass effect of a haematoma: midline shift (falx and ventricles) up to this, for the largest.
+    midline_shift_max_mm: Annotated[float, Field(ge=0.0, le=30.0)]
+    # Unlabelled oedema rim around parenchymal bleeds: width (px at the reference head), drop.
+    oedema_rim_px: tuple[NonNegativeFloat, NonNegativeFloat]
+    oedema_drop_hu: tuple[NonNegativeFloat, NonNegativeFloat]
+    # Partial volume: share of a lesion's HU change on its first and last slice, and on
+    # every slice of a thin subarachnoid or subdural layer.
+    edge_slice_fill: tuple[
+        Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]
+    ]
+    thin_bleed_fill: tuple[
+        Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]
+    ]
+    # Unlabelled look-alikes, in both classes alike (README, "The phantom"): calcified choroid
+    # plexus and pineal (each with calcification_probability), a calcified falx; dural sinuses
+    # and arteries at blood density, a hyperdense middle cerebral artery; an old infarct at
+    # CSF density; periventricular hypodensity (more likely with atrophy).
+    calcification_probability: Probability
+    falx_calcification_probability: Probability
+    calcification_hu: HuRange
+    sinus_hu: HuRange
+    hyperdense_artery_probability: Probability
+    old_infarct_probability: Probability
+    periventricular_hypodensity_probability: Probability
+    periventricular_drop_hu: tuple[NonNegativeFloat, NonNegativeFloat]
     table_probability: Probability
     lesion_free_slice_share: Annotated[float, Field(ge=0.0, lt=1.0)]
     # The physical scale the phantom declares for its images (written into the archive for
@@ -135,8 +230,34 @@ class PhantomParams(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> PhantomParams:
-        for name in ("csf_hu", "hemorrhage_hu", "ischemic_drop_hu", "parenchyma_hu", "noise_hu"):
+        for name in (
+            "head_width_share",
+            "window_level_hu",
+            "window_width_hu",
+            "noise_hu",
+            "noise_cutoff_cycles_per_px",
+            "blur_sigma_px",
+            "csf_hu",
+            "hemorrhage_hu",
+            "ischemic_mean_drop_hu",
+            "ischemic_drop_hu",
+            "oedema_rim_px",
+            "oedema_drop_hu",
+            "edge_slice_fill",
+            "thin_bleed_fill",
+            "parenchyma_hu",
+            "calcification_hu",
+            "sinus_hu",
+            "periventricular_drop_hu",
+        ):
             _ordered_range(getattr(self, name), name)
+        _shares(self.hemorrhage_subtype_share, HEMORRHAGE_SUBTYPES, "hemorrhage_subtype_share")
+        _shares(self.ischemia_territory_share, ISCHEMIA_TERRITORIES, "ischemia_territory_share")
+        if self.ischemic_drop_hu[0] <= 0.0:
+            raise ValueError("ischemic_drop_hu must start above 0: an infarct changes its pixels")
+        low, high = self.ischemic_drop_hu
+        if not low <= self.ischemic_mean_drop_hu[0] <= self.ischemic_mean_drop_hu[1] <= high:
+            raise ValueError("ischemic_mean_drop_hu must lie within ischemic_drop_hu")
         _distinct(self.dicom_subsets, "dicom_subsets")
         if self.hemorrhagic_cases_without_mask >= self.hemorrhagic_cases:
             raise ValueError("hemorrhagic_cases_without_mask must be below hemorrhagic_cases")

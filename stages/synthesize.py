@@ -2,8 +2,9 @@
 
 Writes data/raw/phantom.zip (deterministic bytes for a given `seed` and `phantom` params),
 data/raw/phantom_dicom/ (the cases of `phantom.dicom_subsets` as DICOM CT series in HU, with
-their truth masks) and reports/phantom_montage.png (phantom slices with their masks, to
-compare by eye with real CT such as tests/data/real-ct).
+their truth masks), reports/phantom_montage.png (phantom slices with their masks, to
+compare by eye with real CT such as tests/data/real-ct) and metrics/synthesize.json (the
+phantom's own statistics: lesion kinds, contrast and area, pose and acquisition ranges).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.io import write_png
+from pipeline.io import write_json, write_png
 from pipeline.params import Params
 from pipeline.synthesize.archive import synthesize_archive
 from pipeline.synthesize.dicom_series import synthesize_dicom
 from pipeline.synthesize.montage import phantom_montage
+from pipeline.synthesize.statistics import summarise
 from stages.common import run_stage
 
 LOG = logging.getLogger("stages.synthesize")
@@ -24,6 +26,7 @@ LOG = logging.getLogger("stages.synthesize")
 ARCHIVE_PATH = Path("data/raw/phantom.zip")
 DICOM_PATH = Path("data/raw/phantom_dicom")
 MONTAGE_PATH = Path("reports/phantom_montage.png")
+METRICS_PATH = Path("metrics/synthesize.json")
 
 
 def main(params: Params) -> None:
@@ -34,6 +37,7 @@ def main(params: Params) -> None:
     dicom_cases = synthesize_dicom(DICOM_PATH, params.phantom, params.seed)
     dicom_seconds = time.perf_counter() - started_dicom
     write_png(MONTAGE_PATH, phantom_montage(ARCHIVE_PATH, cases))
+    write_json(METRICS_PATH, summarise([case.statistics for case in cases]))
     LOG.info(
         f"synthesize: {summary.cases} cases, {summary.slices} slices "
         f"({summary.lesion_slices} with a lesion, {summary.masks} with a mask file) in "

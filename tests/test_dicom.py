@@ -180,7 +180,7 @@ def test_phantom_dicom_holds_the_hu_before_windowing_and_the_truth(tmp_path, pha
                 np.frombuffer(members[spec.member("images", stem)], np.uint8),
                 cv2.IMREAD_GRAYSCALE,
             )
-            windowed = window_to_uint8(hu, params.window_level_hu, params.window_width_hu)
+            windowed = window_to_uint8(hu, rendered.window_level_hu, rendered.window_width_hu)
             assert np.abs(windowed.astype(int) - image).max() <= 2
             truth = read_image(phantom_dicom / row.truth_path / f"{stem}.png")
             np.testing.assert_array_equal(truth > 0, rendered.lesion)

@@ -1,7 +1,8 @@
 """The head: tissue densities, the random anatomy of a case (head shape, skull, ventricles,
 sulci, deep nuclei) and the pixel grid it is drawn on.
 
-Lengths in pixels are given at 512 px (REFERENCE_SIZE) and scale with `image_size`."""
+Lengths in pixels are given for a head of the reference size (REFERENCE_HEAD_WIDTH_SHARE of a
+512 px image, REFERENCE_SIZE) and scale with the case's head width and `image_size`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ from pipeline.numerics import arctan2_f32, cos_f32, sin_f32
 from pipeline.params import PhantomParams
 
 REFERENCE_SIZE = 512
+# Head width (at its widest level) over image width that the pixel lengths below are given
+# for; a case's head is drawn at its own width (`phantom.head_width_share`) and its skull,
+# cortex, sulci and lesion thicknesses scale with it, as a real head does when it fills more of
+# the field of view.
+REFERENCE_HEAD_WIDTH_SHARE = 0.66
 # Tissues outside the brain have fixed densities; brain, CSF and lesions come from params.
 AIR_HU = -1000.0
 FAT_HU = -90.0
@@ -40,6 +46,7 @@ class Tissue(IntEnum):
     FALX = 8
     HEMORRHAGE = 9
     ISCHEMIA = 10
+    VESSEL = 11  # dural sinuses and arteries, at blood density (unlabelled look-alikes)
 
 
 PARENCHYMA = (Tissue.GREY_MATTER, Tissue.WHITE_MATTER)
@@ -68,6 +75,7 @@ class Anatomy:
 
     centre: tuple[float, float]
     half_width_px: float
+    px_scale: float  # pixels of this case per pixel of the reference head at 512 px
     elongation: float  # front-to-back over left-to-right head size
     rotation: float
     outline: np.ndarray  # (k, 3): harmonic order, amplitude, phase of the head outline
@@ -83,6 +91,9 @@ class Anatomy:
     sulcus_opening: np.ndarray  # share of each sulcus' depth that holds visible CSF
     sulcus_width_px: np.ndarray  # half-width of each sulcus at the surface
     falx_bend: tuple[float, float]
+    # Midline shift by a mass (head units, + towards the image right; 0 without): the falx
+    # bows by this much midway along it, the ventricles move with it (lesions.mass_effect).
+    midline_shift: float
     ventricles: tuple[Tube, ...]
     small_ventricles: tuple[Ellipsoid, ...]
     fissures: tuple[Tube, ...]
@@ -90,11 +101,28 @@ class Anatomy:
     grey_hu: float
     white_hu: float
     csf_hu: float
-    noise_hu: float
     texture: np.ndarray  # (slices, g, g) smooth parenchyma texture, unit std
     folding: np.ndarray  # (slices, g, g) smooth field that bends the sulci, unit std
     porosity: np.ndarray  # (g, g) field whose high values are air cells in the skull base
     table: tuple[float, float, float] | None  # lowest point y, radius, thickness (px)
+    lookalikes: LookAlikes
+
+
+@dataclass(frozen=True)
+class LookAlikes:
+    """Unlabelled structures that look like lesions, drawn for both classes alike: bright
+    calcifications (choroid plexus, pineal, falx) and blood-density vessels and sinuses like a
+    bleed, old infarcts at CSF density and periventricular hypodensity like an infarct."""
+
+    calcifications: tuple[Ellipsoid, ...]
+    falx_calcified: tuple[float, float] | None  # v range (head units) of a calcified falx
+    calcification_hu: float
+    sinus_hu: float
+    arteries: tuple[Tube, ...]  # middle cerebral arteries in the Sylvian fissures
+    artery_hu: float  # above sinus_hu in a hyperdense artery sign
+    old_infarcts: tuple[Ellipsoid, ...]
+    periventricular_drop_hu: float  # 0: none
+    periventricular_px: float  # reach from the ventricles (reference head)
 
 
 @dataclass(frozen=True)
@@ -208,14 +236,16 @@ def _ellipsoids(
 
 def sample_anatomy(rng: np.random.Generator, params: PhantomParams) -> Anatomy:
     size = params.image_size
-    scale = size / REFERENCE_SIZE
     slices = params.slices_per_case
-    half_width = size * rng.uniform(0.31, 0.355)
+    # Pose and size: drawn first, the same way for every class (no shortcut for the model).
+    half_width = size * rng.uniform(*params.head_width_share) / 2.0
+    scale = size / REFERENCE_SIZE * half_width / (size * REFERENCE_HEAD_WIDTH_SHARE / 2.0)
+    rotation = math.radians(rng.uniform(-1.0, 1.0) * params.rotation_max_deg)
+    shift = rng.normal(0.0, params.centre_shift_share, size=2)
     elongation = rng.uniform(1.14, 1.26)
-    centre = (
-        size * (0.5 + rng.normal(0.0, 0.012)),
-        size * (0.465 + rng.normal(0.0, 0.01)),
-    )
+    # Centred a little above the middle (the table and neck below), shifted per case: wide
+    # heads shifted towards an edge are cropped by the field of view, as in real scans.
+    centre = (size * (0.5 + shift[0]), size * (0.475 + shift[1]))
     orders = np.arange(2.0, 6.0)
     outline = np.column_stack(
         [orders, rng.uniform(0.0, 0.016, size=4), rng.uniform(0, 2 * np.pi, size=4)]
@@ -241,13 +271,15 @@ def sample_anatomy(rng: np.random.Generator, params: PhantomParams) -> Anatomy:
     csf_low, csf_high = params.csf_hu
     table = None
     if rng.uniform() < params.table_probability:
-        lowest = centre[1] + half_width * elongation * 1.1 + rng.uniform(6.0, 20.0) * scale
-        table = (lowest, size * rng.uniform(0.55, 1.2), rng.uniform(3.0, 6.0) * scale)
+        image_scale = size / REFERENCE_SIZE
+        lowest = centre[1] + half_width * elongation * 1.1 + rng.uniform(6.0, 20.0) * image_scale
+        table = (lowest, size * rng.uniform(0.55, 1.2), rng.uniform(3.0, 6.0) * image_scale)
     return Anatomy(
         centre=centre,
         half_width_px=half_width,
+        px_scale=scale,
         elongation=elongation,
-        rotation=rng.normal(0.0, 0.08),
+        rotation=rotation,
         outline=outline,
         heights=heights,
         skin_px=rng.uniform(1.8, 2.8) * scale,
@@ -266,6 +298,7 @@ def sample_anatomy(rng: np.random.Generator, params: PhantomParams) -> Anatomy:
         sulcus_opening=(0.2 + 0.6 * atrophy) * rng.uniform(0.2, 1.2, size=sulcus_count),
         sulcus_width_px=(0.9 + 0.9 * atrophy) * scale * rng.uniform(0.6, 1.4, size=sulcus_count),
         falx_bend=(rng.normal(0.0, 0.02), rng.normal(0.0, 0.03)),
+        midline_shift=0.0,
         ventricles=tuple(
             _tube(path, side, grow * (1.0 + side * asymmetry), elongation, rng)
             for path in (LATERAL_VENTRICLE, TEMPORAL_HORN)
@@ -281,11 +314,101 @@ def sample_anatomy(rng: np.random.Generator, params: PhantomParams) -> Anatomy:
         csf_hu=rng.uniform(
             csf_low + 0.55 * (csf_high - csf_low), csf_low + 0.9 * (csf_high - csf_low)
         ),
-        noise_hu=rng.uniform(*params.noise_hu),
         texture=texture[2:-2],
         folding=folding[2:-2],
         porosity=rng.uniform(0.0, 1.0, size=(85, 85)).astype(np.float32),
         table=table,
+        lookalikes=_sample_lookalikes(rng, params, elongation, atrophy),
+    )
+
+
+def _sample_lookalikes(
+    rng: np.random.Generator, params: PhantomParams, elongation: float, atrophy: float
+) -> LookAlikes:
+    chance = params.calcification_probability
+    calcifications: list[Ellipsoid] = []
+    for side in (1, -1):  # choroid plexus in the atria
+        if rng.uniform() < chance:
+            radius = rng.uniform(0.012, 0.03)
+            centre = (side * 0.2, 0.3 * elongation, 0.46 + rng.normal(0.0, 0.02))
+            calcifications.append(Ellipsoid(centre, (radius, radius * 1.4, 0.05), 0.0))
+    if rng.uniform() < chance:  # pineal gland
+        radius = rng.uniform(0.012, 0.025)
+        pineal = Ellipsoid((0.0, 0.17 * elongation, 0.38), (radius, radius, 0.05), 0.0)
+        calcifications.append(pineal)
+    falx = None
+    if rng.uniform() < params.falx_calcification_probability:
+        start = rng.uniform(-0.8, 0.5) * elongation
+        falx = (start, start + rng.uniform(0.08, 0.25) * elongation)
+    sinus_hu = rng.uniform(*params.sinus_hu)
+    hyperdense = rng.uniform() < params.hyperdense_artery_probability
+    arteries = tuple(
+        Tube(
+            np.array(
+                [
+                    (side * u, v * elongation, z + 0.02, 0.012, 0.05)
+                    for u, v, z, _, _ in SYLVIAN_FISSURE
+                ]
+            )
+        )
+        for side in (1, -1)
+    )
+    old_infarcts: list[Ellipsoid] = []
+    if rng.uniform() < params.old_infarct_probability:
+        direction, distance = rng.uniform(-np.pi, np.pi), rng.uniform(0.2, 0.7)
+        radius = rng.uniform(0.03, 0.1)
+        centre = (
+            distance * math.cos(direction),
+            distance * math.sin(direction) * elongation,
+            rng.uniform(0.3, 0.75),
+        )
+        axes = (radius, radius * rng.uniform(0.6, 1.4), 0.1)
+        old_infarcts.append(Ellipsoid(centre, axes, 0.0))
+    chance = params.periventricular_hypodensity_probability * (0.5 + atrophy)
+    drop = rng.uniform(*params.periventricular_drop_hu) if rng.uniform() < chance else 0.0
+    return LookAlikes(
+        calcifications=tuple(calcifications),
+        falx_calcified=falx,
+        calcification_hu=rng.uniform(*params.calcification_hu),
+        sinus_hu=sinus_hu,
+        arteries=arteries,
+        # Normal arteries a little below the sinuses; a hyperdense one up to 5 HU above.
+        artery_hu=rng.uniform(sinus_hu, params.sinus_hu[1] + 5.0) if hyperdense else sinus_hu - 8.0,
+        old_infarcts=tuple(old_infarcts),
+        periventricular_drop_hu=drop,
+        periventricular_px=rng.uniform(6.0, 16.0),
+    )
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """How a case was scanned and exported, drawn per case like the pose."""
+
+    window_level_hu: float
+    window_width_hu: float
+    noise_hu: float
+    noise_filter: np.ndarray  # (n, n // 2 + 1) amplitude of the noise's half-size spectrum
+    blur_sigma_px: float
+
+
+def sample_acquisition(rng: np.random.Generator, params: PhantomParams) -> Acquisition:
+    """Window, noise and blur of a case. The noise is filtered back-projection noise: power
+    spectrum |f| W(f)^2 (the ramp filter times a Hann apodisation window cut off at the case's
+    frequency), so it is mottled, with no grain finer than the cut-off. It is drawn on a grid
+    half the image size (cut-offs up to 0.25 cycles per pixel; `rendering._noise`)."""
+    half = max(8, params.image_size // 2)
+    cutoff = rng.uniform(*params.noise_cutoff_cycles_per_px)
+    # Frequencies in cycles per image pixel: the half-size grid's pixels are two image pixels.
+    fy = np.fft.fftfreq(half)[:, None] / 2.0
+    fx = np.fft.rfftfreq(half)[None, :] / 2.0
+    radial = np.hypot(fy, fx)
+    window = np.where(radial < cutoff, 0.5 + 0.5 * np.cos(np.pi * radial / cutoff), 0.0)
+    return Acquisition(
+        window_level_hu=rng.uniform(*params.window_level_hu),
+        window_width_hu=rng.uniform(*params.window_width_hu),
+        noise_hu=rng.uniform(*params.noise_hu),
+        noise_filter=np.sqrt(radial) * window,
+        blur_sigma_px=rng.uniform(*params.blur_sigma_px),
     )
 
 

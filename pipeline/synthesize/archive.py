@@ -27,6 +27,7 @@ from pipeline.parallel import bounded_ordered_map, worker_count
 from pipeline.params import PhantomParams
 from pipeline.synthesize.layout import ARCHIVE_ROOT, CT_DATA_ROOT, CaseSpec, plan_cases
 from pipeline.synthesize.rendering import PhantomSlice, build_case, render_slice
+from pipeline.synthesize.statistics import CaseStatistics, case_statistics
 
 OTHER_MODALITIES = ("MRI Images", "PET Images")
 # Zip members carry this fixed timestamp so the archive bytes depend on content only.
@@ -41,14 +42,16 @@ class CaseFiles:
     spec: CaseSpec
     members: tuple[tuple[str, bytes], ...]
     lesion_pixels: tuple[int, ...]
+    statistics: CaseStatistics
 
 
 @dataclass(frozen=True)
 class CaseSlices:
-    """A case written to the archive: its spec and lesion pixels per slice."""
+    """A case written to the archive: its spec, lesion pixels per slice and statistics."""
 
     spec: CaseSpec
     lesion_pixels: tuple[int, ...]
+    statistics: CaseStatistics
 
 
 @dataclass(frozen=True)
@@ -74,15 +77,16 @@ def render_case_files(task: tuple[CaseSpec, PhantomParams]) -> CaseFiles:
     spec, params = task
     members: list[tuple[str, bytes]] = []
     lesion_pixels: list[int] = []
-    slices = render_case_slices(spec, params)
+    case = build_case(spec, params)
+    slices = [render_slice(case, index) for index in range(len(spec.slice_stems))]
     for stem, rendered in zip(spec.slice_stems, slices, strict=True):
-        image = window_to_uint8(rendered.hu, params.window_level_hu, params.window_width_hu)
+        image = window_to_uint8(rendered.hu, rendered.window_level_hu, rendered.window_width_hu)
         members.append((spec.member("images", stem), encode_png(image)))
         if spec.has_mask:
             mask = np.where(rendered.lesion, np.uint8(255), np.uint8(0))
             members.append((spec.member("mask", stem), encode_png(mask)))
         lesion_pixels.append(int(np.count_nonzero(rendered.lesion)))
-    return CaseFiles(spec, tuple(members), tuple(lesion_pixels))
+    return CaseFiles(spec, tuple(members), tuple(lesion_pixels), case_statistics(case, slices))
 
 
 @baseline_opencv()
@@ -183,7 +187,7 @@ def synthesize_archive(
     # Rendered in the order their files go in the archive, so that only the masks of the
     # current subset and class (after all its images, by name) wait in the spill file.
     render_order = sorted(cases, key=lambda spec: member_names(spec)[0])
-    lesion_pixels: dict[CaseSpec, tuple[int, ...]] = {}
+    rendered_cases: dict[CaseSpec, CaseFiles] = {}
     with (
         atomic_path(path) as temporary,
         zipfile.ZipFile(temporary, "w") as archive,
@@ -205,9 +209,14 @@ def synthesize_archive(
             for files in rendered:
                 for name, data in files.members:
                     writer.add(name, data)
-                lesion_pixels[files.spec] = files.lesion_pixels
+                rendered_cases[files.spec] = CaseFiles(
+                    files.spec, (), files.lesion_pixels, files.statistics
+                )
         writer.finish()
-    slices = [CaseSlices(spec, lesion_pixels[spec]) for spec in cases]
+    slices = [
+        CaseSlices(spec, rendered_cases[spec].lesion_pixels, rendered_cases[spec].statistics)
+        for spec in cases
+    ]
     summary = PhantomSummary(
         cases=len(cases),
         slices=sum(len(case.lesion_pixels) for case in slices),

@@ -29,6 +29,7 @@ from pipeline.parallel import ordered_map
 from pipeline.params import PhantomParams
 from pipeline.synthesize.archive import render_case_slices
 from pipeline.synthesize.layout import CaseSpec, plan_cases
+from pipeline.synthesize.rendering import PhantomSlice
 
 # Stored value = HU + 1024: air (-1000 HU) stays above 0 and dense bone fits in 16 bits.
 RESCALE_INTERCEPT_HU = -1024.0
@@ -63,9 +64,11 @@ def case_folder(spec: CaseSpec) -> str:
 
 
 def phantom_slice_dataset(
-    hu: np.ndarray, spec: CaseSpec, index: int, params: PhantomParams
+    rendered: PhantomSlice, spec: CaseSpec, index: int, params: PhantomParams
 ) -> Dataset:
-    """One CT Image Storage instance of slice `index` of a phantom case (HU before windowing)."""
+    """One CT Image Storage instance of slice `index` of a phantom case (HU before windowing,
+    the case's window as its default display window)."""
+    hu = rendered.hu
     rows, columns = hu.shape
     spacing_mm = params.pixel_spacing_mm
     meta = FileMetaDataset()
@@ -117,8 +120,8 @@ def phantom_slice_dataset(
     ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 0
-    ds.WindowCenter = f"{params.window_level_hu:g}"
-    ds.WindowWidth = f"{params.window_width_hu:g}"
+    ds.WindowCenter = f"{rendered.window_level_hu:.2f}"
+    ds.WindowWidth = f"{rendered.window_width_hu:.2f}"
     ds.RescaleIntercept = f"{RESCALE_INTERCEPT_HU:g}"
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
@@ -151,7 +154,7 @@ def render_phantom_series(task: tuple[CaseSpec, PhantomParams]) -> PhantomSeries
     voxels = 0
     rendered = render_case_slices(spec, params)
     for index, (stem, slice_) in enumerate(zip(spec.slice_stems, rendered, strict=True)):
-        dataset = phantom_slice_dataset(slice_.hu, spec, index, params)
+        dataset = phantom_slice_dataset(slice_, spec, index, params)
         slices.append((f"{stem}.dcm", dataset_bytes(dataset)))
         mask = np.where(slice_.lesion, np.uint8(255), np.uint8(0))
         truth.append((f"{stem}.png", encode_png(mask)))

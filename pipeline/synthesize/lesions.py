@@ -1,24 +1,33 @@
-"""The lesions: one 3-D hemorrhage or infarct per case, sampled from the case's generator,
-and its region and HU change on each slice."""
+"""The lesions: each case's hemorrhages or infarcts, drawn from a catalogue of subtypes and
+territories (README, "The phantom"), and their region and HU change on each slice.
+
+A case has one lesion, and with probability `phantom.extra_lesion_probability` a second one of
+the same class within the first one's slices (multifocal contusions, several infarcts). Each
+kind keeps to the heights where it occurs in patients; every kind is a smooth 3-D shape over a
+run of consecutive slices, so a case's lesion slices stay consecutive."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 
 from pipeline.classes import HEMORRHAGIC
 from pipeline.numerics import sin_f32
-from pipeline.params import PhantomParams
+from pipeline.params import HEMORRHAGE_SUBTYPES, ISCHEMIA_TERRITORIES, PhantomParams
 from pipeline.synthesize.anatomy import (
     PARENCHYMA,
+    REFERENCE_HEAD_WIDTH_SHARE,
     REFERENCE_SIZE,
     Anatomy,
     CaseGrid,
     Ellipsoid,
     Tissue,
+    Tube,
     ellipse_field,
     pixel_box,
 )
@@ -26,32 +35,75 @@ from pipeline.synthesize.anatomy import (
 if TYPE_CHECKING:  # a type name only: rendering imports this module
     from pipeline.synthesize.rendering import CaseModel
 
+# Heights (0 skull base .. 1 vertex) each kind occupies, from where it occurs in patients.
+KIND_HEIGHTS: dict[str, tuple[float, float]] = {
+    "intraparenchymal_lobar": (0.25, 0.85),
+    "intraparenchymal_deep": (0.3, 0.55),  # basal ganglia and thalamus
+    "intraventricular": (0.38, 0.56),  # atria and occipital horns
+    "subarachnoid": (0.1, 0.85),
+    "subdural": (0.2, 0.92),
+    "epidural": (0.25, 0.9),
+    "contusion": (0.14, 0.45),  # frontal and temporal poles
+    "middle_cerebral": (0.2, 0.8),
+    "anterior_cerebral": (0.35, 0.92),
+    "posterior_cerebral": (0.15, 0.6),
+    "watershed": (0.45, 0.85),
+    "lacunar": (0.3, 0.44),  # basal ganglia, internal capsule, thalamus
+    "posterior_fossa": (0.03, 0.22),  # cerebellum and brainstem
+}
+# A few millimetres thick, they fill only part of a 5 mm slice (`phantom.thin_bleed_fill`).
+THIN_BLEEDS = ("subarachnoid", "subdural")
+SCALP_HAEMATOMA_HU = 55.0
+MIN_BLOB_AXIS_PX = 2.2  # see _blob_region  # the unlabelled swelling over an epidural haematoma
+
 
 @dataclass(frozen=True)
-class Hemorrhage:
-    blobs: tuple[Ellipsoid, ...]  # intraparenchymal: union of irregular ellipsoids
-    extra_axial: tuple[float, float, float] | None  # (angle, half-angle, thickness px at 512)
-    mean_hu: float
+class Shell:
+    """A collection along the inner table: within `half_angle` of `angle` (radians from the
+    head centre), `thickness_px` deep (at the reference head) in the middle; `power` 2 gives
+    an epidural lens, higher powers a flat subdural crescent."""
+
+    angle: float
+    half_angle: float
+    thickness_px: float
+    power: float
 
 
 @dataclass(frozen=True)
-class Infarct:
+class Wedge:
+    """A vascular territory: apex deep, base on the cortex, tapering at its ends."""
+
     angle: float  # direction of the territory from the head centre
     half_angle: float
     inner_radius: float  # apex depth, as a fraction of the brain radius
     side: int  # hemisphere the territory is confined to (+1 / -1), 0 when not confined
-    mean_drop_hu: float
 
 
 @dataclass(frozen=True)
 class Lesion:
-    """One 3-D lesion spanning slices first..last (inclusive), edges roughened by `waves`."""
+    """One 3-D lesion of kind `kind` spanning slices first..last (inclusive), edges roughened
+    by `waves`. Its shape is a union of `blobs`, a `shell`, a `wedge`, the CSF spaces of a
+    `sector` (subarachnoid: angle, half-angle) or the ventricles below `layer` (the
+    intraventricular blood level, head units along gravity)."""
 
+    kind: str
     first: int
     last: int
     waves: np.ndarray  # (k, 5): frequency along u, v and t, phase, amplitude
-    hemorrhage: Hemorrhage | None
-    infarct: Infarct | None
+    blobs: tuple[Ellipsoid, ...]
+    shell: Shell | None
+    wedge: Wedge | None
+    sector: tuple[float, float] | None
+    layer: float | None
+    level_hu: float  # hemorrhage: its mean HU; infarct: its mean drop below parenchyma
+    edge_fill: float  # share of the lesion's HU change on its first and last slice
+    body_fill: float  # share on the other slices (below 1 for thin layers: partial volume)
+    oedema_px: float  # unlabelled oedema rim around a hemorrhage (0: none), reference head
+    oedema_drop_hu: float
+
+    @property
+    def hemorrhagic(self) -> bool:
+        return self.kind in HEMORRHAGE_SUBTYPES
 
     def height(self, index: int) -> float | None:
         """Position t in (-1, 1) of slice `index` within the lesion; None outside it."""
@@ -60,19 +112,83 @@ class Lesion:
         half = (self.last - self.first) / 2.0 + 0.5
         return (index - (self.first + self.last) / 2.0) / half
 
+    def fill(self, index: int) -> float:
+        """Share of the HU change on slice `index`: partial volume on the end slices."""
+        ends = self.last > self.first and index in (self.first, self.last)
+        return self.edge_fill * self.body_fill if ends else self.body_fill
 
-def sample_lesion(
-    rng: np.random.Generator, class_name: str, params: PhantomParams, elongation: float
-) -> Lesion:
-    """Lesion of the case's class over a run of consecutive slices, leaving at least
-    `lesion_free_slice_share` of the slices (and the lowest ones) without lesion."""
+
+def _choose(rng: np.random.Generator, shares: dict[str, float], names: tuple[str, ...]) -> str:
+    weights = np.array([shares[name] for name in names], dtype=np.float64)
+    return str(names[int(rng.choice(len(names), p=weights / weights.sum()))])
+
+
+def _slice_run(
+    rng: np.random.Generator, heights: np.ndarray, kind: str, first: int, last: int
+) -> tuple[int, int]:
+    """A run of consecutive slices within first..last whose heights suit `kind`: at least
+    three quarters of the suitable ones (the nearest slice when none suits)."""
+    low, high = KIND_HEIGHTS[kind]
+    indices = np.arange(first, last + 1)
+    suitable = indices[(heights[indices] >= low) & (heights[indices] <= high)]
+    if suitable.size == 0:
+        nearest = indices[int(np.argmin(np.abs(heights[indices] - (low + high) / 2.0)))]
+        return int(nearest), int(nearest)
+    span = int(rng.integers(math.ceil(0.75 * suitable.size), suitable.size + 1))
+    start = int(suitable[0]) + int(rng.integers(0, suitable.size - span + 1))
+    return start, start + span - 1
+
+
+def sample_lesions(
+    rng: np.random.Generator, class_name: str, params: PhantomParams, anatomy: Anatomy
+) -> tuple[Lesion, ...]:
+    """The case's lesions: the first over at most 1 - `lesion_free_slice_share` of the slices
+    (never the lowest, the skull base of the montage), an optional second within its run."""
     slices = params.slices_per_case
     longest = max(1, math.floor(slices * (1.0 - params.lesion_free_slice_share)))
-    shortest = min(longest, math.ceil(0.4 * slices))
-    span = int(rng.integers(shortest, longest + 1))
-    lowest = min(math.ceil(0.15 * (slices - 1)), slices - span)
-    first = int(rng.integers(lowest, slices - span + 1))
-    last = first + span - 1
+    lowest = 1 if slices > 1 else 0
+    names = HEMORRHAGE_SUBTYPES if class_name == HEMORRHAGIC else ISCHEMIA_TERRITORIES
+    shares = (
+        params.hemorrhage_subtype_share
+        if class_name == HEMORRHAGIC
+        else (params.ischemia_territory_share)
+    )
+    kind = _choose(rng, shares, names)
+    first, last = _slice_run(rng, anatomy.heights, kind, lowest, slices - 1)
+    if last - first + 1 > longest:
+        first += int(rng.integers(0, last - first + 2 - longest))
+        last = first + longest - 1
+    lesions = [_lesion(rng, kind, first, last, params, anatomy)]
+    if rng.uniform() < params.extra_lesion_probability:
+        mid = float(anatomy.heights[(first + last) // 2])
+        fitting = tuple(n for n in names if KIND_HEIGHTS[n][0] <= mid <= KIND_HEIGHTS[n][1])
+        extra_kind = _choose(rng, shares, fitting or (kind,))
+        extra_first, extra_last = _slice_run(rng, anatomy.heights, extra_kind, first, last)
+        lesions.append(_lesion(rng, extra_kind, extra_first, extra_last, params, anatomy))
+    return tuple(lesions)
+
+
+def _blob_cluster(
+    rng: np.random.Generator, centre: tuple[float, float], radius: float, count: int
+) -> tuple[Ellipsoid, ...]:
+    """Irregular blob: a union of `count` ellipses around `centre` (head units)."""
+    blobs = []
+    for _ in range(count):
+        offset = rng.normal(0.0, 0.35 * radius, size=2)
+        axes = (radius * rng.uniform(0.55, 1.0), radius * rng.uniform(0.45, 0.85), 1.0)
+        position = (centre[0] + offset[0], centre[1] + offset[1], 0.0)
+        blobs.append(Ellipsoid(position, axes, rng.uniform(0, np.pi)))
+    return tuple(blobs)
+
+
+def _lesion(
+    rng: np.random.Generator,
+    kind: str,
+    first: int,
+    last: int,
+    params: PhantomParams,
+    anatomy: Anatomy,
+) -> Lesion:
     waves = np.column_stack(
         [
             rng.normal(0.0, 22.0, size=(6, 2)),
@@ -82,51 +198,150 @@ def sample_lesion(
         ]
     )
     waves[:, 4] /= math.sqrt(float((waves[:, 4] ** 2).sum()) / 2.0)  # unit std
-    if class_name == HEMORRHAGIC:
-        low, high = params.hemorrhage_hu
-        mean_hu = float(rng.uniform(low + 0.15 * (high - low), low + 0.55 * (high - low)))
-        kind = rng.choice(["extra_axial", "deep", "lobar"], p=[0.3, 0.3, 0.4])
-        if kind == "extra_axial":
-            extra = (float(rng.uniform(-np.pi, np.pi)), rng.uniform(0.35, 0.8), rng.uniform(8, 24))
-            return Lesion(first, last, waves, Hemorrhage((), extra, mean_hu), None)
-        if kind == "deep":
-            side = 1 if rng.uniform() < 0.5 else -1
-            centre_u, centre_v = side * rng.uniform(0.15, 0.3), rng.uniform(-0.15, 0.15)
-        else:
-            direction, distance = rng.uniform(-np.pi, np.pi), rng.uniform(0.3, 0.55)
-            centre_u = distance * math.cos(direction)
-            centre_v = distance * math.sin(direction) * elongation
-        radius = rng.uniform(0.09, 0.22)
-        blobs = []
-        for _ in range(int(rng.integers(2, 5))):
-            offset = rng.normal(0.0, 0.35 * radius, size=2)
-            axes = (radius * rng.uniform(0.55, 1.0), radius * rng.uniform(0.45, 0.85), 1.0)
-            blobs.append(
-                Ellipsoid(
-                    (centre_u + offset[0], centre_v + offset[1], 0.0), axes, rng.uniform(0, np.pi)
-                )
-            )
-        return Lesion(first, last, waves, Hemorrhage(tuple(blobs), None, mean_hu), None)
-    low, high = params.ischemic_drop_hu
-    territory = rng.choice(["middle", "anterior", "posterior"], p=[0.6, 0.15, 0.25])
+    elongation = anatomy.elongation
     side = 1 if rng.uniform() < 0.5 else -1
-    if territory == "middle":
-        angle = (0.0 if side > 0 else np.pi) + rng.normal(0.0, 0.25)
-        half_angle, confined = rng.uniform(0.3, 0.6), 0
-    elif territory == "anterior":
-        angle = -np.pi / 2 + side * rng.uniform(0.12, 0.3)
-        half_angle, confined = rng.uniform(0.2, 0.35), side
+    blobs: tuple[Ellipsoid, ...] = ()
+    shell = wedge = sector = layer = None
+    oedema_px = oedema_drop_hu = 0.0
+    if kind in HEMORRHAGE_SUBTYPES:
+        density = getattr(params.hemorrhage_density_hu, kind.split("_")[0])
+        level_hu = float(
+            np.clip(density + rng.normal(0.0, params.hemorrhage_case_sd_hu), *params.hemorrhage_hu)
+        )
     else:
+        level_hu = float(rng.uniform(*params.ischemic_mean_drop_hu))
+    if kind == "intraparenchymal_lobar":
+        direction, distance = rng.uniform(-np.pi, np.pi), rng.uniform(0.3, 0.55)
+        centre = (distance * math.cos(direction), distance * math.sin(direction) * elongation)
+        blobs = _blob_cluster(rng, centre, rng.uniform(0.07, 0.22), int(rng.integers(2, 5)))
+    elif kind == "intraparenchymal_deep":
+        centre = (side * rng.uniform(0.12, 0.28), rng.uniform(-0.12, 0.14) * elongation)
+        blobs = _blob_cluster(rng, centre, rng.uniform(0.06, 0.18), int(rng.integers(2, 5)))
+    elif kind == "contusion":  # several small foci at a frontal or a temporal pole
+        frontal = rng.uniform() < 0.5
+        centre = (side * 0.22, -0.6 * elongation) if frontal else (side * 0.55, -0.2 * elongation)
+        blobs = tuple(
+            blob
+            for _ in range(int(rng.integers(2, 5)))
+            for blob in _blob_cluster(
+                rng,
+                (centre[0] + rng.normal(0.0, 0.05), centre[1] + rng.normal(0.0, 0.05)),
+                rng.uniform(0.03, 0.07),
+                2,
+            )
+        )
+    elif kind == "intraventricular":  # blood layering in the dependent atria and horns
+        sides = (side,) if rng.uniform() < 0.5 else (1, -1)
+        blobs = tuple(
+            Ellipsoid((s * 0.19, 0.33 * elongation, 0.0), (0.07, 0.09, 1.0), s * 0.4) for s in sides
+        )
+        # The level (head units along gravity, image down) lies above the blobs' centres, so
+        # their dependent part always holds blood.
+        cos, sin = math.cos(anatomy.rotation), math.sin(anatomy.rotation)
+        lowest = min(s * 0.19 * sin + 0.33 * elongation * cos for s in sides)
+        layer = lowest + rng.uniform(-0.06, 0.0)
+    elif kind == "subarachnoid":
+        sector = (float(rng.uniform(-np.pi, np.pi)), float(rng.uniform(0.4, 1.2)))
+    elif kind == "subdural":
+        shell = Shell(
+            float(rng.uniform(-np.pi, np.pi)), rng.uniform(0.7, 1.3), rng.uniform(4, 16), 6.0
+        )
+    elif kind == "epidural":
+        shell = Shell(
+            float(rng.uniform(-np.pi, np.pi)), rng.uniform(0.25, 0.5), rng.uniform(12, 30), 2.0
+        )
+    elif kind == "middle_cerebral":
+        angle = (0.0 if side > 0 else np.pi) + rng.normal(0.0, 0.25)
+        wedge = Wedge(float(angle), rng.uniform(0.3, 0.6), rng.uniform(0.3, 0.6), 0)
+    elif kind == "anterior_cerebral":
+        angle = -np.pi / 2 + side * rng.uniform(0.12, 0.3)
+        wedge = Wedge(float(angle), rng.uniform(0.2, 0.35), rng.uniform(0.3, 0.6), side)
+    elif kind == "posterior_cerebral":
         angle = np.pi / 2 - side * rng.uniform(0.15, 0.45)
-        half_angle, confined = rng.uniform(0.22, 0.4), side
-    infarct = Infarct(
-        angle=float(angle),
-        half_angle=float(half_angle),
-        inner_radius=float(rng.uniform(0.3, 0.6)),
-        side=confined,
-        mean_drop_hu=float(rng.uniform(low + 0.2 * (high - low), high - 0.2 * (high - low))),
+        wedge = Wedge(float(angle), rng.uniform(0.22, 0.4), rng.uniform(0.3, 0.6), side)
+    elif kind == "watershed":  # the border zone between the anterior and middle territories
+        angle = -np.pi / 2 + side * rng.uniform(0.7, 1.0)
+        wedge = Wedge(float(angle), rng.uniform(0.07, 0.15), rng.uniform(0.3, 0.45), side)
+    elif kind == "lacunar":
+        centres = ((0.2, -0.05), (0.16, 0.02), (0.1, 0.11))  # lentiform, capsule, thalamus
+        u, v = centres[int(rng.integers(0, len(centres)))]
+        blobs = _blob_cluster(
+            rng, (side * u, v * elongation), rng.uniform(0.025, 0.06), int(rng.integers(1, 3))
+        )
+    else:  # posterior_fossa: a cerebellar hemisphere or the brainstem
+        cerebellar = rng.uniform() < 0.75
+        centre = (side * 0.3, 0.58 * elongation) if cerebellar else (0.0, 0.2 * elongation)
+        radius = rng.uniform(0.1, 0.22) if cerebellar else rng.uniform(0.04, 0.08)
+        blobs = _blob_cluster(rng, centre, radius, int(rng.integers(2, 4)))
+    if kind in ("intraparenchymal_lobar", "intraparenchymal_deep", "contusion"):
+        oedema_px = float(rng.uniform(*params.oedema_rim_px))
+        oedema_drop_hu = float(rng.uniform(*params.oedema_drop_hu))
+    return Lesion(
+        kind=kind,
+        first=first,
+        last=last,
+        waves=waves,
+        blobs=blobs,
+        shell=shell,
+        wedge=wedge,
+        sector=sector,
+        layer=layer,
+        level_hu=level_hu,
+        edge_fill=float(rng.uniform(*params.edge_slice_fill)),
+        body_fill=float(rng.uniform(*params.thin_bleed_fill)) if kind in THIN_BLEEDS else 1.0,
+        oedema_px=oedema_px,
+        oedema_drop_hu=oedema_drop_hu,
     )
-    return Lesion(first, last, waves, None, infarct)
+
+
+# Kinds whose mass shifts the midline, and the size that gives the largest shift: a blob
+# radius (head units) or a shell thickness (px at the reference head).
+MASS_KINDS = ("intraparenchymal_lobar", "intraparenchymal_deep", "subdural", "epidural")
+LARGEST_BLOB = 0.22
+THICKEST_SHELL_PX = 30.0
+
+
+def mass_effect(
+    rng: np.random.Generator, anatomy: Anatomy, lesions: tuple[Lesion, ...], params: PhantomParams
+) -> Anatomy:
+    """The anatomy with the first lesion's mass effect: a hematoma pushes the falx and the
+    ventricles to the other side, by up to `phantom.midline_shift_max_mm` for the largest
+    (0 to that, scaled by its size), and compresses the ventricle on its own side."""
+    lesion = lesions[0]
+    if lesion.kind not in MASS_KINDS:
+        return anatomy
+    if lesion.shell is not None:
+        side = 1.0 if math.cos(lesion.shell.angle) >= 0.0 else -1.0
+        size = min(1.0, lesion.shell.thickness_px / THICKEST_SHELL_PX)
+    else:
+        side = 1.0 if np.mean([blob.centre[0] for blob in lesion.blobs]) >= 0.0 else -1.0
+        size = min(1.0, max(blob.axes[0] for blob in lesion.blobs) / LARGEST_BLOB)
+    # One head unit (half the head width) of the reference head, in millimetres.
+    unit_mm = params.pixel_spacing_mm * REFERENCE_SIZE * REFERENCE_HEAD_WIDTH_SHARE / 2.0
+    shift = -side * size * rng.uniform(0.0, params.midline_shift_max_mm) / unit_mm
+    if shift == 0.0:
+        return anatomy
+
+    squeeze = 1.0 - 0.5 * abs(shift) * unit_mm / max(params.midline_shift_max_mm, 1e-6)
+
+    def moved(tube: Tube) -> Tube:
+        points = tube.points.copy()
+        if np.sign(points[:, 0].mean()) == side:  # the lesion's side: compressed
+            points[:, 3] *= squeeze
+        along = np.clip(1.0 - (points[:, 1] / anatomy.elongation) ** 2, 0.0, 1.0)
+        points[:, 0] += shift * along
+        return Tube(points)
+
+    third = tuple(
+        dataclasses.replace(e, centre=(e.centre[0] + shift, *e.centre[1:]))
+        for e in anatomy.small_ventricles
+    )
+    return dataclasses.replace(
+        anatomy,
+        midline_shift=shift,
+        ventricles=tuple(moved(tube) for tube in anatomy.ventricles),
+        small_ventricles=third,
+    )
 
 
 def wave_noise(waves: np.ndarray, u: np.ndarray, v: np.ndarray, t: float) -> np.ndarray:
@@ -139,36 +354,103 @@ def wave_noise(waves: np.ndarray, u: np.ndarray, v: np.ndarray, t: float) -> np.
     return total
 
 
-def add_lesion(
+@dataclass(frozen=True)
+class Spaces:
+    """The parts of a slice a lesion is drawn into."""
+
+    brain_space: np.ndarray  # the cranial cavity less skull-base bone, air and orbits
+    brain: np.ndarray  # brain_space less the outer CSF gap
+    inner_depth: np.ndarray  # pixels below the skull's inner table
+    rho: np.ndarray  # radius relative to the head outline
+    csf: np.ndarray  # sulci, fissures, cisterns and the gap under the skull
+    ventricles: np.ndarray
+
+
+def infarct_region(case: CaseModel, index: int, brain: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    """Where the case's infarcts cut slice `index`, before the parenchyma is known (the
+    caller effaces the sulci there); `add_lesions` keeps its parenchyma."""
+    region = np.zeros(brain.shape, dtype=bool)
+    for lesion in case.lesions:
+        t = lesion.height(index)
+        if t is not None and not lesion.hemorrhagic:
+            region |= _infarct_shape(lesion, case, t, rho)
+    return region & brain
+
+
+def _infarct_shape(lesion: Lesion, case: CaseModel, t: float, rho: np.ndarray) -> np.ndarray:
+    region = _blob_region(lesion, case.anatomy, case.grid, t)
+    if lesion.wedge is not None:
+        region |= _wedge_region(lesion, lesion.wedge, case.grid, rho, t)
+    return region
+
+
+def add_lesions(
+    hu: np.ndarray, tissue: np.ndarray, case: CaseModel, index: int, spaces: Spaces
+) -> np.ndarray:
+    """Paint the case's lesions on slice `index` and return their mask: exactly the pixels
+    they changed. Unlabelled context (the oedema rim of a hemorrhage, the scalp swelling over
+    an epidural haematoma) goes on before the caller copies the baseline, so call
+    `add_context` first. A hemorrhage replaces whatever the cranial cavity holds; an infarct
+    lowers the parenchyma of its region by a drop within `ischemic_drop_hu`."""
+    params, grid = case.params, case.grid
+    mask = np.zeros(hu.shape, dtype=bool)
+    for lesion in case.lesions:
+        t = lesion.height(index)
+        if t is None:
+            continue
+        fill = np.float32(lesion.fill(index))
+        if lesion.hemorrhagic:
+            # Calcifications and vessels stay visible within a bleed.
+            region = hemorrhage_region(lesion, case, t, spaces) & ~mask
+            region &= ~np.isin(tissue, (Tissue.BONE, Tissue.VESSEL))
+            variation = wave_noise(lesion.waves[2:], grid.u[region], grid.v[region], t)
+            bleed = np.clip(
+                np.float32(lesion.level_hu) + np.float32(params.hemorrhage_texture_hu) * variation,
+                *params.hemorrhage_hu,
+            )
+            hu[region] += fill * (bleed - hu[region])
+            tissue[region] = Tissue.HEMORRHAGE
+        else:
+            region = _infarct_shape(lesion, case, t, spaces.rho) & spaces.brain & ~mask
+            region &= np.isin(tissue, PARENCHYMA)
+            low, high = params.ischemic_drop_hu
+            variation = wave_noise(lesion.waves[2:], grid.u[region], grid.v[region], t)
+            drop = np.clip(lesion.level_hu + 0.2 * (high - low) * variation, low, high)
+            hu[region] -= np.maximum(fill * drop, np.float32(low))
+            tissue[region] = Tissue.ISCHEMIA
+        mask |= region
+    return mask
+
+
+def add_context(
     hu: np.ndarray,
     tissue: np.ndarray,
     case: CaseModel,
-    t: float,
-    brain_space: np.ndarray,
-    inner_depth: np.ndarray,
-    infarct: np.ndarray | None,
-) -> np.ndarray:
-    """Paint the lesion at height t and return its mask: exactly the pixels it changed.
-
-    A hemorrhage replaces whatever the cranial cavity holds; an infarct lowers the
-    parenchyma of its territory by a drop within `ischemic_drop_hu`."""
-    params, grid, lesion = case.params, case.grid, case.lesion
-    if lesion.hemorrhage is not None:
-        region = _hemorrhage_region(lesion, lesion.hemorrhage, case.anatomy, grid, inner_depth, t)
-        mask = brain_space & region
-        variation = wave_noise(lesion.waves[2:], grid.u[mask], grid.v[mask], t)
-        values = np.float32(lesion.hemorrhage.mean_hu) + 4.0 * variation
-        hu[mask] = np.clip(values, *params.hemorrhage_hu)
-        tissue[mask] = Tissue.HEMORRHAGE
-        return mask
-    if infarct is None or lesion.infarct is None:
-        raise ValueError("an ischemic lesion needs its infarct region")
-    mask = infarct & np.isin(tissue, PARENCHYMA)
-    low, high = params.ischemic_drop_hu
-    variation = wave_noise(lesion.waves[2:], grid.u[mask], grid.v[mask], t)
-    hu[mask] -= np.clip(lesion.infarct.mean_drop_hu + 0.2 * (high - low) * variation, low, high)
-    tissue[mask] = Tissue.ISCHEMIA
-    return mask
+    index: int,
+    spaces: Spaces,
+    head: np.ndarray,
+) -> None:
+    """Unlabelled changes a lesion brings: an oedema rim below parenchyma around a
+    hemorrhage, a scalp haematoma over an epidural one."""
+    scale = case.anatomy.px_scale
+    low = np.float32(case.params.parenchyma_hu[0])
+    for lesion in case.lesions:
+        t = lesion.height(index)
+        if t is None or not lesion.hemorrhagic:
+            continue
+        if lesion.oedema_px > 0.0:
+            region = hemorrhage_region(lesion, case, t, spaces)
+            reach = max(1, round(lesion.oedema_px * scale))
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
+            rim = cv2.dilate(region.astype(np.uint8), kernel).astype(bool) & ~region
+            rim &= np.isin(tissue, PARENCHYMA)
+            hu[rim] = np.maximum(hu[rim] - np.float32(lesion.oedema_drop_hu), low)
+        if lesion.kind == "epidural" and lesion.shell is not None:
+            offset = _angle_offset(case.grid.angle, lesion.shell.angle)
+            swelling = head & (spaces.inner_depth < 0.0) & (offset < lesion.shell.half_angle)
+            swelling &= np.isin(tissue, (Tissue.FAT, Tissue.SOFT_TISSUE))
+            hu[swelling] = SCALP_HAEMATOMA_HU
+            tissue[swelling] = Tissue.SOFT_TISSUE
 
 
 def _angle_offset(angle: np.ndarray, towards: float) -> np.ndarray:
@@ -176,50 +458,73 @@ def _angle_offset(angle: np.ndarray, towards: float) -> np.ndarray:
     return np.abs(np.remainder(angle - np.float32(towards - np.pi), np.float32(2 * np.pi)) - np.pi)
 
 
-def _hemorrhage_region(
-    lesion: Lesion,
-    bleed: Hemorrhage,
-    anatomy: Anatomy,
-    grid: CaseGrid,
-    inner_depth: np.ndarray,
-    t: float,
-) -> np.ndarray:
-    """Irregular blob(s) in the parenchyma, or a lens along the skull (extra-axial)."""
+def _blob_region(lesion: Lesion, anatomy: Anatomy, grid: CaseGrid, t: float) -> np.ndarray:
+    """The blobs at height t, their outlines roughened by up to 40 % of their radius. A blob
+    keeps a radius of at least 0.77 px on every slice of its run (axes of 2.2 px or more,
+    shrinking to no less than 0.59 of them at its ends, roughened by no less than 0.6), so it
+    always covers the pixel nearest its centre: a lesion never vanishes at a small image size."""
     size = grid.u.shape[0]
     region = np.zeros((size, size), dtype=bool)
-    for blob in bleed.blobs:
-        box = pixel_box(anatomy, np.array([blob.centre[:2]]), max(blob.axes[:2]) * 1.4, size)
+    shortest = MIN_BLOB_AXIS_PX / anatomy.half_width_px
+    threshold = np.float32(max(1.0 - t * t, 0.35))
+    for drawn in lesion.blobs:
+        axes = (max(drawn.axes[0], shortest), max(drawn.axes[1], shortest), drawn.axes[2])
+        blob = Ellipsoid(drawn.centre, axes, drawn.angle)
+        box = pixel_box(anatomy, np.array([blob.centre[:2]]), max(axes[:2]) * 1.4, size)
         if box is None:
             continue
         u, v = grid.u[box], grid.v[box]
-        field = ellipse_field(u, v, blob) + 0.3 * wave_noise(lesion.waves, u, v, t)
-        region[box] |= field < 1.0 - t * t
-    if bleed.extra_axial is not None:
-        angle, half_angle, thickness_px = bleed.extra_axial
-        most = thickness_px * size / REFERENCE_SIZE
-        offset = _angle_offset(grid.angle, angle)
-        candidates = np.nonzero(
-            (inner_depth >= 0.0) & (inner_depth < 1.3 * most) & (offset < half_angle)
-        )
-        profile = np.clip(1.0 - (offset[candidates] / half_angle) ** 2 - t * t, 0.0, None)
-        rough = 1.0 + 0.15 * wave_noise(lesion.waves, grid.u[candidates], grid.v[candidates], t)
-        region[candidates] = inner_depth[candidates] < most * np.sqrt(profile) * rough
+        rough = np.clip(1.0 + 0.25 * wave_noise(lesion.waves, u, v, t), 0.6, 1.4)
+        region[box] |= ellipse_field(u, v, blob) < threshold * rough * rough
     return region
 
 
-def infarct_region(
-    lesion: Lesion, infarct: Infarct, grid: CaseGrid, rho: np.ndarray, t: float
+def hemorrhage_region(lesion: Lesion, case: CaseModel, t: float, spaces: Spaces) -> np.ndarray:
+    """Blobs in the parenchyma or ventricles, a shell along the skull, or the blood-filled CSF
+    spaces of a sector, within the cranial cavity."""
+    anatomy, grid = case.anatomy, case.grid
+    region = _blob_region(lesion, anatomy, grid, t)
+    if lesion.layer is not None:  # blood sinks: below the level along gravity (image down)
+        cos, sin = np.float32(math.cos(anatomy.rotation)), np.float32(math.sin(anatomy.rotation))
+        region = (region | spaces.ventricles) & (grid.u * sin + grid.v * cos > lesion.layer)
+    if lesion.shell is not None:
+        shell = lesion.shell
+        most = shell.thickness_px * anatomy.px_scale
+        offset = _angle_offset(grid.angle, shell.angle)
+        candidates = np.nonzero(
+            (spaces.inner_depth >= 0.0)
+            & (spaces.inner_depth < 1.3 * most)
+            & (offset < shell.half_angle)
+        )
+        profile = np.clip(
+            1.0 - (offset[candidates] / shell.half_angle) ** shell.power - t * t, 0.0, None
+        )
+        rough = 1.0 + 0.15 * wave_noise(lesion.waves, grid.u[candidates], grid.v[candidates], t)
+        # At least a pixel deep wherever the profile is open: no slice of its run is empty.
+        thickness = np.where(profile > 0.0, np.maximum(most * np.sqrt(profile) * rough, 1.0), 0.0)
+        region[candidates] = spaces.inner_depth[candidates] < thickness
+    if lesion.sector is not None:
+        angle, half_angle = lesion.sector
+        widest = half_angle * math.sqrt(max(0.0, 1.0 - t * t))
+        # The CSF spaces, and a pixel-thin film under the skull so that no slice is empty.
+        film = spaces.inner_depth < max(1.0, anatomy.gap_px)
+        region = (spaces.csf | film) & (_angle_offset(grid.angle, angle) < widest)
+    return region & spaces.brain_space
+
+
+def _wedge_region(
+    lesion: Lesion, wedge: Wedge, grid: CaseGrid, rho: np.ndarray, t: float
 ) -> np.ndarray:
     """Wedge of a vascular territory: apex deep, base on the cortex, tapering at its ends."""
-    radial = (rho * np.float32(1.0 / 0.92) - infarct.inner_radius) / (1.0 - infarct.inner_radius)
-    offset = _angle_offset(grid.angle, infarct.angle)
-    widest = infarct.half_angle * math.sqrt(max(0.0, 1.0 - t * t))
+    radial = (rho * np.float32(1.0 / 0.92) - wedge.inner_radius) / (1.0 - wedge.inner_radius)
+    offset = _angle_offset(grid.angle, wedge.angle)
+    widest = wedge.half_angle * math.sqrt(max(0.0, 1.0 - t * t))
     near = (radial > 0.0) & (offset < 1.6 * widest)
-    if infarct.side:
-        near &= np.sign(grid.u) == infarct.side
+    if wedge.side:
+        near &= np.sign(grid.u) == wedge.side
     candidates = np.nonzero(near)
     rough = 1.0 + 0.25 * wave_noise(lesion.waves, grid.u[candidates], grid.v[candidates], t)
     taper = np.sqrt(np.minimum(radial[candidates], 1.0) + 0.1)
-    wedge = np.zeros(grid.u.shape, dtype=bool)
-    wedge[candidates] = offset[candidates] < widest * rough * taper
-    return wedge
+    region = np.zeros(grid.u.shape, dtype=bool)
+    region[candidates] = offset[candidates] < widest * rough * taper
+    return region
