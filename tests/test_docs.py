@@ -4,10 +4,13 @@ punctuation dropped, spaces as hyphens, repeats numbered -1, -2, ...); README st
 that maps every docs page."""
 
 import re
+import unicodedata
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 README_MAX_LINES = 150
@@ -56,8 +59,16 @@ def rendered_heading_text(markdown: str) -> str:
 def github_anchor(heading_text: str) -> str:
     """GitHub's anchor slug of a rendered heading (github-slugger): lower case, every character
     that is not a letter, digit, mark, space, hyphen or underscore dropped, each space a hyphen."""
-    lowered = heading_text.strip().lower()
-    return re.sub(r"[^\w\- ]", "", lowered).replace(" ", "-")
+    kept = (char for char in heading_text.strip().lower() if slug_keeps(char))
+    return "".join(kept).replace(" ", "-")
+
+
+def slug_keeps(char: str) -> bool:
+    """Letters, marks, numbers and connectors (the underscore) stay in a slug, as do space and
+    hyphen; every other character (punctuation, symbols) is dropped."""
+    return (
+        char in " -" or unicodedata.category(char)[0] in "LMN" or unicodedata.category(char) == "Pc"
+    )
 
 
 def anchors(text: str) -> set[str]:
@@ -143,10 +154,18 @@ def test_every_relative_link_and_anchor_in_the_docs_resolves():
         ("A -- B  c", "a----b--c"),
         ("**Bold** and [a link](x.md) and `snake_case`", "bold-and-a-link-and-snake_case"),
         ("Données réelles", "données-réelles"),
+        ("Cafe\u0301 -- 1.5 mm", "cafe\u0301----15-mm"),
     ],
 )
 def test_a_heading_anchor_follows_githubs_slug_rules(heading, anchor):
     assert github_anchor(rendered_heading_text(heading)) == anchor
+
+
+@given(st.text(max_size=40))
+def test_an_anchor_is_its_own_anchor_and_holds_no_space_or_punctuation(heading):
+    anchor = github_anchor(heading)
+    assert github_anchor(anchor) == anchor
+    assert " " not in anchor and all(slug_keeps(char) for char in anchor)
 
 
 def test_a_repeated_heading_gets_a_numbered_anchor_and_code_blocks_hold_none():
