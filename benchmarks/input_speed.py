@@ -49,7 +49,7 @@ INPUT_512 = {
         "slices_per_case": 16,
     },
     # The input as a GPU run feeds it, not kaggle_scale's CPU memory settings: batches of 8
-    # and a shuffle buffer of 256 decoded slices (the figures in the README are at these).
+    # and a shuffle buffer of 256 decoded slices (the figures in docs/full-size.md are at these).
     "train": {**KAGGLE_512["train"], "batch_size": 8, "shuffle_buffer": 256},
 }
 CORES = (1, 2)

@@ -49,7 +49,7 @@ TARGET_SLICES_PER_S = 100.0
 TARGET_PEAK_RSS_MB = 2048.0
 STAGE_TIMEOUT_S = 3 * 3600
 
-# The README's overrides for training at 512 px on a CPU, to stay under 2 GB: batches of 4 (one
+# docs/full-size.md's overrides for 512 px on a CPU, to stay under 2 GB: batches of 4 (one
 # step of the default model peaks at 1.7 GB at batch 4, 2.2 GB at batch 8, 0.6 GB of it
 # TensorFlow itself), a shuffle buffer of 64 decoded slices (64 MB at 512 px; the default 1,024
 # holds 1 GB, for 64 MB at 128 px) and a memory cache of at most 256 MB, so that both scales

@@ -90,7 +90,7 @@ def _ordered_range(value: HuRange, name: str) -> None:
         raise ValueError(f"{name} must be [low, high] with low <= high, got {list(value)}")
 
 
-# The phantom's lesion catalogue (pipeline/synthesize/lesions.py; README, "The phantom").
+# The phantom's lesion catalogue (pipeline/synthesize/lesions.py; docs/phantom.md).
 HEMORRHAGE_SUBTYPES = (
     "intraparenchymal_lobar",
     "intraparenchymal_deep",
@@ -123,7 +123,7 @@ def _shares(shares: dict[str, float], names: tuple[str, ...], name: str) -> None
 
 class HemorrhageDensities(StrictModel):
     """Mean density (HU) of each hemorrhage subtype: the BHSD-fitted peaks of
-    DIDSR/InSilicoICH (README, "The phantom"); contusions bleed like parenchymal haematomas."""
+    DIDSR/InSilicoICH (docs/phantom.md); contusions bleed like parenchymal haematomas."""
 
     intraparenchymal: float
     intraventricular: float
@@ -141,7 +141,7 @@ class PhantomParams(StrictModel):
     """Synthetic non-contrast head CT laid out like the Kaggle archive (stage `synthesize`)."""
 
     image_size: Annotated[int, Field(ge=32, le=1024)]
-    # Pose, drawn per case the same way for both classes (README, "The phantom"): head width
+    # Pose, drawn per case the same way for both classes (docs/phantom.md): head width
     # at its widest level over image width (real slices 0.64-0.95), in-plane rotation drawn
     # uniformly within +-rotation_max_deg, centre shift (std, share of the image size).
     head_width_share: ShareRange
@@ -177,7 +177,7 @@ class PhantomParams(StrictModel):
     parenchyma_hu: HuRange
     texture_hu: Annotated[float, Field(ge=0.0, le=10.0)]
     falx_hu: float
-    # Lesions (README, "The phantom", for each range's source): the share of each kind, the
+    # Lesions (docs/phantom.md, for each range's source): the share of each kind, the
     # density of each hemorrhage subtype, a case's spread around it (std) and the bleed's
     # internal texture (std); every bleed within hemorrhage_hu. An infarct lowers parenchyma
     # by a case mean drawn from ischemic_mean_drop_hu, each pixel within ischemic_drop_hu.
@@ -203,7 +203,7 @@ class PhantomParams(StrictModel):
     thin_bleed_fill: tuple[
         Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]
     ]
-    # Unlabelled look-alikes, in both classes alike (README, "The phantom"): calcified choroid
+    # Unlabelled look-alikes, in both classes alike (docs/phantom.md): calcified choroid
     # plexus and pineal (each with calcification_probability), a calcified falx; dural sinuses
     # and arteries at blood density, a hyperdense middle cerebral artery; an old infarct at
     # CSF density; periventricular hypodensity (more likely with atrophy).
@@ -224,7 +224,7 @@ class PhantomParams(StrictModel):
     slice_thickness_mm: PositiveFloat
     # Cases of these subsets are also written as DICOM CT series (data/raw/phantom_dicom);
     # Testing, the cases no stage trains on, in params.yaml: all cases would double the stage's
-    # time and add ~300 MB (README).
+    # time and add ~300 MB (docs/phantom.md).
     dicom_subsets: tuple[Literal["Training", "Testing"], ...]
     workers: NonNegativeInt  # 0 = one per core
 
@@ -565,7 +565,7 @@ class InferParams(StrictModel):
     triage_threshold_ml_hemorrhagic: Annotated[float, Field(ge=0.0)]
     max_dicom_file_mb: PositiveFloat  # larger input files are refused unread
     # A DICOM series of more pixels (slices x rows x columns) is refused before any is decoded:
-    # memory per series grows with its pixels (README, "Segmenting a CT series").
+    # memory per series grows with its pixels (docs/real-data.md, "Segmenting a CT series").
     max_series_pixels: PositiveInt
 
 

@@ -412,7 +412,7 @@ print(json.dumps({
     "refused": [item.reason for item in run.refused],
 }))
 """
-# Bounds, with room above what the README measured (1.5 MB, 5.6 bytes a pixel, per 512 x 512
+# Bounds, with room above what docs/real-data.md measured (1.5 MB, 5.6 bytes a pixel, per 512 x 512
 # slice of a series: float32 HU, the 8-bit window, the masks, the SEG's frames): bytes per pixel
 # of the whole series, bytes per pixel of one slice (its overlay and PNGs, made one slice at a
 # time), and a fixed part (modules and code tables loaded on first use).

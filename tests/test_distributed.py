@@ -415,7 +415,7 @@ def test_two_workers_train_resume_and_learn_like_one(make_project, tmp_path: Pat
     done = int(checkpoints(project)[-1].removeprefix("epoch_"))
     assert done < epochs
 
-    # Rerun: the chief as `dvc repro train` (as the README says), the worker the bare stage.
+    # Rerun: the chief as `dvc repro train` (as docs/full-size.md says), the worker the bare stage.
     here = [(project.path, ("dvc", "repro", "train")), (project.path, STAGE)]
     with cluster(here, tmp_path, "resumed") as tasks:
         finish(tasks)

@@ -233,7 +233,7 @@ def test_metrics_params_and_plots_diff_across_branches(built):
         # One epoch on the tiny phantom may leave a class at the same Dice; the loss always moves.
         changed = {key for key, value in evaluate.items() if value.get("diff")}
         assert "categorical_crossentropy" in changed and changed & {"dice_hemorrhagic", "dice_mean"}
-        # The README's comparison of all 12 headline figures, one row each.
+        # docs/experiments.md's comparison of all 12 headline figures, one row each.
         targets = ("--targets", "metrics/headline.json", "--json", "--all")
         headline = json.loads(
             project.dvc("metrics", "diff", *targets, "--", "main", "faster-lr").stdout
@@ -305,11 +305,11 @@ def test_experiments_with_set_param_and_a_queued_sweep(built):
     table = project.dvc("exp", "show", "--md").stdout
     assert "0.002" in table and "0.003" in table
 
-    # The README's recipe: one row per experiment, within 120 columns, nothing cut off.
-    readme = (PROJECT_ROOT / "README.md").read_text()
+    # The docs' recipe: one row per experiment, within 120 columns, nothing cut off.
+    experiments_doc = (PROJECT_ROOT / "docs" / "experiments.md").read_text()
     recipe = [
         line
-        for line in readme.splitlines()
+        for line in experiments_doc.splitlines()
         if line.startswith(("HIDE=", "dvc exp show --only-changed"))
     ]
     assert len(recipe) == 2, recipe

@@ -457,7 +457,7 @@ def test_dvc_repro_stops_at_validate_and_nothing_downstream_runs(make_project):
     assert json.loads((project.path / "metrics" / "data.json").read_text())["slices"] == 24
 
 
-# The README's walk of a small real archive ("Running on the real Kaggle archive"), exactly:
+# docs/real-data.md's walk of a small real archive ("Training on the real Kaggle archive"), exactly:
 # 24 slices, 3 cases of 4 slices per class, in the Kaggle layout.
 SMALL_ARCHIVE_WALK = (
     "-S", "extract.archive=data/raw/small.zip",
@@ -467,7 +467,7 @@ SMALL_ARCHIVE_WALK = (
 
 def test_a_small_real_format_archive_walks_from_extract_to_a_trained_model(make_project):
     """With the project's validate and split params, validate stops the walk naming the
-    count, the bound and the param; the README's one override then trains a model."""
+    count, the bound and the param; the docs' one override then trains a model."""
     defaults = project_params()
     project = make_project(
         {

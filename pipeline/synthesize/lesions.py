@@ -1,5 +1,5 @@
 """The lesions: each case's hemorrhages or infarcts, drawn from a catalogue of subtypes and
-territories (README, "The phantom"), and their region and HU change on each slice.
+territories (docs/phantom.md), and their region and HU change on each slice.
 
 A case has one lesion, and with probability `phantom.extra_lesion_probability` a second one of
 the same class within the first one's slices (multifocal contusions, several infarcts). Each

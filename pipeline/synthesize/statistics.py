@@ -117,8 +117,9 @@ def _spread(stem: str, unit: str, suffix: str, values: Sequence[float]) -> dict[
 
 
 def summarise(cases: Sequence[CaseStatistics]) -> dict[str, float | int]:
-    """metrics/synthesize.json, flat keys `<what>[_<unit>]_<class>` (README, "Metric key
-    names"): per class, lesion kinds, contrast and area; for all cases, pose and acquisition."""
+    """metrics/synthesize.json, flat keys `<what>[_<unit>]_<class>` (docs/experiments.md,
+    "Metric key names"): per class, lesion kinds, contrast and area; for all cases, pose and
+    acquisition."""
     metrics: dict[str, float | int] = {"cases": len(cases)}
     for class_name in SOURCE_CLASSES:
         suffix = f"_{class_name.lower()}"
