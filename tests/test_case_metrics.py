@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from medpy.metric import binary as medpy_binary
 from scipy.spatial.distance import cdist
 
-from pipeline.case_metrics import (
+from pipeline.evaluate.scores import (
     Spacing,
     crop_to_union,
     match_lesions,

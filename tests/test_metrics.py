@@ -15,7 +15,7 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 from pipeline.classes import class_labels
-from pipeline.metrics import (
+from pipeline.evaluate.pooled import (
     SegmentationEvaluation,
     confusion_matrix,
     crossentropy_sum,

@@ -1,7 +1,7 @@
 """Slice-level segmentation metrics per lesion class, background excluded, with explicit
 empty-mask rules; the slice-pooled figures of `evaluate` (keys prefixed `pooled_`).
 
-The headline figures are per case (patient) in 3-D: `pipeline/case_metrics.py`. The
+The headline figures are per case (patient) in 3-D: `pipeline/evaluate/scores.py`. The
 functions here take one slice (or, for the border and distance helpers, a volume of any
 rank) and return a float, or None where the metric is undefined for that slice (for example
 Dice when neither mask holds the class); callers skip None and say why in the report.
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from pipeline.train_metrics import REFERENCE_SMOOTH
+from pipeline.model.train_metrics import REFERENCE_SMOOTH
 
 NO_LESION = "none"
 EIGHT_CONNECTED = ndimage.generate_binary_structure(2, 2)

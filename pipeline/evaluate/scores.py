@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from pipeline.metrics import directed_surface_distances
+from pipeline.evaluate.pooled import directed_surface_distances
 
 TWENTY_SIX_CONNECTED = ndimage.generate_binary_structure(3, 3)
 CUBIC_MM_PER_ML = 1000.0

@@ -2,10 +2,10 @@
 
 The headline is per case (patient): each test case's slices are predicted
 `evaluate.batch_size` at a time, stacked in slice order into a volume and scored in 3-D in mm
-(`pipeline/case_metrics.py`), one case in memory at a time. The validation cases are predicted
-too, only to choose the triage thresholds. Every test slice is also scored on its own and
-pooled (`pipeline.metrics.SegmentationEvaluation`, keys prefixed `pooled_`), and the few best
-and worst slices are predicted again for their pictures.
+(`pipeline/evaluate/scores.py`), one case in memory at a time. The validation cases are
+predicted too, only to choose the triage thresholds. Every test slice is also scored on its
+own and pooled (`pipeline.evaluate.pooled.SegmentationEvaluation`, keys prefixed `pooled_`),
+and the few best and worst slices are predicted again for their pictures.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.agreement import volume_agreement
-from pipeline.case_metrics import Spacing, score_case_class
-from pipeline.case_summary import CaseResult, cases_csv, summarize_cases
 from pipeline.classes import LesionClass, class_labels
-from pipeline.inference import Segmenter, batches, comparison_panel, to_model_input
+from pipeline.evaluate.agreement import volume_agreement
+from pipeline.evaluate.pooled import SegmentationEvaluation, SliceScores
+from pipeline.evaluate.scores import Spacing, score_case_class
+from pipeline.evaluate.summary import CaseResult, cases_csv, summarize_cases
+from pipeline.infer.inference import Segmenter, batches, comparison_panel, to_model_input
 from pipeline.io import (
     DataError,
     atomic_path,
@@ -40,7 +41,6 @@ from pipeline.io import (
     write_text_atomic,
 )
 from pipeline.masks import Palette, colour_to_index, index_to_colour
-from pipeline.metrics import SegmentationEvaluation, SliceScores
 from pipeline.params import Params
 
 if TYPE_CHECKING:
