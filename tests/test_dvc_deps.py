@@ -113,3 +113,28 @@ def test_packages_import_only_downward():
             assert rank[target] < rank[package] or target == package, (
                 f"{source.relative_to(ROOT)} imports {imported.relative_to(ROOT)}, a later layer"
             )
+
+
+# `evaluate` read top to bottom: the metrics' definitions, scoring, summarising, drawing, and
+# `run`, which calls them in that order; a module imports only the ones before it.
+EVALUATE_ORDER = (
+    "measures",
+    "scores",
+    "pooled",
+    "cases",
+    "agreement",
+    "summary",
+    "headline",
+    "figures",
+    "run",
+)
+
+
+def test_evaluate_modules_import_only_earlier_ones():
+    folder = ROOT / "pipeline" / "evaluate"
+    place = {folder / f"{name}.py": index for index, name in enumerate(EVALUATE_ORDER)}
+    assert set(place) == set(folder.glob("*.py")) - {folder / "__init__.py"}
+    for source, index in place.items():
+        for imported in local_imports(source, whole_packages=set()):
+            if imported.parent == folder:
+                assert place[imported] < index, f"{source.name} imports {imported.name}"

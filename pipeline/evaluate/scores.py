@@ -148,3 +148,20 @@ def score_case_class(
         lesions=lesions,
         **volumes,
     )
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One case (patient): its manifest class, slice count, geometry and per-class scores."""
+
+    case_id: str
+    class_name: str
+    slices: int
+    spacing: Spacing
+    scores: dict[str, CaseClassScores]
+
+    def has_truth(self, lesion_class: str) -> bool:
+        return self.scores[lesion_class].truth_volume_ml > 0.0
+
+    def predicted_ml(self, lesion_class: str) -> float:
+        return self.scores[lesion_class].predicted_volume_ml

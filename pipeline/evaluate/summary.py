@@ -10,7 +10,6 @@ agreement compares predicted and true volumes over the counted cases.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -25,7 +24,7 @@ from pipeline.evaluate.agreement import (
     wilson_interval,
 )
 from pipeline.evaluate.pooled import FlatMetrics
-from pipeline.evaluate.scores import CaseClassScores, Spacing
+from pipeline.evaluate.scores import CaseClassScores, CaseResult
 
 # Per-case metrics averaged into headlines: (metric key stem, CaseClassScores attribute).
 CASE_METRICS: tuple[tuple[str, str], ...] = (
@@ -36,23 +35,6 @@ CASE_METRICS: tuple[tuple[str, str], ...] = (
     ("lesion_f1", "lesion_f1"),
 )
 LESION_COUNTS = ("truth_lesions", "detected_lesions", "predicted_lesions", "false_positive_lesions")
-
-
-@dataclass(frozen=True)
-class CaseResult:
-    """One case (patient): its manifest class, slice count, geometry and per-class scores."""
-
-    case_id: str
-    class_name: str
-    slices: int
-    spacing: Spacing
-    scores: dict[str, CaseClassScores]
-
-    def has_truth(self, lesion_class: str) -> bool:
-        return self.scores[lesion_class].truth_volume_ml > 0.0
-
-    def predicted_ml(self, lesion_class: str) -> float:
-        return self.scores[lesion_class].predicted_volume_ml
 
 
 def _mean(values: Sequence[float]) -> float | None:
