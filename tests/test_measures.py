@@ -13,6 +13,7 @@ from hypothesis.extra.numpy import arrays
 from pipeline.evaluate.measures import (
     NO_LESIONS,
     NO_OVERLAP,
+    LesionMatch,
     dice,
     hd95,
     hd95_medpy,
@@ -77,9 +78,7 @@ def test_lesion_matching_by_hand():
     assert match.f1 == 2 * 1 / (2 * 1 + 1 + 1)
 
 
-slices = st.lists(
-    st.tuples(arrays(bool, (5, 6)), arrays(bool, (5, 6))), min_size=1, max_size=4
-)
+slices = st.lists(st.tuples(arrays(bool, (5, 6)), arrays(bool, (5, 6))), min_size=1, max_size=4)
 
 
 @settings(max_examples=50, deadline=None)
@@ -97,3 +96,11 @@ def test_pooling_is_summing(pairs):
     assert pooled_overlap == overlap_counts(truth, prediction)
     assert pooled_lesions == match_lesions(truth, prediction)
     assert dice(pooled_overlap) == dice(overlap_counts(truth, prediction))
+
+
+def test_lesion_precision_and_recall_by_hand():
+    match = LesionMatch(
+        truth_lesions=4, detected_lesions=3, predicted_lesions=2, true_predicted_lesions=1
+    )
+    assert (match.precision, match.recall) == (1 / 2, 3 / 4)
+    assert NO_LESIONS.precision is None and NO_LESIONS.recall is None

@@ -139,6 +139,19 @@ class LesionMatch:
         return self.predicted_lesions - self.true_predicted_lesions
 
     @property
+    def precision(self) -> float | None:
+        """Lesion precision: predicted lesions overlapping a truth lesion, over predicted
+        lesions; None without predicted lesions."""
+        if not self.predicted_lesions:
+            return None
+        return self.true_predicted_lesions / self.predicted_lesions
+
+    @property
+    def recall(self) -> float | None:
+        """Lesion recall: truth lesions found, over truth lesions; None without truth lesions."""
+        return self.detected_lesions / self.truth_lesions if self.truth_lesions else None
+
+    @property
     def f1(self) -> float | None:
         """Lesion F1 = 2TP / (2TP + FP + FN), TP the found truth lesions; None when neither
         mask has a lesion."""

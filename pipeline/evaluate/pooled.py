@@ -44,18 +44,15 @@ class DetectionScores:
 
 
 def detection_scores(counts: LesionMatch) -> DetectionScores:
-    """Lesion precision, recall and F1 (harmonic mean).
+    """Lesion precision and recall (`LesionMatch`) of the slices' summed lesion counts, and
+    their harmonic mean: the slice-pooled lesion F1 (`pooled_lesion_f1_*`).
 
-    Precision is undefined without predicted lesions and recall without true ones; F1 is 0
-    when only one side has lesions (all missed, or all false alarms) and undefined when
-    neither has any.
+    It equals `LesionMatch.f1` (2TP / (2TP + FP + FN), the per-case figure) only where every
+    found truth lesion is matched by exactly one predicted lesion; it is kept as the pooled
+    figure so that its values do not change. F1 is 0 when only one side has lesions (all
+    missed, or all false alarms) and undefined when neither has any.
     """
-    precision = (
-        counts.true_predicted_lesions / counts.predicted_lesions
-        if counts.predicted_lesions
-        else None
-    )
-    recall = counts.detected_lesions / counts.truth_lesions if counts.truth_lesions else None
+    precision, recall = counts.precision, counts.recall
     if precision is None and recall is None:
         return DetectionScores(None, None, None)
     if precision is None or recall is None or precision + recall == 0.0:
