@@ -2,7 +2,7 @@
 
 Builds a throw-away training set from the real CT samples in tests/data/real-ct
 (flipped and shifted into 24 distinct hemorrhagic slices, masks recoloured red), then times
-`pipeline.augment.augment_training_set` on 2 worker processes with the default transform grid
+`pipeline.data.augment.augment_training_set` on 2 worker processes with the default transform grid
 (barrel, pincushion, elastic), reading the originals and writing every PNG and the manifest.
 For comparison it runs, in the same process pool, a pixel-by-pixel pure-Python version of the
 same barrel formula (bilinear image, nearest mask) on a few images, with the same reading and
@@ -33,8 +33,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pipeline.augment as augment_module
-from pipeline.augment import (
+import pipeline.data.augment as augment_module
+from pipeline.data.augment import (
     Transform,
     augment_training_set,
     barrel_map,

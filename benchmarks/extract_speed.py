@@ -46,7 +46,7 @@ TIMEOUT_S = 1800
 RUNNER = """
 import json, sys
 from pathlib import Path
-from pipeline.extract import extract_archive
+from pipeline.data.extract import extract_archive
 from pipeline.params import ExtractParams
 
 out = Path(sys.argv[1])

@@ -1,6 +1,6 @@
 """Can the tf.data training pipeline feed a GPU at 512x512? Images/s with 1 and 2 cores.
 
-Times `pipeline.dataset.make_train_dataset`, the train stage's input (PNG decoding, colour
+Times `pipeline.model.dataset.make_train_dataset`, the train stage's input (PNG decoding, colour
 masks to class indices, shuffle, left-right flips, one-hot, batching), alone: no model. The
 slices are real pipeline outputs: a small phantom project at 512 px is built and run through
 synthesize -> augment (benchmarks/kaggle_scale.py), or `--project DIR` reuses one
@@ -65,14 +65,14 @@ def measure_pipeline(project: Path, cores: int, cache: str, epochs: int) -> dict
 
     tf.config.threading.set_intra_op_parallelism_threads(cores)
     tf.config.threading.set_inter_op_parallelism_threads(cores)
-    from pipeline.dataset import (
+    from pipeline.model.dataset import (
         PipelineOptions,
         make_train_dataset,
         read_training_tables,
         steps_per_epoch,
     )
+    from pipeline.model.training import TrainPaths
     from pipeline.params import load_params
-    from pipeline.training import TrainPaths
 
     os.chdir(project)
     params = load_params("params.yaml")
@@ -125,9 +125,14 @@ def breakdown(project: Path, repeats: int = 2) -> dict[str, float]:
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from pipeline.dataset import decode_slice, read_training_tables, slice_paths, to_model_inputs
+    from pipeline.model.dataset import (
+        decode_slice,
+        read_training_tables,
+        slice_paths,
+        to_model_inputs,
+    )
+    from pipeline.model.training import TrainPaths
     from pipeline.params import load_params
-    from pipeline.training import TrainPaths
 
     os.chdir(project)
     params = load_params("params.yaml")

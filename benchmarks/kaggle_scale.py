@@ -174,15 +174,15 @@ def train_steps(project: Path, steps: int) -> None:
 
     import keras
 
-    from pipeline.dataset import read_training_tables, resolve_cache
-    from pipeline.distribute import Distribution
-    from pipeline.params import load_params
-    from pipeline.training import (
+    from pipeline.model.dataset import read_training_tables, resolve_cache
+    from pipeline.model.distribute import Distribution
+    from pipeline.model.training import (
         TrainPaths,
         build_compiled_model,
         configure_runtime,
         make_datasets,
     )
+    from pipeline.params import load_params
 
     os.chdir(project)  # the manifests' and TrainPaths' relative paths
     params = load_params("params.yaml")

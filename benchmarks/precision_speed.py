@@ -2,7 +2,7 @@
 
 Each setting of `train.jit_compile` and `train.mixed_precision` runs in its own process
 (the dtype policy is process-wide, and each process's peak RSS is its own) through the train
-stage's own builder (`pipeline.training.build_compiled_model`: optimizer, loss, metrics), on
+stage's own builder (`pipeline.model.training.build_compiled_model`: optimizer, loss, metrics), on
 random batches already in memory: training images/s over `--steps` steps after a warm-up step,
 inference slices/s of a compiled forward pass over the same batch, and peak RSS. On a CPU this
 says what the switches cost or buy there; with TensorFlow's GPU build (`make setup
@@ -40,9 +40,9 @@ def measure_setting(name: str, image_size: int, batch_size: int, steps: int) -> 
     """In this process: one setting's training images/s, inference slices/s and peak RSS."""
     import numpy as np
 
-    from pipeline.distribute import Distribution
+    from pipeline.model.distribute import Distribution
+    from pipeline.model.training import build_compiled_model, configure_runtime
     from pipeline.params import load_params
-    from pipeline.training import build_compiled_model, configure_runtime
 
     jit_compile, mixed_precision = SETTINGS[name]
     params = load_params(ROOT / "params.yaml")

@@ -58,14 +58,14 @@ from scipy.stats import wasserstein_distance
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.agreement import roc_auc  # noqa: E402
 from pipeline.classes import display_rgb  # noqa: E402
-from pipeline.extract import (  # noqa: E402
+from pipeline.data.extract import (  # noqa: E402
     classify_entries,
     decode_file,
     open_source,
     pair_slices,
 )
+from pipeline.evaluate.agreement import roc_auc  # noqa: E402
 from pipeline.io import (  # noqa: E402
     IMAGE_SUFFIXES,
     DataError,

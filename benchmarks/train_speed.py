@@ -1,6 +1,6 @@
 """Side by side at 512x512: the reference FlexUNet config vs params.yaml's default model.
 
-Both models come from the same builder (pipeline.model.build_unet) and are timed in one run,
+Both models come from the same builder (pipeline.model.network.build_unet) and are timed in one run,
 on random data, with the same batch size and thread settings: training images/s over a few
 steps after warm-up, and inference ms per slice at batch 1. The last line is JSON.
 
@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras
 import numpy as np
 
-from pipeline.losses import make_loss
-from pipeline.model import REFERENCE_CONFIG, UNetConfig, build_unet
+from pipeline.model.losses import make_loss
+from pipeline.model.network import REFERENCE_CONFIG, UNetConfig, build_unet
 from pipeline.params import load_params
 
 

@@ -1,5 +1,5 @@
 """DICOM CT series in: a reader that turns a folder or zip of DICOM files into checked CT
-series in Hounsfield units (the new-images command, pipeline/dicom_seg.py), and the project's
+series in Hounsfield units (the new-images command, pipeline/infer/dicom_seg.py), and the project's
 name-based UIDs (`derived_uid`). The phantom's own series are written by
 pipeline/synthesize/dicom_series.py.
 

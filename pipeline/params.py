@@ -450,7 +450,7 @@ class AugmentParams(StrictModel):
 
 
 class ModelParams(StrictModel):
-    """FlexUNet knobs (pipeline/model.py). The reference is base_filters 16, base_kernels 9,
+    """FlexUNet knobs (pipeline/model/network.py). The reference is base_filters 16, base_kernels 9,
     num_layers 8, dropout_rate 0.05, dilation 1, no batch_norm, no input_normalize, and a
     max_working_size of at least its image size."""
 
@@ -477,8 +477,9 @@ class ModelParams(StrictModel):
 
 
 def stem_stride(image_size: int, max_working_size: int) -> int:
-    """Stride of the FlexUNet's stem (pipeline/model.py): the smallest power of two that brings
-    image_size down to max_working_size or less, so the UNet itself runs at image_size / stride.
+    """Stride of the FlexUNet's stem (pipeline/model/network.py): the smallest power of two
+    that brings image_size down to max_working_size or less, so the UNet itself runs at
+    image_size / stride.
     """
     stride = 1
     while image_size // stride > max_working_size:

@@ -2,7 +2,7 @@
 
 This package runs before any stage module's imports, so its settings hold before TensorFlow
 is imported anywhere: a stage's `pipeline` imports come first in import order (stages/train.py
-imports TensorFlow through pipeline/training.py before it reaches stages/common.py).
+imports TensorFlow through pipeline/model/training.py before it reaches stages/common.py).
 """
 
 import os

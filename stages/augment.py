@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.augment import augment_training_set
+from pipeline.data.augment import augment_training_set
 from pipeline.io import write_json
 from pipeline.params import Params
 from stages.common import run_stage

@@ -10,7 +10,7 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.colorize import colorize_dataset
+from pipeline.data.colorize import colorize_dataset
 from pipeline.io import read_manifest
 from pipeline.params import Params
 from stages.common import run_stage

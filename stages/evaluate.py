@@ -1,7 +1,7 @@
 """Stage `evaluate`: per-case 3-D lesion metrics of models/model.keras on the test split.
 
 Writes metrics/evaluate.json (flat; every null has a `<key>_null_reason`), its 12-key digest
-metrics/headline.json (pipeline/headline.py, for `dvc exp show`), the per-slice confusion
+metrics/headline.json (pipeline/evaluate/headline.py, for `dvc exp show`), the per-slice confusion
 records metrics/confusion.csv, the per-case table metrics/cases.csv (these four in git, for
 `dvc metrics` and `dvc plots`), and reports/evaluate/ (every test
 prediction under predictions/, the volume Bland-Altman plot, reference-format evaluation.csv,
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.evaluation import run_evaluation, summary_lines
-from pipeline.headline import headline_metrics
+from pipeline.evaluate.headline import headline_metrics
+from pipeline.evaluate.run import run_evaluation, summary_lines
 from pipeline.io import write_json
 from pipeline.params import Params
 from stages.common import run_stage

@@ -1,5 +1,5 @@
 """Stage `export`: models/model.keras as a TensorFlow SavedModel (models/saved_model/) and its
-contract, models/metadata.json (pipeline/export.py), after evaluate, whose test figures it
+contract, models/metadata.json (pipeline/report/export.py), after evaluate, whose test figures it
 records. `stroke-seg` (the installed new-images command) reads its settings from there."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.export import export_model
 from pipeline.params import Params
+from pipeline.report.export import export_model
 from stages.common import run_stage
 
 LOG = logging.getLogger("stages.export")

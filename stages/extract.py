@@ -6,7 +6,7 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.extract import extract_archive
+from pipeline.data.extract import extract_archive
 from pipeline.params import Params
 from stages.common import run_stage
 

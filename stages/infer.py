@@ -27,7 +27,8 @@ import argparse
 import logging
 import sys
 
-from pipeline.command import (
+from pipeline.dicom import is_dicom_input
+from pipeline.infer.command import (
     DEFAULT_EVALUATE_METRICS,
     DEFAULT_MODEL,
     METADATA_NAME,
@@ -36,9 +37,8 @@ from pipeline.command import (
     load_command_settings,
     new_images_parser,
 )
-from pipeline.dicom import is_dicom_input
-from pipeline.dicom_seg import model_version, segment_dicom
-from pipeline.inference import Segmenter, run_mini_test, segment_files
+from pipeline.infer.dicom_seg import model_version, segment_dicom
+from pipeline.infer.inference import Segmenter, run_mini_test, segment_files
 from pipeline.io import DataError
 from pipeline.params import Params
 from stages.common import configure_logging, fail, run_stage

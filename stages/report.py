@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from pipeline.params import Params
-from pipeline.report import write_comparison, write_report
+from pipeline.report.page import write_comparison, write_report
 from stages.common import run_stage
 
 LOG = logging.getLogger("stages.report")

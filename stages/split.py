@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.data.split import SPLITS, split_manifest, split_metrics, validate_split
+from pipeline.data.stats import plot_class_counts
 from pipeline.io import read_manifest, write_json, write_manifest
 from pipeline.params import Params
-from pipeline.split import SPLITS, split_manifest, split_metrics, validate_split
-from pipeline.stats import plot_class_counts
 from stages.common import run_stage
 
 COLORIZED_MANIFEST = Path("data/colorized/manifest.csv")

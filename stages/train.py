@@ -6,16 +6,16 @@ Dice), metrics/train.json, dvclive/ (per-epoch metrics and plots) and reports/tr
 and loss CSVs and plots, epoch-change panels of the mini_test slices and their montage).
 A killed run resumes from its last completed epoch when rerun (state in models/.backup_train/).
 With train.strategy multi_worker every node runs this same command with its own TF_CONFIG
-(pipeline/distribute.py); only the chief writes the outputs.
+(pipeline/model/distribute.py); only the chief writes the outputs.
 """
 
 from __future__ import annotations
 
 import logging
 
-from pipeline.distribute import start_distribution
+from pipeline.model.distribute import start_distribution
+from pipeline.model.training import TrainPaths, configure_runtime, train_model
 from pipeline.params import Params
-from pipeline.training import TrainPaths, configure_runtime, train_model
 from stages.common import run_stage
 
 LOG = logging.getLogger("stages.train")

@@ -2,7 +2,7 @@
 
 Reads data/extracted/manifest.csv and the files it lists, checks them with Great Expectations
 and writes data/validated/manifest.csv only when no critical check fails (see
-pipeline/validate.py for the checks and their severities).
+pipeline/data/validate.py for the checks and their severities).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import logging
 import time
 from pathlib import Path
 
+from pipeline.data.validate import ValidateOutputs, validate_extracted
 from pipeline.params import Params
-from pipeline.validate import ValidateOutputs, validate_extracted
 from stages.common import run_stage
 
 LOG = logging.getLogger("stages.validate")

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from pipeline.data.validate import validate_extracted
 from pipeline.io import write_png, write_text_atomic
-from pipeline.validate import validate_extracted
 from pipeline.visualize import hstack, label, montage
 from tests.conftest import PROJECT_ROOT, tool_env
 from tests.test_validate import PARAMS as VALIDATE_PARAMS

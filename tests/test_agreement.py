@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.agreement import (
+from pipeline.evaluate.agreement import (
     bootstrap_mean_ci,
     choose_threshold,
     metric_rng,

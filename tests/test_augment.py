@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.augment import (
+from pipeline.data.augment import (
     Transform,
     augment_training_set,
     barrel_map,
@@ -27,11 +27,11 @@ from pipeline.augment import (
     transform_map,
     warp_pair,
 )
+from pipeline.data.split import split_manifest
 from pipeline.io import DataError, read_image, read_manifest, resolve_path, write_manifest
 from pipeline.params import (
     ParamsError,
 )
-from pipeline.split import split_manifest
 from stages import augment as augment_stage
 from tests.conftest import project_params, rehash_manifest
 from tests.test_split import case_keys, write_colorized

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from medpy.metric import binary as medpy_binary
 from scipy.spatial.distance import cdist
 
-from pipeline.case_metrics import (
+from pipeline.evaluate.measures import match_lesions
+from pipeline.evaluate.scores import (
     Spacing,
     crop_to_union,
-    match_lesions,
     score_case_class,
     surface_scores,
     volume_diagonal_mm,

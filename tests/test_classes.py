@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from pipeline import classes
-from pipeline.losses import make_loss
+from pipeline.evaluate.pooled import SegmentationEvaluation
 from pipeline.masks import colour_to_index, index_to_colour
-from pipeline.metrics import SegmentationEvaluation
-from pipeline.model import build_model
+from pipeline.model.losses import make_loss
+from pipeline.model.network import build_model
+from pipeline.model.train_metrics import make_metrics
 from pipeline.params import ParamsError, parse_params
-from pipeline.train_metrics import make_metrics
 from stages.evaluate import headline_keys
 from tests.conftest import project_params, project_params_document
 

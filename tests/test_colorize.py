@@ -10,7 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.colorize import colorize_dataset, resize_image, resize_lesion_mask, resized_spacing_mm
+from pipeline.data.colorize import (
+    colorize_dataset,
+    resize_image,
+    resize_lesion_mask,
+    resized_spacing_mm,
+)
 from pipeline.io import (
     MANIFEST_COLUMNS,
     DataError,

@@ -31,9 +31,9 @@ if os.environ.get("TEST_CV2_OPTIMIZED") == "0":
     cv2.setUseOptimized(False)
 if "TEST_CV2_THREADS" in os.environ:
     cv2.setNumThreads(int(os.environ["TEST_CV2_THREADS"]))
-from pipeline.augment import (elastic_generator, elastic_map, transform_grid, transform_map,
+from pipeline.data.augment import (elastic_generator, elastic_map, transform_grid, transform_map,
     warp_pair)
-from pipeline.colorize import colorize_slice
+from pipeline.data.colorize import colorize_slice
 from pipeline.io import decode_image, encode_png
 from pipeline.synthesize.archive import synthesize_archive
 from pipeline.synthesize.layout import plan_cases

@@ -44,14 +44,14 @@ from pipeline.dicom import (
     slice_normal,
     spacing_problem,
 )
-from pipeline.dicom_seg import (
+from pipeline.infer.dicom_seg import (
     SEGMENTED_PROPERTY_TYPES,
     TRIAGE_METRIC,
     lesion_volumes_ml,
     segment_dicom,
     triage_threshold,
 )
-from pipeline.inference import Segmenter, segment_files, to_model_input
+from pipeline.infer.inference import Segmenter, segment_files, to_model_input
 from pipeline.io import read_image, window_to_uint8, write_png
 from pipeline.masks import colour_to_index
 from pipeline.params import PhantomParams

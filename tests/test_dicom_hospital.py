@@ -39,8 +39,8 @@ from pipeline.dicom import (
     orientation_problem,
     read_ct_series,
 )
-from pipeline.dicom_seg import segment_dicom, series_folder, triage_threshold
-from pipeline.inference import Segmenter
+from pipeline.infer.dicom_seg import segment_dicom, series_folder, triage_threshold
+from pipeline.infer.inference import Segmenter
 from pipeline.io import DataError
 from pipeline.synthesize.dicom_series import phantom_slice_dataset
 from pipeline.synthesize.layout import plan_cases
@@ -385,8 +385,8 @@ MEMORY_RUNNER = """
 import json, re, sys
 from pathlib import Path
 import numpy as np
-from pipeline.dicom_seg import segment_dicom, triage_threshold
-from pipeline.inference import Segmenter
+from pipeline.infer.dicom_seg import segment_dicom, triage_threshold
+from pipeline.infer.inference import Segmenter
 from tests.conftest import project_params
 
 def peak_mb():
@@ -608,8 +608,10 @@ def test_the_command_exits_0_on_a_hospital_export(tmp_path, model):
     result = run_command(tmp_path, model, folder)
     assert result.returncode == 0, result.stderr
     assert "refused" not in result.stderr.replace("refused 0", "")
-    # A log line ends in its message after the logger name ("... pipeline.dicom_seg: ignored ...").
-    messages = [line.partition("pipeline.dicom_seg: ")[2] for line in result.stderr.splitlines()]
+    # A log line ends in its message after the logger name ("... pipeline.infer.dicom_seg:
+    # ignored ...").
+    logger = "pipeline.infer.dicom_seg: "
+    messages = [line.partition(logger)[2] for line in result.stderr.splitlines()]
     assert sum(message.startswith("set aside ") for message in messages) == 3
     assert sum(message.startswith("ignored ") for message in messages) == 4
     assert "ignored 4 files" in result.stderr

@@ -1,4 +1,4 @@
-"""Training past one device (pipeline/distribute.py): TF_CONFIG checks, per-worker datasets,
+"""Training past one device (pipeline/model/distribute.py): TF_CONFIG checks, per-worker datasets,
 chief-only outputs, the loss reduced over replicas, and two real worker processes on this
 machine that train the tiny phantom together, survive an interruption and learn like one.
 
@@ -32,7 +32,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_training import paths_under
 
-from pipeline.distribute import (
+from pipeline.model.distribute import (
     ClusterConfigError,
     Distribution,
     ReplicaLoss,
@@ -40,8 +40,8 @@ from pipeline.distribute import (
     start_distribution,
     worker_dataset_fn,
 )
-from pipeline.losses import make_loss
-from pipeline.training import WORKER_OUTPUTS
+from pipeline.model.losses import make_loss
+from pipeline.model.training import WORKER_OUTPUTS
 
 STAGE = (sys.executable, "-m", "stages.train")
 PROCESS_TIMEOUT = 150  # seconds for one run of the stage (TensorFlow start included)
@@ -204,9 +204,9 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from pipeline.distribute import Distribution
+from pipeline.model.distribute import Distribution
 from tests.conftest import project_params
-from pipeline.training import build_compiled_model, configure_runtime, train_model
+from pipeline.model.training import build_compiled_model, configure_runtime, train_model
 sys.path.insert(0, "tests")
 from test_training import write_tiny_project
 

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from dvc.utils.hydra import apply_overrides
 
-from pipeline.headline import headline_metric_keys
+from pipeline.evaluate.headline import headline_metric_keys
 from pipeline.params import load_params
-from pipeline.report import headline_keys, number
+from pipeline.report.page import headline_keys, number
 from tests.browser import browser, offline_problems
 from tests.conftest import PROJECT_ROOT, DvcProject, create_project
 
@@ -160,12 +160,12 @@ def test_repro_reruns_readers_and_downstream_and_skips_the_rest(built, key, valu
 
 def test_editing_a_pipeline_module_flags_only_the_stages_that_import_it(built):
     project, _, _ = built
-    module = project.path / "pipeline" / "augment.py"
+    module = project.path / "pipeline" / "data" / "augment.py"
     try:
         module.write_text(module.read_text() + "\n# an edit\n")
         assert status_stages(project) == {"augment"}
     finally:
-        project.git("checkout", "--", "pipeline/augment.py")
+        project.git("checkout", "--", "pipeline/data/augment.py")
 
 
 def test_an_edited_data_file_reruns_only_its_producer(built):

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.export import export_model
-from pipeline.headline import HEADLINE_FIGURES
-from pipeline.inference import Segmenter, to_model_input
+from pipeline.evaluate.headline import HEADLINE_FIGURES
+from pipeline.infer.inference import Segmenter, to_model_input
 from pipeline.io import DataError, read_image, sha256_hex
-from pipeline.model import build_model
+from pipeline.model.network import build_model
 from pipeline.params import ExtractParams, InferParams
+from pipeline.report.export import export_model
 from tests.conftest import PROJECT_ROOT, project_params
 
 SIZE = 32

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.extract import (
+from pipeline.data.extract import (
     PROBLEM_CATEGORIES,
     Entry,
     MaskUnreadable,

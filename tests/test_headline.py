@@ -1,10 +1,10 @@
-"""metrics/headline.json: the short list `dvc exp show` compares (pipeline/headline.py)."""
+"""metrics/headline.json: the short list `dvc exp show` compares (pipeline/evaluate/headline.py)."""
 
 from __future__ import annotations
 
 import json
 
-from pipeline.headline import (
+from pipeline.evaluate.headline import (
     MAX_HEADLINE_KEYS,
     figures_with_intervals,
     headline_metric_keys,

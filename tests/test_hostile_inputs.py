@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from pipeline import io
-from pipeline.extract import PROBLEM_CATEGORIES, extract_archive
+from pipeline.data.extract import PROBLEM_CATEGORIES, extract_archive
 from pipeline.io import DataError, atomic_path, read_manifest, write_bytes_atomic
 from tests.conftest import PROJECT_ROOT, project_params, write_project_params
 
@@ -747,7 +747,7 @@ CASES = [
 RUNNER = """
 import json, resource, sys
 from pathlib import Path
-from pipeline.extract import extract_archive
+from pipeline.data.extract import extract_archive
 from pipeline.io import DataError
 from pipeline.params import ExtractParams
 

@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.case_metrics import Spacing, score_case_class
-from pipeline.case_summary import CaseResult, summarize_cases
-from pipeline.evaluation import case_groups, run_evaluation
-from pipeline.inference import (
+from pipeline.evaluate.cases import case_groups
+from pipeline.evaluate.run import run_evaluation
+from pipeline.evaluate.scores import CaseResult, Spacing, score_case_class
+from pipeline.evaluate.summary import summarize_cases
+from pipeline.infer.inference import (
     Segmenter,
     labels_at_size,
     load_model,

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.training import StepProgress
+from pipeline.model.training import StepProgress
 
 ROOT = Path(__file__).resolve().parents[1]
 STAMPED = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING|ERROR) pipeline\.demo: ")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline.losses import LOSS_NAMES, SMOOTH, TVERSKY_ALPHA, TVERSKY_BETA, make_loss
+from pipeline.model.losses import LOSS_NAMES, SMOOTH, TVERSKY_ALPHA, TVERSKY_BETA, make_loss
 
 
 def one_hot(labels: np.ndarray, classes: int = 3) -> np.ndarray:

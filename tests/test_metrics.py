@@ -15,15 +15,14 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 from pipeline.classes import class_labels
-from pipeline.metrics import (
+from pipeline.evaluate import measures
+from pipeline.evaluate.measures import match_lesions, surface_border
+from pipeline.evaluate.pooled import (
     SegmentationEvaluation,
     confusion_matrix,
     crossentropy_sum,
     detection_scores,
-    dice,
     dice_coef_multiclass,
-    lesion_counts,
-    surface_border,
 )
 from tests.conftest import project_params
 
@@ -59,6 +58,10 @@ def one_slice(truth: np.ndarray, prediction: np.ndarray, tolerance_px: float = 2
     labels = np.where(prediction, 1, 0).astype(np.uint8)
     scores = evaluation.add("slice", truth.astype(np.uint8), one_hot_softmax(labels))
     return scores.classes[LABELS[1]], evaluation.metrics()[f"pooled_iou_{LABELS[1]}"]
+
+
+def dice(truth: np.ndarray, prediction: np.ndarray) -> float | None:
+    return measures.dice(measures.overlap_counts(truth, prediction))
 
 
 def iou(truth: np.ndarray, prediction: np.ndarray) -> float | None:
@@ -140,9 +143,9 @@ def test_identical_masks_are_perfect():
 def test_two_lesions_one_missed():
     truth = mask((12, 12), (1, 1), (1, 2), (8, 8), (9, 9))  # 2 lesions (diagonal joins, 8-conn.)
     prediction = mask((12, 12), (1, 2), (1, 3))  # overlaps the first only
-    counts = lesion_counts(truth, prediction)
-    assert (counts.truth_lesions, counts.truth_detected) == (2, 1)
-    assert (counts.predicted_lesions, counts.predicted_true) == (1, 1)
+    counts = match_lesions(truth, prediction)
+    assert (counts.truth_lesions, counts.detected_lesions) == (2, 1)
+    assert (counts.predicted_lesions, counts.true_predicted_lesions) == (1, 1)
     scores = detection_scores(counts)
     assert scores.precision == 1.0
     assert scores.recall == 0.5
@@ -152,18 +155,18 @@ def test_two_lesions_one_missed():
 def test_false_positive_lesion_lowers_precision():
     truth = mask((12, 12), (1, 1), (8, 8))
     prediction = mask((12, 12), (1, 1), (5, 1))
-    scores = detection_scores(lesion_counts(truth, prediction))
+    scores = detection_scores(match_lesions(truth, prediction))
     assert (scores.precision, scores.recall, scores.f1) == (0.5, 0.5, 0.5)
 
 
 def test_detection_empty_rules():
     empty = np.zeros((6, 6), dtype=bool)
     lesion = mask((6, 6), (2, 2))
-    none = detection_scores(lesion_counts(empty, empty))
+    none = detection_scores(match_lesions(empty, empty))
     assert (none.precision, none.recall, none.f1) == (None, None, None)
-    all_missed = detection_scores(lesion_counts(lesion, empty))
+    all_missed = detection_scores(match_lesions(lesion, empty))
     assert (all_missed.precision, all_missed.recall, all_missed.f1) == (None, 0.0, 0.0)
-    all_false = detection_scores(lesion_counts(empty, lesion))
+    all_false = detection_scores(match_lesions(empty, lesion))
     assert (all_false.precision, all_false.recall, all_false.f1) == (0.0, None, 0.0)
 
 
@@ -268,7 +271,7 @@ def test_pooled_slice_surface_metrics_are_in_mm(seed):
     assert scores.classes["hemorrhagic"].nsd == pytest.approx(brute_nsd(truth, prediction, 2.0))
 
 
-def brute_lesion_counts(truth: np.ndarray, prediction: np.ndarray) -> tuple[int, int, int, int]:
+def brute_match_lesions(truth: np.ndarray, prediction: np.ndarray) -> tuple[int, int, int, int]:
     """Components by flood fill over 8 neighbours, written independently of scipy.label."""
 
     def components(array: np.ndarray) -> list[set[tuple[int, int]]]:
@@ -305,13 +308,13 @@ def brute_lesion_counts(truth: np.ndarray, prediction: np.ndarray) -> tuple[int,
 def test_lesion_counts_match_flood_fill(seed, smooth):
     rng = np.random.default_rng(seed)
     truth, prediction = random_mask(rng, (20, 24), smooth), random_mask(rng, (20, 24), smooth)
-    counts = lesion_counts(truth, prediction)
+    counts = match_lesions(truth, prediction)
     assert (
         counts.truth_lesions,
-        counts.truth_detected,
+        counts.detected_lesions,
         counts.predicted_lesions,
-        counts.predicted_true,
-    ) == brute_lesion_counts(truth, prediction)
+        counts.true_predicted_lesions,
+    ) == brute_match_lesions(truth, prediction)
 
 
 @settings(max_examples=30, deadline=None)

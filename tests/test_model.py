@@ -11,7 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.model import REFERENCE_CONFIG, UNetConfig, build_model, build_unet, level_kernel
+from pipeline.model.network import (
+    REFERENCE_CONFIG,
+    UNetConfig,
+    build_model,
+    build_unet,
+    level_kernel,
+)
 from pipeline.params import ParamsError
 from tests.conftest import project_params
 
@@ -139,7 +145,8 @@ def test_any_configuration_maps_images_to_per_pixel_probabilities(
 
 
 @pytest.mark.parametrize(
-    "module", ["pipeline/model.py", "pipeline/losses.py", "pipeline/train_metrics.py"]
+    "module",
+    ["pipeline/model/network.py", "pipeline/model/losses.py", "pipeline/model/train_metrics.py"],
 )
 def test_model_and_losses_use_keras_only_so_they_run_on_any_backend(module: str) -> None:
     tree = ast.parse((PROJECT_ROOT / module).read_text())

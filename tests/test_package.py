@@ -22,8 +22,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pipeline.command import new_images_parser
-from pipeline.export import export_model
+from pipeline.infer.command import new_images_parser
+from pipeline.report.export import export_model
 from tests.conftest import PROJECT_ROOT, project_params, write_project_params
 from tests.test_dicom import phantom_dicom, series_folders  # noqa: F401 (a pytest fixture)
 from tests.test_inference import MODEL_SIZE, tiny_model  # noqa: F401 (a pytest fixture)
@@ -288,6 +288,6 @@ def test_the_stage_states_its_fallback_when_the_default_metrics_are_missing(
     )
     assert result.returncode == 0, result.stderr
     assert (
-        "WARNING pipeline.command: metrics/evaluate.json not found: the triage threshold is "
+        "WARNING pipeline.infer.command: metrics/evaluate.json not found: the triage threshold is "
         "0.1 mL, params infer.triage_threshold_ml_hemorrhagic (default, not validated)"
     ) in result.stderr

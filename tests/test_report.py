@@ -18,11 +18,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.expectations import make_data_docs_offline
+from pipeline.data.expectations import make_data_docs_offline
 from pipeline.io import DataError
-from pipeline.model_card import PHANTOM_ARCHIVE, PHANTOM_CAVEAT
 from pipeline.params import load_params
-from pipeline.report import (
+from pipeline.report.html import table
+from pipeline.report.model_card import PHANTOM_ARCHIVE, PHANTOM_CAVEAT
+from pipeline.report.page import (
     headline_keys,
     metric_rows,
     number,
@@ -32,7 +33,6 @@ from pipeline.report import (
     write_comparison,
     write_report,
 )
-from pipeline.report_html import table
 from stages import synthesize as synthesize_stage
 from stages.report import params_document
 from tests.conftest import PROJECT_ROOT, DvcProject

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline.params import load_params
-from pipeline.report import headline_keys, number, write_report
+from pipeline.report.page import headline_keys, number, write_report
 from stages.report import params_document
 from tests.browser import Browser, browser, offline_problems
 from tests.conftest import PROJECT_ROOT

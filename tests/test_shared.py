@@ -187,7 +187,7 @@ def test_pictures_have_expected_geometry():
 
 
 def test_gate_reports_failed_checks_with_example_ids(tmp_path, caplog):
-    from pipeline.expectations import Check, ValidationFailed, enforce, gxe, run_suite
+    from pipeline.data.expectations import Check, ValidationFailed, enforce, gxe, run_suite
 
     table = pd.DataFrame({"id": ["a", "b", "c"], "size": [64, 64, 7], "cls": ["x", "y", "y"]})
     checks = [

@@ -13,10 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.classes import SOURCE_CLASSES
-from pipeline.expectations import ValidationFailed
-from pipeline.io import DataError, read_manifest, resolve_path, write_manifest, write_png
-from pipeline.params import Params
-from pipeline.split import (
+from pipeline.data.expectations import ValidationFailed
+from pipeline.data.split import (
     MIN_CASES_PER_CLASS,
     SPLITS,
     pick_mini_test,
@@ -24,6 +22,8 @@ from pipeline.split import (
     split_sizes,
     validate_split,
 )
+from pipeline.io import DataError, read_manifest, resolve_path, write_manifest, write_png
+from pipeline.params import Params
 from stages import split as split_stage
 from tests.conftest import original_row, project_params, with_sha256
 

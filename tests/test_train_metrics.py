@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline.train_metrics import ForegroundDice, dice_coef_multiclass, make_metrics
+from pipeline.model.train_metrics import ForegroundDice, dice_coef_multiclass, make_metrics
 from tests.conftest import project_params
 from tests.test_losses import lesion_case, one_hot, value
 

@@ -1,6 +1,6 @@
 """Input pipeline and training loop on a tiny data set built here (32x32 slices).
 
-The training runs go through `pipeline.training.train_model`, the function the stage calls,
+The training runs go through `pipeline.model.training.train_model`, the function the stage calls,
 with real files: manifests written by `write_manifest`, PNGs, checkpoints, reports.
 """
 
@@ -23,7 +23,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline.dataset import (
+from pipeline.io import DataError, write_manifest, write_png
+from pipeline.masks import colour_to_index, index_to_colour
+from pipeline.model.dataset import (
     PipelineOptions,
     decode_slice,
     make_eval_dataset,
@@ -32,11 +34,9 @@ from pipeline.dataset import (
     resolve_cache,
     steps_per_epoch,
 )
-from pipeline.distribute import Distribution, start_distribution
-from pipeline.io import DataError, write_manifest, write_png
-from pipeline.masks import colour_to_index, index_to_colour
+from pipeline.model.distribute import Distribution, start_distribution
+from pipeline.model.training import TrainPaths, configure_runtime, train_model
 from pipeline.params import Params
-from pipeline.training import TrainPaths, configure_runtime, train_model
 from tests.conftest import original_row, project_params, rehash_manifest, with_sha256
 
 SIZE = 32
@@ -154,7 +154,7 @@ class InterruptAfterEpoch(keras.callbacks.Callback):
 # ------------------------------------------------------------------------------ tf.data
 ARENA_PROBE = """
 import ctypes, sys, threading
-from pipeline.training import limit_malloc_arenas
+from pipeline.model.training import limit_malloc_arenas
 if sys.argv[1] == "limit":
     assert limit_malloc_arenas(2)
 held, all_allocated = [], threading.Barrier(8)

@@ -18,17 +18,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.expectations import ValidationFailed, run_suite
-from pipeline.io import read_image, read_manifest, resolve_path, write_manifest, write_png
-from pipeline.split import MIN_CASES_PER_CLASS
-from pipeline.stats import class_counts, plot_class_counts
-from pipeline.validate import (
+from pipeline.data.expectations import ValidationFailed, run_suite
+from pipeline.data.split import MIN_CASES_PER_CLASS
+from pipeline.data.stats import class_counts, plot_class_counts
+from pipeline.data.validate import (
     ValidateOutputs,
     build_slice_table,
     class_table,
     slice_checks,
     validate_extracted,
 )
+from pipeline.io import read_image, read_manifest, resolve_path, write_manifest, write_png
 from tests.conftest import (
     original_row,
     project_params,

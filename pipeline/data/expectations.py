@@ -28,6 +28,7 @@ import pandas as pd
 from great_expectations import expectations as gxe
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
+import pipeline
 from pipeline.io import DataError, atomic_path
 
 LOG = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ __all__ = [
 
 EXAMPLES_SHOWN = 5
 
-VENDOR_DIR = Path(__file__).resolve().parents[1] / "vendor" / "data_docs"
+# vendor/ lies beside the pipeline package, at the repository root.
+VENDOR_DIR = Path(pipeline.__file__).resolve().parents[1] / "vendor" / "data_docs"
 # Every network address Great Expectations 1.24's Data Docs load (scripts, stylesheets,
 # images; query strings ignored) -> the copy under vendor/data_docs/ (its README says which
 # npm package each comes from). The two logos come from Great Expectations' own static/.
@@ -337,7 +339,8 @@ def make_data_docs_offline(docs_root: Path) -> int:
                 if target is None:
                     raise DataError(
                         f"{page}: Data Docs load {address} from the network; add a vendored "
-                        "copy to vendor/data_docs/ and to CDN_ASSETS in pipeline/expectations.py"
+                        "copy to vendor/data_docs/ and to CDN_ASSETS in "
+                        "pipeline/data/expectations.py"
                     )
                 file = site / target if target.startswith("static/") else vendor / target
             elif "static/" in address and not (page.parent / address).exists():

@@ -18,7 +18,7 @@ but with their output paths moved into a private temporary folder removed at the
 MultiWorkerMirroredStrategy (`_patch_keras_for_multi_worker`) and a per-sample loss to scale it
 by replicas (`ReplicaLoss`).
 
-`start_distribution` builds the one `Distribution` a training run uses; pipeline/training.py
+`start_distribution` builds the one `Distribution` a training run uses; pipeline/model/training.py
 gets it handed in and asks it, and nothing else in this module, whatever depends on workers
 and replicas: its paths, checks that all workers agree, datasets, the strategy scope and loss.
 """
@@ -45,7 +45,7 @@ import tensorflow as tf
 from keras import ops
 
 from pipeline.io import DataError
-from pipeline.losses import Loss, make_loss
+from pipeline.model.losses import Loss, make_loss
 from pipeline.params import ParamsError
 
 LOG = logging.getLogger(__name__)
@@ -326,7 +326,7 @@ def start_distribution(name: str, environ: Mapping[str, str] = os.environ) -> Di
 # ----------------------------------------------------------------------------- the loss
 @keras.saving.register_keras_serializable(package="stroke")
 class ReplicaLoss(keras.losses.Loss):
-    """A loss of `pipeline.losses` by name, in the per-sample form tf.distribute needs.
+    """A loss of `pipeline.model.losses` by name, in the per-sample form tf.distribute needs.
 
     The project's losses return one number per batch (the region losses pool their sums over
     the batch). Keras divides a loss by the number of replicas only when it reduces a vector of
@@ -384,8 +384,8 @@ def _patch_keras_for_multi_worker() -> None:
         trainer_class, "_maybe_symbolic_build"
     ):
         raise RuntimeError(
-            f"Keras {keras.version()} changed the internals that pipeline/distribute.py patches "
-            "for MultiWorkerMirroredStrategy; review _patch_keras_for_multi_worker"
+            f"Keras {keras.version()} changed the internals that pipeline/model/distribute.py "
+            "patches for MultiWorkerMirroredStrategy; review _patch_keras_for_multi_worker"
         )
     reduce_per_replica = tf_trainer.reduce_per_replica
     symbolic_build = trainer_class._maybe_symbolic_build

@@ -1,7 +1,7 @@
 """From per-case scores to the headline metrics, metrics/cases.csv and the volume plot.
 
 Headlines are means over the cases that count for a class (the class in the truth or the
-prediction; see `pipeline/case_metrics.py` for the empty rules), each with a seeded bootstrap
+prediction; see `pipeline/evaluate/scores.py` for the empty rules), each with a seeded bootstrap
 95% interval and the number of cases behind it. Case-level triage calls a case positive for a
 class when its predicted volume exceeds a threshold chosen on the validation cases; volume
 agreement compares predicted and true volumes over the counted cases.
@@ -10,12 +10,11 @@ agreement compares predicted and true volumes over the counted cases.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from pipeline.agreement import (
+from pipeline.evaluate.agreement import (
     bootstrap_mean_ci,
     choose_threshold,
     metric_rng,
@@ -24,8 +23,8 @@ from pipeline.agreement import (
     volume_agreement,
     wilson_interval,
 )
-from pipeline.case_metrics import CaseClassScores, Spacing
-from pipeline.metrics import FlatMetrics
+from pipeline.evaluate.pooled import FlatMetrics
+from pipeline.evaluate.scores import CaseClassScores, CaseResult
 
 # Per-case metrics averaged into headlines: (metric key stem, CaseClassScores attribute).
 CASE_METRICS: tuple[tuple[str, str], ...] = (
@@ -36,23 +35,6 @@ CASE_METRICS: tuple[tuple[str, str], ...] = (
     ("lesion_f1", "lesion_f1"),
 )
 LESION_COUNTS = ("truth_lesions", "detected_lesions", "predicted_lesions", "false_positive_lesions")
-
-
-@dataclass(frozen=True)
-class CaseResult:
-    """One case (patient): its manifest class, slice count, geometry and per-class scores."""
-
-    case_id: str
-    class_name: str
-    slices: int
-    spacing: Spacing
-    scores: dict[str, CaseClassScores]
-
-    def has_truth(self, lesion_class: str) -> bool:
-        return self.scores[lesion_class].truth_volume_ml > 0.0
-
-    def predicted_ml(self, lesion_class: str) -> float:
-        return self.scores[lesion_class].predicted_volume_ml
 
 
 def _mean(values: Sequence[float]) -> float | None:

@@ -26,17 +26,8 @@ from pathlib import Path
 
 from pipeline.classes import class_labels
 from pipeline.io import DataError, write_text_atomic
-from pipeline.model_card import (
-    INTENDED_USE,
-    NOT_A_DEVICE,
-    NOT_INTENDED_FOR,
-    PHANTOM_CAVEAT,
-    PHANTOM_PROVENANCE,
-    is_phantom,
-    kaggle_provenance,
-)
 from pipeline.params import ParamsError, parse_params, parse_params_yaml
-from pipeline.report_html import (
+from pipeline.report.html import (
     Cell,
     Section,
     escape,
@@ -45,6 +36,15 @@ from pipeline.report_html import (
     paragraph,
     side_by_side,
     table,
+)
+from pipeline.report.model_card import (
+    INTENDED_USE,
+    NOT_A_DEVICE,
+    NOT_INTENDED_FOR,
+    PHANTOM_CAVEAT,
+    PHANTOM_PROVENANCE,
+    is_phantom,
+    kaggle_provenance,
 )
 
 STAGE_METRICS = ("extract", "data", "split", "augment", "train", "evaluate", "infer")

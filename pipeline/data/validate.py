@@ -3,7 +3,7 @@
 `build_slice_table` joins the extracted manifest with what the files actually hold (size,
 channels, dtype, mask values, lesion fraction, a hash of the pixels, the sha256 of the bytes to
 compare with the manifest's), `class_table` sums it per class, and `validate_extracted` runs
-both through Great Expectations (`pipeline.expectations`).
+both through Great Expectations (`pipeline.data.expectations`).
 
 Severity: every check is critical (the stage fails, nothing is written) except the case-id
 formats per class (Hemorrhagic `^\\d{3}$`, Ischemic `^\\d{7}$`). Those describe how the Kaggle
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.classes import HEMORRHAGIC, ISCHEMIC, SOURCE_CLASSES
-from pipeline.expectations import (
+from pipeline.data.expectations import (
     Check,
     ValidationReport,
     enforce,
@@ -51,8 +51,8 @@ from pipeline.io import (
 )
 from pipeline.parallel import ordered_map
 from pipeline.params import ValidateParams
-from pipeline.split import MIN_CASES_PER_CLASS, SPLITS
-from pipeline.stats import plot_class_counts
+from pipeline.data.split import MIN_CASES_PER_CLASS, SPLITS
+from pipeline.data.stats import plot_class_counts
 
 CASE_ID_FORMATS: dict[str, str] = {HEMORRHAGIC: r"^\d{3}$", ISCHEMIC: r"^\d{7}$"}
 MASK_VALUES = (0, 255)

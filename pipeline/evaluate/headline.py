@@ -6,7 +6,7 @@ the triage sensitivity and specificity (a case called positive from its predicte
 and the volume agreement as the median absolute error of the predicted lesion volume (mL).
 Every other figure, the Bland-Altman limits included, stays in metrics/evaluate.json.
 
-The exported model's metadata (pipeline/export.py) carries the same figures, each with its
+The exported model's metadata (pipeline/report/export.py) carries the same figures, each with its
 interval where evaluate computed one.
 """
 

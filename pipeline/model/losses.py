@@ -7,7 +7,7 @@ Region losses (`dice`, `tversky`) pool their sums over the whole batch and the f
 classes ("batch Dice", as nnU-Net does for 2D): a slice without lesions then adds no 0/0 term,
 and a batch almost always holds both lesion classes.
 
-The metrics `fit` reports are in pipeline/train_metrics.py.
+The metrics `fit` reports are in pipeline/model/train_metrics.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Per-case (patient) 3-D segmentation metrics in physical units: the headline of `evaluate`.
 
 A case is its slices stacked in slice order into a (slices, rows, columns) volume, with voxel
-spacing (slice_thickness_mm, pixel_spacing_mm, pixel_spacing_mm). Per lesion class:
+spacing (slice_thickness_mm, pixel_spacing_mm, pixel_spacing_mm). Per lesion class, each
+metric as `pipeline.evaluate.measures` defines it:
 
 - Dice and IoU: voxel overlap of the whole volume (nnU-Net, Metrics Reloaded).
 - Borders as MONAI's `get_mask_edges` without sub-voxel surfaces: a mask minus its erosion by
@@ -31,11 +32,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
-from pipeline.metrics import directed_surface_distances
+from pipeline.evaluate.measures import (
+    LesionMatch,
+    dice,
+    hd95,
+    iou,
+    match_lesions,
+    nsd,
+    overlap_counts,
+    surface_distances,
+)
 
-TWENTY_SIX_CONNECTED = ndimage.generate_binary_structure(3, 3)
 CUBIC_MM_PER_ML = 1000.0
 
 
@@ -82,58 +90,13 @@ def crop_to_union(truth: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarray
     return truth[tuple(box)], prediction[tuple(box)]
 
 
-def hd95_max_directed(distances: tuple[np.ndarray, np.ndarray]) -> float:
-    """Larger of the two directed 95th percentiles (MONAI, Metrics Reloaded)."""
-    return float(max(np.percentile(directed, 95) for directed in distances))
-
-
-def monai_nsd(distances: tuple[np.ndarray, np.ndarray], tolerance_mm: float) -> float:
-    """Border voxels of both masks within `tolerance_mm` of the other's border, as a share."""
-    near = sum(int((directed <= tolerance_mm).sum()) for directed in distances)
-    return near / sum(directed.size for directed in distances)
-
-
 def surface_scores(
     truth: np.ndarray, prediction: np.ndarray, axes_mm: Sequence[float], tolerance_mm: float
 ) -> tuple[float, float]:
     """(HD95 in mm, NSD) of two non-empty boolean volumes with spacing `axes_mm` per axis."""
-    cropped_truth, cropped_prediction = crop_to_union(truth, prediction)
-    distances = (
-        directed_surface_distances(cropped_truth, cropped_prediction, axes_mm),
-        directed_surface_distances(cropped_prediction, cropped_truth, axes_mm),
-    )
-    return hd95_max_directed(distances), monai_nsd(distances, tolerance_mm)
-
-
-@dataclass(frozen=True)
-class LesionMatch:
-    """3-D lesions (26-connected components) of one class in one case."""
-
-    truth_lesions: int
-    detected_lesions: int
-    predicted_lesions: int
-    false_positive_lesions: int
-
-    @property
-    def f1(self) -> float | None:
-        """2TP / (2TP + FP + FN); None when neither mask has a lesion."""
-        missed = self.truth_lesions - self.detected_lesions
-        denominator = 2 * self.detected_lesions + self.false_positive_lesions + missed
-        return 2 * self.detected_lesions / denominator if denominator else None
-
-
-def match_lesions(truth: np.ndarray, prediction: np.ndarray) -> LesionMatch:
-    """Lesion-wise detection: overlap of one voxel counts, in either direction."""
-    truth_labels, truth_count = ndimage.label(truth, structure=TWENTY_SIX_CONNECTED)
-    predicted_labels, predicted_count = ndimage.label(prediction, structure=TWENTY_SIX_CONNECTED)
-    detected = np.unique(truth_labels[(truth_labels > 0) & prediction]).size
-    true_predictions = np.unique(predicted_labels[(predicted_labels > 0) & truth]).size
-    return LesionMatch(
-        truth_lesions=truth_count,
-        detected_lesions=int(detected),
-        predicted_lesions=predicted_count,
-        false_positive_lesions=predicted_count - int(true_predictions),
-    )
+    distances = surface_distances(*crop_to_union(truth, prediction), axes_mm)
+    assert distances is not None, "surface_scores takes two non-empty volumes"
+    return hd95(distances), nsd(distances, tolerance_mm)
 
 
 @dataclass(frozen=True)
@@ -165,24 +128,40 @@ def score_case_class(
     if truth.shape != prediction.shape or truth.ndim != 3:
         raise ValueError(f"volumes must be 3-D and alike, got {truth.shape} and {prediction.shape}")
     truth, prediction = truth.astype(bool), prediction.astype(bool)
-    truth_voxels, predicted_voxels = int(truth.sum()), int(prediction.sum())
+    counts = overlap_counts(truth, prediction)
     volumes = {
-        "truth_volume_ml": truth_voxels * spacing.voxel_ml,
-        "predicted_volume_ml": predicted_voxels * spacing.voxel_ml,
+        "truth_volume_ml": counts.truth * spacing.voxel_ml,
+        "predicted_volume_ml": counts.predicted * spacing.voxel_ml,
     }
     lesions = match_lesions(truth, prediction)
-    if truth_voxels == 0 and predicted_voxels == 0:
+    if counts.truth == 0 and counts.predicted == 0:
         return CaseClassScores(None, None, None, None, lesions, **volumes)
-    if truth_voxels == 0 or predicted_voxels == 0:
+    if counts.truth == 0 or counts.predicted == 0:
         worst = volume_diagonal_mm(truth.shape, spacing)
         return CaseClassScores(0.0, 0.0, worst, 0.0, lesions, **volumes)
-    overlap = int((truth & prediction).sum())
-    hd95_mm, nsd = surface_scores(truth, prediction, spacing.axes_mm, tolerance_mm)
+    hd95_mm, nsd_value = surface_scores(truth, prediction, spacing.axes_mm, tolerance_mm)
     return CaseClassScores(
-        dice=2.0 * overlap / (truth_voxels + predicted_voxels),
-        iou=overlap / (truth_voxels + predicted_voxels - overlap),
+        dice=dice(counts),
+        iou=iou(counts),
         hd95_mm=hd95_mm,
-        nsd=nsd,
+        nsd=nsd_value,
         lesions=lesions,
         **volumes,
     )
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One case (patient): its manifest class, slice count, geometry and per-class scores."""
+
+    case_id: str
+    class_name: str
+    slices: int
+    spacing: Spacing
+    scores: dict[str, CaseClassScores]
+
+    def has_truth(self, lesion_class: str) -> bool:
+        return self.scores[lesion_class].truth_volume_ml > 0.0
+
+    def predicted_ml(self, lesion_class: str) -> float:
+        return self.scores[lesion_class].predicted_volume_ml

@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipeline import classes
-from pipeline.dicom_seg import TRIAGE_METRIC, TriageThreshold, triage_threshold
+from pipeline.infer.dicom_seg import TRIAGE_METRIC, TriageThreshold, triage_threshold
 from pipeline.io import DataError, read_json_object, sha256_hex
 from pipeline.params import ExtractParams, InferParams, Rgb, StrictModel
 

@@ -44,7 +44,7 @@ from pipeline.dicom import (
     read_ct_series,
     uid_problem,
 )
-from pipeline.inference import Segmenter, batches, write_slice_outputs
+from pipeline.infer.inference import Segmenter, batches, write_slice_outputs
 from pipeline.io import (
     DataError,
     atomic_path,
@@ -104,7 +104,7 @@ def triage_threshold(metrics_path: Path | str, default_ml: float) -> TriageThres
     """The evaluate stage's validated threshold when its metrics hold one, else the default.
 
     `metrics_path` is metrics/evaluate.json or an exported model's metadata.json, which holds
-    the same key in its `evaluation` section (pipeline/export.py)."""
+    the same key in its `evaluation` section (pipeline/report/export.py)."""
     path = Path(metrics_path)
     if path.is_file():
         try:

@@ -1,19 +1,12 @@
-"""Slice-level segmentation metrics per lesion class, background excluded, with explicit
-empty-mask rules; the slice-pooled figures of `evaluate` (keys prefixed `pooled_`).
+"""The slice-pooled comparison figures of `evaluate` (per-class keys prefixed `pooled_`), per
+lesion class, background excluded.
 
-The headline figures are per case (patient) in 3-D: `pipeline/case_metrics.py`. The
-functions here take one slice (or, for the border and distance helpers, a volume of any
-rank) and return a float, or None where the metric is undefined for that slice (for example
-Dice when neither mask holds the class); callers skip None and say why in the report.
-
-The pooled slice surface metrics follow medpy 0.5 (`medpy.metric.binary.hd95`, connectivity 1):
-the border of a mask is the mask minus its erosion by the cross (4-connected in 2-D,
-6-connected in 3-D; voxels outside the array count as background), distances are Euclidean in
-mm between border pixel centres (`scipy.ndimage.distance_transform_edt` with the pixel
-spacing), and the slice HD95 is the 95th percentile (numpy's linear interpolation) of the
-union of both directed border-to-border distance sets. Normalised surface Dice uses the same
-borders and distances, as MONAI's `compute_surface_dice` without sub-voxel surfaces: the share
-of border pixels of both masks lying within the tolerance of the other mask's border.
+The headline figures are per case (patient) in 3-D: `pipeline/evaluate/scores.py`. Here each
+test slice is scored on its own with the metrics of `pipeline.evaluate.measures` (None where a
+metric is undefined on that slice, for example Dice when neither mask holds the class;
+callers skip None and say why in the report), and the slices are pooled by summing their
+overlap and lesion counts. The slice HD95 is medpy's (`measures.hd95_medpy`), for comparison
+with the medpy-based literature; lesions are the slices' 8-connected components.
 """
 
 from __future__ import annotations
@@ -22,93 +15,25 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
-from pipeline.train_metrics import REFERENCE_SMOOTH
+from pipeline.evaluate.measures import (
+    NO_LESIONS,
+    NO_OVERLAP,
+    LesionMatch,
+    OverlapCounts,
+    dice,
+    hd95_medpy,
+    iou,
+    match_lesions,
+    nsd,
+    overlap_counts,
+    surface_distances,
+)
+from pipeline.model.train_metrics import REFERENCE_SMOOTH
 
 NO_LESION = "none"
-EIGHT_CONNECTED = ndimage.generate_binary_structure(2, 2)
 # Keras' clipping of probabilities in categorical cross-entropy.
 KERAS_EPSILON = 1e-7
-
-
-def dice(truth: np.ndarray, prediction: np.ndarray) -> float | None:
-    """2|T∩P| / (|T|+|P|); None when both masks are empty."""
-    total = int(truth.sum()) + int(prediction.sum())
-    if total == 0:
-        return None
-    return 2.0 * int(np.logical_and(truth, prediction).sum()) / total
-
-
-def surface_border(mask: np.ndarray) -> np.ndarray:
-    """Elements of `mask` with a face neighbour outside it (4-neighbours in 2-D, 6 in 3-D);
-    the array's exterior counts as outside, as in MONAI's `get_mask_edges`."""
-    mask = mask.astype(bool)
-    cross = ndimage.generate_binary_structure(mask.ndim, 1)
-    return mask & ~ndimage.binary_erosion(mask, structure=cross, border_value=0)
-
-
-def directed_surface_distances(
-    source: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None = None
-) -> np.ndarray:
-    """Distance from each border element of `source` to the nearest border element of
-    `target`: in elements, or in mm given the `spacing` (mm per axis)."""
-    to_target = ndimage.distance_transform_edt(~surface_border(target), sampling=spacing)
-    return to_target[surface_border(source)]
-
-
-def surface_distances(
-    truth: np.ndarray, prediction: np.ndarray, spacing: Sequence[float] | None = None
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """(truth-to-prediction, prediction-to-truth) border distances; None if a mask is empty."""
-    if not truth.any() or not prediction.any():
-        return None
-    return (
-        directed_surface_distances(truth, prediction, spacing),
-        directed_surface_distances(prediction, truth, spacing),
-    )
-
-
-def hd95_of(distances: tuple[np.ndarray, np.ndarray]) -> float:
-    """95th percentile (numpy linear interpolation) of both directed distance sets pooled."""
-    return float(np.percentile(np.concatenate(distances), 95))
-
-
-def nsd_of(distances: tuple[np.ndarray, np.ndarray], tolerance: float) -> float:
-    """Share of border pixels of both masks lying within `tolerance` of the other's border."""
-    near = sum(int((directed <= tolerance).sum()) for directed in distances)
-    return near / sum(directed.size for directed in distances)
-
-
-@dataclass
-class LesionCounts:
-    """Connected components (8-connectivity) of one class, and how many overlap the other mask."""
-
-    truth_lesions: int = 0
-    truth_detected: int = 0
-    predicted_lesions: int = 0
-    predicted_true: int = 0
-
-    def __iadd__(self, other: LesionCounts) -> LesionCounts:
-        self.truth_lesions += other.truth_lesions
-        self.truth_detected += other.truth_detected
-        self.predicted_lesions += other.predicted_lesions
-        self.predicted_true += other.predicted_true
-        return self
-
-
-def _components_overlapping(mask: np.ndarray, other: np.ndarray) -> tuple[int, int]:
-    """(components of `mask`, how many of them share at least one pixel with `other`)."""
-    labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
-    hit = np.unique(labels[np.logical_and(labels > 0, other)])
-    return count, int(hit.size)
-
-
-def lesion_counts(truth: np.ndarray, prediction: np.ndarray) -> LesionCounts:
-    """Lesion-wise matching: a lesion is detected, or a predicted one true, on any overlap."""
-    truth_lesions, truth_detected = _components_overlapping(truth, prediction)
-    predicted_lesions, predicted_true = _components_overlapping(prediction, truth)
-    return LesionCounts(truth_lesions, truth_detected, predicted_lesions, predicted_true)
 
 
 @dataclass(frozen=True)
@@ -118,17 +43,16 @@ class DetectionScores:
     f1: float | None
 
 
-def detection_scores(counts: LesionCounts) -> DetectionScores:
-    """Lesion precision, recall and F1 (harmonic mean).
+def detection_scores(counts: LesionMatch) -> DetectionScores:
+    """Lesion precision and recall (`LesionMatch`) of the slices' summed lesion counts, and
+    their harmonic mean: the slice-pooled lesion F1 (`pooled_lesion_f1_*`).
 
-    Precision is undefined without predicted lesions and recall without true ones; F1 is 0
-    when only one side has lesions (all missed, or all false alarms) and undefined when
-    neither has any.
+    It equals `LesionMatch.f1` (2TP / (2TP + FP + FN), the per-case figure) only where every
+    found truth lesion is matched by exactly one predicted lesion; it is kept as the pooled
+    figure so that its values do not change. F1 is 0 when only one side has lesions (all
+    missed, or all false alarms) and undefined when neither has any.
     """
-    precision = (
-        counts.predicted_true / counts.predicted_lesions if counts.predicted_lesions else None
-    )
-    recall = counts.truth_detected / counts.truth_lesions if counts.truth_lesions else None
+    precision, recall = counts.precision, counts.recall
     if precision is None and recall is None:
         return DetectionScores(None, None, None)
     if precision is None or recall is None or precision + recall == 0.0:
@@ -218,14 +142,11 @@ class SliceScores:
 
 @dataclass
 class _ClassTotals:
-    intersection: int = 0
-    truth_pixels: int = 0
-    predicted_pixels: int = 0
-    union: int = 0
+    overlap: OverlapCounts = NO_OVERLAP
     slice_dice: list[float] = field(default_factory=list)
     hd95: list[float] = field(default_factory=list)
     nsd: list[float] = field(default_factory=list)
-    lesions: LesionCounts = field(default_factory=LesionCounts)
+    lesions: LesionMatch = NO_LESIONS
     true_positive_slices: int = 0
     false_negative_slices: int = 0
     true_negative_slices: int = 0
@@ -288,26 +209,23 @@ class SegmentationEvaluation:
         prediction: np.ndarray,
         pixel_spacing_mm: float,
     ) -> SliceClassScores:
-        intersection = int(np.logical_and(truth, prediction).sum())
-        totals.intersection += intersection
-        totals.truth_pixels += int(truth.sum())
-        totals.predicted_pixels += int(prediction.sum())
-        totals.union += int(np.logical_or(truth, prediction).sum())
+        counts = overlap_counts(truth, prediction)
+        totals.overlap += counts
         in_truth, in_prediction = bool(truth.any()), bool(prediction.any())
         distances = surface_distances(truth, prediction, (pixel_spacing_mm, pixel_spacing_mm))
         scores = SliceClassScores(
             in_truth,
             in_prediction,
-            dice(truth, prediction),
-            None if distances is None else hd95_of(distances),
-            None if distances is None else nsd_of(distances, self.tolerance_mm),
+            dice(counts),
+            None if distances is None else hd95_medpy(distances),
+            None if distances is None else nsd(distances, self.tolerance_mm),
         )
         if scores.dice is not None:
             totals.slice_dice.append(scores.dice)
         if scores.hd95 is not None and scores.nsd is not None:
             totals.hd95.append(scores.hd95)
             totals.nsd.append(scores.nsd)
-        totals.lesions += lesion_counts(truth, prediction)
+        totals.lesions += match_lesions(truth, prediction)
         totals.true_positive_slices += in_truth and in_prediction
         totals.false_negative_slices += in_truth and not in_prediction
         totals.true_negative_slices += not in_truth and not in_prediction
@@ -320,10 +238,9 @@ class SegmentationEvaluation:
         dice_values: list[float] = []
         for name, totals in self._totals.items():
             neither = f"no test pixel of {name} in the ground truth or the prediction"
-            predicted_or_true = totals.truth_pixels + totals.predicted_pixels
-            pooled = _ratio(2.0 * totals.intersection, predicted_or_true)
+            pooled = dice(totals.overlap)
             result.put(f"pooled_dice_{name}", pooled, neither)
-            result.put(f"pooled_iou_{name}", _ratio(totals.intersection, totals.union), neither)
+            result.put(f"pooled_iou_{name}", iou(totals.overlap), neither)
             if pooled is not None:
                 dice_values.append(pooled)
             result.put(

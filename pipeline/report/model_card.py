@@ -1,6 +1,6 @@
 """What the model is for and where its training data comes from, in the words that both the
-run report's model card (pipeline/report.py) and the exported model's metadata
-(pipeline/export.py) use."""
+run report's model card (pipeline/report/page.py) and the exported model's metadata
+(pipeline/report/export.py) use."""
 
 from __future__ import annotations
 

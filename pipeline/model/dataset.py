@@ -183,7 +183,7 @@ def make_train_dataset(
     `balanced` draws the slices of every class with equal probability (one cached,
     shuffled, repeated stream per class, mixed by `sample_from_datasets`). Sharding is by
     file, before decoding, so workers of a distributed run read different slices. A resumed
-    run skips the batches already trained (`pipeline.distribute.worker_dataset_fn`).
+    run skips the batches already trained (`pipeline.model.distribute.worker_dataset_fn`).
     """
     source = str(Path(frame.attrs.get("root", ".")) / "manifest.csv")
     frame = frame.sort_values("id").iloc[shard_index::num_shards]

@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.classes import SOURCE_CLASSES
-from pipeline.expectations import Check, enforce, gxe, run_suite
+from pipeline.data.expectations import Check, enforce, gxe, run_suite
 from pipeline.io import DataError, relative_to, resolve_path
 from pipeline.params import SplitParams, SplitRatios
-from pipeline.stats import class_counts
+from pipeline.data.stats import class_counts
 
 LOG = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ SPLITS: tuple[str, ...] = ("train", "valid", "test")
 # Every split holds at least one case of every class, so a class needs one case per split.
 # No ratio raises it (`split_sizes` moves a case from the largest split into any split that
 # rounds to zero) and mini_test only picks slices of the test cases, so this is the whole
-# minimum; validate checks it before split runs (`pipeline.validate`).
+# minimum; validate checks it before split runs (`pipeline.data.validate`).
 MIN_CASES_PER_CLASS = len(SPLITS)
 
 

@@ -15,7 +15,7 @@ Metric conventions (MONAI/nnU-Net style, background excluded):
 - `dice_coef_multiclass`: the reference's metric, for comparison only (background included,
   so it equals soft pixel accuracy; a missed lesion still scores about 1).
 
-The numpy oracles of the evaluation side are in pipeline/metrics.py.
+The numpy oracles of the evaluation side are in pipeline/evaluate/pooled.py.
 """
 
 from __future__ import annotations

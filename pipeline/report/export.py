@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.classes import BACKGROUND, lesion_classes
-from pipeline.dicom_seg import TRIAGE_METRIC, model_version
-from pipeline.headline import HEADLINE_FIGURES, figures_with_intervals
-from pipeline.inference import load_model
+from pipeline.evaluate.headline import HEADLINE_FIGURES, figures_with_intervals
+from pipeline.infer.dicom_seg import TRIAGE_METRIC, model_version
+from pipeline.infer.inference import load_model
 from pipeline.io import atomic_path, read_json_object, sha256_hex, write_json
-from pipeline.model_card import (
+from pipeline.params import Params
+from pipeline.report.model_card import (
     INTENDED_USE,
     KAGGLE_LICENCES,
     NOT_A_DEVICE,
@@ -36,7 +37,6 @@ from pipeline.model_card import (
     is_phantom,
     kaggle_provenance,
 )
-from pipeline.params import Params
 from pipeline.version import VERSION
 
 METADATA_FORMAT = 1

@@ -1,7 +1,7 @@
 """Stage `train`: fit the FlexUNet, keep the best epoch, resume after a crash, report.
 
 The stage calls, in this order, `configure_runtime` (seeds, threads, dtype policy), then
-`pipeline.distribute.start_distribution` (the strategy: both before any other TensorFlow op),
+`pipeline.model.distribute.start_distribution` (the strategy: both before any other TensorFlow op),
 then `train_model` with that `Distribution`. Everything that depends on workers and replicas
 goes through that one object: each worker's output paths, the checks that all workers agree,
 the per-worker datasets (`make_datasets`), and the strategy's scope and loss, under which
@@ -40,7 +40,9 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from pipeline import visualize
-from pipeline.dataset import (
+from pipeline.io import DataError, atomic_path, write_json, write_png
+from pipeline.masks import index_to_colour
+from pipeline.model.dataset import (
     PipelineOptions,
     TrainingTables,
     load_slices,
@@ -50,12 +52,10 @@ from pipeline.dataset import (
     resolve_cache,
     steps_per_epoch,
 )
-from pipeline.distribute import Distribution
-from pipeline.io import DataError, atomic_path, write_json, write_png
-from pipeline.masks import index_to_colour
-from pipeline.model import build_model
+from pipeline.model.distribute import Distribution
+from pipeline.model.network import build_model
+from pipeline.model.train_metrics import make_metrics
 from pipeline.params import Params, TrainParams
-from pipeline.train_metrics import make_metrics
 
 LOG = logging.getLogger(__name__)
 
