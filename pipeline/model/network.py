@@ -3,7 +3,7 @@
 With the reference's knobs (512x512x3, base_filters 16, base_kernels 9, num_layers 8, dropout
 0.05, dilation 1, no BatchNorm, no input normalisation, no working-size cap) this builds the
 reference's exact layer structure and parameter count (124,996,883). The default in
-params.yaml is a smaller, faster configuration chosen by measurement (see README and
+params.yaml is a smaller, faster configuration chosen by measurement (see docs/stages.md#train and
 benchmarks/train_speed.py).
 
 Only `keras` layers and `keras.ops` are used here, so the model runs on any Keras backend.
