@@ -44,6 +44,7 @@ from pipeline.infer.inference import Segmenter
 from pipeline.io import DataError
 from pipeline.synthesize.dicom_series import phantom_slice_dataset
 from pipeline.synthesize.layout import plan_cases
+from pipeline.synthesize.rendering import PhantomSlice
 from tests.conftest import project_params
 from tests.test_dicom import angles, only_series, rotation, run_command, seg_labels
 from tests.test_inference import MODEL_SIZE, numpy_forward, tiny_model  # noqa: F401 (fixture)
@@ -69,6 +70,21 @@ def slice_hu(index: int, size: int = SIZE_PX) -> np.ndarray:
     return hu
 
 
+def rendered_slice(hu: np.ndarray) -> PhantomSlice:
+    """`hu` as the phantom writer takes a slice: no lesion or tissue labels (the DICOM writer
+    reads only the HU and the window), shown in the brain window W 80 / L 40."""
+    no_labels = np.zeros(hu.shape, dtype=np.uint8)
+    return PhantomSlice(
+        hu=hu,
+        clean_hu=hu,
+        baseline_hu=hu,
+        tissue=no_labels,
+        lesion=no_labels.astype(bool),
+        window_level_hu=40.0,
+        window_width_hu=80.0,
+    )
+
+
 def write_series(
     folder: Path, name: str, *, slices: int = 4, size: int = SIZE_PX, edit: Edit | None = None
 ) -> Path:
@@ -77,7 +93,7 @@ def write_series(
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = derived_uid("test-series", name)
     for index in range(slices):
-        ds = phantom_slice_dataset(slice_hu(index, size), SPEC, index, PHANTOM)
+        ds = phantom_slice_dataset(rendered_slice(slice_hu(index, size)), SPEC, index, PHANTOM)
         ds.SeriesInstanceUID = series_uid
         ds.SOPInstanceUID = derived_uid("test-instance", name, index)
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

@@ -238,7 +238,10 @@ def test_installed_command_segments_dicom_folders_and_zips_like_the_project(
             assert (mine.pixel_array == theirs.pixel_array).all()
         else:
             assert content == expected[name], name
-    assert "triage threshold 3.402 mL from " in installed.stderr
+    # Both took the threshold the project's evaluate validated (committed in metrics/).
+    evaluate = json.loads((PROJECT_ROOT / "metrics" / "evaluate.json").read_text())
+    threshold_ml = evaluate["triage_threshold_ml_hemorrhagic"]
+    assert f"triage threshold {threshold_ml:g} mL from " in installed.stderr
 
 
 def test_missing_metadata_and_an_explicit_missing_metrics_file_are_errors(
