@@ -123,6 +123,32 @@ def run_in_project(tmp_path: Path, model: Path, *args: str) -> subprocess.Comple
     )
 
 
+def run_both(
+    stroke_seg: Path,
+    model: Path,
+    tmp_path: Path,
+    arguments: tuple[str, ...],
+    project_arguments: tuple[str, ...] = (),
+) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    """The installed command from an empty folder (output tmp_path/installed) and the project's
+    (output tmp_path/project) on the same inputs; both must succeed."""
+    installed = run_installed(
+        stroke_seg,
+        tmp_path / "elsewhere",
+        *("--model", str(model), *arguments, "--output", str(tmp_path / "installed")),
+    )
+    project = run_in_project(
+        tmp_path,
+        model,
+        *arguments,
+        *project_arguments,
+        *("--output", str(tmp_path / "project")),
+    )
+    assert installed.returncode == 0, installed.stderr
+    assert project.returncode == 0, project.stderr
+    return installed, project
+
+
 def tree(folder: Path) -> dict[str, bytes]:
     return {
         path.relative_to(folder).as_posix(): path.read_bytes()
@@ -166,21 +192,7 @@ def test_installed_command_segments_png_like_the_project(
     shutil.copytree(REAL_SAMPLES, empty / "images")
     arguments = ("--input", str(inputs / "folder"), str(single), str(empty))
 
-    installed = run_installed(
-        stroke_seg,
-        tmp_path / "elsewhere",
-        "--model",
-        str(exported_model),
-        *arguments,
-        "--output",
-        str(tmp_path / "installed"),
-    )
-    project = run_in_project(
-        tmp_path, exported_model, *arguments, "--output", str(tmp_path / "project")
-    )
-
-    assert installed.returncode == 0, installed.stderr
-    assert project.returncode == 0, project.stderr
+    installed, project = run_both(stroke_seg, exported_model, tmp_path, arguments)
     produced = tree(tmp_path / "installed")
     assert len(produced) == 2 * (len(list(REAL_SAMPLES.glob("*.png"))) + 1)
     assert produced == tree(tmp_path / "project")
@@ -202,27 +214,9 @@ def test_installed_command_segments_dicom_folders_and_zips_like_the_project(
         for path in sorted(zipped.rglob("*")):
             bundle.write(path, path.relative_to(zipped).as_posix())
     arguments = ("--input", str(folder), str(archive))
-    installed = run_installed(
-        stroke_seg,
-        tmp_path / "elsewhere",
-        "--model",
-        str(exported_model),
-        *arguments,
-        "--output",
-        str(tmp_path / "installed"),
-    )
     # The project's command, with the evaluate metrics that export copied into the metadata.
-    project = run_in_project(
-        tmp_path,
-        exported_model,
-        *arguments,
-        "--evaluate-metrics",
-        str(PROJECT_ROOT / "metrics" / "evaluate.json"),
-        "--output",
-        str(tmp_path / "project"),
-    )
-    assert installed.returncode == 0, installed.stderr
-    assert project.returncode == 0, project.stderr
+    evaluate_metrics = ("--evaluate-metrics", str(PROJECT_ROOT / "metrics" / "evaluate.json"))
+    installed, _ = run_both(stroke_seg, exported_model, tmp_path, arguments, evaluate_metrics)
     produced, expected = tree(tmp_path / "installed"), tree(tmp_path / "project")
     assert sorted(produced) == sorted(expected)
     assert sum(name.endswith("seg.dcm") for name in produced) == 2
