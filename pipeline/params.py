@@ -158,10 +158,11 @@ class PhantomParams(StrictModel):
     files_per_other_modality: NonNegativeInt
     first_hemorrhagic_case: NonNegativeInt
     first_ischemic_case: NonNegativeInt
-    # Acquisition, drawn per case (the same way for both classes): brain window of the PNGs,
-    # noise std and the cut-off of its filtered-back-projection spectrum (ramp times a Hann
+    # Acquisition, drawn per case (the same way for both classes): the window of the PNGs, as
+    # its lower edge and width (level = low + width / 2: brain windows W 80-120 start near
+    # 0 HU, public exports also come as wide as HU 0-255), noise std and the cut-off of its filtered-back-projection spectrum (ramp times a Hann
     # window; the noise is drawn at half resolution, hence at most 0.25), Gaussian blur.
-    window_level_hu: HuRange
+    window_low_hu: HuRange
     window_width_hu: tuple[PositiveFloat, PositiveFloat]
     noise_hu: HuRange
     noise_cutoff_cycles_per_px: tuple[
@@ -232,7 +233,7 @@ class PhantomParams(StrictModel):
     def _check(self) -> PhantomParams:
         for name in (
             "head_width_share",
-            "window_level_hu",
+            "window_low_hu",
             "window_width_hu",
             "noise_hu",
             "noise_cutoff_cycles_per_px",

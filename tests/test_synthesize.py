@@ -394,7 +394,7 @@ def test_default_size_slice_looks_like_brain_window_ct():
     saturated white 3-15 %, brain median 105-127. Those slices are in W 80 / L 40, so this
     case is too (the default params draw each case's window from a range)."""
     params = project_params(
-        {"phantom": {"window_level_hu": [40.0, 40.0], "window_width_hu": [80.0, 80.0]}}
+        {"phantom": {"window_low_hu": [0.0, 0.0], "window_width_hu": [80.0, 80.0]}}
     ).phantom
     spec = next(c for c in plan_cases(params, seed=42) if c.class_name == "Ischemic")
     rendered = render_slice(build_case(spec, params), index=params.slices_per_case // 2)

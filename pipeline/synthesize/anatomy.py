@@ -403,9 +403,11 @@ def sample_acquisition(rng: np.random.Generator, params: PhantomParams) -> Acqui
     fx = np.fft.rfftfreq(half)[None, :] / 2.0
     radial = np.hypot(fy, fx)
     window = np.where(radial < cutoff, 0.5 + 0.5 * np.cos(np.pi * radial / cutoff), 0.0)
+    low_hu = rng.uniform(*params.window_low_hu)
+    width_hu = rng.uniform(*params.window_width_hu)
     return Acquisition(
-        window_level_hu=rng.uniform(*params.window_level_hu),
-        window_width_hu=rng.uniform(*params.window_width_hu),
+        window_level_hu=low_hu + width_hu / 2.0,
+        window_width_hu=width_hu,
         noise_hu=rng.uniform(*params.noise_hu),
         noise_filter=np.sqrt(radial) * window,
         blur_sigma_px=rng.uniform(*params.blur_sigma_px),
