@@ -7,7 +7,8 @@ Runs `python -m stages.infer --model M --input DIR/images --output OUT` in a sub
 command a user runs, with this project's params.yaml), reads OUT/masks/<name>.png, and scores
 them against DIR/masks/<name> (rgb_map colours; each pixel takes its nearest rgb_map colour, as
 in benchmarks/realism.py). Per lesion class, over the slices whose truth holds it:
-- pooled Dice: 2 sum|T & P| / (sum|T| + sum|P|), pixels summed over those slices;
+- pooled Dice: `pipeline.evaluate.measures.dice` of the pixel counts summed over those slices,
+  2 sum|T & P| / (sum|T| + sum|P|);
 - mean slice Dice, and slices hit: slices where the Dice is above 0 (the prediction of the
   class touches the true lesion);
 - called other class: the share of the true lesion's pixels predicted as another lesion class
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.realism import Slice, read_real_folder  # noqa: E402
+from pipeline.evaluate.measures import NO_OVERLAP, dice, overlap_counts  # noqa: E402
 from pipeline.io import DataError, read_image, write_json  # noqa: E402
 from pipeline.masks import colour_to_index  # noqa: E402
 from pipeline.params import Params, load_params  # noqa: E402
@@ -86,29 +88,24 @@ def read_predictions(real: Sequence[Slice], output: Path, params: Params) -> lis
 def class_scores(slices: Sequence[Scored], index: int) -> dict[str, float | int | None]:
     """The figures of one lesion class (class index `index`); see the module docstring."""
     holding = [item for item in slices if (item.truth == index).any()]
-    overlap = truth_px = predicted_px = other_px = missed_px = 0
+    pooled = NO_OVERLAP
+    other_px = missed_px = 0
     slice_dice = []
     for item in holding:
-        truth, predicted = item.truth == index, item.prediction == index
-        both, truth_here, predicted_here = (
-            int((truth & predicted).sum()),
-            int(truth.sum()),
-            int(predicted.sum()),
-        )
-        slice_dice.append(2 * both / (truth_here + predicted_here))  # truth_here > 0
-        overlap += both
-        truth_px += truth_here
-        predicted_px += predicted_here
+        truth = item.truth == index
+        counts = overlap_counts(truth, item.prediction == index)
+        slice_dice.append(dice(counts))  # not None: the truth holds the class
+        pooled += counts
         other_px += int((truth & (item.prediction != index) & (item.prediction != 0)).sum())
         missed_px += int((truth & (item.prediction == 0)).sum())
     lacking = [item for item in slices if not (item.truth == index).any()]
     return {
         "slices": len(holding),
-        "pooled_dice": 2 * overlap / (truth_px + predicted_px) if holding else None,
+        "pooled_dice": dice(pooled),  # None without a slice holding the class
         "mean_slice_dice": float(np.mean(slice_dice)) if holding else None,
         "slices_hit": sum(value > 0 for value in slice_dice),
-        "called_other_class_share": other_px / truth_px if holding else None,
-        "missed_share": missed_px / truth_px if holding else None,
+        "called_other_class_share": other_px / pooled.truth if holding else None,
+        "missed_share": missed_px / pooled.truth if holding else None,
         "slices_without_class": len(lacking),
         "false_positive_slices": sum((item.prediction == index).any() for item in lacking),
     }

@@ -202,7 +202,7 @@ CLASS_METRICS = (
     "dice", "iou", "hd95_mm", "nsd", "lesion_f1", "test_cases", "triage_threshold_ml",
     "triage_sensitivity", "triage_specificity", "triage_auc", "volume_bias_ml",
     "volume_loa_low_ml", "volume_loa_high_ml", "volume_median_abs_error_ml", "pooled_dice",
-    "pooled_iou", "pooled_hd95_mm", "pooled_nsd", "pooled_lesion_f1",
+    "pooled_iou", "pooled_slice_hd95_mm", "pooled_nsd", "pooled_slice_lesion_f1",
 )  # fmt: skip
 WITH_INTERVALS = ("dice", "iou", "hd95_mm", "nsd", "lesion_f1", "triage_sensitivity",
                   "triage_specificity")  # fmt: skip
@@ -309,8 +309,8 @@ def test_evaluate_writes_every_key_or_a_reason_and_is_deterministic(tmp_path, ti
     assert saved["pooled_lesion_precision_hemorrhagic"] == pytest.approx(2 / 3)
     assert saved["pooled_lesion_recall_hemorrhagic"] == 1.0
     assert saved["pooled_dice_ischemic"] == 0.0
-    assert saved["pooled_hd95_mm_ischemic"] is None
-    assert saved["pooled_hd95_mm_ischemic_null_reason"] == (
+    assert saved["pooled_slice_hd95_mm_ischemic"] is None
+    assert saved["pooled_slice_hd95_mm_ischemic_null_reason"] == (
         "no test slice where both truth and prediction hold ischemic"
     )
     assert saved["pooled_slice_sensitivity_ischemic"] == 0.0
@@ -320,7 +320,7 @@ def test_evaluate_writes_every_key_or_a_reason_and_is_deterministic(tmp_path, ti
     assert lines[0].startswith("categorical_crossentropy,") and lines[1].startswith(
         "dice_coef_multiclass,"
     )
-    assert "pooled_hd95_mm_ischemic," in lines  # null: written empty
+    assert "pooled_slice_hd95_mm_ischemic," in lines  # null: written empty
     cases = pd.read_csv(outputs[0] / "metrics" / "cases.csv")
     assert list(cases["case_id"]) == [1, 2] and list(cases["slices"]) == [2, 3]
     assert cases.loc[0, "dice_hemorrhagic"] == 1.0 and pd.isna(cases.loc[0, "dice_ischemic"])

@@ -16,7 +16,6 @@ from pipeline.evaluate.measures import (
     LesionMatch,
     dice,
     hd95,
-    hd95_medpy,
     iou,
     match_lesions,
     nsd,
@@ -59,8 +58,6 @@ def test_surface_metrics_by_hand():
     np.testing.assert_array_equal(distances[1], [0.0, 20.0])  # prediction to truth
     # Directed 95th percentiles (linear): 0 + 0.95 * 2 and 0 + 0.95 * 20; HD95 the larger.
     assert hd95(distances) == pytest.approx(19.0)
-    # medpy pools the four distances (0, 0, 2, 20): 2 + (0.95 * 3 - 2) * 18.
-    assert hd95_medpy(distances) == pytest.approx(2.0 + 0.85 * 18.0)
     assert nsd(distances, tolerance_mm=2.0) == 3 / 4
 
 

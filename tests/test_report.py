@@ -86,7 +86,8 @@ def test_evaluate_keys_split_into_metric_class_and_bound(key, expected):
         ("training_s", "s"),
         ("train_seconds", "s"),  # train.json before issue 14
         ("test_cases", "cases"),
-        ("pooled_hd95_mm", "mm"),
+        ("pooled_slice_hd95_mm", "mm"),
+        ("pooled_slice_lesion_f1", "score 0-1"),
         ("dice", "score 0-1"),
         ("val_dice", "score 0-1"),
         ("dice_mean", "score 0-1"),

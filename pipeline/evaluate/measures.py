@@ -95,16 +95,10 @@ def surface_distances(
 def hd95(distances: tuple[np.ndarray, np.ndarray]) -> float:
     """HD95 in mm: the larger of the two directed 95th percentiles of the border distances
     (numpy's linear interpolation, as `torch.quantile`), as MONAI's
-    `compute_hausdorff_distance(percentile=95)` and Metrics Reloaded. The per-case headline."""
+    `compute_hausdorff_distance(percentile=95)` and Metrics Reloaded. Not medpy 0.5's `hd95`,
+    which takes one percentile of both sets pooled, where a stray component far off can hide
+    among the other set's distances."""
     return float(max(np.percentile(directed, 95) for directed in distances))
-
-
-def hd95_medpy(distances: tuple[np.ndarray, np.ndarray]) -> float:
-    """medpy 0.5's `hd95` in mm: the 95th percentile (linear interpolation) of both directed
-    distance sets pooled into one. A different figure from `hd95` (a stray component far off
-    can hide among the other set's distances); only the slice-pooled comparison keys
-    `pooled_hd95_mm_*` use it, for comparison with the medpy-based literature."""
-    return float(np.percentile(np.concatenate(distances), 95))
 
 
 def nsd(distances: tuple[np.ndarray, np.ndarray], tolerance_mm: float) -> float:

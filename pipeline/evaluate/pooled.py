@@ -5,8 +5,8 @@ The headline figures are per case (patient) in 3-D: `pipeline/evaluate/scores.py
 test slice is scored on its own with the metrics of `pipeline.evaluate.measures` (None where a
 metric is undefined on that slice, for example Dice when neither mask holds the class;
 callers skip None and say why in the report), and the slices are pooled by summing their
-overlap and lesion counts. The slice HD95 is medpy's (`measures.hd95_medpy`), for comparison
-with the medpy-based literature; lesions are the slices' 8-connected components.
+overlap and lesion counts or by averaging a per-slice figure over the slices where it is
+defined. Lesions are the slices' 8-connected components, so a 3-D lesion counts once per slice.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pipeline.evaluate.measures import (
     LesionMatch,
     OverlapCounts,
     dice,
-    hd95_medpy,
+    hd95,
     iou,
     match_lesions,
     nsd,
@@ -34,30 +34,6 @@ from pipeline.model.train_metrics import REFERENCE_SMOOTH
 NO_LESION = "none"
 # Keras' clipping of probabilities in categorical cross-entropy.
 KERAS_EPSILON = 1e-7
-
-
-@dataclass(frozen=True)
-class DetectionScores:
-    precision: float | None
-    recall: float | None
-    f1: float | None
-
-
-def detection_scores(counts: LesionMatch) -> DetectionScores:
-    """Lesion precision and recall (`LesionMatch`) of the slices' summed lesion counts, and
-    their harmonic mean: the slice-pooled lesion F1 (`pooled_lesion_f1_*`).
-
-    It equals `LesionMatch.f1` (2TP / (2TP + FP + FN), the per-case figure) only where every
-    found truth lesion is matched by exactly one predicted lesion; it is kept as the pooled
-    figure so that its values do not change. F1 is 0 when only one side has lesions (all
-    missed, or all false alarms) and undefined when neither has any.
-    """
-    precision, recall = counts.precision, counts.recall
-    if precision is None and recall is None:
-        return DetectionScores(None, None, None)
-    if precision is None or recall is None or precision + recall == 0.0:
-        return DetectionScores(precision, recall, 0.0)
-    return DetectionScores(precision, recall, 2.0 * precision * recall / (precision + recall))
 
 
 def confusion_matrix(truth: np.ndarray, prediction: np.ndarray, num_classes: int) -> np.ndarray:
@@ -217,7 +193,7 @@ class SegmentationEvaluation:
             in_truth,
             in_prediction,
             dice(counts),
-            None if distances is None else hd95_medpy(distances),
+            None if distances is None else hd95(distances),
             None if distances is None else nsd(distances, self.tolerance_mm),
         )
         if scores.dice is not None:
@@ -250,7 +226,7 @@ class SegmentationEvaluation:
             )
             result[f"pooled_slice_dice_count_{name}"] = len(totals.slice_dice)
             both = f"no test slice where both truth and prediction hold {name}"
-            result.put(f"pooled_hd95_mm_{name}", _mean(totals.hd95), both)
+            result.put(f"pooled_slice_hd95_mm_{name}", _mean(totals.hd95), both)
             result.put(f"pooled_nsd_{name}", _mean(totals.nsd), both)
             result[f"pooled_surface_slice_count_{name}"] = len(totals.hd95)
             self._put_detection(result, name, totals)
@@ -270,18 +246,18 @@ class SegmentationEvaluation:
 
     @staticmethod
     def _put_detection(result: FlatMetrics, name: str, totals: _ClassTotals) -> None:
-        """Lesions as 8-connected components of each slice (2-D fragments of 3-D lesions)."""
+        """Lesions as 8-connected components of each slice (2-D fragments of 3-D lesions),
+        matched on each slice and summed over the slices (`LesionMatch`)."""
         lesions = totals.lesions
-        scores = detection_scores(lesions)
         result.put(
-            f"pooled_lesion_precision_{name}", scores.precision, f"no predicted {name} lesion"
+            f"pooled_lesion_precision_{name}", lesions.precision, f"no predicted {name} lesion"
         )
         result.put(
-            f"pooled_lesion_recall_{name}", scores.recall, f"no {name} lesion in the ground truth"
+            f"pooled_lesion_recall_{name}", lesions.recall, f"no {name} lesion in the ground truth"
         )
         result.put(
-            f"pooled_lesion_f1_{name}",
-            scores.f1,
+            f"pooled_slice_lesion_f1_{name}",
+            lesions.f1,
             f"no {name} lesion in the ground truth or the prediction",
         )
         result[f"pooled_truth_lesions_{name}"] = lesions.truth_lesions

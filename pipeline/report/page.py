@@ -97,12 +97,18 @@ METRICS: dict[str, MetricInfo] = {
     "hd95_mm": MetricInfo(
         "HD95", "mm", "larger of the two directed 95th percentiles of border distances"
     ),
+    "slice_hd95_mm": MetricInfo(
+        "HD95 per slice, mean", "mm", "mean over slices holding the class in P and T"
+    ),
     "nsd": MetricInfo(
         "Normalised surface Dice", SCORE_UNIT, "share of border within the tolerance of the other"
     ),
     "lesion_precision": MetricInfo("Lesion precision", SCORE_UNIT, "predicted lesions that hit"),
     "lesion_recall": MetricInfo("Lesion recall", SCORE_UNIT, "true lesions found"),
     "lesion_f1": MetricInfo("Lesion F1", SCORE_UNIT, "2TP / (2TP + FP + FN) over lesions"),
+    "slice_lesion_f1": MetricInfo(
+        "Lesion F1 (2-D lesions)", SCORE_UNIT, "lesion F1 over each slice's 2-D components"
+    ),
     "slice_sensitivity": MetricInfo(
         "Slice sensitivity", SCORE_UNIT, "slices with the class on which it was predicted"
     ),

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -31,9 +31,6 @@ from pipeline.synthesize.anatomy import (
     ellipse_field,
     pixel_box,
 )
-
-if TYPE_CHECKING:  # a type name only: rendering imports this module
-    from pipeline.synthesize.rendering import CaseModel
 
 # Heights (0 skull base .. 1 vertex) each kind occupies, from where it occurs in patients.
 KIND_HEIGHTS: dict[str, tuple[float, float]] = {
@@ -366,42 +363,57 @@ class Spaces:
     ventricles: np.ndarray
 
 
-def infarct_region(case: CaseModel, index: int, brain: np.ndarray, rho: np.ndarray) -> np.ndarray:
+def infarct_region(
+    lesions: Sequence[Lesion],
+    anatomy: Anatomy,
+    grid: CaseGrid,
+    index: int,
+    brain: np.ndarray,
+    rho: np.ndarray,
+) -> np.ndarray:
     """Where the case's infarcts cut slice `index`, before the parenchyma is known (the
     caller effaces the sulci there); `add_lesions` keeps its parenchyma."""
     region = np.zeros(brain.shape, dtype=bool)
-    for lesion in case.lesions:
+    for lesion in lesions:
         t = lesion.height(index)
         if t is not None and not lesion.hemorrhagic:
-            region |= _infarct_shape(lesion, case, t, rho)
+            region |= _infarct_shape(lesion, anatomy, grid, t, rho)
     return region & brain
 
 
-def _infarct_shape(lesion: Lesion, case: CaseModel, t: float, rho: np.ndarray) -> np.ndarray:
-    region = _blob_region(lesion, case.anatomy, case.grid, t)
+def _infarct_shape(
+    lesion: Lesion, anatomy: Anatomy, grid: CaseGrid, t: float, rho: np.ndarray
+) -> np.ndarray:
+    region = _blob_region(lesion, anatomy, grid, t)
     if lesion.wedge is not None:
-        region |= _wedge_region(lesion, lesion.wedge, case.grid, rho, t)
+        region |= _wedge_region(lesion, lesion.wedge, grid, rho, t)
     return region
 
 
 def add_lesions(
-    hu: np.ndarray, tissue: np.ndarray, case: CaseModel, index: int, spaces: Spaces
+    hu: np.ndarray,
+    tissue: np.ndarray,
+    lesions: Sequence[Lesion],
+    anatomy: Anatomy,
+    grid: CaseGrid,
+    params: PhantomParams,
+    index: int,
+    spaces: Spaces,
 ) -> np.ndarray:
     """Paint the case's lesions on slice `index` and return their mask: exactly the pixels
     they changed. Unlabelled context (the oedema rim of a hemorrhage, the scalp swelling over
     an epidural haematoma) goes on before the caller copies the baseline, so call
     `add_context` first. A hemorrhage replaces whatever the cranial cavity holds; an infarct
     lowers the parenchyma of its region by a drop within `ischemic_drop_hu`."""
-    params, grid = case.params, case.grid
     mask = np.zeros(hu.shape, dtype=bool)
-    for lesion in case.lesions:
+    for lesion in lesions:
         t = lesion.height(index)
         if t is None:
             continue
         fill = np.float32(lesion.fill(index))
         if lesion.hemorrhagic:
             # Calcifications and vessels stay visible within a bleed.
-            region = hemorrhage_region(lesion, case, t, spaces) & ~mask
+            region = hemorrhage_region(lesion, anatomy, grid, t, spaces) & ~mask
             region &= ~np.isin(tissue, (Tissue.BONE, Tissue.VESSEL))
             variation = wave_noise(lesion.waves[2:], grid.u[region], grid.v[region], t)
             bleed = np.clip(
@@ -411,7 +423,7 @@ def add_lesions(
             hu[region] += fill * (bleed - hu[region])
             tissue[region] = Tissue.HEMORRHAGE
         else:
-            region = _infarct_shape(lesion, case, t, spaces.rho) & spaces.brain & ~mask
+            region = _infarct_shape(lesion, anatomy, grid, t, spaces.rho) & spaces.brain & ~mask
             region &= np.isin(tissue, PARENCHYMA)
             low, high = params.ischemic_drop_hu
             variation = wave_noise(lesion.waves[2:], grid.u[region], grid.v[region], t)
@@ -425,28 +437,31 @@ def add_lesions(
 def add_context(
     hu: np.ndarray,
     tissue: np.ndarray,
-    case: CaseModel,
+    lesions: Sequence[Lesion],
+    anatomy: Anatomy,
+    grid: CaseGrid,
+    params: PhantomParams,
     index: int,
     spaces: Spaces,
     head: np.ndarray,
 ) -> None:
     """Unlabelled changes a lesion brings: an oedema rim below parenchyma around a
     hemorrhage, a scalp haematoma over an epidural one."""
-    scale = case.anatomy.px_scale
-    low = np.float32(case.params.parenchyma_hu[0])
-    for lesion in case.lesions:
+    scale = anatomy.px_scale
+    low = np.float32(params.parenchyma_hu[0])
+    for lesion in lesions:
         t = lesion.height(index)
         if t is None or not lesion.hemorrhagic:
             continue
         if lesion.oedema_px > 0.0:
-            region = hemorrhage_region(lesion, case, t, spaces)
+            region = hemorrhage_region(lesion, anatomy, grid, t, spaces)
             reach = max(1, round(lesion.oedema_px * scale))
             kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
             rim = cv2.dilate(region.astype(np.uint8), kernel).astype(bool) & ~region
             rim &= np.isin(tissue, PARENCHYMA)
             hu[rim] = np.maximum(hu[rim] - np.float32(lesion.oedema_drop_hu), low)
         if lesion.kind == "epidural" and lesion.shell is not None:
-            offset = _angle_offset(case.grid.angle, lesion.shell.angle)
+            offset = _angle_offset(grid.angle, lesion.shell.angle)
             swelling = head & (spaces.inner_depth < 0.0) & (offset < lesion.shell.half_angle)
             swelling &= np.isin(tissue, (Tissue.FAT, Tissue.SOFT_TISSUE))
             hu[swelling] = SCALP_HAEMATOMA_HU
@@ -479,10 +494,11 @@ def _blob_region(lesion: Lesion, anatomy: Anatomy, grid: CaseGrid, t: float) -> 
     return region
 
 
-def hemorrhage_region(lesion: Lesion, case: CaseModel, t: float, spaces: Spaces) -> np.ndarray:
+def hemorrhage_region(
+    lesion: Lesion, anatomy: Anatomy, grid: CaseGrid, t: float, spaces: Spaces
+) -> np.ndarray:
     """Blobs in the parenchyma or ventricles, a shell along the skull, or the blood-filled CSF
     spaces of a sector, within the cranial cavity."""
-    anatomy, grid = case.anatomy, case.grid
     region = _blob_region(lesion, anatomy, grid, t)
     if lesion.layer is not None:  # blood sinks: below the level along gravity (image down)
         cos, sin = np.float32(math.cos(anatomy.rotation)), np.float32(math.sin(anatomy.rotation))

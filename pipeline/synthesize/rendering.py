@@ -194,7 +194,7 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     _paint_tubes(ventricles, grid, anatomy, anatomy.ventricles, z)
     _paint_ellipsoids(ventricles, grid, anatomy, anatomy.small_ventricles, z)
     ventricles &= brain & (surface_depth > 3.0 * scale)
-    infarct = infarct_region(case, index, brain, head.rho)
+    infarct = infarct_region(case.lesions, anatomy, grid, index, brain, head.rho)
     open_sulci &= ~infarct  # swelling effaces the sulci of an infarct
     outer_csf = (brain_space & ~brain) | (brain & (open_sulci | fissure | cisterns))
 
@@ -216,9 +216,9 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     spaces = Spaces(
         brain_space, brain, head.inner_depth, head.rho, outer_csf & brain_space, ventricles
     )
-    add_context(hu, tissue, case, index, spaces, head.head)
+    add_context(hu, tissue, case.lesions, anatomy, grid, params, index, spaces, head.head)
     baseline_hu = hu.copy()
-    lesion = add_lesions(hu, tissue, case, index, spaces)
+    lesion = add_lesions(hu, tissue, case.lesions, anatomy, grid, params, index, spaces)
     acquisition = case.acquisition
     sigma = acquisition.blur_sigma_px * size / REFERENCE_SIZE  # the scanner's, not the head's
     blurred = cv2.GaussianBlur(hu, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE) if sigma else hu
