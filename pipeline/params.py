@@ -160,8 +160,9 @@ class PhantomParams(StrictModel):
     first_ischemic_case: NonNegativeInt
     # Acquisition, drawn per case (the same way for both classes): the window of the PNGs, as
     # its lower edge and width (level = low + width / 2: brain windows W 80-120 start near
-    # 0 HU, public exports also come as wide as HU 0-255), noise std and the cut-off of its filtered-back-projection spectrum (ramp times a Hann
-    # window; the noise is drawn at half resolution, hence at most 0.25), Gaussian blur.
+    # 0 HU, public exports also come as wide as HU 0-255), noise std and the cut-off of its
+    # filtered-back-projection spectrum (ramp times a Hann window; the noise is drawn at half
+    # resolution, hence at most 0.25), Gaussian blur.
     window_low_hu: HuRange
     window_width_hu: tuple[PositiveFloat, PositiveFloat]
     noise_hu: HuRange
