@@ -198,7 +198,7 @@ def format_report(result: dict) -> str:
             values += [result["spread"][key][name] for name in ("mean", "sd", "min", "max")]
             rows.append((key, *(format_figure(key, value) for value in values)))
         lines += [heading, *aligned_table(rows), ""]
-    first = result["figures"][seeds[0]] if seeds else {}
+    first = result["figures"][seeds[0]]  # the test cases and real slices are those of every seed
     labels = result["labels"]
     lines.append(
         "phantom figures: the training and test rows come from the phantom's validation slices "
@@ -285,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
             result = measure(arguments, labels, arguments.output or Path(scratch))
     except (DataError, ParamsError) as error:
         sys.exit(f"training_seeds: {error}")
+    if not result["figures"]:
+        sys.exit("training_seeds: every seed failed (their messages are above)")
     print(format_report(result))
     if arguments.json:
         write_json(arguments.json, result)
