@@ -10,12 +10,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.numerics import baseline_opencv
+from pipeline.numerics import baseline_opencv, cos_f32
 from pipeline.params import PhantomParams
 from pipeline.synthesize.anatomy import (
     AIR_HU,
     BASE_TOP,
     FAT_HU,
+    LENS_HU,
     MUSCLE_HU,
     REFERENCE_SIZE,
     SKIN_HU,
@@ -92,9 +93,14 @@ class _SkullBase:
     bone: np.ndarray
     air: np.ndarray
     fat: np.ndarray
-    eyes: np.ndarray
+    eyes: np.ndarray  # vitreous
+    lens: np.ndarray
+    muscle: np.ndarray  # extraocular muscles
     csf: np.ndarray
     posterior_fossa: np.ndarray
+    brainstem: np.ndarray
+    folia: np.ndarray  # the fine sulci of the cerebellum
+    beam_hardening_hu: np.ndarray  # drop of parenchyma in the band between the petrous bones
 
 
 def _paint_ellipsoids(
@@ -178,7 +184,16 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
         _set(hu, tissue, head.head & skull_base.air, AIR_HU, Tissue.AIR)
         _set(hu, tissue, head.head & skull_base.fat, FAT_HU, Tissue.FAT)
         _set(hu, tissue, head.head & skull_base.eyes, VITREOUS_HU, Tissue.SOFT_TISSUE)
-        brain_space &= ~(skull_base.bone | skull_base.air | skull_base.fat | skull_base.eyes)
+        _set(hu, tissue, head.head & skull_base.lens, LENS_HU, Tissue.SOFT_TISSUE)
+        _set(hu, tissue, head.head & skull_base.muscle, MUSCLE_HU, Tissue.SOFT_TISSUE)
+        brain_space &= ~(
+            skull_base.bone
+            | skull_base.air
+            | skull_base.fat
+            | skull_base.eyes
+            | skull_base.lens
+            | skull_base.muscle
+        )
 
     # Brain: surface, sulci, fissures, cisterns and ventricles.
     gap_px = anatomy.gap_px * (1.0 + 1.5 * float(smoothstep(0.6, 0.95, z)))
@@ -205,6 +220,8 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
         + np.float32(anatomy.grey_hu - anatomy.white_hu) * grey[solid]
         + np.float32(params.texture_hu) * _texture(case, index)[solid]
     )
+    if skull_base is not None:  # beam hardening, clipped where parenchyma is clipped too
+        parenchyma_hu -= skull_base.beam_hardening_hu[solid]
     hu[solid] = np.clip(parenchyma_hu, *params.parenchyma_hu)
     tissue[solid] = np.where(grey[solid] >= 0.5, Tissue.GREY_MATTER, Tissue.WHITE_MATTER)
     _set(hu, tissue, outer_csf | ventricles, anatomy.csf_hu, Tissue.CSF)
@@ -321,7 +338,8 @@ def _grey_share(
 ) -> np.ndarray:
     """Share of grey matter per pixel (0 white .. 1 grey): a cortex ribbon of the case's
     thickness along the brain surface, sulci and fissures (`cortex_source` is zero there),
-    the deep nuclei, and a uniform cerebellum."""
+    the deep nuclei, and the posterior fossa: cerebellum between grey and white, striped by
+    its folia at white-matter density, and a white-matter brainstem."""
     anatomy = case.anatomy
     scale = anatomy.px_scale
     depth = cv2.distanceTransform(
@@ -336,6 +354,8 @@ def _grey_share(
     if skull_base is not None:
         fossa = skull_base.posterior_fossa
         grey[fossa] = 0.55 + 0.35 * grey[fossa]
+        grey[skull_base.folia] = 0.1
+        grey[skull_base.brainstem] = 0.2
     return grey
 
 
@@ -427,7 +447,7 @@ def _interhemispheric(
 
 def _basal_cisterns(grid: CaseGrid, anatomy: Anatomy, z: float) -> np.ndarray:
     """Suprasellar, ambient and quadrigeminal cisterns around the midbrain."""
-    weight = float(smoothstep(0.05, 0.11, z) * smoothstep(0.25, 0.17, z))
+    weight = float(smoothstep(0.09, 0.15, z) * smoothstep(0.25, 0.17, z))  # above the pons
     if weight <= 0.0:
         return np.zeros(grid.u.shape, dtype=bool)
     elongation = anatomy.elongation
@@ -438,57 +458,149 @@ def _basal_cisterns(grid: CaseGrid, anatomy: Anatomy, z: float) -> np.ndarray:
     return ambient | suprasellar | quadrigeminal
 
 
+def _air_cells(
+    u: np.ndarray, v: np.ndarray, warp: tuple[np.ndarray, np.ndarray], cell: float
+) -> np.ndarray:
+    """Air cells about `cell` head units wide, between thin bony septa: septa along three
+    directions 60 degrees apart (triangular cells), bent by the case's smooth warp fields so
+    the cells are irregular."""
+    bent_u = u + np.float32(0.9 * cell) * warp[0]
+    bent_v = v + np.float32(0.9 * cell) * warp[1]
+    cells = np.ones(u.shape, dtype=bool)
+    for direction in (0.0, math.pi / 3, 2 * math.pi / 3):
+        along = bent_u * np.float32(math.cos(direction) / cell)
+        along += bent_v * np.float32(math.sin(direction) / cell)
+        cells &= along - np.floor(along) > np.float32(0.16)
+    return cells
+
+
 def _skull_base(grid: CaseGrid, anatomy: Anatomy, z: float, base: float) -> _SkullBase:
-    """Bone islands, air cells, orbits and posterior fossa of the lowest slices."""
+    """Orbits, sinuses, petrous bones with mastoid air cells, and the posterior fossa
+    (brainstem, fourth ventricle, cerebellar folia) of the lowest slices; what lies between
+    them (the temporal lobes in the middle fossae, the cerebellar hemispheres) is brain."""
     u, v = grid.u, grid.v
+    shape = anatomy.skull_base
     elongation = anatomy.elongation
     size = u.shape[0]
-    porous = cv2.resize(anatomy.porosity, (size, size), interpolation=cv2.INTER_LINEAR)
+    warp = (
+        cv2.resize(shape.cell_warp[0], (size, size), interpolation=cv2.INTER_LINEAR),
+        cv2.resize(shape.cell_warp[1], (size, size), interpolation=cv2.INTER_LINEAR),
+    )
     bone = np.zeros(u.shape, dtype=bool)
     air = np.zeros_like(bone)
     posterior_fossa = np.zeros_like(bone)
     csf = np.zeros_like(bone)
+    brainstem = np.zeros_like(bone)
+    folia = np.zeros_like(bone)
+    band = np.zeros(u.shape, dtype=np.float32)
     if base >= 0.35:  # below that only thin slivers of these bones would be left
-        # Petrous ridges, from the clivus back and out to the mastoids (air cells laterally).
-        start_v, end_v = -0.05 * elongation, 0.3 * elongation
-        for side in (1, -1):
-            distance, along = _segment_distance(u, v, (side * 0.1, start_v), (side * 0.8, end_v))
-            ridge = distance < (0.03 + 0.12 * along) * base * (0.8 + 0.4 * porous)
-            bone |= ridge
-            air |= ridge & (along > 0.55) & (porous > 0.58)
-        slope = (end_v - start_v) / 0.7
-        posterior_fossa = v > start_v + slope * (np.abs(u) - 0.1)
-        bone |= np.hypot(u / 0.075, (v + 0.12 * elongation) / 0.1) < base  # clivus
-        # Between the cerebellar hemispheres: the vallecula and cisterna magna.
-        csf = posterior_fossa & (
-            (np.hypot(u / 0.05, (v - 0.84 * elongation) / 0.07) < 1.0)
-            | ((np.abs(u) < 0.012) & (v > 0.6 * elongation))
+        # Petrous ridges, from the clivus back and out to the mastoids: a bony ridge that
+        # widens laterally, ending in the mastoid air cells behind the ear.
+        start_v = -0.04 * elongation
+        turn = math.cos(shape.petrous_angle), math.sin(shape.petrous_angle)
+        reach_u, reach_v = 0.68, 0.32 * elongation
+        end = (
+            0.12 + reach_u * turn[0] - reach_v * turn[1],
+            start_v + reach_u * turn[1] + reach_v * turn[0],
         )
+        mastoid_cells = _air_cells(u, v, warp, shape.mastoid_cell)
+        for side in (1, -1):
+            distance, along = _segment_distance(
+                u, v, (side * 0.12, start_v), (side * end[0], end[1])
+            )
+            ridge = distance < (0.03 + 0.07 * along + 0.01 * warp[0]) * base
+            bone |= ridge
+            mastoid = np.hypot(
+                (u - side * (end[0] - 0.06)) / 0.15, (v - end[1] - 0.02 * elongation) / 0.14
+            ) < math.sqrt(base)
+            bone |= mastoid
+            # Pneumatised: the mastoid and the lateral half of the ridge hold air cells.
+            air |= (mastoid | (ridge & (along > 0.5))) & mastoid_cells
+        slope = (end[1] - start_v) / (end[0] - 0.12)
+        posterior_fossa = v > start_v + slope * (np.abs(u) - 0.12)
+        bone |= np.hypot(u / 0.075, (v + 0.12 * elongation) / 0.09) < base  # clivus
+        # The pons behind the clivus, the prepontine cistern between them; the fourth
+        # ventricle behind the pons is one of anatomy.MIDLINE_VENTRICLES.
+        pons = np.hypot(u / 0.15, (v - 0.15 * elongation) / 0.12) / (0.8 + 0.2 * base)
+        brainstem = posterior_fossa & (pons < 1.0)
+        csf = (pons >= 1.0) & (pons < 1.08) & (v < 0.1 * elongation)
+        # Between the cerebellar hemispheres: the vallecula and cisterna magna.
+        csf |= (np.hypot(u / 0.05, (v - 0.84 * elongation) / 0.07) < 1.0) | (
+            (np.abs(u) < 0.012) & (v > 0.6 * elongation)
+        )
+        # Folia: fine sulci curving around each hemisphere's root beside the fourth
+        # ventricle (meeting at an angle over the vermis), bent by the warp field.
+        around = np.hypot(np.abs(u) - np.float32(0.15), v - np.float32(0.3 * elongation))
+        around += np.float32(shape.folia_period) * warp[1]
+        phase = around * np.float32(2 * np.pi / shape.folia_period) + np.float32(shape.folia_phase)
+        folia = posterior_fossa & ~brainstem & (cos_f32(phase) > np.float32(0.75))
+        # Beam hardening: a dark band along the line between the petrous bones.
+        centre_v = start_v + 0.5 * (end[1] - start_v) + 0.1 * elongation
+        across = smoothstep(0.75, 0.4, np.abs(u))
+        band = across * np.exp(-(((v - np.float32(centre_v)) / np.float32(0.12)) ** 2))
+        band *= np.float32(shape.beam_hardening_hu * base)
     fat = np.zeros_like(bone)
     eyes = np.zeros_like(bone)
+    lens = np.zeros_like(bone)
+    muscle = np.zeros_like(bone)
     face = float(smoothstep(0.12, 0.04, z))
     if face > 0.0:
-        # Orbits (globe in fat, in a bony socket) either side of the ethmoid air cells,
-        # the sphenoid sinus behind them, the greater sphenoid wings towards the temples.
+        # Orbits: a globe (vitreous, with its lens in front) in retro-orbital fat that narrows
+        # back to the apex, the medial and lateral recti along it, in a bony socket; the
+        # ethmoid air cells between the orbits, the sphenoid sinus behind them, the greater
+        # sphenoid wings towards the temples.
         front = v < (-0.5 + 0.35 * u * u) * elongation
         sockets = np.zeros_like(bone)
+        globe_radius = 0.15 * math.sqrt(face)
         for side in (1, -1):
             radius = np.hypot(u - side * 0.4, v + 0.62 * elongation)
-            eyes |= radius < 0.15 * math.sqrt(face)
-            fat |= radius < 0.22 * math.sqrt(face)
-            sockets |= radius < 0.3 * face
+            eyes |= radius < globe_radius
+            lens |= np.hypot(
+                (u - side * 0.4) / 0.05, (v + 0.62 * elongation + 0.8 * globe_radius) / 0.025
+            ) < math.sqrt(face)
+            apex, along = _segment_distance(
+                u, v, (side * 0.4, -0.62 * elongation), (side * 0.18, -0.36 * elongation)
+            )
+            cone = apex < 0.2 * math.sqrt(face) * (1.0 - 0.6 * along)
+            fat |= (radius < 0.22 * math.sqrt(face)) | cone
+            for wall in (-1, 1):  # medial and lateral rectus
+                rectus, _ = _segment_distance(
+                    u,
+                    v,
+                    (side * (0.4 + wall * 0.13), -0.58 * elongation),
+                    (side * (0.18 + wall * 0.03), -0.38 * elongation),
+                )
+                muscle |= cone & (rectus < 0.025 * face)
+            sockets |= (radius < 0.3 * face) | (apex < 0.27 * face * (1.0 - 0.5 * along))
             wing, _ = _segment_distance(
                 u, v, (side * 0.16, -0.34 * elongation), (side * 0.7, -0.44 * elongation)
             )
             bone |= wing < 0.035 * face
-        fat &= ~eyes
+        eyes &= ~lens
+        fat &= ~(eyes | lens | muscle)
         midline = (np.abs(u) < 0.1 + 0.1 * smoothstep(-0.3, -0.6, v / elongation)) & (
             v < -0.3 * elongation
         )
-        ethmoid = (np.abs(u) < 0.14) & (v < -0.52 * elongation) & (porous > 0.45)
+        ethmoid = (np.abs(u) < 0.12) & (v < -0.5 * elongation)
+        ethmoid &= _air_cells(u, v, warp, shape.ethmoid_cell)
         sphenoid = np.hypot(u / 0.12, (v + 0.38 * elongation) / 0.08) < face
-        air |= (ethmoid | sphenoid) & ~fat & ~eyes
-        bone |= front & (sockets | midline) & ~fat & ~eyes
+        sphenoid &= np.abs(u - np.float32(shape.sphenoid_septum_u)) > 0.012
+        orbit = eyes | lens | fat | muscle
+        air |= (ethmoid | sphenoid) & ~orbit
+        bone |= front & (sockets | midline) & ~orbit
     bone &= ~air
     posterior_fossa &= ~bone & ~air
-    return _SkullBase(bone, air, fat, eyes, csf & posterior_fossa, posterior_fossa)
+    band[~posterior_fossa] = 0.0
+    return _SkullBase(
+        bone,
+        air,
+        fat,
+        eyes,
+        lens,
+        muscle,
+        csf & posterior_fossa,
+        posterior_fossa,
+        brainstem & posterior_fossa,
+        folia & posterior_fossa,
+        band,
+    )
