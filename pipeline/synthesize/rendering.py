@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.numerics import baseline_opencv, cos_f32
+from pipeline.numerics import baseline_opencv, cos_f32, exp_f32
 from pipeline.params import PhantomParams
 from pipeline.synthesize.anatomy import (
     AIR_HU,
@@ -578,7 +578,7 @@ def _posterior_skull_base(
     centre_v = np.float32(start_v + 0.5 * (end[1] - start_v) + 0.1 * elongation)
     rows, columns = np.nonzero(fossa)
     fu, fv = u[rows, columns], v[rows, columns]
-    band = smoothstep(0.75, 0.4, np.abs(fu)) * np.exp(-(((fv - centre_v) / np.float32(0.12)) ** 2))
+    band = smoothstep(0.75, 0.4, np.abs(fu)) * exp_f32(-(((fv - centre_v) / np.float32(0.12)) ** 2))
     parts.beam_hardening_hu[box][rows, columns] = band * np.float32(shape.beam_hardening_hu * base)
 
 
