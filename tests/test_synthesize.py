@@ -557,6 +557,22 @@ def test_beam_hardening_darkens_parenchyma_between_the_petrous_bones():
     assert darkened > 100
 
 
+def test_the_tentorium_shows_above_the_petrous_ridges():
+    """Falx-dense lines off the midline, in the back half, between heights 0.1 and 0.3."""
+    params = small_params(image_size=256, slices_per_case=16)
+    seen = 0
+    for spec in plan_cases(params, seed=5)[:4]:
+        case = build_case(spec, params)
+        for index, z in enumerate(case.anatomy.heights):
+            if not 0.12 < z < 0.28:
+                continue
+            tissue = render_slice(case, index).tissue
+            off_midline = (tissue == Tissue.FALX) & (np.abs(case.grid.u) > 0.1)
+            assert np.any(off_midline & (case.grid.v > 0.2)), z
+            seen += 1
+    assert seen >= 4
+
+
 def test_posterior_fossa_infarcts_lie_in_the_cerebellum_or_brainstem():
     """A posterior-fossa infarct, on slices with petrous ridges, lies behind them: in a
     cerebellar hemisphere or the brainstem, not in the temporal lobes or bone."""

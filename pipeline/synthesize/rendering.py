@@ -201,6 +201,7 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     surface_depth = head.inner_depth - np.float32(gap_px)
     open_sulci, sulcal_lines = _sulci(anatomy, grid, index, surface_depth, scale)
     fissure, falx = _interhemispheric(anatomy, grid, z, brain, scale)
+    falx |= _tentorium(grid, anatomy, z, scale) & brain
     cisterns = np.zeros_like(brain)
     _paint_tubes(cisterns, grid, anatomy, anatomy.fissures, z)
     if skull_base is not None:
@@ -443,6 +444,25 @@ def _interhemispheric(
     falx = along & (offset_px < 0.8 * scale) & (z > 0.12)
     fissure = along & (offset_px < half_width) & ~falx
     return fissure, falx
+
+
+def _tentorium(grid: CaseGrid, anatomy: Anatomy, z: float, scale: float) -> np.ndarray:
+    """The tentorium above the petrous ridges, as dense as the falx: a V from beside the
+    midbrain back to the straight sinus at the midline, narrowing as the slices rise."""
+    tentorium = np.zeros(grid.u.shape, dtype=bool)
+    rise = (z - 0.1) / 0.2
+    if not 0.0 < rise < 1.0:
+        return tentorium
+    elongation = anatomy.elongation
+    apex = (0.0, 0.78 * elongation)
+    half_width = np.float32(0.8 * scale / anatomy.half_width_px)  # the falx's, in head units
+    for side in (1, -1):
+        start = (side * (0.45 - 0.33 * rise), (0.1 + 0.35 * rise) * elongation)
+        box = pixel_box(anatomy, np.array([start, apex]), 0.0, tentorium.shape[0])
+        if box is not None:
+            distance, _ = _segment_distance(grid.u[box], grid.v[box], start, apex)
+            tentorium[box] |= distance < half_width
+    return tentorium
 
 
 def _basal_cisterns(grid: CaseGrid, anatomy: Anatomy, z: float) -> np.ndarray:
