@@ -116,7 +116,7 @@ class SkullBase:
     """The random part of a case's skull base and posterior fossa (head units unless named)."""
 
     cell_warp: np.ndarray  # (2, g, g) smooth fields, unit std, that bend the air cells' septa
-    ethmoid_cell: float  # air-cell size in the ethmoid and in the mastoids
+    ethmoid_cell: float  # air-cell sizes in the ethmoid and in the mastoids
     mastoid_cell: float
     sphenoid_septum_u: float  # where the septum splits the sphenoid sinus
     petrous_angle: float  # radians the petrous ridges turn from their mean direction
