@@ -36,6 +36,7 @@ from pipeline.synthesize.rendering import (
     CaseModel,
     PhantomSlice,
     _skull_base,
+    _tentorium_points,
     build_case,
     render_slice,
 )
@@ -574,21 +575,38 @@ def test_the_tentorium_shows_above_the_petrous_ridges():
 
 
 def test_posterior_fossa_infarcts_lie_in_the_cerebellum_or_brainstem():
-    """A posterior-fossa infarct, on slices with petrous ridges, lies behind them: in a
-    cerebellar hemisphere or the brainstem, not in the temporal lobes or bone."""
+    """A posterior-fossa infarct lies behind the petrous ridges on the slices that have them
+    (in a cerebellar hemisphere or the brainstem, not in the temporal lobes or bone), and
+    mostly below the tentorium (inside its V) on the slices above them."""
     territories = {kind: 0.0 for kind in ISCHEMIA_TERRITORIES} | {"posterior_fossa": 1.0}
-    slices = _skull_base_slices(
+    overrides = dict(
         hemorrhagic_cases=2,
         ischemic_cases=6,
         ischemia_territory_share=territories,
         extra_lesion_probability=0.0,
     )
     lesion_px = 0
-    for case, index, rendered in slices:
+    for case, index, rendered in _skull_base_slices(**overrides):
         fossa = _skull_base_at(case, index)
         assert not np.any(rendered.lesion & ~fossa.posterior_fossa)
         lesion_px += int(rendered.lesion.sum())
     assert lesion_px > 500
+    params = small_params(image_size=256, slices_per_case=12, **overrides)
+    below = above = 0
+    for spec in [spec for spec in plan_cases(params, seed=5) if spec.class_name == "Ischemic"]:
+        case = build_case(spec, params)
+        for index, z in enumerate(case.anatomy.heights):
+            rise = (z - 0.1) / 0.2
+            if not 0.0 < rise < 1.0:
+                continue
+            lesion = render_slice(case, index).lesion
+            points = np.array(_tentorium_points(rise))
+            v = case.grid.v[lesion] / case.anatomy.elongation
+            edge_u = np.interp(v, points[:, 1], points[:, 0], left=-1.0, right=-1.0)
+            inside = np.abs(case.grid.u[lesion]) < edge_u
+            below += int(inside.sum())
+            above += int((~inside).sum())
+    assert below > 500 and below > 4 * above
 
 
 def test_nuisance_factors_do_not_depend_on_the_class():

@@ -3,6 +3,7 @@ height, then blurred, given noise and windowed to 8-bit by the caller."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -446,22 +447,34 @@ def _interhemispheric(
     return fissure, falx
 
 
+def _tentorium_points(rise: float) -> tuple[tuple[float, float], ...]:
+    """The tentorium's line on one side at `rise` (0 at height 0.1 .. 1 at 0.3), as (u, v over
+    the elongation) points: from beside the midbrain back along the cerebellum to the
+    straight sinus at the midline. Low down it follows the back of the skull round the
+    cerebellar hemispheres; higher up it closes in on the vermis."""
+    return (
+        (0.45 - 0.3 * rise, 0.1 + 0.3 * rise),
+        (0.75 - 0.55 * rise, 0.6 + 0.05 * rise),
+        (0.0, 0.82),
+    )
+
+
 def _tentorium(grid: CaseGrid, anatomy: Anatomy, z: float, scale: float) -> np.ndarray:
-    """The tentorium above the petrous ridges, as dense as the falx: a V from beside the
-    midbrain back to the straight sinus at the midline, narrowing as the slices rise."""
+    """The tentorium above the petrous ridges, as dense as the falx (`_tentorium_points`)."""
     tentorium = np.zeros(grid.u.shape, dtype=bool)
     rise = (z - 0.1) / 0.2
     if not 0.0 < rise < 1.0:
         return tentorium
     elongation = anatomy.elongation
-    apex = (0.0, 0.78 * elongation)
     half_width = np.float32(0.8 * scale / anatomy.half_width_px)  # the falx's, in head units
+    points = _tentorium_points(rise)
     for side in (1, -1):
-        start = (side * (0.45 - 0.33 * rise), (0.1 + 0.35 * rise) * elongation)
-        box = pixel_box(anatomy, np.array([start, apex]), 0.0, tentorium.shape[0])
-        if box is not None:
-            distance, _ = _segment_distance(grid.u[box], grid.v[box], start, apex)
-            tentorium[box] |= distance < half_width
+        line = [(side * u, v * elongation) for u, v in points]
+        for start, end in itertools.pairwise(line):
+            box = pixel_box(anatomy, np.array([start, end]), 0.0, tentorium.shape[0])
+            if box is not None:
+                distance, _ = _segment_distance(grid.u[box], grid.v[box], start, end)
+                tentorium[box] |= distance < half_width
     return tentorium
 
 
