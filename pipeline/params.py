@@ -179,6 +179,9 @@ class PhantomParams(StrictModel):
     parenchyma_hu: HuRange
     texture_hu: Annotated[float, Field(ge=0.0, le=10.0)]
     falx_hu: float
+    # Dark beam-hardening band between the petrous bones across the posterior fossa: the drop
+    # of parenchyma at its centre, drawn per case (docs/phantom.md).
+    beam_hardening_hu: tuple[NonNegativeFloat, NonNegativeFloat]
     # Lesions (docs/phantom.md, for each range's source): the share of each kind, the
     # density of each hemorrhage subtype, a case's spread around it (std) and the bleed's
     # internal texture (std); every bleed within hemorrhage_hu. An infarct lowers parenchyma
@@ -251,6 +254,7 @@ class PhantomParams(StrictModel):
             "calcification_hu",
             "sinus_hu",
             "periventricular_drop_hu",
+            "beam_hardening_hu",
         ):
             _ordered_range(getattr(self, name), name)
         _shares(self.hemorrhage_subtype_share, HEMORRHAGE_SUBTYPES, "hemorrhage_subtype_share")
