@@ -147,9 +147,10 @@ class PhantomParams(StrictModel):
     head_width_share: ShareRange
     rotation_max_deg: Annotated[float, Field(ge=0.0, le=45.0)]
     centre_shift_share: Annotated[float, Field(ge=0.0, le=0.2)]
-    # Masked cases (21 - 1 and 28) split 0.5 / 0.2 / 0.3 give test 6 + 8 and valid 4 + 6
-    # cases: enough patients per class for intervals and triage, while train keeps 448
-    # slices after augmentation (544 before), so `make repro` stays near 6 minutes.
+    # Masked cases (42 - 1 and 56) split 0.5 / 0.2 / 0.3 give test 12 + 17 and valid 8 + 11
+    # cases and 896 training slices after augmentation (784 before). Twice the cases of
+    # 21 and 28 was the largest gain on real slices of all the defaults tried (docs/phantom.md,
+    # "Choosing the defaults"), and `make repro` stays under 10 minutes on 2 cores.
     hemorrhagic_cases: PositiveInt
     ischemic_cases: PositiveInt
     slices_per_case: Annotated[int, Field(ge=4, le=64)]
