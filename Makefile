@@ -55,9 +55,11 @@ system-packages:
 
 # These two measure against a folder of real slices (--real DIR), which a clone does not hold.
 REAL_CT_BENCHMARKS := benchmarks/realism.py benchmarks/real_transfer.py
+# This one needs a workspace after `dvc repro` and trains the model once per seed.
+WORKSPACE_BENCHMARKS := benchmarks/training_seeds.py
 
 bench: setup
-	set -e; for script in $(filter-out $(REAL_CT_BENCHMARKS),$(wildcard benchmarks/*.py)); do \
+	set -e; for script in $(filter-out $(REAL_CT_BENCHMARKS) $(WORKSPACE_BENCHMARKS),$(wildcard benchmarks/*.py)); do \
 	  echo "== $$script"; python $$script; done
 
 lint: setup

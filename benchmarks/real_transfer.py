@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.realism import Slice, read_real_folder  # noqa: E402
+from benchmarks.realism import Slice, aligned_table, read_real_folder  # noqa: E402
 from pipeline.evaluate.measures import NO_OVERLAP, dice, overlap_counts  # noqa: E402
 from pipeline.io import DataError, read_image, write_json  # noqa: E402
 from pipeline.masks import colour_to_index  # noqa: E402
@@ -152,13 +152,7 @@ def format_table(table: dict[str, dict]) -> str:
                     f"{row['false_positive_slices']}/{row['slices_without_class']}",
                 )
             )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+    return "\n".join(aligned_table(rows))
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -579,6 +579,18 @@ def format_side(side: dict) -> str:
     )
 
 
+def aligned_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Plain-text lines of `rows` (the first is the header) in left-aligned columns, a rule of
+    dashes under the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return lines
+
+
 def format_table(result: dict) -> str:
     header = (
         "feature",
@@ -600,12 +612,7 @@ def format_table(result: dict) -> str:
                 format_number(row["wasserstein_per_real_sd"]),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
+    lines = aligned_table(rows)
     classifier = result["classifier"]
     leaning = sorted(classifier["weights"].items(), key=lambda item: -abs(item[1]))[:5]
     lines += [

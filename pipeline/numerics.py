@@ -53,5 +53,9 @@ def cos_f32(x: np.ndarray) -> np.ndarray:
     return np.cos(x, dtype=np.float64).astype(np.float32)
 
 
+def exp_f32(x: np.ndarray) -> np.ndarray:
+    return np.exp(x, dtype=np.float64).astype(np.float32)
+
+
 def arctan2_f32(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.arctan2(y, x, dtype=np.float64).astype(np.float32)

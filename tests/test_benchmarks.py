@@ -38,6 +38,7 @@ from tests.conftest import (
     project_params,
     tool_env,
 )
+from tests.test_augment import folder_hashes
 
 BENCHMARKS = sorted(path.name for path in (PROJECT_ROOT / "benchmarks").glob("*_*.py"))
 
@@ -391,3 +392,64 @@ def test_the_classifier_auc_is_near_half_for_one_distribution_and_near_one_for_t
     assert apart["auc"] > 0.9 and apart["auc_min"] <= apart["auc"] <= apart["auc_max"]
     weights = np.abs(apart["weights"])
     assert weights.argmax() == 3  # the feature that differs carries the classifier
+
+
+# ---- the spread over training seeds (benchmarks/training_seeds.py) ---------------------------
+
+
+def test_training_seeds_train_and_evaluate_each_seed_beside_the_workspace(tmp_path: Path) -> None:
+    """Two seeds on a tiny project after `dvc repro` of its data stages, then one of them again
+    with the transfer check on phantom slices: each seed's own figures, the same figures for
+    the same seed, and the workspace's outputs untouched."""
+    project = create_project(tmp_path / "project")  # the tiny test params: 1 epoch
+    project.dvc("repro", "augment")  # what train and evaluate read
+    outputs = ("models", "metrics", "dvclive", "reports")
+    before = {name: folder_hashes(project.path / name) for name in outputs}
+    lesions = project_params().lesion_classes
+    labels = [lesion.label for lesion in lesions]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(PROJECT_ROOT / "benchmarks/training_seeds.py"), *args]
+        return subprocess.run(
+            command, cwd=project.path, env=tool_env(), capture_output=True, text=True
+        )
+
+    done = run("--seeds", "1", "2", "--output", "seeds", "--json", str(tmp_path / "two.json"))
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert list(two["figures"]) == ["1", "2"] and two["failed"] == {}
+    for seed in ("1", "2"):
+        figures = two["figures"][seed]
+        for label in labels:
+            assert 0 <= figures[f"dice_{label}_ci_low"] <= figures[f"dice_{label}"] <= 1
+            assert figures[f"dice_{label}"] <= figures[f"dice_{label}_ci_high"] <= 1
+            assert f"lesion_f1_{label}" in figures and f"triage_auc_{label}" in figures
+        assert figures["epochs"] == 1 and figures["best_epoch"] == 1
+        assert (project.path / "seeds" / f"seed_{seed}" / "model.keras").is_file()
+    # The seed reaches training: another initialisation, another validation loss.
+    assert two["figures"]["1"]["val_loss"] != two["figures"]["2"]["val_loss"]
+    assert two["spread"]["val_dice_mean"]["seeds"] == 2
+    assert "seed 1" in done.stdout and "seed 2" in done.stdout and "SD" in done.stdout
+    assert "phantom test cases" in done.stdout and "not from real CT" in done.stdout
+
+    drawn = realism.read_phantom(project.path / "data/raw/phantom.zip", project_params(), 4, 0)
+    real = write_real_folder(tmp_path / "real", drawn.slices, project_params().palette)
+    again = run(
+        *("--seeds", "2", "--output", str(tmp_path / "again"), "--real", str(real)),
+        *("--json", str(tmp_path / "again.json")),
+    )
+
+    assert again.returncode == 0, again.stderr[-3000:]
+    repeated = json.loads((tmp_path / "again.json").read_text())["figures"]["2"]
+    timing = {"training_s", "train_images_per_s"}
+    first = two["figures"]["2"]
+    assert {k: v for k, v in first.items() if k not in timing} == {
+        k: v for k, v in repeated.items() if k not in timing and not k.startswith("real_")
+    }
+    for lesion in lesions:
+        held = sum((item.labels == lesion.index).any() for item in drawn.slices)
+        assert repeated[f"real_slices_{lesion.label}"] == held
+        assert 0 <= repeated[f"real_slices_hit_{lesion.label}"] <= held
+    assert "real slices of" in again.stdout
+    assert {name: folder_hashes(project.path / name) for name in outputs} == before

@@ -18,13 +18,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.io import SPACING_FILE, parse_spacing_json, window_to_uint8
-from pipeline.params import ParamsError, PhantomParams
-from pipeline.synthesize.anatomy import PARENCHYMA, Tissue
+from pipeline.params import ISCHEMIA_TERRITORIES, ParamsError, PhantomParams
+from pipeline.synthesize.anatomy import (
+    BASE_TOP,
+    LENS_HU,
+    MUSCLE_HU,
+    PARENCHYMA,
+    VITREOUS_HU,
+    Tissue,
+    smoothstep,
+)
 from pipeline.synthesize.archive import SortedZipWriter, synthesize_archive
 from pipeline.synthesize.layout import ARCHIVE_ROOT, CT_DATA_ROOT, plan_cases
 from pipeline.synthesize.lesions import KIND_HEIGHTS
 from pipeline.synthesize.montage import phantom_montage
-from pipeline.synthesize.rendering import PhantomSlice, build_case, render_slice
+from pipeline.synthesize.rendering import (
+    CaseModel,
+    PhantomSlice,
+    _skull_base,
+    _tentorium_points,
+    build_case,
+    render_slice,
+)
 from pipeline.synthesize.statistics import lesion_contrast_hu, summarise
 from tests.conftest import project_params, run_stage_command
 
@@ -139,7 +154,14 @@ def test_tissue_densities_follow_the_params(rendered_slices):
 
 
 def test_cortex_is_brighter_than_white_matter(rendered_slices):
-    for _, _, rendered in rendered_slices:
+    """Above the skull base: below it the grey label also holds the cerebellum, between grey
+    and white, and the white one its folia and the brainstem."""
+    heights = {}
+    for position, (params, spec, rendered) in enumerate(rendered_slices):
+        if spec not in heights:
+            heights[spec] = build_case(spec, params).anatomy.heights
+        if heights[spec][position % params.slices_per_case] < BASE_TOP:
+            continue
         grey = rendered.clean_hu[rendered.tissue == Tissue.GREY_MATTER]
         white = rendered.clean_hu[rendered.tissue == Tissue.WHITE_MATTER]
         if grey.size > 50 and white.size > 50:
@@ -394,7 +416,7 @@ def test_default_size_slice_looks_like_brain_window_ct():
     saturated white 3-15 %, brain median 105-127. Those slices are in W 80 / L 40, so this
     case is too (the default params draw each case's window from a range)."""
     params = project_params(
-        {"phantom": {"window_level_hu": [40.0, 40.0], "window_width_hu": [80.0, 80.0]}}
+        {"phantom": {"window_low_hu": [0.0, 0.0], "window_width_hu": [80.0, 80.0]}}
     ).phantom
     spec = next(c for c in plan_cases(params, seed=42) if c.class_name == "Ischemic")
     rendered = render_slice(build_case(spec, params), index=params.slices_per_case // 2)
@@ -462,12 +484,129 @@ NUISANCE_FACTORS = {
     "sinus density": lambda case: case.anatomy.lookalikes.sinus_hu,
     "artery density": lambda case: case.anatomy.lookalikes.artery_hu,
     "periventricular": lambda case: case.anatomy.lookalikes.periventricular_drop_hu,
+    "petrous ridges": lambda case: case.anatomy.skull_base.petrous_angle,
+    "air cells": lambda case: case.anatomy.skull_base.mastoid_cell,
+    "folia": lambda case: case.anatomy.skull_base.folia_period,
+    "beam hardening": lambda case: case.anatomy.skull_base.beam_hardening_hu,
     "window level": lambda case: case.acquisition.window_level_hu,
     "window width": lambda case: case.acquisition.window_width_hu,
     "noise": lambda case: case.acquisition.noise_hu,
     "noise cut-off": lambda case: float(case.acquisition.noise_filter.argmin()),
     "blur": lambda case: case.acquisition.blur_sigma_px,
 }
+
+
+def _skull_base_slices(
+    class_name: str = "Ischemic", **overrides: object
+) -> list[tuple[CaseModel, int, PhantomSlice]]:
+    """The slices of four cases of a class at 256 px where the petrous ridges are drawn."""
+    params = small_params(image_size=256, slices_per_case=12, **overrides)
+    found = []
+    for spec in [spec for spec in plan_cases(params, seed=5) if spec.class_name == class_name][:4]:
+        case = build_case(spec, params)
+        for index, z in enumerate(case.anatomy.heights):
+            if smoothstep(BASE_TOP, 0.02, z) >= 0.35:
+                found.append((case, index, render_slice(case, index)))
+    return found
+
+
+def _skull_base_at(case: CaseModel, index: int):
+    """The skull-base structures `render_slice` draws on slice `index`."""
+    z = float(case.anatomy.heights[index])
+    return _skull_base(case.grid, case.anatomy, z, float(smoothstep(BASE_TOP, 0.02, z)))
+
+
+def test_skull_base_slices_hold_orbits_air_cells_and_posterior_fossa():
+    """The lowest slice shows globes with a denser lens in retro-orbital fat and muscle, air
+    cells (many small pockets of air, with bony septa between them), the fourth ventricle
+    and a cerebellum striped by its folia (without beam hardening, which darkens both)."""
+    for case, index, rendered in _skull_base_slices(beam_hardening_hu=[0.0, 0.0]):
+        if index > 0:
+            continue
+        tissue, clean = rendered.tissue, rendered.clean_hu
+        soft = tissue == Tissue.SOFT_TISSUE
+        assert np.any(soft & (clean == LENS_HU)) and np.any(soft & (clean == VITREOUS_HU))
+        assert np.any(soft & (clean == MUSCLE_HU)) and np.any(tissue == Tissue.FAT)
+        head_air = (tissue == Tissue.AIR) & (rendered.baseline_hu < -900)
+        head = cv2.morphologyEx(
+            (tissue != Tissue.AIR).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((9, 9), np.uint8)
+        )
+        pockets, _ = cv2.connectedComponents((head_air & (head > 0)).astype(np.uint8))
+        assert pockets - 1 >= 20, "air cells: many pockets split by septa"
+        fossa = _skull_base_at(case, index)
+        cerebellum = fossa.posterior_fossa & ~fossa.brainstem & np.isin(tissue, PARENCHYMA)
+        folia = cerebellum & fossa.folia
+        assert folia.sum() > 0.1 * cerebellum.sum()
+        assert clean[folia].mean() < clean[cerebellum & ~fossa.folia].mean() - 2.0
+
+
+def test_beam_hardening_darkens_parenchyma_between_the_petrous_bones():
+    """The band lowers parenchyma by at most the case's drop (its centre at full skull base),
+    never below phantom.parenchyma_hu, in the posterior fossa only; nothing else changes."""
+    plain = _skull_base_slices(beam_hardening_hu=[0.0, 0.0])
+    dark = _skull_base_slices(beam_hardening_hu=[12.0, 12.0])
+    assert len(plain) == len(dark) > 0
+    darkened = 0
+    for (case, index, before), (_, _, after) in zip(plain, dark, strict=True):
+        drop = before.baseline_hu - after.baseline_hu
+        assert np.all((drop >= 0.0) & (drop <= 12.0 + 1e-4))
+        assert np.all(after.baseline_hu[drop > 0] >= case.params.parenchyma_hu[0])
+        assert np.array_equal(before.tissue, after.tissue)
+        fossa = _skull_base_at(case, index)
+        assert not np.any((drop > 0) & ~fossa.posterior_fossa)
+        darkened += int(np.count_nonzero(drop > 2.0))
+    assert darkened > 100
+
+
+def test_the_tentorium_shows_above_the_petrous_ridges():
+    """Falx-dense lines off the midline, in the back half, between heights 0.1 and 0.3."""
+    params = small_params(image_size=256, slices_per_case=16)
+    seen = 0
+    for spec in plan_cases(params, seed=5)[:4]:
+        case = build_case(spec, params)
+        for index, z in enumerate(case.anatomy.heights):
+            if not 0.12 < z < 0.28:
+                continue
+            tissue = render_slice(case, index).tissue
+            off_midline = (tissue == Tissue.FALX) & (np.abs(case.grid.u) > 0.1)
+            assert np.any(off_midline & (case.grid.v > 0.2)), z
+            seen += 1
+    assert seen >= 4
+
+
+def test_posterior_fossa_infarcts_lie_in_the_cerebellum_or_brainstem():
+    """A posterior-fossa infarct lies behind the petrous ridges on the slices that have them
+    (in a cerebellar hemisphere or the brainstem, not in the temporal lobes or bone), and
+    mostly below the tentorium (inside its V) on the slices above them."""
+    territories = {kind: 0.0 for kind in ISCHEMIA_TERRITORIES} | {"posterior_fossa": 1.0}
+    overrides = dict(
+        hemorrhagic_cases=2,
+        ischemic_cases=6,
+        ischemia_territory_share=territories,
+        extra_lesion_probability=0.0,
+    )
+    lesion_px = 0
+    for case, index, rendered in _skull_base_slices(**overrides):
+        fossa = _skull_base_at(case, index)
+        assert not np.any(rendered.lesion & ~fossa.posterior_fossa)
+        lesion_px += int(rendered.lesion.sum())
+    assert lesion_px > 500
+    params = small_params(image_size=256, slices_per_case=12, **overrides)
+    below = above = 0
+    for spec in [spec for spec in plan_cases(params, seed=5) if spec.class_name == "Ischemic"]:
+        case = build_case(spec, params)
+        for index, z in enumerate(case.anatomy.heights):
+            rise = (z - 0.1) / 0.2
+            if not 0.0 < rise < 1.0:
+                continue
+            lesion = render_slice(case, index).lesion
+            points = np.array(_tentorium_points(rise))
+            v = case.grid.v[lesion] / case.anatomy.elongation
+            edge_u = np.interp(v, points[:, 1], points[:, 0], left=-1.0, right=-1.0)
+            inside = np.abs(case.grid.u[lesion]) < edge_u
+            below += int(inside.sum())
+            above += int((~inside).sum())
+    assert below > 500 and below > 4 * above
 
 
 def test_nuisance_factors_do_not_depend_on_the_class():

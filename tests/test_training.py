@@ -427,6 +427,33 @@ def test_an_interrupted_run_resumes_after_its_last_completed_epoch(tmp_path: Pat
     assert paths.model.is_file() and not paths.backup_dir.exists()
 
 
+def test_a_checkpoint_of_other_params_is_not_resumed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run killed under other params (here a wider model, whose weights cannot even load
+    into this one) leaves its checkpoint behind; the next run starts over instead of failing
+    or mixing the two runs."""
+    paths = write_tiny_project(tmp_path)
+    wider = project_params(
+        {
+            "image_size": SIZE,
+            "lr": 0.01,
+            "model": {"base_filters": 8, "num_layers": 3},
+            "train": {"epochs": 3, "batch_size": 4},
+        }
+    )
+    with pytest.raises(Interrupted):
+        run_train(wider, paths, extra_callbacks=[InterruptAfterEpoch(1)])
+    assert (paths.backup_dir / "checkpoints/epoch_0001").is_dir()
+
+    seen = EpochsSeen()
+    with caplog.at_level(logging.WARNING, logger="pipeline.model.training"):
+        summary = run_train(tiny_params(epochs=3), paths, extra_callbacks=[seen])
+    assert seen.epochs == [0, 1, 2] and summary["epochs"] == 3
+    assert "of a run with other params or slices; starting over" in caplog.text
+    assert paths.model.is_file() and not paths.backup_dir.exists()
+
+
 def test_a_finished_checkpoint_is_published_without_training_again(tmp_path: Path) -> None:
     paths = write_tiny_project(tmp_path)
     params = tiny_params(epochs=1)

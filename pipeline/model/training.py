@@ -21,6 +21,7 @@ when training has finished, each atomically.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import logging
 import os
@@ -229,6 +230,9 @@ class TrainingState:
     best_epoch: int = 0  # 1-based; 0 = none yet
     best_value: float | None = None
     stopped_early: bool = False
+    # sha256 of the params and slices the epochs were trained with (`run_fingerprint`): a
+    # checkpoint of another run is never resumed.
+    fingerprint: str = ""
 
 
 class CheckpointStore:
@@ -697,6 +701,17 @@ def train_model(
         return train_on_worker(params, paths, distribution, extra_callbacks)
 
 
+def run_fingerprint(params: Params, tables) -> str:
+    """sha256 of everything that decides the trained weights besides the code: the params
+    training reads and the ids of its training and validation slices."""
+    identity = (
+        [params.seed, params.lr, params.image_size, params.palette],
+        [params.model.model_dump(), params.train.model_dump()],
+        [sorted(tables.train["id"]), sorted(tables.valid["id"])],
+    )
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def train_on_worker(
     params: Params,
     paths: TrainPaths,
@@ -705,9 +720,19 @@ def train_on_worker(
 ) -> dict[str, object]:
     """`train_model` on one worker, writing `paths`."""
     tables = read_training_tables(paths.augmented_manifest, paths.split_manifest)
+    fingerprint = run_fingerprint(params, tables)
     store = CheckpointStore(paths.backup_dir / "checkpoints")
     latest = store.latest()
-    state = latest[1] if latest else TrainingState()
+    if latest and latest[1].fingerprint != fingerprint:
+        # A run killed under other params or data (an experiment abandoned half-way): its
+        # weights may not even fit this model, and resuming would mix two runs.
+        LOG.warning(
+            f"train: {store.root} holds {latest[1].epochs_done} epoch(s) of a run with other "
+            "params or slices; starting over"
+        )
+        shutil.rmtree(store.root)
+        latest = None
+    state = latest[1] if latest else TrainingState(fingerprint=fingerprint)
     distribution.require_same_on_all_workers(
         state.epochs_done,
         f"the epochs completed in {store.root}",
@@ -715,11 +740,7 @@ def train_on_worker(
         "shares, or delete it on every node to start over",
     )
     distribution.require_same_on_all_workers(
-        (
-            [params.seed, params.lr, params.image_size, params.palette],
-            [params.model.model_dump(), params.train.model_dump()],
-            [sorted(tables.train["id"]), sorted(tables.valid["id"])],
-        ),
+        fingerprint,
         "the params and slices they train on (fingerprints)",
         "run every worker with the same code, params.yaml and data",
     )

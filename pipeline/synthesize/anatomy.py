@@ -29,6 +29,9 @@ FAT_HU = -90.0
 SKIN_HU = 45.0
 MUSCLE_HU = 42.0
 VITREOUS_HU = 12.0
+# The lens is denser than the vitreous (about 100 HU in real scans); kept at the top of the
+# soft-tissue range, where every window but the widest already shows it near white.
+LENS_HU = 58.0
 TABLE_HU = 400.0
 
 
@@ -103,9 +106,23 @@ class Anatomy:
     csf_hu: float
     texture: np.ndarray  # (slices, g, g) smooth parenchyma texture, unit std
     folding: np.ndarray  # (slices, g, g) smooth field that bends the sulci, unit std
-    porosity: np.ndarray  # (g, g) field whose high values are air cells in the skull base
+    skull_base: SkullBase
     table: tuple[float, float, float] | None  # lowest point y, radius, thickness (px)
     lookalikes: LookAlikes
+
+
+@dataclass(frozen=True)
+class SkullBase:
+    """The random part of a case's skull base and posterior fossa (head units unless named)."""
+
+    cell_warp: np.ndarray  # (2, g, g) smooth fields, unit std, that bend the air cells' septa
+    ethmoid_cell: float  # air-cell sizes in the ethmoid and in the mastoids
+    mastoid_cell: float
+    sphenoid_septum_u: float  # where the septum splits the sphenoid sinus
+    petrous_angle: float  # radians the petrous ridges turn from their mean direction
+    folia_period: float  # spacing of the cerebellar folia
+    folia_phase: float
+    beam_hardening_hu: float  # drop at the centre of the dark band between the petrous bones
 
 
 @dataclass(frozen=True)
@@ -316,9 +333,24 @@ def sample_anatomy(rng: np.random.Generator, params: PhantomParams) -> Anatomy:
         ),
         texture=texture[2:-2],
         folding=folding[2:-2],
-        porosity=rng.uniform(0.0, 1.0, size=(85, 85)).astype(np.float32),
+        skull_base=_sample_skull_base(rng, params),
         table=table,
         lookalikes=_sample_lookalikes(rng, params, elongation, atrophy),
+    )
+
+
+def _sample_skull_base(rng: np.random.Generator, params: PhantomParams) -> SkullBase:
+    warp = rng.standard_normal((2, 24, 24), dtype=np.float32)
+    warp = np.stack([cv2.GaussianBlur(plane, (0, 0), 1.2) for plane in warp])
+    return SkullBase(
+        cell_warp=warp / max(float(warp.std()), 1e-6),
+        ethmoid_cell=rng.uniform(0.06, 0.09),
+        mastoid_cell=rng.uniform(0.045, 0.07),
+        sphenoid_septum_u=rng.normal(0.0, 0.03),
+        petrous_angle=rng.normal(0.0, 0.06),
+        folia_period=rng.uniform(0.028, 0.04),
+        folia_phase=rng.uniform(0.0, 2 * np.pi),
+        beam_hardening_hu=rng.uniform(*params.beam_hardening_hu),
     )
 
 
@@ -403,9 +435,11 @@ def sample_acquisition(rng: np.random.Generator, params: PhantomParams) -> Acqui
     fx = np.fft.rfftfreq(half)[None, :] / 2.0
     radial = np.hypot(fy, fx)
     window = np.where(radial < cutoff, 0.5 + 0.5 * np.cos(np.pi * radial / cutoff), 0.0)
+    low_hu = rng.uniform(*params.window_low_hu)
+    width_hu = rng.uniform(*params.window_width_hu)
     return Acquisition(
-        window_level_hu=rng.uniform(*params.window_level_hu),
-        window_width_hu=rng.uniform(*params.window_width_hu),
+        window_level_hu=low_hu + width_hu / 2.0,
+        window_width_hu=width_hu,
         noise_hu=rng.uniform(*params.noise_hu),
         noise_filter=np.sqrt(radial) * window,
         blur_sigma_px=rng.uniform(*params.blur_sigma_px),

@@ -3,6 +3,7 @@ height, then blurred, given noise and windowed to 8-bit by the caller."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,12 +11,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.numerics import baseline_opencv
+from pipeline.numerics import baseline_opencv, cos_f32, exp_f32
 from pipeline.params import PhantomParams
 from pipeline.synthesize.anatomy import (
     AIR_HU,
     BASE_TOP,
     FAT_HU,
+    LENS_HU,
     MUSCLE_HU,
     REFERENCE_SIZE,
     SKIN_HU,
@@ -92,9 +94,14 @@ class _SkullBase:
     bone: np.ndarray
     air: np.ndarray
     fat: np.ndarray
-    eyes: np.ndarray
+    eyes: np.ndarray  # vitreous
+    lens: np.ndarray
+    muscle: np.ndarray  # extraocular muscles
     csf: np.ndarray
     posterior_fossa: np.ndarray
+    brainstem: np.ndarray
+    folia: np.ndarray  # the fine sulci of the cerebellum
+    beam_hardening_hu: np.ndarray  # drop of parenchyma in the band between the petrous bones
 
 
 def _paint_ellipsoids(
@@ -178,7 +185,16 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
         _set(hu, tissue, head.head & skull_base.air, AIR_HU, Tissue.AIR)
         _set(hu, tissue, head.head & skull_base.fat, FAT_HU, Tissue.FAT)
         _set(hu, tissue, head.head & skull_base.eyes, VITREOUS_HU, Tissue.SOFT_TISSUE)
-        brain_space &= ~(skull_base.bone | skull_base.air | skull_base.fat | skull_base.eyes)
+        _set(hu, tissue, head.head & skull_base.lens, LENS_HU, Tissue.SOFT_TISSUE)
+        _set(hu, tissue, head.head & skull_base.muscle, MUSCLE_HU, Tissue.SOFT_TISSUE)
+        brain_space &= ~(
+            skull_base.bone
+            | skull_base.air
+            | skull_base.fat
+            | skull_base.eyes
+            | skull_base.lens
+            | skull_base.muscle
+        )
 
     # Brain: surface, sulci, fissures, cisterns and ventricles.
     gap_px = anatomy.gap_px * (1.0 + 1.5 * float(smoothstep(0.6, 0.95, z)))
@@ -186,6 +202,7 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     surface_depth = head.inner_depth - np.float32(gap_px)
     open_sulci, sulcal_lines = _sulci(anatomy, grid, index, surface_depth, scale)
     fissure, falx = _interhemispheric(anatomy, grid, z, brain, scale)
+    falx |= _tentorium(grid, anatomy, z, scale) & brain
     cisterns = np.zeros_like(brain)
     _paint_tubes(cisterns, grid, anatomy, anatomy.fissures, z)
     if skull_base is not None:
@@ -205,6 +222,8 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
         + np.float32(anatomy.grey_hu - anatomy.white_hu) * grey[solid]
         + np.float32(params.texture_hu) * _texture(case, index)[solid]
     )
+    if skull_base is not None:  # beam hardening, clipped where parenchyma is clipped too
+        parenchyma_hu -= skull_base.beam_hardening_hu[solid]
     hu[solid] = np.clip(parenchyma_hu, *params.parenchyma_hu)
     tissue[solid] = np.where(grey[solid] >= 0.5, Tissue.GREY_MATTER, Tissue.WHITE_MATTER)
     _set(hu, tissue, outer_csf | ventricles, anatomy.csf_hu, Tissue.CSF)
@@ -321,7 +340,8 @@ def _grey_share(
 ) -> np.ndarray:
     """Share of grey matter per pixel (0 white .. 1 grey): a cortex ribbon of the case's
     thickness along the brain surface, sulci and fissures (`cortex_source` is zero there),
-    the deep nuclei, and a uniform cerebellum."""
+    the deep nuclei, and the posterior fossa: cerebellum between grey and white, striped by
+    its folia at white-matter density, and a white-matter brainstem."""
     anatomy = case.anatomy
     scale = anatomy.px_scale
     depth = cv2.distanceTransform(
@@ -336,6 +356,8 @@ def _grey_share(
     if skull_base is not None:
         fossa = skull_base.posterior_fossa
         grey[fossa] = 0.55 + 0.35 * grey[fossa]
+        grey[skull_base.folia] = 0.1
+        grey[skull_base.brainstem] = 0.2
     return grey
 
 
@@ -425,9 +447,40 @@ def _interhemispheric(
     return fissure, falx
 
 
+def _tentorium_points(rise: float) -> tuple[tuple[float, float], ...]:
+    """The tentorium's line on one side at `rise` (0 at height 0.1 .. 1 at 0.3), as (u, v over
+    the elongation) points: from beside the midbrain back along the cerebellum to the
+    straight sinus at the midline. Low down it follows the back of the skull round the
+    cerebellar hemispheres; higher up it closes in on the vermis."""
+    return (
+        (0.45 - 0.3 * rise, 0.1 + 0.3 * rise),
+        (0.75 - 0.55 * rise, 0.6 + 0.05 * rise),
+        (0.0, 0.82),
+    )
+
+
+def _tentorium(grid: CaseGrid, anatomy: Anatomy, z: float, scale: float) -> np.ndarray:
+    """The tentorium above the petrous ridges, as dense as the falx (`_tentorium_points`)."""
+    tentorium = np.zeros(grid.u.shape, dtype=bool)
+    rise = (z - 0.1) / 0.2
+    if not 0.0 < rise < 1.0:
+        return tentorium
+    elongation = anatomy.elongation
+    half_width = np.float32(0.8 * scale / anatomy.half_width_px)  # the falx's, in head units
+    points = _tentorium_points(rise)
+    for side in (1, -1):
+        line = [(side * u, v * elongation) for u, v in points]
+        for start, end in itertools.pairwise(line):
+            box = pixel_box(anatomy, np.array([start, end]), 0.0, tentorium.shape[0])
+            if box is not None:
+                distance, _ = _segment_distance(grid.u[box], grid.v[box], start, end)
+                tentorium[box] |= distance < half_width
+    return tentorium
+
+
 def _basal_cisterns(grid: CaseGrid, anatomy: Anatomy, z: float) -> np.ndarray:
     """Suprasellar, ambient and quadrigeminal cisterns around the midbrain."""
-    weight = float(smoothstep(0.05, 0.11, z) * smoothstep(0.25, 0.17, z))
+    weight = float(smoothstep(0.09, 0.15, z) * smoothstep(0.25, 0.17, z))  # above the pons
     if weight <= 0.0:
         return np.zeros(grid.u.shape, dtype=bool)
     elongation = anatomy.elongation
@@ -438,57 +491,183 @@ def _basal_cisterns(grid: CaseGrid, anatomy: Anatomy, z: float) -> np.ndarray:
     return ambient | suprasellar | quadrigeminal
 
 
+def _paint_air_cells(
+    air: np.ndarray,
+    region: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    warp: tuple[np.ndarray, np.ndarray],
+    cell: float,
+) -> None:
+    """Set `air` in `region` where it holds air cells about `cell` head units wide, between
+    thin bony septa: septa along three directions 60 degrees apart (triangular cells), bent
+    by the case's smooth warp fields so the cells are irregular."""
+    rows, columns = np.nonzero(region)
+    bent_u = u[rows, columns] + np.float32(0.9 * cell) * warp[0][rows, columns]
+    bent_v = v[rows, columns] + np.float32(0.9 * cell) * warp[1][rows, columns]
+    cells = np.ones(rows.shape, dtype=bool)
+    for direction in (0.0, math.pi / 3, 2 * math.pi / 3):
+        along = bent_u * np.float32(math.cos(direction) / cell)
+        along += bent_v * np.float32(math.sin(direction) / cell)
+        cells &= along - np.floor(along) > np.float32(0.16)
+    air[rows[cells], columns[cells]] = True
+
+
+def _box_corners(u_range: tuple[float, float], v_range: tuple[float, float]) -> np.ndarray:
+    """The four corners of a head-unit rectangle, for `pixel_box` (rotation included)."""
+    return np.array([(u, v) for u in u_range for v in v_range])
+
+
 def _skull_base(grid: CaseGrid, anatomy: Anatomy, z: float, base: float) -> _SkullBase:
-    """Bone islands, air cells, orbits and posterior fossa of the lowest slices."""
-    u, v = grid.u, grid.v
+    """Orbits, sinuses, petrous bones with mastoid air cells, and the posterior fossa
+    (brainstem, fourth ventricle, cerebellar folia) of the lowest slices; what lies between
+    them (the temporal lobes in the middle fossae, the cerebellar hemispheres) is brain.
+    Each part is computed in the pixel box it can reach, the air cells, folia and beam
+    hardening on their regions' pixels only (speed)."""
+    size = grid.u.shape[0]
+    shape = anatomy.skull_base
+    warp = (
+        cv2.resize(shape.cell_warp[0], (size, size), interpolation=cv2.INTER_LINEAR),
+        cv2.resize(shape.cell_warp[1], (size, size), interpolation=cv2.INTER_LINEAR),
+    )
+    parts = _SkullBase(
+        *(np.zeros((size, size), dtype=bool) for _ in range(10)),
+        beam_hardening_hu=np.zeros((size, size), dtype=np.float32),
+    )
     elongation = anatomy.elongation
-    size = u.shape[0]
-    porous = cv2.resize(anatomy.porosity, (size, size), interpolation=cv2.INTER_LINEAR)
-    bone = np.zeros(u.shape, dtype=bool)
-    air = np.zeros_like(bone)
-    posterior_fossa = np.zeros_like(bone)
-    csf = np.zeros_like(bone)
     if base >= 0.35:  # below that only thin slivers of these bones would be left
-        # Petrous ridges, from the clivus back and out to the mastoids (air cells laterally).
-        start_v, end_v = -0.05 * elongation, 0.3 * elongation
-        for side in (1, -1):
-            distance, along = _segment_distance(u, v, (side * 0.1, start_v), (side * 0.8, end_v))
-            ridge = distance < (0.03 + 0.12 * along) * base * (0.8 + 0.4 * porous)
-            bone |= ridge
-            air |= ridge & (along > 0.55) & (porous > 0.58)
-        slope = (end_v - start_v) / 0.7
-        posterior_fossa = v > start_v + slope * (np.abs(u) - 0.1)
-        bone |= np.hypot(u / 0.075, (v + 0.12 * elongation) / 0.1) < base  # clivus
-        # Between the cerebellar hemispheres: the vallecula and cisterna magna.
-        csf = posterior_fossa & (
-            (np.hypot(u / 0.05, (v - 0.84 * elongation) / 0.07) < 1.0)
-            | ((np.abs(u) < 0.012) & (v > 0.6 * elongation))
-        )
-    fat = np.zeros_like(bone)
-    eyes = np.zeros_like(bone)
+        corners = _box_corners((-1.1, 1.1), (-0.3 * elongation, 1.1 * elongation))
+        box = pixel_box(anatomy, corners, 0.0, size)
+        if box is not None:
+            _posterior_skull_base(grid, anatomy, base, box, warp, parts)
     face = float(smoothstep(0.12, 0.04, z))
     if face > 0.0:
-        # Orbits (globe in fat, in a bony socket) either side of the ethmoid air cells,
-        # the sphenoid sinus behind them, the greater sphenoid wings towards the temples.
-        front = v < (-0.5 + 0.35 * u * u) * elongation
-        sockets = np.zeros_like(bone)
-        for side in (1, -1):
-            radius = np.hypot(u - side * 0.4, v + 0.62 * elongation)
-            eyes |= radius < 0.15 * math.sqrt(face)
-            fat |= radius < 0.22 * math.sqrt(face)
-            sockets |= radius < 0.3 * face
-            wing, _ = _segment_distance(
-                u, v, (side * 0.16, -0.34 * elongation), (side * 0.7, -0.44 * elongation)
-            )
-            bone |= wing < 0.035 * face
-        fat &= ~eyes
-        midline = (np.abs(u) < 0.1 + 0.1 * smoothstep(-0.3, -0.6, v / elongation)) & (
-            v < -0.3 * elongation
+        corners = _box_corners((-0.8, 0.8), (-1.1 * elongation, -0.25 * elongation))
+        box = pixel_box(anatomy, corners, 0.0, size)
+        if box is not None:
+            _face(grid, anatomy, face, box, warp, parts)
+    parts.bone[parts.air] = False
+    fossa = parts.posterior_fossa
+    fossa &= ~(parts.bone | parts.air)
+    for inside in (parts.csf, parts.brainstem, parts.folia):
+        inside &= fossa
+    parts.beam_hardening_hu[~fossa] = 0.0
+    return parts
+
+
+def _posterior_skull_base(
+    grid: CaseGrid,
+    anatomy: Anatomy,
+    base: float,
+    box: tuple[slice, slice],
+    warp: tuple[np.ndarray, np.ndarray],
+    parts: _SkullBase,
+) -> None:
+    """Petrous ridges, mastoids, clivus and the posterior fossa, painted into `parts[box]`."""
+    u, v = grid.u[box], grid.v[box]
+    shape = anatomy.skull_base
+    elongation = anatomy.elongation
+    bone, air = parts.bone[box], parts.air[box]
+    # Petrous ridges, from the clivus back and out to the mastoids: a bony ridge that widens
+    # laterally, ending in the mastoid behind the ear; both pneumatised laterally.
+    start_v = -0.04 * elongation
+    turn = math.cos(shape.petrous_angle), math.sin(shape.petrous_angle)
+    reach_u, reach_v = 0.68, 0.32 * elongation
+    end = (
+        0.12 + reach_u * turn[0] - reach_v * turn[1],
+        start_v + reach_u * turn[1] + reach_v * turn[0],
+    )
+    pneumatised = np.zeros_like(bone)
+    for side in (1, -1):
+        distance, along = _segment_distance(u, v, (side * 0.12, start_v), (side * end[0], end[1]))
+        ridge = distance < (0.03 + 0.07 * along + 0.01 * warp[0][box]) * base
+        mastoid = np.hypot(
+            (u - side * (end[0] - 0.06)) / 0.15, (v - end[1] - 0.02 * elongation) / 0.14
+        ) < math.sqrt(base)
+        bone |= ridge | mastoid
+        pneumatised |= mastoid | (ridge & (along > 0.5))
+    _paint_air_cells(air, pneumatised, u, v, (warp[0][box], warp[1][box]), shape.mastoid_cell)
+    fossa = v > start_v + (end[1] - start_v) / (end[0] - 0.12) * (np.abs(u) - 0.12)
+    parts.posterior_fossa[box] = fossa
+    bone |= np.hypot(u / 0.075, (v + 0.12 * elongation) / 0.09) < base  # clivus
+    # The pons behind the clivus, the prepontine cistern between them; the fourth ventricle
+    # behind the pons is one of anatomy.MIDLINE_VENTRICLES.
+    pons = np.hypot(u / 0.15, (v - 0.15 * elongation) / 0.12) / (0.8 + 0.2 * base)
+    parts.brainstem[box] = pons < 1.0
+    csf = parts.csf[box]
+    csf |= (pons >= 1.0) & (pons < 1.08) & (v < 0.1 * elongation)
+    # Between the cerebellar hemispheres: the vallecula and cisterna magna.
+    csf |= np.hypot(u / 0.05, (v - 0.84 * elongation) / 0.07) < 1.0
+    csf |= (np.abs(u) < 0.012) & (v > 0.6 * elongation)
+    # Folia: fine sulci curving around each hemisphere's root beside the fourth ventricle
+    # (meeting at an angle over the vermis), bent by the warp field.
+    rows, columns = np.nonzero(fossa & (pons >= 1.0))
+    fu, fv = u[rows, columns], v[rows, columns]
+    around = np.hypot(np.abs(fu) - np.float32(0.15), fv - np.float32(0.3 * elongation))
+    around += np.float32(shape.folia_period) * warp[1][box][rows, columns]
+    phase = around * np.float32(2 * np.pi / shape.folia_period) + np.float32(shape.folia_phase)
+    parts.folia[box][rows, columns] = cos_f32(phase) > np.float32(0.75)
+    # Beam hardening: a dark band across the posterior fossa between the petrous bones.
+    centre_v = np.float32(start_v + 0.5 * (end[1] - start_v) + 0.1 * elongation)
+    rows, columns = np.nonzero(fossa)
+    fu, fv = u[rows, columns], v[rows, columns]
+    band = smoothstep(0.75, 0.4, np.abs(fu)) * exp_f32(-(((fv - centre_v) / np.float32(0.12)) ** 2))
+    parts.beam_hardening_hu[box][rows, columns] = band * np.float32(shape.beam_hardening_hu * base)
+
+
+def _face(
+    grid: CaseGrid,
+    anatomy: Anatomy,
+    face: float,
+    box: tuple[slice, slice],
+    warp: tuple[np.ndarray, np.ndarray],
+    parts: _SkullBase,
+) -> None:
+    """Orbits and sinuses, painted into `parts[box]`: a globe (vitreous, with its lens in
+    front) in retro-orbital fat that narrows back to the apex, the medial and lateral recti
+    along it, in a bony socket; the ethmoid air cells between the orbits, the sphenoid sinus
+    behind them, the greater sphenoid wings towards the temples."""
+    u, v = grid.u[box], grid.v[box]
+    shape = anatomy.skull_base
+    elongation = anatomy.elongation
+    bone, eyes, lens = parts.bone[box], parts.eyes[box], parts.lens[box]
+    fat, muscle = parts.fat[box], parts.muscle[box]
+    sockets = np.zeros_like(bone)
+    globe_radius = 0.15 * math.sqrt(face)
+    for side in (1, -1):
+        radius = np.hypot(u - side * 0.4, v + 0.62 * elongation)
+        eyes |= radius < globe_radius
+        lens |= np.hypot(
+            (u - side * 0.4) / 0.05, (v + 0.62 * elongation + 0.8 * globe_radius) / 0.025
+        ) < math.sqrt(face)
+        apex, along = _segment_distance(
+            u, v, (side * 0.4, -0.62 * elongation), (side * 0.18, -0.36 * elongation)
         )
-        ethmoid = (np.abs(u) < 0.14) & (v < -0.52 * elongation) & (porous > 0.45)
-        sphenoid = np.hypot(u / 0.12, (v + 0.38 * elongation) / 0.08) < face
-        air |= (ethmoid | sphenoid) & ~fat & ~eyes
-        bone |= front & (sockets | midline) & ~fat & ~eyes
-    bone &= ~air
-    posterior_fossa &= ~bone & ~air
-    return _SkullBase(bone, air, fat, eyes, csf & posterior_fossa, posterior_fossa)
+        cone = apex < 0.2 * math.sqrt(face) * (1.0 - 0.6 * along)
+        fat |= (radius < 0.22 * math.sqrt(face)) | cone
+        for wall in (-1, 1):  # medial and lateral rectus
+            rectus, _ = _segment_distance(
+                u,
+                v,
+                (side * (0.4 + wall * 0.13), -0.58 * elongation),
+                (side * (0.18 + wall * 0.03), -0.38 * elongation),
+            )
+            muscle |= cone & (rectus < 0.025 * face)
+        sockets |= (radius < 0.3 * face) | (apex < 0.27 * face * (1.0 - 0.5 * along))
+        wing, _ = _segment_distance(
+            u, v, (side * 0.16, -0.34 * elongation), (side * 0.7, -0.44 * elongation)
+        )
+        bone |= wing < 0.035 * face
+    eyes &= ~lens
+    fat &= ~(eyes | lens | muscle)
+    orbit = eyes | lens | fat | muscle
+    air = parts.air[box]
+    ethmoid = (np.abs(u) < 0.12) & (v < -0.5 * elongation) & ~orbit
+    _paint_air_cells(air, ethmoid, u, v, (warp[0][box], warp[1][box]), shape.ethmoid_cell)
+    sphenoid = np.hypot(u / 0.12, (v + 0.38 * elongation) / 0.08) < face
+    air |= sphenoid & (np.abs(u - np.float32(shape.sphenoid_septum_u)) > 0.012) & ~orbit
+    front = v < (-0.5 + 0.35 * u * u) * elongation
+    midline = (np.abs(u) < 0.1 + 0.1 * smoothstep(-0.3, -0.6, v / elongation)) & (
+        v < -0.3 * elongation
+    )
+    bone |= front & (sockets | midline) & ~orbit
