@@ -160,12 +160,15 @@ class PhantomParams(StrictModel):
     first_hemorrhagic_case: NonNegativeInt
     first_ischemic_case: NonNegativeInt
     # Acquisition, drawn per case (the same way for both classes): the window of the PNGs, as
-    # its lower edge and width (level = low + width / 2: brain windows W 80-120 start near
-    # 0 HU, public exports also come as wide as HU 0-255), noise std and the cut-off of its
+    # its lower edge and width (level = low + width / 2): a brain window (W 80-120, starting
+    # near 0 HU), or with probability wide_window_share a wide export (as wide as HU 0-255
+    # stored as grey 0-255, as BHSD's PNGs are); noise std and the cut-off of its
     # filtered-back-projection spectrum (ramp times a Hann window; the noise is drawn at half
     # resolution, hence at most 0.25), Gaussian blur.
     window_low_hu: HuRange
     window_width_hu: tuple[PositiveFloat, PositiveFloat]
+    wide_window_share: Annotated[float, Field(ge=0.0, le=1.0)]
+    wide_window_width_hu: tuple[PositiveFloat, PositiveFloat]
     noise_hu: HuRange
     noise_cutoff_cycles_per_px: tuple[
         Annotated[float, Field(gt=0.0, le=0.25)], Annotated[float, Field(gt=0.0, le=0.25)]
@@ -240,6 +243,7 @@ class PhantomParams(StrictModel):
             "head_width_share",
             "window_low_hu",
             "window_width_hu",
+            "wide_window_width_hu",
             "noise_hu",
             "noise_cutoff_cycles_per_px",
             "blur_sigma_px",

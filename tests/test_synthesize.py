@@ -26,6 +26,7 @@ from pipeline.synthesize.anatomy import (
     PARENCHYMA,
     VITREOUS_HU,
     Tissue,
+    sample_acquisition,
     smoothstep,
 )
 from pipeline.synthesize.archive import SortedZipWriter, synthesize_archive
@@ -410,13 +411,37 @@ def test_montage_shows_both_classes_in_their_display_colours(small_archive):
     assert np.sum(green - red > 40) > 10, "infarct overlaid in green"
 
 
+@pytest.mark.parametrize("wide_share", [0.0, 0.3, 1.0])
+def test_each_case_gets_a_brain_window_or_a_wide_export(wide_share: float) -> None:
+    """The window mixture: widths from `window_width_hu` or, with probability
+    `wide_window_share`, from `wide_window_width_hu`, never in between; level = low + width/2."""
+    params = project_params({"phantom": {"wide_window_share": wide_share}}).phantom
+    rng = np.random.default_rng(7)
+    draws = [sample_acquisition(rng, params) for _ in range(400)]
+    widths = np.array([draw.window_width_hu for draw in draws])
+    wide = widths >= params.wide_window_width_hu[0]
+    assert np.all(wide | (widths <= params.window_width_hu[1]))
+    assert np.all(widths[wide] <= params.wide_window_width_hu[1])
+    assert wide.mean() == pytest.approx(wide_share, abs=0.07)
+    lows = np.array([draw.window_level_hu - draw.window_width_hu / 2 for draw in draws])
+    assert np.all(
+        (lows >= params.window_low_hu[0] - 1e-9) & (lows <= params.window_low_hu[1] + 1e-9)
+    )
+
+
 def test_default_size_slice_looks_like_brain_window_ct():
     """One 512 px slice at the ventricle level, against grey-level statistics measured on the
     reference's eight mini_test slices (four are in tests/data/real-ct): black ~50-60 %,
     saturated white 3-15 %, brain median 105-127. Those slices are in W 80 / L 40, so this
     case is too (the default params draw each case's window from a range)."""
     params = project_params(
-        {"phantom": {"window_low_hu": [0.0, 0.0], "window_width_hu": [80.0, 80.0]}}
+        {
+            "phantom": {
+                "window_low_hu": [0.0, 0.0],
+                "window_width_hu": [80.0, 80.0],
+                "wide_window_share": 0.0,
+            }
+        }
     ).phantom
     spec = next(c for c in plan_cases(params, seed=42) if c.class_name == "Ischemic")
     rendered = render_slice(build_case(spec, params), index=params.slices_per_case // 2)

@@ -436,7 +436,8 @@ def sample_acquisition(rng: np.random.Generator, params: PhantomParams) -> Acqui
     radial = np.hypot(fy, fx)
     window = np.where(radial < cutoff, 0.5 + 0.5 * np.cos(np.pi * radial / cutoff), 0.0)
     low_hu = rng.uniform(*params.window_low_hu)
-    width_hu = rng.uniform(*params.window_width_hu)
+    wide = rng.uniform() < params.wide_window_share
+    width_hu = rng.uniform(*(params.wide_window_width_hu if wide else params.window_width_hu))
     return Acquisition(
         window_level_hu=low_hu + width_hu / 2.0,
         window_width_hu=width_hu,
