@@ -23,6 +23,8 @@ from pipeline.io import read_manifest, sha256_hex, write_manifest
 from pipeline.params import Params, parse_params
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The committed default learning rate: tests that change lr pick another value from it.
+DEFAULT_LR = float(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["lr"])
 VENV_BIN = Path(sys.executable).parent
 # What a project copy needs to run the pipeline: code, vendored assets, the DAG and the params.
 PROJECT_FILES = (

@@ -21,7 +21,7 @@ from pipeline.evaluate.headline import headline_metric_keys
 from pipeline.params import load_params
 from pipeline.report.page import headline_keys, number
 from tests.browser import browser, offline_problems
-from tests.conftest import PROJECT_ROOT, DvcProject, create_project
+from tests.conftest import DEFAULT_LR, PROJECT_ROOT, DvcProject, create_project
 
 STAGES = (
     "synthesize",
@@ -142,7 +142,7 @@ def test_changing_a_param_flags_exactly_its_readers(built, key, value, readers):
             0.4,
             {"augment", "train", "evaluate", "export", "infer", "report"},
         ),
-        ("lr", 0.002, {"train", "evaluate", "export", "infer", "report"}),
+        ("lr", 2 * DEFAULT_LR, {"train", "evaluate", "export", "infer", "report"}),
         ("infer.overlay_alpha", 0.3, {"infer", "export", "report"}),
     ],
 )
@@ -242,7 +242,7 @@ def test_metrics_params_and_plots_diff_across_branches(built):
         assert set(headline["metrics/headline.json"]) == set(headline_metric_keys())
         params = json.loads(project.dvc("params", "diff", "main", "faster-lr", "--json").stdout)
         assert (params["params.yaml"]["lr"]["old"], params["params.yaml"]["lr"]["new"]) == (
-            0.001,
+            DEFAULT_LR,
             0.005,
         )
         # Every plot of dvc.yaml, both revisions in each: in this working copy, and in a
@@ -285,12 +285,12 @@ def test_experiments_with_set_param_and_a_queued_sweep(built):
 
     baseline = params_and_metrics(next(r for r in shown if r["rev"] != "workspace"))
     experiment = params_and_metrics(experiments[0]["revs"][0])
-    assert experiment[0] == 0.0005 and baseline[0] == 0.001
+    assert experiment[0] == 0.0005 and baseline[0] == DEFAULT_LR
     assert experiment[1] != baseline[1]
 
     project.git("checkout", "--", ".")
     project.dvc("checkout", "-q", "--force")
-    for lr in ("0.002", "0.003"):
+    for lr in ("0.003", "0.004"):
         project.dvc("exp", "run", "--queue", "-S", f"lr={lr}")
     project.dvc("queue", "start", "-j", "1")
     deadline = time.monotonic() + 420
@@ -303,7 +303,7 @@ def test_experiments_with_set_param_and_a_queued_sweep(built):
         pytest.fail(f"queued experiments did not finish:\n{status}")
     assert "Failed" not in status, status
     table = project.dvc("exp", "show", "--md").stdout
-    assert "0.002" in table and "0.003" in table
+    assert "0.003" in table and "0.004" in table
 
     # The docs' recipe: one row per experiment, within 120 columns, nothing cut off.
     experiments_doc = (PROJECT_ROOT / "docs" / "experiments.md").read_text()
@@ -323,7 +323,7 @@ def test_experiments_with_set_param_and_a_queued_sweep(built):
         "metrics/headline.json:dice_ischemic",
         "lr",
     ], shown
-    for lr in ("0.0005", "0.002", "0.003"):
+    for lr in ("0.0005", "0.003", "0.004"):
         assert lr in shown
 
 
@@ -340,7 +340,7 @@ def test_a_learning_rate_without_a_dot_set_through_exp_run_is_a_number(make_proj
         diff = json.loads(project.dvc("params", "diff", "--all", "--json").stdout)["params.yaml"][
             "lr"
         ]
-        assert (diff["old"], diff["new"]) == (0.001, expected), typed
+        assert (diff["old"], diff["new"]) == (DEFAULT_LR, expected), typed
         assert isinstance(diff["diff"], float), typed  # DVC subtracts numbers, not strings
 
 
@@ -350,8 +350,8 @@ def test_an_applied_and_committed_experiment_keeps_the_params_tests_green(make_p
     project = make_project()
     # `dvc exp run` applies the finished experiment to the workspace, as `dvc exp apply` does;
     # one cheap stage is enough to make it a real experiment.
-    project.dvc("exp", "run", "--name", "faster", "-S", "lr=0.002", "synthesize")
-    assert project.params()["lr"] == 0.002
+    project.dvc("exp", "run", "--name", "faster", "-S", "lr=0.004", "synthesize")
+    assert project.params()["lr"] == 0.004
     project.git("add", "-A")
     project.git("commit", "-q", "-m", "apply experiment faster")
     (project.path / "tests").mkdir()

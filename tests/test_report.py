@@ -35,7 +35,7 @@ from pipeline.report.page import (
 )
 from stages import synthesize as synthesize_stage
 from stages.report import params_document
-from tests.conftest import PROJECT_ROOT, DvcProject
+from tests.conftest import DEFAULT_LR, PROJECT_ROOT, DvcProject
 from tests.report_fixtures import RUN_LR, SHAPES, evaluate_metrics, git, write_tiny_run
 
 CLASSES = ("hemorrhagic", "ischemic")
@@ -164,7 +164,7 @@ def test_page_follows_the_shape_of_the_evaluate_outputs(run):
 def test_run_section_shows_the_changed_param_commit_and_versions(run):
     _, root, page = run
     assert "1 params differ from the committed params.yaml" in page
-    assert re.search(rf"<td>lr</td><td>{RUN_LR}</td><td>0.001</td>", page)
+    assert f"<td>lr</td><td>{RUN_LR}</td><td>{DEFAULT_LR}</td>" in page
     head = (root / ".git" / "HEAD").exists()
     assert head and re.search(r"git commit .*?<td>[0-9a-f]{40} tiny run", page)
     for package in ("tensorflow", "keras", "dvc", "great-expectations"):
@@ -300,7 +300,7 @@ def test_compare_page_shows_metric_and_param_differences(tmp_path):
     evaluate["dice_ischemic"] = 0.75
     (project.path / "metrics" / "evaluate.json").write_text(json.dumps(evaluate))
     params = yaml.safe_load((project.path / "params.yaml").read_text())
-    params["lr"] = 0.002
+    params["lr"] = 2 * DEFAULT_LR
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(project.path, "commit", "-q", "-am", "higher lr")
 
@@ -321,7 +321,7 @@ def test_compare_page_shows_metric_and_param_differences(tmp_path):
     assert row, page
     cells = re.findall(r">([^<]+)</td>", row.group(1))
     assert cells == ["score 0-1", "0.884", "0.750", "-0.134", "-15.1%"]
-    assert re.search(r"<td>lr</td><td>0.001</td><td>0.002</td>", page)
+    assert f"<td>lr</td><td>{DEFAULT_LR}</td><td>{2 * DEFAULT_LR}</td>" in page
     assert "HEAD~1: " in page and "baseline" in page and "higher lr" in page
     assert PHANTOM_CAVEAT in page  # both revisions ran on the phantom
 

@@ -386,7 +386,10 @@ def test_case_plan_invariants():
         ({"slices": 3}, "phantom.slices: unknown key"),
         ({"csf_hu": [15, 0]}, "csf_hu must be [low, high]"),
         ({"noise_hu": "loud"}, "phantom.noise_hu: Input should be a valid"),
-        ({"hemorrhagic_cases_without_mask": 21}, "hemorrhagic_cases_without_mask must be below"),
+        (
+            {"hemorrhagic_cases": 5, "hemorrhagic_cases_without_mask": 5},
+            "hemorrhagic_cases_without_mask must be below",
+        ),
         ({"grey_matter_hu": 45.0}, "grey_matter_hu must lie within parenchyma_hu"),
         ({"first_hemorrhagic_case": 995}, "first_hemorrhagic_case"),
         ({"workers": -1}, "phantom.workers: Input should be greater than or equal to 0"),
