@@ -513,6 +513,37 @@ class EarlyStoppingParams(StrictModel):
     patience: NonNegativeInt
 
 
+class RandomAffineParams(StrictModel):
+    """Online rotation and scaling of training slices about their centre, each slice with
+    probability `probability`; the scale is drawn log-uniformly within `scale`."""
+
+    probability: Probability
+    rotation_max_deg: Annotated[float, Field(ge=0.0, le=180.0)]
+    scale: tuple[PositiveFloat, PositiveFloat]
+
+    @model_validator(mode="after")
+    def _check(self) -> RandomAffineParams:
+        _ordered_range(self.scale, "scale")
+        return self
+
+
+class RandomIntensityParams(StrictModel):
+    """Online re-windowing of training slices, each with probability `probability`: grey
+    g -> ((g / 255) ** gamma - 0.5) * contrast * 255 + 127.5 + brightness, clipped to 0-255;
+    gamma and contrast drawn log-uniformly, brightness uniformly."""
+
+    probability: Probability
+    contrast: tuple[PositiveFloat, PositiveFloat]
+    brightness_grey: tuple[float, float]
+    gamma: tuple[PositiveFloat, PositiveFloat]
+
+    @model_validator(mode="after")
+    def _check(self) -> RandomIntensityParams:
+        for name in ("contrast", "brightness_grey", "gamma"):
+            _ordered_range(getattr(self, name), name)
+        return self
+
+
 class TrainParams(StrictModel):
     """Stage `train` (the learning rate is the top-level `lr`)."""
 
@@ -530,6 +561,8 @@ class TrainParams(StrictModel):
     early_stopping: EarlyStoppingParams
     balanced_sampling: bool  # draw Hemorrhagic and Ischemic slices equally often
     random_flip: bool  # left-right flips of training slices
+    random_affine: RandomAffineParams
+    random_intensity: RandomIntensityParams
     shuffle_buffer: PositiveInt
     cache: Literal["auto", "memory", "disk", "none"]  # decoded slices
     cache_memory_mb: PositiveFloat  # `auto` caches in memory up to this size

@@ -12,6 +12,7 @@ data order does not depend on where a run was interrupted.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from pipeline.io import DataError, marked_mini_test, read_manifest, resolve_path
 
 AUTOTUNE = tf.data.AUTOTUNE
 BYTES_PER_CACHED_PIXEL = 4  # uint8 RGB image + uint8 class index
+AUGMENT_SEED_OFFSET = 7919  # the online augmentation's seed stream: seed + this
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,102 @@ def random_flip(image, labels, seed):
     )
 
 
+@dataclass(frozen=True)
+class OnlineAugmentation:
+    """Per-slice random rotation, scaling and re-windowing of training slices
+    (`train.random_affine`, `train.random_intensity`), drawn anew every epoch.
+
+    The phantom draws pose and window once per case; a few dozen training cases leave the
+    model to learn them from few examples. Drawing them again per slice and epoch is the
+    domain randomisation of nnU-Net's spatial and intensity transforms and of SynthSeg."""
+
+    affine_probability: float = 0.0
+    rotation_max_deg: float = 0.0
+    scale: tuple[float, float] = (1.0, 1.0)
+    intensity_probability: float = 0.0
+    contrast: tuple[float, float] = (1.0, 1.0)
+    brightness_grey: tuple[float, float] = (0.0, 0.0)
+    gamma: tuple[float, float] = (1.0, 1.0)
+
+    @property
+    def active(self) -> bool:
+        return self.affine_probability > 0.0 or self.intensity_probability > 0.0
+
+
+def _log_uniform(unit, bounds: tuple[float, float]):
+    """Map a uniform draw in [0, 1) to a log-uniform one within `bounds` (both positive), so
+    that shrinking and enlarging by the same factor are equally likely."""
+    low, high = math.log(bounds[0]), math.log(bounds[1])
+    return tf.exp(low + (high - low) * unit)
+
+
+def rotate_and_scale(image, labels, angle_rad, scale):
+    """Rotate by `angle_rad` and scale by `scale` about the centre: the image bilinear, the
+    class-index mask nearest; pixels brought in from outside the slice are 0 (black, background)."""
+    size = tf.cast(tf.shape(image)[0], tf.float32)
+    centre = (size - 1.0) / 2.0
+    cos, sin = tf.cos(angle_rad) / scale, tf.sin(angle_rad) / scale
+    # ImageProjectiveTransform maps each output pixel (x, y) to the input pixel it reads.
+    transform = tf.stack(
+        [
+            cos,
+            sin,
+            centre - cos * centre - sin * centre,
+            -sin,
+            cos,
+            centre + sin * centre - cos * centre,
+            0.0,
+            0.0,
+        ]
+    )[tf.newaxis]
+    shape = tf.shape(image)[:2]
+
+    def warp(values, interpolation: str):
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=values[tf.newaxis],
+            transforms=transform,
+            output_shape=shape,
+            fill_value=0.0,
+            interpolation=interpolation,
+            fill_mode="CONSTANT",
+        )[0]
+
+    warped_image = warp(tf.cast(image, tf.float32), "BILINEAR")
+    warped_labels = warp(tf.cast(labels, tf.float32)[..., tf.newaxis], "NEAREST")[..., 0]
+    return warped_image, tf.cast(warped_labels, labels.dtype)
+
+
+def rewindow(image, contrast, brightness_grey, gamma):
+    """Grey levels as if exported through another window: a gamma curve, then a linear
+    stretch by `contrast` about mid-grey and a shift by `brightness_grey`, clipped to 0-255."""
+    unit = tf.cast(image, tf.float32) / 255.0
+    stretched = (tf.pow(unit, gamma) - 0.5) * contrast * 255.0 + 127.5 + brightness_grey
+    return tf.clip_by_value(stretched, 0.0, 255.0)
+
+
+def augment_online(image, labels, seed, augmentation: OnlineAugmentation):
+    """One slice through `augmentation`, its draws from the stateless `seed`; the image comes
+    back float32 (0-255), the mask unchanged in type."""
+    draws = tf.random.stateless_uniform((7,), seed=seed)
+    image = tf.cast(image, tf.float32)
+    if augmentation.affine_probability > 0.0:
+        angle_rad = (2.0 * draws[1] - 1.0) * math.radians(augmentation.rotation_max_deg)
+        scale = _log_uniform(draws[2], augmentation.scale)
+        warped = rotate_and_scale(image, labels, angle_rad, scale)
+        apply = draws[0] < augmentation.affine_probability
+        image = tf.where(apply, warped[0], image)
+        labels = tf.where(apply, warped[1], labels)
+    if augmentation.intensity_probability > 0.0:
+        low, high = augmentation.contrast
+        contrast = _log_uniform(draws[4], (low, high))
+        b_low, b_high = augmentation.brightness_grey
+        brightness = b_low + (b_high - b_low) * draws[5]
+        gamma = _log_uniform(draws[6], augmentation.gamma)
+        rewindowed = rewindow(image, contrast, brightness, gamma)
+        image = tf.where(draws[3] < augmentation.intensity_probability, rewindowed, image)
+    return image, labels
+
+
 def resolve_cache(mode: str, slices: int, image_size: int, memory_limit_mb: float) -> str:
     """`memory`, `disk` or `none`; `auto` picks memory when the decoded slices fit the limit."""
     if mode != "auto":
@@ -175,6 +273,7 @@ def make_train_dataset(
     shuffle_buffer: int,
     balanced: bool = False,
     flip: bool = False,
+    augmentation: OnlineAugmentation | None = None,
     num_shards: int = 1,
     shard_index: int = 0,
 ) -> tf.data.Dataset:
@@ -219,6 +318,13 @@ def make_train_dataset(
         flip_seeds = tf.data.Dataset.random(seed=seed).batch(2)
         dataset = tf.data.Dataset.zip(dataset, flip_seeds).map(
             lambda pair, flip_seed: random_flip(*pair, flip_seed),
+            num_parallel_calls=AUTOTUNE,
+        )
+    if augmentation is not None and augmentation.active:
+        # Its own seed stream, so that turning it on leaves the order and the flips alone.
+        augment_seeds = tf.data.Dataset.random(seed=seed + AUGMENT_SEED_OFFSET).batch(2)
+        dataset = tf.data.Dataset.zip(dataset, augment_seeds).map(
+            lambda pair, augment_seed: augment_online(*pair, augment_seed, augmentation),
             num_parallel_calls=AUTOTUNE,
         )
     dataset = dataset.map(

@@ -44,6 +44,7 @@ from pipeline import visualize
 from pipeline.io import DataError, atomic_path, write_json, write_png
 from pipeline.masks import index_to_colour
 from pipeline.model.dataset import (
+    OnlineAugmentation,
     PipelineOptions,
     TrainingTables,
     load_slices,
@@ -207,6 +208,15 @@ def make_datasets(
             shuffle_buffer=train.shuffle_buffer,
             balanced=train.balanced_sampling,
             flip=train.random_flip,
+            augmentation=OnlineAugmentation(
+                affine_probability=train.random_affine.probability,
+                rotation_max_deg=train.random_affine.rotation_max_deg,
+                scale=train.random_affine.scale,
+                intensity_probability=train.random_intensity.probability,
+                contrast=train.random_intensity.contrast,
+                brightness_grey=train.random_intensity.brightness_grey,
+                gamma=train.random_intensity.gamma,
+            ),
             num_shards=num_shards,
             shard_index=shard_index,
         )
