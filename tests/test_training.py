@@ -26,12 +26,15 @@ from hypothesis.extra.numpy import arrays
 from pipeline.io import DataError, write_manifest, write_png
 from pipeline.masks import colour_to_index, index_to_colour
 from pipeline.model.dataset import (
+    OnlineAugmentation,
     PipelineOptions,
     decode_slice,
     make_eval_dataset,
     make_train_dataset,
     read_training_tables,
     resolve_cache,
+    rewindow,
+    rotate_and_scale,
     steps_per_epoch,
 )
 from pipeline.model.distribute import Distribution, start_distribution
@@ -271,6 +274,81 @@ def test_flips_move_image_and_mask_together(tmp_path: Path) -> None:
             assert not np.isin(image[..., 0][~lesion], [220, 60]).any()
             flipped += image[..., 0].astype(np.uint8).tobytes() not in originals
     assert flipped > 0
+
+
+def test_rotation_and_scaling_match_their_exact_cases() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(SIZE, SIZE, 3)).astype(np.uint8)
+    labels = rng.integers(0, 3, size=(SIZE, SIZE)).astype(np.uint8)
+    same_image, same_labels = rotate_and_scale(image, labels, 0.0, 1.0)
+    np.testing.assert_array_equal(same_image.numpy(), image)
+    np.testing.assert_array_equal(same_labels.numpy(), labels)
+    # A quarter turn about the centre of an even-sided slice moves every pixel onto a pixel.
+    turned_image, turned_labels = rotate_and_scale(image, labels, np.pi / 2, 1.0)
+    np.testing.assert_allclose(turned_image.numpy(), np.rot90(image, k=-1), atol=1e-3)
+    np.testing.assert_array_equal(turned_labels.numpy(), np.rot90(labels, k=-1))
+    assert turned_labels.dtype == tf.uint8
+    # Doubling the size about the centre: the middle half fills the slice, nothing comes in.
+    square = np.zeros((SIZE, SIZE), np.uint8)
+    square[12:20, 12:20] = 1
+    _, enlarged = rotate_and_scale(np.zeros((SIZE, SIZE, 3), np.uint8), square, 0.0, 2.0)
+    assert enlarged.numpy().sum() == 16 * 16
+    _, shrunk = rotate_and_scale(np.zeros((SIZE, SIZE, 3), np.uint8), square, 0.0, 0.5)
+    assert shrunk.numpy().sum() == 4 * 4
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    contrast=st.floats(0.3, 3.0),
+    brightness=st.floats(-60.0, 60.0),
+    gamma=st.floats(0.4, 2.5),
+)
+def test_rewindowing_keeps_the_order_of_grey_levels_within_0_255(
+    contrast: float, brightness: float, gamma: float
+) -> None:
+    grey = np.arange(256, dtype=np.uint8)
+    rewindowed = rewindow(grey, contrast, brightness, gamma).numpy()
+    assert rewindowed.min() >= 0.0 and rewindowed.max() <= 255.0
+    assert (np.diff(rewindowed) >= -1e-4).all()  # a window never swaps two densities
+    np.testing.assert_allclose(rewindow(grey, 1.0, 0.0, 1.0).numpy(), grey, atol=1e-3)
+
+
+def test_online_augmentation_moves_image_and_mask_together_and_is_seeded(tmp_path: Path) -> None:
+    paths = write_tiny_project(tmp_path)
+    train = read_training_tables(paths.augmented_manifest, paths.split_manifest).train
+    augmentation = OnlineAugmentation(
+        affine_probability=1.0,
+        rotation_max_deg=30.0,
+        scale=(0.8, 1.25),
+        intensity_probability=1.0,
+        contrast=(0.6, 1.5),
+        brightness_grey=(-20.0, 20.0),
+        gamma=(0.7, 1.4),
+    )
+
+    def batches(seed: int, augment: OnlineAugmentation | None) -> list[tuple]:
+        dataset = make_train_dataset(
+            train, options(), batch_size=4, seed=seed, shuffle_buffer=8, augmentation=augment
+        )
+        return [(x.numpy(), y.numpy()) for x, y in dataset.take(4)]
+
+    plain, augmented = batches(5, None), batches(5, augmentation)
+    for (images, targets), (plain_images, plain_targets) in zip(augmented, plain, strict=True):
+        for image, target, plain_image, plain_target in zip(
+            images, targets, plain_images, plain_targets, strict=True
+        ):
+            lesion = target.argmax(-1) > 0
+            assert lesion.sum() > 0.5 * (plain_target.argmax(-1) > 0).sum()
+            # The lesion (220 or 60 in a 110 head) stays the odd one out where the mask says.
+            head = image[..., 0][~lesion & (plain_image[..., 0] > 0)]
+            contrast = np.abs(image[..., 0][lesion].mean() - np.median(head))
+            assert contrast > 10.0
+        assert not np.array_equal(images, plain_images)
+    again = batches(5, augmentation)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(augmented, again, strict=True))
+    assert not all(
+        np.array_equal(a[0], b[0]) for a, b in zip(augmented, batches(6, augmentation), strict=True)
+    )
 
 
 def test_a_small_shuffle_buffer_still_mixes_the_classes(tmp_path: Path) -> None:
