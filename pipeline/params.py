@@ -475,6 +475,9 @@ class ModelParams(StrictModel):
     residual: bool  # 1x1-projected shortcut around every conv block
     # Larger inputs run the UNet behind a strided stem at <= this size (plus one full-size conv)
     max_working_size: Annotated[int, Field(ge=16)]
+    # Starting probability of each lesion class: the softmax head's bias is set to the log of
+    # these priors (0 = zero bias, every class a third, as the reference starts).
+    head_foreground_prior: Annotated[float, Field(ge=0.0, lt=0.5)]
 
     @model_validator(mode="after")
     def _check(self) -> ModelParams:

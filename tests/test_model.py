@@ -16,6 +16,7 @@ from pipeline.model.network import (
     UNetConfig,
     build_model,
     build_unet,
+    head_bias,
     level_kernel,
 )
 from pipeline.params import ParamsError
@@ -166,3 +167,20 @@ def test_model_and_losses_use_keras_only_so_they_run_on_any_backend(module: str)
 def test_dropout_that_would_silence_the_deepest_level_is_refused() -> None:
     with pytest.raises(ParamsError, match="deepest level"):
         project_params({"model": {"dropout_rate": 0.3, "num_layers": 5}})
+
+
+def test_the_head_starts_at_the_lesion_prior() -> None:
+    config = UNetConfig(
+        image_size=32, num_classes=3, base_filters=4, num_layers=3, head_foreground_prior=0.01
+    )
+    start = build_unet(config).predict(np.zeros((1, 32, 32, 3), np.float32), verbose=0)
+    # Whatever the features, the bias alone sets the odds: the head's weights start small.
+    assert 0.002 < float(start[..., 1].mean()) < 0.05
+    assert 0.002 < float(start[..., 2].mean()) < 0.05
+    equal = build_unet(UNetConfig(image_size=32, num_classes=3, base_filters=4, num_layers=3))
+    assert (
+        float(equal.predict(np.zeros((1, 32, 32, 3), np.float32), verbose=0)[..., 1].mean()) > 0.1
+    )
+    np.testing.assert_allclose(np.exp(head_bias(3, 0.01)), [0.98, 0.01, 0.01], rtol=1e-6)
+    with pytest.raises(ValueError, match="no probability for the background"):
+        head_bias(5, 0.3)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import keras
+import numpy as np
 from keras import layers
 
 from pipeline.params import stem_stride
@@ -38,6 +39,7 @@ class UNetConfig:
     input_normalize: bool = True
     residual: bool = False
     max_working_size: int = 256
+    head_foreground_prior: float = 0.0
 
     @classmethod
     def from_params(cls, model: ModelParams, image_size: int, num_classes: int) -> UNetConfig:
@@ -175,10 +177,29 @@ def build_unet(config: UNetConfig, name: str = "flexunet") -> keras.Model:
         x = _conv(config.base_filters, 3, 1, "refine_conv")(x)
         x = _normalized(x, config, "refine_bn")
     # float32 head: under the mixed_float16 policy the softmax must not run in half precision.
-    outputs = layers.Conv2D(
-        config.num_classes, 1, activation="softmax", dtype="float32", name="head"
-    )(x)
-    return keras.Model(inputs, outputs, name=name)
+    head = layers.Conv2D(config.num_classes, 1, activation="softmax", dtype="float32", name="head")
+    outputs = head(x)
+    model = keras.Model(inputs, outputs, name=name)
+    if config.head_foreground_prior > 0.0:
+        head.bias.assign(head_bias(config.num_classes, config.head_foreground_prior))
+    return model
+
+
+def head_bias(num_classes: int, foreground_prior: float) -> np.ndarray:
+    """Softmax bias giving each lesion class `foreground_prior` and the background the rest.
+
+    Lesions cover about 1 % of a slice. From equal odds, the first steps' false positives on
+    every pixel drive the lesion logits far negative, where the softmax's gradient vanishes,
+    and a small net stays at all-background for several epochs (Lin et al., "Focal loss",
+    ICCV 2017, start their classifier at the prior for the same reason)."""
+    priors = np.full(num_classes, foreground_prior, np.float64)
+    priors[0] = 1.0 - foreground_prior * (num_classes - 1)
+    if priors[0] <= 0.0:
+        raise ValueError(
+            f"head_foreground_prior {foreground_prior} x {num_classes - 1} lesion classes "
+            "leaves no probability for the background"
+        )
+    return np.log(priors).astype(np.float32)
 
 
 def build_model(params: Params) -> keras.Model:
