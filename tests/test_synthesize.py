@@ -394,6 +394,19 @@ def test_case_plan_invariants():
         ({"first_hemorrhagic_case": 995}, "first_hemorrhagic_case"),
         ({"workers": -1}, "phantom.workers: Input should be greater than or equal to 0"),
         ({"lesion_free_slice_share": 1.0}, "phantom.lesion_free_slice_share"),
+        (
+            {"lesion_size": {"subdural": {"thickness_px_at_reference_head": [16.0, 4.0]}}},
+            "phantom.lesion_size.subdural: Value error, thickness_px_at_reference_head must be",
+        ),
+        (
+            {"lesion_size": {"lacunar": {"radius_mm": [1.0, 2.0]}}},
+            "phantom.lesion_size.lacunar.radius_mm: unknown key",
+        ),
+        (
+            {"lesion_size": {"lacunar": {"radius_head_units": [0.0, 0.06]}}},
+            "phantom.lesion_size.lacunar.radius_head_units[0]: Input should be greater than 0",
+        ),
+        ({"lesion_size": {"slice_run_share": [0.9, 0.5]}}, "slice_run_share must be [low, high]"),
     ],
 )
 def test_params_errors_name_the_key(phantom, expected):

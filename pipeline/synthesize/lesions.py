@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.classes import HEMORRHAGIC
 from pipeline.numerics import sin_f32
-from pipeline.params import HEMORRHAGE_SUBTYPES, ISCHEMIA_TERRITORIES, PhantomParams
+from pipeline.params import HEMORRHAGE_SUBTYPES, ISCHEMIA_TERRITORIES, PhantomParams, WedgeSize
 from pipeline.synthesize.anatomy import (
     PARENCHYMA,
     REFERENCE_HEAD_WIDTH_SHARE,
@@ -121,17 +121,24 @@ def _choose(rng: np.random.Generator, shares: dict[str, float], names: tuple[str
 
 
 def _slice_run(
-    rng: np.random.Generator, heights: np.ndarray, kind: str, first: int, last: int
+    rng: np.random.Generator,
+    heights: np.ndarray,
+    kind: str,
+    first: int,
+    last: int,
+    run_share: tuple[float, float],
 ) -> tuple[int, int]:
-    """A run of consecutive slices within first..last whose heights suit `kind`: at least
-    three quarters of the suitable ones (the nearest slice when none suits)."""
+    """A run of consecutive slices within first..last whose heights suit `kind`: a share
+    within `run_share` of the suitable ones, at least one (the nearest slice when none suits)."""
     low, high = KIND_HEIGHTS[kind]
     indices = np.arange(first, last + 1)
     suitable = indices[(heights[indices] >= low) & (heights[indices] <= high)]
     if suitable.size == 0:
         nearest = indices[int(np.argmin(np.abs(heights[indices] - (low + high) / 2.0)))]
         return int(nearest), int(nearest)
-    span = int(rng.integers(math.ceil(0.75 * suitable.size), suitable.size + 1))
+    shortest = max(1, math.ceil(run_share[0] * suitable.size))
+    longest = max(shortest, math.floor(run_share[1] * suitable.size))
+    span = int(rng.integers(shortest, longest + 1))
     start = int(suitable[0]) + int(rng.integers(0, suitable.size - span + 1))
     return start, start + span - 1
 
@@ -151,7 +158,8 @@ def sample_lesions(
         else (params.ischemia_territory_share)
     )
     kind = _choose(rng, shares, names)
-    first, last = _slice_run(rng, anatomy.heights, kind, lowest, slices - 1)
+    run_share = params.lesion_size.slice_run_share
+    first, last = _slice_run(rng, anatomy.heights, kind, lowest, slices - 1, run_share)
     if last - first + 1 > longest:
         first += int(rng.integers(0, last - first + 2 - longest))
         last = first + longest - 1
@@ -160,7 +168,9 @@ def sample_lesions(
         mid = float(anatomy.heights[(first + last) // 2])
         fitting = tuple(n for n in names if KIND_HEIGHTS[n][0] <= mid <= KIND_HEIGHTS[n][1])
         extra_kind = _choose(rng, shares, fitting or (kind,))
-        extra_first, extra_last = _slice_run(rng, anatomy.heights, extra_kind, first, last)
+        extra_first, extra_last = _slice_run(
+            rng, anatomy.heights, extra_kind, first, last, run_share
+        )
         lesions.append(_lesion(rng, extra_kind, extra_first, extra_last, params, anatomy))
     return tuple(lesions)
 
@@ -176,6 +186,11 @@ def _blob_cluster(
         position = (centre[0] + offset[0], centre[1] + offset[1], 0.0)
         blobs.append(Ellipsoid(position, axes, rng.uniform(0, np.pi)))
     return tuple(blobs)
+
+
+def _wedge(rng: np.random.Generator, angle: float, size: WedgeSize, side: int) -> Wedge:
+    half_angle = rng.uniform(*size.half_angle_rad)
+    return Wedge(float(angle), half_angle, rng.uniform(*size.apex_radius_share), side)
 
 
 def _lesion(
@@ -200,6 +215,7 @@ def _lesion(
     blobs: tuple[Ellipsoid, ...] = ()
     shell = wedge = sector = layer = None
     oedema_px = oedema_drop_hu = 0.0
+    size = params.lesion_size
     if kind in HEMORRHAGE_SUBTYPES:
         density = getattr(params.hemorrhage_density_hu, kind.split("_")[0])
         level_hu = float(
@@ -210,10 +226,12 @@ def _lesion(
     if kind == "intraparenchymal_lobar":
         direction, distance = rng.uniform(-np.pi, np.pi), rng.uniform(0.3, 0.55)
         centre = (distance * math.cos(direction), distance * math.sin(direction) * elongation)
-        blobs = _blob_cluster(rng, centre, rng.uniform(0.07, 0.22), int(rng.integers(2, 5)))
+        radius = rng.uniform(*size.intraparenchymal_lobar.radius_head_units)
+        blobs = _blob_cluster(rng, centre, radius, int(rng.integers(2, 5)))
     elif kind == "intraparenchymal_deep":
         centre = (side * rng.uniform(0.12, 0.28), rng.uniform(-0.12, 0.14) * elongation)
-        blobs = _blob_cluster(rng, centre, rng.uniform(0.06, 0.18), int(rng.integers(2, 5)))
+        radius = rng.uniform(*size.intraparenchymal_deep.radius_head_units)
+        blobs = _blob_cluster(rng, centre, radius, int(rng.integers(2, 5)))
     elif kind == "contusion":  # several small foci at a frontal or a temporal pole
         frontal = rng.uniform() < 0.5
         centre = (side * 0.22, -0.6 * elongation) if frontal else (side * 0.55, -0.2 * elongation)
@@ -223,7 +241,7 @@ def _lesion(
             for blob in _blob_cluster(
                 rng,
                 (centre[0] + rng.normal(0.0, 0.05), centre[1] + rng.normal(0.0, 0.05)),
-                rng.uniform(0.03, 0.07),
+                rng.uniform(*size.contusion.radius_head_units),
                 2,
             )
         )
@@ -238,37 +256,39 @@ def _lesion(
         lowest = min(s * 0.19 * sin + 0.33 * elongation * cos for s in sides)
         layer = lowest + rng.uniform(-0.06, 0.0)
     elif kind == "subarachnoid":
-        sector = (float(rng.uniform(-np.pi, np.pi)), float(rng.uniform(0.4, 1.2)))
-    elif kind == "subdural":
-        shell = Shell(
-            float(rng.uniform(-np.pi, np.pi)), rng.uniform(0.7, 1.3), rng.uniform(4, 16), 6.0
-        )
-    elif kind == "epidural":
-        shell = Shell(
-            float(rng.uniform(-np.pi, np.pi)), rng.uniform(0.25, 0.5), rng.uniform(12, 30), 2.0
-        )
+        angle = float(rng.uniform(-np.pi, np.pi))
+        sector = (angle, float(rng.uniform(*size.subarachnoid.half_angle_rad)))
+    elif kind in ("subdural", "epidural"):  # a flat crescent, a lens
+        shell_size = getattr(size, kind)
+        angle = float(rng.uniform(-np.pi, np.pi))
+        half_angle = rng.uniform(*shell_size.half_angle_rad)
+        thickness_px = rng.uniform(*shell_size.thickness_px_at_reference_head)
+        shell = Shell(angle, half_angle, thickness_px, 6.0 if kind == "subdural" else 2.0)
     elif kind == "middle_cerebral":
         angle = (0.0 if side > 0 else np.pi) + rng.normal(0.0, 0.25)
-        wedge = Wedge(float(angle), rng.uniform(0.3, 0.6), rng.uniform(0.3, 0.6), 0)
+        wedge = _wedge(rng, angle, size.middle_cerebral, 0)
     elif kind == "anterior_cerebral":
         angle = -np.pi / 2 + side * rng.uniform(0.12, 0.3)
-        wedge = Wedge(float(angle), rng.uniform(0.2, 0.35), rng.uniform(0.3, 0.6), side)
+        wedge = _wedge(rng, angle, size.anterior_cerebral, side)
     elif kind == "posterior_cerebral":
         angle = np.pi / 2 - side * rng.uniform(0.15, 0.45)
-        wedge = Wedge(float(angle), rng.uniform(0.22, 0.4), rng.uniform(0.3, 0.6), side)
+        wedge = _wedge(rng, angle, size.posterior_cerebral, side)
     elif kind == "watershed":  # the border zone between the anterior and middle territories
         angle = -np.pi / 2 + side * rng.uniform(0.7, 1.0)
-        wedge = Wedge(float(angle), rng.uniform(0.07, 0.15), rng.uniform(0.3, 0.45), side)
+        wedge = _wedge(rng, angle, size.watershed, side)
     elif kind == "lacunar":
         centres = ((0.2, -0.05), (0.16, 0.02), (0.1, 0.11))  # lentiform, capsule, thalamus
         u, v = centres[int(rng.integers(0, len(centres)))]
-        blobs = _blob_cluster(
-            rng, (side * u, v * elongation), rng.uniform(0.025, 0.06), int(rng.integers(1, 3))
-        )
+        radius = rng.uniform(*size.lacunar.radius_head_units)
+        blobs = _blob_cluster(rng, (side * u, v * elongation), radius, int(rng.integers(1, 3)))
     else:  # posterior_fossa: a cerebellar hemisphere or the brainstem
         cerebellar = rng.uniform() < 0.75
         centre = (side * 0.3, 0.58 * elongation) if cerebellar else (0.0, 0.2 * elongation)
-        radius = rng.uniform(0.1, 0.22) if cerebellar else rng.uniform(0.04, 0.08)
+        fossa = size.posterior_fossa
+        fossa_radius = (
+            fossa.cerebellar_radius_head_units if cerebellar else fossa.brainstem_radius_head_units
+        )
+        radius = rng.uniform(*fossa_radius)
         blobs = _blob_cluster(rng, centre, radius, int(rng.integers(2, 4)))
     if kind in ("intraparenchymal_lobar", "intraparenchymal_deep", "contusion"):
         oedema_px = float(rng.uniform(*params.oedema_rim_px))
@@ -291,11 +311,9 @@ def _lesion(
     )
 
 
-# Kinds whose mass shifts the midline, and the size that gives the largest shift: a blob
-# radius (head units) or a shell thickness (px at the reference head).
+# Kinds whose mass shifts the midline; the largest size `phantom.lesion_size` allows them gives
+# the largest shift.
 MASS_KINDS = ("intraparenchymal_lobar", "intraparenchymal_deep", "subdural", "epidural")
-LARGEST_BLOB = 0.22
-THICKEST_SHELL_PX = 30.0
 
 
 def mass_effect(
@@ -307,12 +325,21 @@ def mass_effect(
     lesion = lesions[0]
     if lesion.kind not in MASS_KINDS:
         return anatomy
+    sizes = params.lesion_size
     if lesion.shell is not None:
         side = 1.0 if math.cos(lesion.shell.angle) >= 0.0 else -1.0
-        size = min(1.0, lesion.shell.thickness_px / THICKEST_SHELL_PX)
+        thickest_px = max(
+            sizes.subdural.thickness_px_at_reference_head[1],
+            sizes.epidural.thickness_px_at_reference_head[1],
+        )
+        size = min(1.0, lesion.shell.thickness_px / thickest_px)
     else:
         side = 1.0 if np.mean([blob.centre[0] for blob in lesion.blobs]) >= 0.0 else -1.0
-        size = min(1.0, max(blob.axes[0] for blob in lesion.blobs) / LARGEST_BLOB)
+        largest = max(
+            sizes.intraparenchymal_lobar.radius_head_units[1],
+            sizes.intraparenchymal_deep.radius_head_units[1],
+        )
+        size = min(1.0, max(blob.axes[0] for blob in lesion.blobs) / largest)
     # One head unit (half the head width) of the reference head, in millimetres.
     unit_mm = params.pixel_spacing_mm * REFERENCE_SIZE * REFERENCE_HEAD_WIDTH_SHARE / 2.0
     shift = -side * size * rng.uniform(0.0, params.midline_shift_max_mm) / unit_mm
