@@ -159,10 +159,10 @@ class BlobSize(_SizeRanges):
 
 
 class ShellSize(_SizeRanges):
-    """A collection along the inner table: its greatest depth (px of the reference head,
-    0.45 mm each) and its half-angle seen from the head centre."""
+    """A collection along the inner table: its greatest depth (mm at `pixel_spacing_mm`) and
+    its half-angle seen from the head centre."""
 
-    thickness_px_at_reference_head: SizeRange
+    thickness_mm: SizeRange
     half_angle_rad: AngleRange
 
 

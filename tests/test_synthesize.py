@@ -395,8 +395,8 @@ def test_case_plan_invariants():
         ({"workers": -1}, "phantom.workers: Input should be greater than or equal to 0"),
         ({"lesion_free_slice_share": 1.0}, "phantom.lesion_free_slice_share"),
         (
-            {"lesion_size": {"subdural": {"thickness_px_at_reference_head": [16.0, 4.0]}}},
-            "phantom.lesion_size.subdural: Value error, thickness_px_at_reference_head must be",
+            {"lesion_size": {"subdural": {"thickness_mm": [20.0, 5.0]}}},
+            "phantom.lesion_size.subdural: Value error, thickness_mm must be [low, high]",
         ),
         (
             {"lesion_size": {"lacunar": {"radius_mm": [1.0, 2.0]}}},

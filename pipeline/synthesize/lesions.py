@@ -262,7 +262,7 @@ def _lesion(
         shell_size = getattr(size, kind)
         angle = float(rng.uniform(-np.pi, np.pi))
         half_angle = rng.uniform(*shell_size.half_angle_rad)
-        thickness_px = rng.uniform(*shell_size.thickness_px_at_reference_head)
+        thickness_px = rng.uniform(*shell_size.thickness_mm) / params.pixel_spacing_mm
         shell = Shell(angle, half_angle, thickness_px, 6.0 if kind == "subdural" else 2.0)
     elif kind == "middle_cerebral":
         angle = (0.0 if side > 0 else np.pi) + rng.normal(0.0, 0.25)
@@ -328,10 +328,8 @@ def mass_effect(
     sizes = params.lesion_size
     if lesion.shell is not None:
         side = 1.0 if math.cos(lesion.shell.angle) >= 0.0 else -1.0
-        thickest_px = max(
-            sizes.subdural.thickness_px_at_reference_head[1],
-            sizes.epidural.thickness_px_at_reference_head[1],
-        )
+        thickest_mm = max(sizes.subdural.thickness_mm[1], sizes.epidural.thickness_mm[1])
+        thickest_px = thickest_mm / params.pixel_spacing_mm
         size = min(1.0, lesion.shell.thickness_px / thickest_px)
     else:
         side = 1.0 if np.mean([blob.centre[0] for blob in lesion.blobs]) >= 0.0 else -1.0
