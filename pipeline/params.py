@@ -281,6 +281,9 @@ class PhantomParams(StrictModel):
     hemorrhage_hu: HuRange
     ischemic_mean_drop_hu: HuRange
     ischemic_drop_hu: HuRange
+    # Loss of grey-white differentiation inside an infarct: the share of the cortex's extra
+    # density over white matter it loses, drawn per infarct.
+    ischemic_grey_white_loss: tuple[Probability, Probability]
     extra_lesion_probability: Probability
     # Mass effect of a haematoma: midline shift (falx and ventricles) up to this, for the largest.
     midline_shift_max_mm: Annotated[float, Field(ge=0.0, le=30.0)]
@@ -334,6 +337,7 @@ class PhantomParams(StrictModel):
             "hemorrhage_hu",
             "ischemic_mean_drop_hu",
             "ischemic_drop_hu",
+            "ischemic_grey_white_loss",
             "oedema_rim_px",
             "oedema_drop_hu",
             "edge_slice_fill",

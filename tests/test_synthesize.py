@@ -18,7 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.io import SPACING_FILE, parse_spacing_json, window_to_uint8
-from pipeline.params import ISCHEMIA_TERRITORIES, ParamsError, PhantomParams
+from pipeline.params import (
+    HEMORRHAGE_SUBTYPES,
+    ISCHEMIA_TERRITORIES,
+    ParamsError,
+    PhantomParams,
+)
 from pipeline.synthesize.anatomy import (
     BASE_TOP,
     LENS_HU,
@@ -407,6 +412,7 @@ def test_case_plan_invariants():
             "phantom.lesion_size.lacunar.radius_head_units[0]: Input should be greater than 0",
         ),
         ({"lesion_size": {"slice_run_share": [0.9, 0.5]}}, "slice_run_share must be [low, high]"),
+        ({"ischemic_grey_white_loss": [1.0, 0.3]}, "ischemic_grey_white_loss must be [low, high]"),
     ],
 )
 def test_params_errors_name_the_key(phantom, expected):
@@ -795,3 +801,85 @@ def test_default_phantom_meets_validate_lesion_slice_share():
             )
         share = lesion_slices / (len(specs) * params.phantom.slices_per_case)
         assert share >= params.validate.min_lesion_slice_share + 0.05, (class_name, share)
+
+
+def _one_kind_cases(kind: str, image_size: int, cases: int, **overrides: object):
+    """`cases` cases whose single lesion is of `kind`, with their params."""
+    hemorrhagic = kind in HEMORRHAGE_SUBTYPES
+    names = HEMORRHAGE_SUBTYPES if hemorrhagic else ISCHEMIA_TERRITORIES
+    shares = {name: float(name == kind) for name in names}
+    params = small_params(
+        image_size=image_size,
+        slices_per_case=12,
+        hemorrhagic_cases=cases + 1 if hemorrhagic else 2,
+        ischemic_cases=2 if hemorrhagic else cases,
+        extra_lesion_probability=0.0,
+        **{"hemorrhage_subtype_share" if hemorrhagic else "ischemia_territory_share": shares},
+        **overrides,
+    )
+    class_name = "Hemorrhagic" if hemorrhagic else "Ischemic"
+    specs = [s for s in plan_cases(params, seed=4) if s.class_name == class_name][:cases]
+    return [build_case(spec, params) for spec in specs]
+
+
+def _middle_slice(case: CaseModel) -> PhantomSlice:
+    lesion = case.lesions[0]
+    return render_slice(case, (lesion.first + lesion.last) // 2)
+
+
+@pytest.mark.parametrize(
+    ("kind", "small", "large"),
+    [
+        (
+            "intraparenchymal_lobar",
+            {"radius_head_units": [0.08, 0.1]},
+            {"radius_head_units": [0.2, 0.25]},
+        ),
+        ("subdural", {"thickness_mm": [3.0, 4.0]}, {"thickness_mm": [12.0, 15.0]}),
+        ("lacunar", {"radius_head_units": [0.03, 0.04]}, {"radius_head_units": [0.08, 0.1]}),
+        ("middle_cerebral", {"half_angle_rad": [0.2, 0.25]}, {"half_angle_rad": [0.5, 0.6]}),
+    ],
+)
+def test_a_larger_lesion_size_param_draws_larger_lesions(kind, small, large):
+    """The same cases drawn with a kind's `phantom.lesion_size` range raised cover more pixels
+    on their lesion's middle slice, case by case."""
+    areas = {}
+    for name, size in (("small", small), ("large", large)):
+        cases = _one_kind_cases(kind, 256, 6, lesion_size={kind: size})
+        assert all(case.lesions[0].kind == kind for case in cases)
+        areas[name] = np.array([int(_middle_slice(case).lesion.sum()) for case in cases])
+    assert np.all(areas["small"] > 0)
+    assert np.all(areas["large"] > areas["small"]), areas
+    assert areas["large"].sum() > 2 * areas["small"].sum(), areas
+
+
+def _grey_white_difference_hu(rendered: PhantomSlice) -> float:
+    """Inside the lesion: mean HU of its greyer half (by the lesion-free baseline) minus that
+    of its whiter half."""
+    baseline = rendered.baseline_hu[rendered.lesion]
+    drawn = rendered.clean_hu[rendered.lesion]
+    greyer = baseline >= np.median(baseline)
+    return float(drawn[greyer].mean() - drawn[~greyer].mean())
+
+
+def test_grey_white_loss_lowers_the_grey_white_difference_inside_infarcts():
+    """Issue 21 item 1: an infarct loses its grey-white differentiation. The same middle
+    cerebral infarcts drawn with `ischemic_grey_white_loss` 1 keep at most half the grey-white
+    difference they keep with 0 (a shallow drop, so that the 12 HU cap on an infarct's drop
+    does not cut the loss), and the loss stays within the lesion mask."""
+    kept = {}
+    for loss in (0.0, 1.0):
+        cases = _one_kind_cases(
+            "middle_cerebral",
+            256,
+            4,
+            ischemic_grey_white_loss=[loss, loss],
+            ischemic_mean_drop_hu=[3.0, 4.0],  # deep enough below 12 HU to leave room for it
+        )
+        rendered = [_middle_slice(case) for case in cases]
+        for slice_ in rendered:
+            assert np.array_equal(slice_.lesion, slice_.clean_hu != slice_.baseline_hu)
+        kept[loss] = [_grey_white_difference_hu(slice_) for slice_ in rendered]
+    assert all(difference > 2.0 for difference in kept[0.0]), kept
+    assert all(full < 0.5 * none for full, none in zip(kept[1.0], kept[0.0], strict=True)), kept
+

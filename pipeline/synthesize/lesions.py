@@ -97,6 +97,7 @@ class Lesion:
     body_fill: float  # share on the other slices (below 1 for thin layers: partial volume)
     oedema_px: float  # unlabelled oedema rim around a hemorrhage (0: none), reference head
     oedema_drop_hu: float
+    grey_white_loss: float  # infarct: share of the cortex's extra density it loses
 
     @property
     def hemorrhagic(self) -> bool:
@@ -214,7 +215,7 @@ def _lesion(
     side = 1 if rng.uniform() < 0.5 else -1
     blobs: tuple[Ellipsoid, ...] = ()
     shell = wedge = sector = layer = None
-    oedema_px = oedema_drop_hu = 0.0
+    oedema_px = oedema_drop_hu = grey_white_loss = 0.0
     size = params.lesion_size
     if kind in HEMORRHAGE_SUBTYPES:
         density = getattr(params.hemorrhage_density_hu, kind.split("_")[0])
@@ -293,6 +294,8 @@ def _lesion(
     if kind in ("intraparenchymal_lobar", "intraparenchymal_deep", "contusion"):
         oedema_px = float(rng.uniform(*params.oedema_rim_px))
         oedema_drop_hu = float(rng.uniform(*params.oedema_drop_hu))
+    if kind in ISCHEMIA_TERRITORIES:
+        grey_white_loss = float(rng.uniform(*params.ischemic_grey_white_loss))
     return Lesion(
         kind=kind,
         first=first,
@@ -308,6 +311,7 @@ def _lesion(
         body_fill=float(rng.uniform(*params.thin_bleed_fill)) if kind in THIN_BLEEDS else 1.0,
         oedema_px=oedema_px,
         oedema_drop_hu=oedema_drop_hu,
+        grey_white_loss=grey_white_loss,
     )
 
 
@@ -386,6 +390,7 @@ class Spaces:
     rho: np.ndarray  # radius relative to the head outline
     csf: np.ndarray  # sulci, fissures, cisterns and the gap under the skull
     ventricles: np.ndarray
+    grey_share: np.ndarray  # 0 white .. 1 grey matter, where the parenchyma is
 
 
 def infarct_region(
@@ -428,8 +433,9 @@ def add_lesions(
     """Paint the case's lesions on slice `index` and return their mask: exactly the pixels
     they changed. Unlabelled context (the oedema rim of a hemorrhage, the scalp swelling over
     an epidural haematoma) goes on before the caller copies the baseline, so call
-    `add_context` first. A hemorrhage replaces whatever the cranial cavity holds; an infarct
-    lowers the parenchyma of its region by a drop within `ischemic_drop_hu`."""
+    `add_context` first. A hemorrhage replaces whatever the cranial cavity holds; an
+    infarct lowers the parenchyma of its region by a drop within `ischemic_drop_hu`, its grey
+    matter further by a share of its extra density over white matter (grey-white loss)."""
     mask = np.zeros(hu.shape, dtype=bool)
     for lesion in lesions:
         t = lesion.height(index)
@@ -453,7 +459,11 @@ def add_lesions(
             low, high = params.ischemic_drop_hu
             variation = wave_noise(lesion.waves[2:], grid.u[region], grid.v[region], t)
             drop = np.clip(lesion.level_hu + 0.2 * (high - low) * variation, low, high)
-            hu[region] -= np.maximum(fill * drop, np.float32(low))
+            # Grey-white loss: grey matter drops by a share of its excess over white matter,
+            # the whole drop still within ischemic_drop_hu.
+            lost_hu = np.float32(lesion.grey_white_loss * (anatomy.grey_hu - anatomy.white_hu))
+            lost_hu = fill * lost_hu * spaces.grey_share[region]
+            hu[region] -= np.minimum(np.maximum(fill * drop, np.float32(low)) + lost_hu, high)
             tissue[region] = Tissue.ISCHEMIA
         mask |= region
     return mask
