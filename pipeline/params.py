@@ -284,6 +284,11 @@ class PhantomParams(StrictModel):
     # Loss of grey-white differentiation inside an infarct: the share of the cortex's extra
     # density over white matter it loses, drawn per infarct.
     ischemic_grey_white_loss: tuple[Probability, Probability]
+    # An epidural haematoma's skull fracture runs over the middle of its slices: those within
+    # this share of its half-height, drawn per haematoma (at least the middle slice).
+    epidural_fracture_reach: tuple[
+        Annotated[float, Field(ge=0.5, le=1.0)], Annotated[float, Field(ge=0.5, le=1.0)]
+    ]
     extra_lesion_probability: Probability
     # Mass effect of a haematoma: midline shift (falx and ventricles) up to this, for the largest.
     midline_shift_max_mm: Annotated[float, Field(ge=0.0, le=30.0)]
@@ -338,6 +343,7 @@ class PhantomParams(StrictModel):
             "ischemic_mean_drop_hu",
             "ischemic_drop_hu",
             "ischemic_grey_white_loss",
+            "epidural_fracture_reach",
             "oedema_rim_px",
             "oedema_drop_hu",
             "edge_slice_fill",

@@ -413,6 +413,7 @@ def test_case_plan_invariants():
         ),
         ({"lesion_size": {"slice_run_share": [0.9, 0.5]}}, "slice_run_share must be [low, high]"),
         ({"ischemic_grey_white_loss": [1.0, 0.3]}, "ischemic_grey_white_loss must be [low, high]"),
+        ({"epidural_fracture_reach": [0.2, 1.0]}, "phantom.epidural_fracture_reach[0]"),
     ],
 )
 def test_params_errors_name_the_key(phantom, expected):
@@ -883,3 +884,32 @@ def test_grey_white_loss_lowers_the_grey_white_difference_inside_infarcts():
     assert all(difference > 2.0 for difference in kept[0.0]), kept
     assert all(full < 0.5 * none for full, none in zip(kept[1.0], kept[0.0], strict=True)), kept
 
+
+def _tissue_along_ray(case: CaseModel, rendered: PhantomSlice, angle: float) -> np.ndarray:
+    """Tissue labels along a ray from the head centre in direction `angle` (head frame)."""
+    turned = angle + case.anatomy.rotation
+    steps = np.arange(0.0, case.params.image_size, 0.25)
+    x = np.rint(case.anatomy.centre[0] + steps * np.cos(turned)).astype(int)
+    y = np.rint(case.anatomy.centre[1] + steps * np.sin(turned)).astype(int)
+    inside = (x >= 0) & (x < case.params.image_size) & (y >= 0) & (y < case.params.image_size)
+    return rendered.tissue[y[inside], x[inside]]
+
+
+def test_a_fracture_crosses_the_skull_over_an_epidural_haematoma():
+    """Issue 21 item 1: an epidural haematoma comes with a skull fracture. On its middle slice
+    the ray from the head centre along the fracture meets the haematoma, then no bone up to
+    the air outside the head (the gap is unlabelled: no lesion pixel in the skull), while rays
+    a little to either side cross the skull."""
+    for case in _one_kind_cases("epidural", 512, 3):
+        lesion = case.lesions[0]
+        assert lesion.fracture_angle is not None
+        assert abs(lesion.fracture_angle - lesion.shell.angle) <= lesion.shell.half_angle
+        rendered = _middle_slice(case)
+        along = _tissue_along_ray(case, rendered, lesion.fracture_angle)
+        bleed = np.nonzero(along == Tissue.HEMORRHAGE)[0]
+        assert bleed.size, "the fracture lies over the haematoma"
+        assert not np.any(along[bleed[-1] :] == Tissue.BONE)
+        for side in (-1, 1):
+            beside = _tissue_along_ray(case, rendered, lesion.fracture_angle + side * 0.06)
+            assert np.any(beside == Tissue.BONE)
+        assert not np.any(rendered.lesion & (rendered.tissue == Tissue.SOFT_TISSUE))

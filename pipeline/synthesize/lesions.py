@@ -51,6 +51,9 @@ KIND_HEIGHTS: dict[str, tuple[float, float]] = {
 # A few millimetres thick, they fill only part of a 5 mm slice (`phantom.thin_bleed_fill`).
 THIN_BLEEDS = ("subarachnoid", "subdural")
 SCALP_HAEMATOMA_HU = 55.0
+# A skull fracture over an epidural haematoma: a gap about a millimetre wide (px at the
+# reference head), filled at the scalp haematoma's density.
+FRACTURE_WIDTH_PX = 2.0
 MIN_BLOB_AXIS_PX = 2.2  # see _blob_region  # the unlabelled swelling over an epidural haematoma
 
 
@@ -98,6 +101,10 @@ class Lesion:
     oedema_px: float  # unlabelled oedema rim around a hemorrhage (0: none), reference head
     oedema_drop_hu: float
     grey_white_loss: float  # infarct: share of the cortex's extra density it loses
+    # Epidural haematoma: the direction of its skull fracture (radians from the head centre),
+    # drawn on the slices within `fracture_reach` of its middle (t in -1..1).
+    fracture_angle: float | None
+    fracture_reach: float
 
     @property
     def hemorrhagic(self) -> bool:
@@ -215,7 +222,8 @@ def _lesion(
     side = 1 if rng.uniform() < 0.5 else -1
     blobs: tuple[Ellipsoid, ...] = ()
     shell = wedge = sector = layer = None
-    oedema_px = oedema_drop_hu = grey_white_loss = 0.0
+    oedema_px = oedema_drop_hu = grey_white_loss = fracture_reach = 0.0
+    fracture_angle = None
     size = params.lesion_size
     if kind in HEMORRHAGE_SUBTYPES:
         density = getattr(params.hemorrhage_density_hu, kind.split("_")[0])
@@ -265,6 +273,9 @@ def _lesion(
         half_angle = rng.uniform(*shell_size.half_angle_rad)
         thickness_px = rng.uniform(*shell_size.thickness_mm) / params.pixel_spacing_mm
         shell = Shell(angle, half_angle, thickness_px, 6.0 if kind == "subdural" else 2.0)
+        if kind == "epidural":
+            fracture_angle = angle + float(rng.uniform(-0.5, 0.5)) * half_angle
+            fracture_reach = float(rng.uniform(*params.epidural_fracture_reach))
     elif kind == "middle_cerebral":
         angle = (0.0 if side > 0 else np.pi) + rng.normal(0.0, 0.25)
         wedge = _wedge(rng, angle, size.middle_cerebral, 0)
@@ -312,6 +323,8 @@ def _lesion(
         oedema_px=oedema_px,
         oedema_drop_hu=oedema_drop_hu,
         grey_white_loss=grey_white_loss,
+        fracture_angle=fracture_angle,
+        fracture_reach=fracture_reach,
     )
 
 
@@ -431,9 +444,9 @@ def add_lesions(
     spaces: Spaces,
 ) -> np.ndarray:
     """Paint the case's lesions on slice `index` and return their mask: exactly the pixels
-    they changed. Unlabelled context (the oedema rim of a hemorrhage, the scalp swelling over
-    an epidural haematoma) goes on before the caller copies the baseline, so call
-    `add_context` first. A hemorrhage replaces whatever the cranial cavity holds; an
+    they changed. Unlabelled context (the oedema rim of a hemorrhage, the scalp swelling and
+    skull fracture over an epidural haematoma) goes on before the caller copies the baseline,
+    so call `add_context` first. A hemorrhage replaces whatever the cranial cavity holds; an
     infarct lowers the parenchyma of its region by a drop within `ischemic_drop_hu`, its grey
     matter further by a share of its extra density over white matter (grey-white loss)."""
     mask = np.zeros(hu.shape, dtype=bool)
@@ -481,7 +494,8 @@ def add_context(
     head: np.ndarray,
 ) -> None:
     """Unlabelled changes a lesion brings: an oedema rim below parenchyma around a
-    hemorrhage, a scalp haematoma over an epidural one."""
+    hemorrhage; a scalp haematoma over an epidural one, and on its middle slices a fracture
+    line through the skull."""
     scale = anatomy.px_scale
     low = np.float32(params.parenchyma_hu[0])
     for lesion in lesions:
@@ -501,6 +515,20 @@ def add_context(
             swelling &= np.isin(tissue, (Tissue.FAT, Tissue.SOFT_TISSUE))
             hu[swelling] = SCALP_HAEMATOMA_HU
             tissue[swelling] = Tissue.SOFT_TISSUE
+            if lesion.fracture_angle is not None and abs(t) <= lesion.fracture_reach:
+                fracture = _fracture(lesion.fracture_angle, anatomy, grid)
+                fracture &= head & (spaces.inner_depth < 0.0) & (tissue == Tissue.BONE)
+                hu[fracture] = SCALP_HAEMATOMA_HU
+                tissue[fracture] = Tissue.SOFT_TISSUE
+
+
+def _fracture(angle: float, anatomy: Anatomy, grid: CaseGrid) -> np.ndarray:
+    """A straight gap FRACTURE_WIDTH_PX wide (at least a pixel) from the head centre outwards
+    in direction `angle`."""
+    cos, sin = np.float32(math.cos(angle)), np.float32(math.sin(angle))
+    across_px = np.abs(grid.v * cos - grid.u * sin) * np.float32(anatomy.half_width_px)
+    half_width_px = max(0.5, 0.5 * FRACTURE_WIDTH_PX * anatomy.px_scale)
+    return (grid.u * cos + grid.v * sin > 0.0) & (across_px < half_width_px)
 
 
 def _angle_offset(angle: np.ndarray, towards: float) -> np.ndarray:
