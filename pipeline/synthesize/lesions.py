@@ -51,10 +51,10 @@ KIND_HEIGHTS: dict[str, tuple[float, float]] = {
 # A few millimetres thick, they fill only part of a 5 mm slice (`phantom.thin_bleed_fill`).
 THIN_BLEEDS = ("subarachnoid", "subdural")
 SCALP_HAEMATOMA_HU = 55.0
+MIN_BLOB_AXIS_PX = 2.2  # see _blob_region  # the unlabelled swelling over an epidural haematoma
 # A skull fracture over an epidural haematoma: a gap about a millimetre wide (px at the
 # reference head), filled at the scalp haematoma's density.
 FRACTURE_WIDTH_PX = 2.0
-MIN_BLOB_AXIS_PX = 2.2  # see _blob_region  # the unlabelled swelling over an epidural haematoma
 
 
 @dataclass(frozen=True)
