@@ -913,3 +913,27 @@ def test_a_fracture_crosses_the_skull_over_an_epidural_haematoma():
             beside = _tissue_along_ray(case, rendered, lesion.fracture_angle + side * 0.06)
             assert np.any(beside == Tissue.BONE)
         assert not np.any(rendered.lesion & (rendered.tissue == Tissue.SOFT_TISSUE))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    thickness_mm=st.tuples(st.floats(1.0, 30.0), st.floats(0.0, 20.0)),
+    half_angle_rad=st.tuples(st.floats(0.05, 1.5), st.floats(0.0, 1.0)),
+)
+def test_drawn_shells_and_wedges_keep_within_their_size_ranges(thickness_mm, half_angle_rad):
+    """Whatever `phantom.lesion_size` ranges say, the drawn subdural haematomas' thickness and
+    the middle cerebral infarcts' half-angle lie within them."""
+    thickness = [thickness_mm[0], thickness_mm[0] + thickness_mm[1]]
+    angles = [half_angle_rad[0], half_angle_rad[0] + half_angle_rad[1]]
+    subdural = _one_kind_cases(
+        "subdural", 64, 3, lesion_size={"subdural": {"thickness_mm": thickness}}
+    )
+    for case in subdural:
+        spacing_mm = case.params.pixel_spacing_mm
+        assert thickness[0] - 1e-9 <= case.lesions[0].shell.thickness_px * spacing_mm
+        assert case.lesions[0].shell.thickness_px * spacing_mm <= thickness[1] + 1e-9
+    wedges = _one_kind_cases(
+        "middle_cerebral", 64, 3, lesion_size={"middle_cerebral": {"half_angle_rad": angles}}
+    )
+    for case in wedges:
+        assert angles[0] <= case.lesions[0].wedge.half_angle <= angles[1]
