@@ -22,6 +22,7 @@ messages quote at most a short excerpt of a bad value.
 
 from __future__ import annotations
 
+import math
 import re
 import reprlib
 import warnings
@@ -133,6 +134,87 @@ class HemorrhageDensities(StrictModel):
     contusion: float
 
 
+# A [low, high] range of positive sizes, and of angles (radians) up to a half turn.
+SizeRange = tuple[PositiveFloat, PositiveFloat]
+AngleRange = tuple[
+    Annotated[float, Field(gt=0.0, le=math.pi)], Annotated[float, Field(gt=0.0, le=math.pi)]
+]
+
+
+class _SizeRanges(StrictModel):
+    """Size ranges of one lesion kind, each [low, high] with low <= high."""
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> _SizeRanges:
+        for name in type(self).model_fields:
+            _ordered_range(getattr(self, name), name)
+        return self
+
+
+class BlobSize(_SizeRanges):
+    """A cluster of ellipses (one focus of a contusion): the radius it is drawn around, in head
+    units (half the head's width: 76 mm at the reference head, docs/phantom.md)."""
+
+    radius_head_units: SizeRange
+
+
+class ShellSize(_SizeRanges):
+    """A collection along the inner table: its greatest depth (mm at `pixel_spacing_mm`) and
+    its half-angle seen from the head centre."""
+
+    thickness_mm: SizeRange
+    half_angle_rad: AngleRange
+
+
+class SectorSize(_SizeRanges):
+    """Subarachnoid blood: the half-angle of the sector of CSF spaces it fills."""
+
+    half_angle_rad: AngleRange
+
+
+class WedgeSize(_SizeRanges):
+    """A vascular territory: its half-angle, and its apex's radius as a share of the brain's."""
+
+    half_angle_rad: AngleRange
+    apex_radius_share: tuple[
+        Annotated[float, Field(gt=0.0, lt=1.0)], Annotated[float, Field(gt=0.0, lt=1.0)]
+    ]
+
+
+class PosteriorFossaSize(_SizeRanges):
+    """An infarct of a cerebellar hemisphere or of the brainstem (head units)."""
+
+    cerebellar_radius_head_units: SizeRange
+    brainstem_radius_head_units: SizeRange
+
+
+class LesionSizes(StrictModel):
+    """The size of each lesion kind (docs/phantom.md names each range's source). An
+    intraventricular bleed has none of its own: it fills the ventricles below its level."""
+
+    intraparenchymal_lobar: BlobSize
+    intraparenchymal_deep: BlobSize
+    subarachnoid: SectorSize
+    subdural: ShellSize
+    epidural: ShellSize
+    contusion: BlobSize
+    middle_cerebral: WedgeSize
+    anterior_cerebral: WedgeSize
+    posterior_cerebral: WedgeSize
+    watershed: WedgeSize
+    lacunar: BlobSize
+    posterior_fossa: PosteriorFossaSize
+    # Share of the slices at a kind's heights that its run of slices covers.
+    slice_run_share: tuple[
+        Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]
+    ]
+
+    @model_validator(mode="after")
+    def _check(self) -> LesionSizes:
+        _ordered_range(self.slice_run_share, "slice_run_share")
+        return self
+
+
 # Largest random step between consecutive ischemic case ids of the phantom.
 ISCHEMIC_ID_MAX_STEP = 60_000
 
@@ -193,11 +275,20 @@ class PhantomParams(StrictModel):
     hemorrhage_subtype_share: dict[HemorrhageSubtype, Probability]
     ischemia_territory_share: dict[IschemiaTerritory, Probability]
     hemorrhage_density_hu: HemorrhageDensities
+    lesion_size: LesionSizes
     hemorrhage_case_sd_hu: Annotated[float, Field(ge=0.0, le=30.0)]
     hemorrhage_texture_hu: Annotated[float, Field(ge=0.0, le=20.0)]
     hemorrhage_hu: HuRange
     ischemic_mean_drop_hu: HuRange
     ischemic_drop_hu: HuRange
+    # Loss of grey-white differentiation inside an infarct: the share of the cortex's extra
+    # density over white matter it loses, drawn per infarct.
+    ischemic_grey_white_loss: tuple[Probability, Probability]
+    # An epidural haematoma's skull fracture runs over the middle of its slices: those within
+    # this share of its half-height, drawn per haematoma (at least the middle slice).
+    epidural_fracture_reach: tuple[
+        Annotated[float, Field(ge=0.5, le=1.0)], Annotated[float, Field(ge=0.5, le=1.0)]
+    ]
     extra_lesion_probability: Probability
     # Mass effect of a haematoma: midline shift (falx and ventricles) up to this, for the largest.
     midline_shift_max_mm: Annotated[float, Field(ge=0.0, le=30.0)]
@@ -251,6 +342,8 @@ class PhantomParams(StrictModel):
             "hemorrhage_hu",
             "ischemic_mean_drop_hu",
             "ischemic_drop_hu",
+            "ischemic_grey_white_loss",
+            "epidural_fracture_reach",
             "oedema_rim_px",
             "oedema_drop_hu",
             "edge_slice_fill",

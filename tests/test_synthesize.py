@@ -18,7 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.io import SPACING_FILE, parse_spacing_json, window_to_uint8
-from pipeline.params import ISCHEMIA_TERRITORIES, ParamsError, PhantomParams
+from pipeline.params import (
+    HEMORRHAGE_SUBTYPES,
+    ISCHEMIA_TERRITORIES,
+    ParamsError,
+    PhantomParams,
+)
 from pipeline.synthesize.anatomy import (
     BASE_TOP,
     LENS_HU,
@@ -394,6 +399,21 @@ def test_case_plan_invariants():
         ({"first_hemorrhagic_case": 995}, "first_hemorrhagic_case"),
         ({"workers": -1}, "phantom.workers: Input should be greater than or equal to 0"),
         ({"lesion_free_slice_share": 1.0}, "phantom.lesion_free_slice_share"),
+        (
+            {"lesion_size": {"subdural": {"thickness_mm": [20.0, 5.0]}}},
+            "phantom.lesion_size.subdural: Value error, thickness_mm must be [low, high]",
+        ),
+        (
+            {"lesion_size": {"lacunar": {"radius_mm": [1.0, 2.0]}}},
+            "phantom.lesion_size.lacunar.radius_mm: unknown key",
+        ),
+        (
+            {"lesion_size": {"lacunar": {"radius_head_units": [0.0, 0.06]}}},
+            "phantom.lesion_size.lacunar.radius_head_units[0]: Input should be greater than 0",
+        ),
+        ({"lesion_size": {"slice_run_share": [0.9, 0.5]}}, "slice_run_share must be [low, high]"),
+        ({"ischemic_grey_white_loss": [1.0, 0.3]}, "ischemic_grey_white_loss must be [low, high]"),
+        ({"epidural_fracture_reach": [0.2, 1.0]}, "phantom.epidural_fracture_reach[0]"),
     ],
 )
 def test_params_errors_name_the_key(phantom, expected):
@@ -782,3 +802,138 @@ def test_default_phantom_meets_validate_lesion_slice_share():
             )
         share = lesion_slices / (len(specs) * params.phantom.slices_per_case)
         assert share >= params.validate.min_lesion_slice_share + 0.05, (class_name, share)
+
+
+def _one_kind_cases(kind: str, image_size: int, cases: int, **overrides: object):
+    """`cases` cases whose single lesion is of `kind`, with their params."""
+    hemorrhagic = kind in HEMORRHAGE_SUBTYPES
+    names = HEMORRHAGE_SUBTYPES if hemorrhagic else ISCHEMIA_TERRITORIES
+    shares = {name: float(name == kind) for name in names}
+    params = small_params(
+        image_size=image_size,
+        slices_per_case=12,
+        hemorrhagic_cases=cases + 1 if hemorrhagic else 2,
+        ischemic_cases=2 if hemorrhagic else cases,
+        extra_lesion_probability=0.0,
+        **{"hemorrhage_subtype_share" if hemorrhagic else "ischemia_territory_share": shares},
+        **overrides,
+    )
+    class_name = "Hemorrhagic" if hemorrhagic else "Ischemic"
+    specs = [s for s in plan_cases(params, seed=4) if s.class_name == class_name][:cases]
+    return [build_case(spec, params) for spec in specs]
+
+
+def _middle_slice(case: CaseModel) -> PhantomSlice:
+    lesion = case.lesions[0]
+    return render_slice(case, (lesion.first + lesion.last) // 2)
+
+
+@pytest.mark.parametrize(
+    ("kind", "small", "large"),
+    [
+        (
+            "intraparenchymal_lobar",
+            {"radius_head_units": [0.08, 0.1]},
+            {"radius_head_units": [0.2, 0.25]},
+        ),
+        ("subdural", {"thickness_mm": [3.0, 4.0]}, {"thickness_mm": [12.0, 15.0]}),
+        ("lacunar", {"radius_head_units": [0.03, 0.04]}, {"radius_head_units": [0.08, 0.1]}),
+        ("middle_cerebral", {"half_angle_rad": [0.2, 0.25]}, {"half_angle_rad": [0.5, 0.6]}),
+    ],
+)
+def test_a_larger_lesion_size_param_draws_larger_lesions(kind, small, large):
+    """The same cases drawn with a kind's `phantom.lesion_size` range raised cover more pixels
+    on their lesion's middle slice, case by case."""
+    areas = {}
+    for name, size in (("small", small), ("large", large)):
+        cases = _one_kind_cases(kind, 256, 6, lesion_size={kind: size})
+        assert all(case.lesions[0].kind == kind for case in cases)
+        areas[name] = np.array([int(_middle_slice(case).lesion.sum()) for case in cases])
+    assert np.all(areas["small"] > 0)
+    assert np.all(areas["large"] > areas["small"]), areas
+    assert areas["large"].sum() > 2 * areas["small"].sum(), areas
+
+
+def _grey_white_difference_hu(rendered: PhantomSlice) -> float:
+    """Inside the lesion: mean HU of its greyer half (by the lesion-free baseline) minus that
+    of its whiter half."""
+    baseline = rendered.baseline_hu[rendered.lesion]
+    drawn = rendered.clean_hu[rendered.lesion]
+    greyer = baseline >= np.median(baseline)
+    return float(drawn[greyer].mean() - drawn[~greyer].mean())
+
+
+def test_grey_white_loss_lowers_the_grey_white_difference_inside_infarcts():
+    """Issue 21 item 1: an infarct loses its grey-white differentiation. The same middle
+    cerebral infarcts drawn with `ischemic_grey_white_loss` 1 keep at most half the grey-white
+    difference they keep with 0 (a shallow drop, so that the 12 HU cap on an infarct's drop
+    does not cut the loss), and the loss stays within the lesion mask."""
+    kept = {}
+    for loss in (0.0, 1.0):
+        cases = _one_kind_cases(
+            "middle_cerebral",
+            256,
+            4,
+            ischemic_grey_white_loss=[loss, loss],
+            ischemic_mean_drop_hu=[3.0, 4.0],  # deep enough below 12 HU to leave room for it
+        )
+        rendered = [_middle_slice(case) for case in cases]
+        for slice_ in rendered:
+            assert np.array_equal(slice_.lesion, slice_.clean_hu != slice_.baseline_hu)
+        kept[loss] = [_grey_white_difference_hu(slice_) for slice_ in rendered]
+    assert all(difference > 2.0 for difference in kept[0.0]), kept
+    assert all(full < 0.5 * none for full, none in zip(kept[1.0], kept[0.0], strict=True)), kept
+
+
+def _tissue_along_ray(case: CaseModel, rendered: PhantomSlice, angle: float) -> np.ndarray:
+    """Tissue labels along a ray from the head centre in direction `angle` (head frame)."""
+    turned = angle + case.anatomy.rotation
+    steps = np.arange(0.0, case.params.image_size, 0.25)
+    x = np.rint(case.anatomy.centre[0] + steps * np.cos(turned)).astype(int)
+    y = np.rint(case.anatomy.centre[1] + steps * np.sin(turned)).astype(int)
+    inside = (x >= 0) & (x < case.params.image_size) & (y >= 0) & (y < case.params.image_size)
+    return rendered.tissue[y[inside], x[inside]]
+
+
+def test_a_fracture_crosses_the_skull_over_an_epidural_haematoma():
+    """Issue 21 item 1: an epidural haematoma comes with a skull fracture. On its middle slice
+    the ray from the head centre along the fracture meets the haematoma, then no bone up to
+    the air outside the head (the gap is unlabelled: no lesion pixel in the skull), while rays
+    a little to either side cross the skull."""
+    for case in _one_kind_cases("epidural", 512, 3):
+        lesion = case.lesions[0]
+        assert lesion.fracture_angle is not None
+        assert abs(lesion.fracture_angle - lesion.shell.angle) <= lesion.shell.half_angle
+        rendered = _middle_slice(case)
+        along = _tissue_along_ray(case, rendered, lesion.fracture_angle)
+        bleed = np.nonzero(along == Tissue.HEMORRHAGE)[0]
+        assert bleed.size, "the fracture lies over the haematoma"
+        assert not np.any(along[bleed[-1] :] == Tissue.BONE)
+        for side in (-1, 1):
+            beside = _tissue_along_ray(case, rendered, lesion.fracture_angle + side * 0.06)
+            assert np.any(beside == Tissue.BONE)
+        assert not np.any(rendered.lesion & (rendered.tissue == Tissue.SOFT_TISSUE))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    thickness_mm=st.tuples(st.floats(1.0, 30.0), st.floats(0.0, 20.0)),
+    half_angle_rad=st.tuples(st.floats(0.05, 1.5), st.floats(0.0, 1.0)),
+)
+def test_drawn_shells_and_wedges_keep_within_their_size_ranges(thickness_mm, half_angle_rad):
+    """Whatever `phantom.lesion_size` ranges say, the drawn subdural haematomas' thickness and
+    the middle cerebral infarcts' half-angle lie within them."""
+    thickness = [thickness_mm[0], thickness_mm[0] + thickness_mm[1]]
+    angles = [half_angle_rad[0], half_angle_rad[0] + half_angle_rad[1]]
+    subdural = _one_kind_cases(
+        "subdural", 64, 3, lesion_size={"subdural": {"thickness_mm": thickness}}
+    )
+    for case in subdural:
+        spacing_mm = case.params.pixel_spacing_mm
+        assert thickness[0] - 1e-9 <= case.lesions[0].shell.thickness_px * spacing_mm
+        assert case.lesions[0].shell.thickness_px * spacing_mm <= thickness[1] + 1e-9
+    wedges = _one_kind_cases(
+        "middle_cerebral", 64, 3, lesion_size={"middle_cerebral": {"half_angle_rad": angles}}
+    )
+    for case in wedges:
+        assert angles[0] <= case.lesions[0].wedge.half_angle <= angles[1]

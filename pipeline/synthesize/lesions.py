@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.classes import HEMORRHAGIC
 from pipeline.numerics import sin_f32
-from pipeline.params import HEMORRHAGE_SUBTYPES, ISCHEMIA_TERRITORIES, PhantomParams
+from pipeline.params import HEMORRHAGE_SUBTYPES, ISCHEMIA_TERRITORIES, PhantomParams, WedgeSize
 from pipeline.synthesize.anatomy import (
     PARENCHYMA,
     REFERENCE_HEAD_WIDTH_SHARE,
@@ -52,6 +52,9 @@ KIND_HEIGHTS: dict[str, tuple[float, float]] = {
 THIN_BLEEDS = ("subarachnoid", "subdural")
 SCALP_HAEMATOMA_HU = 55.0
 MIN_BLOB_AXIS_PX = 2.2  # see _blob_region  # the unlabelled swelling over an epidural haematoma
+# A skull fracture over an epidural haematoma: a gap about a millimetre wide (px at the
+# reference head), filled at the scalp haematoma's density.
+FRACTURE_WIDTH_PX = 2.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,11 @@ class Lesion:
     body_fill: float  # share on the other slices (below 1 for thin layers: partial volume)
     oedema_px: float  # unlabelled oedema rim around a hemorrhage (0: none), reference head
     oedema_drop_hu: float
+    grey_white_loss: float  # infarct: share of the cortex's extra density it loses
+    # Epidural haematoma: the direction of its skull fracture (radians from the head centre),
+    # drawn on the slices within `fracture_reach` of its middle (t in -1..1).
+    fracture_angle: float | None
+    fracture_reach: float
 
     @property
     def hemorrhagic(self) -> bool:
@@ -121,17 +129,24 @@ def _choose(rng: np.random.Generator, shares: dict[str, float], names: tuple[str
 
 
 def _slice_run(
-    rng: np.random.Generator, heights: np.ndarray, kind: str, first: int, last: int
+    rng: np.random.Generator,
+    heights: np.ndarray,
+    kind: str,
+    first: int,
+    last: int,
+    run_share: tuple[float, float],
 ) -> tuple[int, int]:
-    """A run of consecutive slices within first..last whose heights suit `kind`: at least
-    three quarters of the suitable ones (the nearest slice when none suits)."""
+    """A run of consecutive slices within first..last whose heights suit `kind`: a share
+    within `run_share` of the suitable ones, at least one (the nearest slice when none suits)."""
     low, high = KIND_HEIGHTS[kind]
     indices = np.arange(first, last + 1)
     suitable = indices[(heights[indices] >= low) & (heights[indices] <= high)]
     if suitable.size == 0:
         nearest = indices[int(np.argmin(np.abs(heights[indices] - (low + high) / 2.0)))]
         return int(nearest), int(nearest)
-    span = int(rng.integers(math.ceil(0.75 * suitable.size), suitable.size + 1))
+    shortest = max(1, math.ceil(run_share[0] * suitable.size))
+    longest = max(shortest, math.floor(run_share[1] * suitable.size))
+    span = int(rng.integers(shortest, longest + 1))
     start = int(suitable[0]) + int(rng.integers(0, suitable.size - span + 1))
     return start, start + span - 1
 
@@ -151,7 +166,8 @@ def sample_lesions(
         else (params.ischemia_territory_share)
     )
     kind = _choose(rng, shares, names)
-    first, last = _slice_run(rng, anatomy.heights, kind, lowest, slices - 1)
+    run_share = params.lesion_size.slice_run_share
+    first, last = _slice_run(rng, anatomy.heights, kind, lowest, slices - 1, run_share)
     if last - first + 1 > longest:
         first += int(rng.integers(0, last - first + 2 - longest))
         last = first + longest - 1
@@ -160,7 +176,9 @@ def sample_lesions(
         mid = float(anatomy.heights[(first + last) // 2])
         fitting = tuple(n for n in names if KIND_HEIGHTS[n][0] <= mid <= KIND_HEIGHTS[n][1])
         extra_kind = _choose(rng, shares, fitting or (kind,))
-        extra_first, extra_last = _slice_run(rng, anatomy.heights, extra_kind, first, last)
+        extra_first, extra_last = _slice_run(
+            rng, anatomy.heights, extra_kind, first, last, run_share
+        )
         lesions.append(_lesion(rng, extra_kind, extra_first, extra_last, params, anatomy))
     return tuple(lesions)
 
@@ -176,6 +194,11 @@ def _blob_cluster(
         position = (centre[0] + offset[0], centre[1] + offset[1], 0.0)
         blobs.append(Ellipsoid(position, axes, rng.uniform(0, np.pi)))
     return tuple(blobs)
+
+
+def _wedge(rng: np.random.Generator, angle: float, size: WedgeSize, side: int) -> Wedge:
+    half_angle = rng.uniform(*size.half_angle_rad)
+    return Wedge(float(angle), half_angle, rng.uniform(*size.apex_radius_share), side)
 
 
 def _lesion(
@@ -199,7 +222,9 @@ def _lesion(
     side = 1 if rng.uniform() < 0.5 else -1
     blobs: tuple[Ellipsoid, ...] = ()
     shell = wedge = sector = layer = None
-    oedema_px = oedema_drop_hu = 0.0
+    oedema_px = oedema_drop_hu = grey_white_loss = fracture_reach = 0.0
+    fracture_angle = None
+    size = params.lesion_size
     if kind in HEMORRHAGE_SUBTYPES:
         density = getattr(params.hemorrhage_density_hu, kind.split("_")[0])
         level_hu = float(
@@ -210,10 +235,12 @@ def _lesion(
     if kind == "intraparenchymal_lobar":
         direction, distance = rng.uniform(-np.pi, np.pi), rng.uniform(0.3, 0.55)
         centre = (distance * math.cos(direction), distance * math.sin(direction) * elongation)
-        blobs = _blob_cluster(rng, centre, rng.uniform(0.07, 0.22), int(rng.integers(2, 5)))
+        radius = rng.uniform(*size.intraparenchymal_lobar.radius_head_units)
+        blobs = _blob_cluster(rng, centre, radius, int(rng.integers(2, 5)))
     elif kind == "intraparenchymal_deep":
         centre = (side * rng.uniform(0.12, 0.28), rng.uniform(-0.12, 0.14) * elongation)
-        blobs = _blob_cluster(rng, centre, rng.uniform(0.06, 0.18), int(rng.integers(2, 5)))
+        radius = rng.uniform(*size.intraparenchymal_deep.radius_head_units)
+        blobs = _blob_cluster(rng, centre, radius, int(rng.integers(2, 5)))
     elif kind == "contusion":  # several small foci at a frontal or a temporal pole
         frontal = rng.uniform() < 0.5
         centre = (side * 0.22, -0.6 * elongation) if frontal else (side * 0.55, -0.2 * elongation)
@@ -223,7 +250,7 @@ def _lesion(
             for blob in _blob_cluster(
                 rng,
                 (centre[0] + rng.normal(0.0, 0.05), centre[1] + rng.normal(0.0, 0.05)),
-                rng.uniform(0.03, 0.07),
+                rng.uniform(*size.contusion.radius_head_units),
                 2,
             )
         )
@@ -238,41 +265,48 @@ def _lesion(
         lowest = min(s * 0.19 * sin + 0.33 * elongation * cos for s in sides)
         layer = lowest + rng.uniform(-0.06, 0.0)
     elif kind == "subarachnoid":
-        sector = (float(rng.uniform(-np.pi, np.pi)), float(rng.uniform(0.4, 1.2)))
-    elif kind == "subdural":
-        shell = Shell(
-            float(rng.uniform(-np.pi, np.pi)), rng.uniform(0.7, 1.3), rng.uniform(4, 16), 6.0
-        )
-    elif kind == "epidural":
-        shell = Shell(
-            float(rng.uniform(-np.pi, np.pi)), rng.uniform(0.25, 0.5), rng.uniform(12, 30), 2.0
-        )
+        angle = float(rng.uniform(-np.pi, np.pi))
+        sector = (angle, float(rng.uniform(*size.subarachnoid.half_angle_rad)))
+    elif kind in ("subdural", "epidural"):  # a flat crescent, a lens
+        shell_size = getattr(size, kind)
+        angle = float(rng.uniform(-np.pi, np.pi))
+        half_angle = rng.uniform(*shell_size.half_angle_rad)
+        thickness_px = rng.uniform(*shell_size.thickness_mm) / params.pixel_spacing_mm
+        shell = Shell(angle, half_angle, thickness_px, 6.0 if kind == "subdural" else 2.0)
+        if kind == "epidural":
+            fracture_angle = angle + float(rng.uniform(-0.5, 0.5)) * half_angle
+            fracture_reach = float(rng.uniform(*params.epidural_fracture_reach))
     elif kind == "middle_cerebral":
         angle = (0.0 if side > 0 else np.pi) + rng.normal(0.0, 0.25)
-        wedge = Wedge(float(angle), rng.uniform(0.3, 0.6), rng.uniform(0.3, 0.6), 0)
+        wedge = _wedge(rng, angle, size.middle_cerebral, 0)
     elif kind == "anterior_cerebral":
         angle = -np.pi / 2 + side * rng.uniform(0.12, 0.3)
-        wedge = Wedge(float(angle), rng.uniform(0.2, 0.35), rng.uniform(0.3, 0.6), side)
+        wedge = _wedge(rng, angle, size.anterior_cerebral, side)
     elif kind == "posterior_cerebral":
         angle = np.pi / 2 - side * rng.uniform(0.15, 0.45)
-        wedge = Wedge(float(angle), rng.uniform(0.22, 0.4), rng.uniform(0.3, 0.6), side)
+        wedge = _wedge(rng, angle, size.posterior_cerebral, side)
     elif kind == "watershed":  # the border zone between the anterior and middle territories
         angle = -np.pi / 2 + side * rng.uniform(0.7, 1.0)
-        wedge = Wedge(float(angle), rng.uniform(0.07, 0.15), rng.uniform(0.3, 0.45), side)
+        wedge = _wedge(rng, angle, size.watershed, side)
     elif kind == "lacunar":
         centres = ((0.2, -0.05), (0.16, 0.02), (0.1, 0.11))  # lentiform, capsule, thalamus
         u, v = centres[int(rng.integers(0, len(centres)))]
-        blobs = _blob_cluster(
-            rng, (side * u, v * elongation), rng.uniform(0.025, 0.06), int(rng.integers(1, 3))
-        )
+        radius = rng.uniform(*size.lacunar.radius_head_units)
+        blobs = _blob_cluster(rng, (side * u, v * elongation), radius, int(rng.integers(1, 3)))
     else:  # posterior_fossa: a cerebellar hemisphere or the brainstem
         cerebellar = rng.uniform() < 0.75
         centre = (side * 0.3, 0.58 * elongation) if cerebellar else (0.0, 0.2 * elongation)
-        radius = rng.uniform(0.1, 0.22) if cerebellar else rng.uniform(0.04, 0.08)
+        fossa = size.posterior_fossa
+        fossa_radius = (
+            fossa.cerebellar_radius_head_units if cerebellar else fossa.brainstem_radius_head_units
+        )
+        radius = rng.uniform(*fossa_radius)
         blobs = _blob_cluster(rng, centre, radius, int(rng.integers(2, 4)))
     if kind in ("intraparenchymal_lobar", "intraparenchymal_deep", "contusion"):
         oedema_px = float(rng.uniform(*params.oedema_rim_px))
         oedema_drop_hu = float(rng.uniform(*params.oedema_drop_hu))
+    if kind in ISCHEMIA_TERRITORIES:
+        grey_white_loss = float(rng.uniform(*params.ischemic_grey_white_loss))
     return Lesion(
         kind=kind,
         first=first,
@@ -288,14 +322,15 @@ def _lesion(
         body_fill=float(rng.uniform(*params.thin_bleed_fill)) if kind in THIN_BLEEDS else 1.0,
         oedema_px=oedema_px,
         oedema_drop_hu=oedema_drop_hu,
+        grey_white_loss=grey_white_loss,
+        fracture_angle=fracture_angle,
+        fracture_reach=fracture_reach,
     )
 
 
-# Kinds whose mass shifts the midline, and the size that gives the largest shift: a blob
-# radius (head units) or a shell thickness (px at the reference head).
+# Kinds whose mass shifts the midline; the largest size `phantom.lesion_size` allows them gives
+# the largest shift.
 MASS_KINDS = ("intraparenchymal_lobar", "intraparenchymal_deep", "subdural", "epidural")
-LARGEST_BLOB = 0.22
-THICKEST_SHELL_PX = 30.0
 
 
 def mass_effect(
@@ -307,12 +342,19 @@ def mass_effect(
     lesion = lesions[0]
     if lesion.kind not in MASS_KINDS:
         return anatomy
+    sizes = params.lesion_size
     if lesion.shell is not None:
         side = 1.0 if math.cos(lesion.shell.angle) >= 0.0 else -1.0
-        size = min(1.0, lesion.shell.thickness_px / THICKEST_SHELL_PX)
+        thickest_mm = max(sizes.subdural.thickness_mm[1], sizes.epidural.thickness_mm[1])
+        thickest_px = thickest_mm / params.pixel_spacing_mm
+        size = min(1.0, lesion.shell.thickness_px / thickest_px)
     else:
         side = 1.0 if np.mean([blob.centre[0] for blob in lesion.blobs]) >= 0.0 else -1.0
-        size = min(1.0, max(blob.axes[0] for blob in lesion.blobs) / LARGEST_BLOB)
+        largest = max(
+            sizes.intraparenchymal_lobar.radius_head_units[1],
+            sizes.intraparenchymal_deep.radius_head_units[1],
+        )
+        size = min(1.0, max(blob.axes[0] for blob in lesion.blobs) / largest)
     # One head unit (half the head width) of the reference head, in millimetres.
     unit_mm = params.pixel_spacing_mm * REFERENCE_SIZE * REFERENCE_HEAD_WIDTH_SHARE / 2.0
     shift = -side * size * rng.uniform(0.0, params.midline_shift_max_mm) / unit_mm
@@ -361,6 +403,7 @@ class Spaces:
     rho: np.ndarray  # radius relative to the head outline
     csf: np.ndarray  # sulci, fissures, cisterns and the gap under the skull
     ventricles: np.ndarray
+    grey_share: np.ndarray  # 0 white .. 1 grey matter, where the parenchyma is
 
 
 def infarct_region(
@@ -401,10 +444,11 @@ def add_lesions(
     spaces: Spaces,
 ) -> np.ndarray:
     """Paint the case's lesions on slice `index` and return their mask: exactly the pixels
-    they changed. Unlabelled context (the oedema rim of a hemorrhage, the scalp swelling over
-    an epidural haematoma) goes on before the caller copies the baseline, so call
-    `add_context` first. A hemorrhage replaces whatever the cranial cavity holds; an infarct
-    lowers the parenchyma of its region by a drop within `ischemic_drop_hu`."""
+    they changed. Unlabelled context (the oedema rim of a hemorrhage, the scalp swelling and
+    skull fracture over an epidural haematoma) goes on before the caller copies the baseline,
+    so call `add_context` first. A hemorrhage replaces whatever the cranial cavity holds; an
+    infarct lowers the parenchyma of its region by a drop within `ischemic_drop_hu`, its grey
+    matter further by a share of its extra density over white matter (grey-white loss)."""
     mask = np.zeros(hu.shape, dtype=bool)
     for lesion in lesions:
         t = lesion.height(index)
@@ -428,7 +472,11 @@ def add_lesions(
             low, high = params.ischemic_drop_hu
             variation = wave_noise(lesion.waves[2:], grid.u[region], grid.v[region], t)
             drop = np.clip(lesion.level_hu + 0.2 * (high - low) * variation, low, high)
-            hu[region] -= np.maximum(fill * drop, np.float32(low))
+            # Grey-white loss: grey matter drops by a share of its excess over white matter,
+            # the whole drop still within ischemic_drop_hu.
+            lost_hu = np.float32(lesion.grey_white_loss * (anatomy.grey_hu - anatomy.white_hu))
+            lost_hu = fill * lost_hu * spaces.grey_share[region]
+            hu[region] -= np.minimum(np.maximum(fill * drop, np.float32(low)) + lost_hu, high)
             tissue[region] = Tissue.ISCHEMIA
         mask |= region
     return mask
@@ -446,7 +494,8 @@ def add_context(
     head: np.ndarray,
 ) -> None:
     """Unlabelled changes a lesion brings: an oedema rim below parenchyma around a
-    hemorrhage, a scalp haematoma over an epidural one."""
+    hemorrhage; a scalp haematoma over an epidural one, and on its middle slices a fracture
+    line through the skull."""
     scale = anatomy.px_scale
     low = np.float32(params.parenchyma_hu[0])
     for lesion in lesions:
@@ -466,6 +515,20 @@ def add_context(
             swelling &= np.isin(tissue, (Tissue.FAT, Tissue.SOFT_TISSUE))
             hu[swelling] = SCALP_HAEMATOMA_HU
             tissue[swelling] = Tissue.SOFT_TISSUE
+            if lesion.fracture_angle is not None and abs(t) <= lesion.fracture_reach:
+                fracture = _fracture(lesion.fracture_angle, anatomy, grid)
+                fracture &= head & (spaces.inner_depth < 0.0) & (tissue == Tissue.BONE)
+                hu[fracture] = SCALP_HAEMATOMA_HU
+                tissue[fracture] = Tissue.SOFT_TISSUE
+
+
+def _fracture(angle: float, anatomy: Anatomy, grid: CaseGrid) -> np.ndarray:
+    """A straight gap FRACTURE_WIDTH_PX wide (at least a pixel) from the head centre outwards
+    in direction `angle`."""
+    cos, sin = np.float32(math.cos(angle)), np.float32(math.sin(angle))
+    across_px = np.abs(grid.v * cos - grid.u * sin) * np.float32(anatomy.half_width_px)
+    half_width_px = max(0.5, 0.5 * FRACTURE_WIDTH_PX * anatomy.px_scale)
+    return (grid.u * cos + grid.v * sin > 0.0) & (across_px < half_width_px)
 
 
 def _angle_offset(angle: np.ndarray, towards: float) -> np.ndarray:

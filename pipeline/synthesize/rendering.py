@@ -233,7 +233,7 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
         _set(hu, tissue, grid.table & ~head.head, TABLE_HU, Tissue.TABLE)
 
     spaces = Spaces(
-        brain_space, brain, head.inner_depth, head.rho, outer_csf & brain_space, ventricles
+        brain_space, brain, head.inner_depth, head.rho, outer_csf & brain_space, ventricles, grey
     )
     add_context(hu, tissue, case.lesions, anatomy, grid, params, index, spaces, head.head)
     baseline_hu = hu.copy()
