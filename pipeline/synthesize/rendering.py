@@ -47,6 +47,7 @@ from pipeline.synthesize.lesions import (
     mass_effect,
     sample_lesions,
 )
+from pipeline.synthesize.scanner import Scanner, sample_scanner
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class CaseModel:
     acquisition: Acquisition
     lesions: tuple[Lesion, ...]
     grid: CaseGrid
+    scanner: Scanner
 
 
 @baseline_opencv()
@@ -83,10 +85,11 @@ def build_case(spec: CaseSpec, params: PhantomParams) -> CaseModel:
     rng = np.random.default_rng(np.random.SeedSequence(list(spec.entropy)))
     anatomy = sample_anatomy(rng, params)
     acquisition = sample_acquisition(rng, params)
+    scanner = sample_scanner(spec.entropy, params, anatomy.elongation)
     lesions = sample_lesions(rng, spec.class_name, params, anatomy)
     anatomy = mass_effect(rng, anatomy, lesions, params)
     grid = case_grid(anatomy, params.image_size)
-    return CaseModel(spec, params, anatomy, acquisition, lesions, grid)
+    return CaseModel(spec, params, anatomy, acquisition, lesions, grid, scanner)
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,7 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
             | skull_base.lens
             | skull_base.muscle
         )
+    _ears(hu, tissue, case, head, z)
 
     # Brain: surface, sulci, fissures, cisterns and ventricles.
     gap_px = anatomy.gap_px * (1.0 + 1.5 * float(smoothstep(0.6, 0.95, z)))
@@ -231,6 +235,7 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     _lookalikes(hu, tissue, case, index, brain, ventricles, falx, head.inner_depth)
     if grid.table is not None:
         _set(hu, tissue, grid.table & ~head.head, TABLE_HU, Tissue.TABLE)
+    _head_holder(hu, tissue, case)
 
     spaces = Spaces(
         brain_space, brain, head.inner_depth, head.rho, outer_csf & brain_space, ventricles
@@ -238,9 +243,17 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     add_context(hu, tissue, case.lesions, anatomy, grid, params, index, spaces, head.head)
     baseline_hu = hu.copy()
     lesion = add_lesions(hu, tissue, case.lesions, anatomy, grid, params, index, spaces)
+    # Streaks are the scanner's, like blur and noise: over everything in the head, lesions
+    # included, and not part of the tissue model (clean_hu, baseline_hu).
+    scanned = _streaks(case, base, head.head)
+    scanned = hu if scanned is None else scanned + hu
     acquisition = case.acquisition
     sigma = acquisition.blur_sigma_px * size / REFERENCE_SIZE  # the scanner's, not the head's
-    blurred = cv2.GaussianBlur(hu, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE) if sigma else hu
+    blurred = (
+        cv2.GaussianBlur(scanned, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+        if sigma
+        else scanned
+    )
     return PhantomSlice(
         blurred + _noise(case, index),
         hu,
@@ -250,6 +263,82 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
         acquisition.window_level_hu,
         acquisition.window_width_hu,
     )
+
+
+def _ears(hu: np.ndarray, tissue: np.ndarray, case: CaseModel, head: _Head, z: float) -> None:
+    """The auricles outside the skin (soft tissue over cartilage) and the ear canals' air
+    through the scalp and the tympanic bone, at the case's ear level."""
+    scanner = case.scanner
+    auricles = np.zeros_like(head.head)
+    _paint_tubes(auricles, case.grid, case.anatomy, scanner.ears, z)
+    _set(hu, tissue, auricles & ~head.head, SKIN_HU, Tissue.SOFT_TISSUE)
+    canals = np.zeros_like(head.head)
+    _paint_tubes(canals, case.grid, case.anatomy, scanner.ear_canals, z)
+    _set(hu, tissue, canals & (head.inner_depth < 0.0), AIR_HU, Tissue.AIR)
+
+
+def _head_holder(hu: np.ndarray, tissue: np.ndarray, case: CaseModel) -> None:
+    """The head holder, where the case has one: a rigid plastic cradle arc round the centre
+    of the head below it, on a foam pad (fat density) that touches the back of the head at its
+    widest level; drawn on air only (the head, ears and table stay)."""
+    holder = case.scanner.holder
+    if holder is None:
+        return
+    anatomy, grid = case.anatomy, case.grid
+    size = case.params.image_size
+    centre_x, centre_y = anatomy.centre
+    # The outline's radius depends on the direction only: read it straight below the centre.
+    row = min(size - 1, max(0, int(centre_y + 0.5 * anatomy.half_width_px)))
+    column = min(size - 1, max(0, round(centre_x)))
+    back_px = float(grid.outline_radius[row, column]) * anatomy.half_width_px
+    pad_px, thickness_px = holder.pad_px * anatomy.px_scale, holder.thickness_px * anatomy.px_scale
+    inner_px = back_px + pad_px
+    rows = slice(
+        min(size, max(0, int(centre_y))), min(size, int(centre_y + inner_px + thickness_px) + 2)
+    )
+    if rows.start >= rows.stop:
+        return
+    below_px = (np.arange(rows.start, rows.stop, dtype=np.float32) - np.float32(centre_y))[:, None]
+    distance = grid.radius_px[rows]
+    free = (below_px > distance * np.float32(math.cos(holder.half_span))) & (
+        tissue[rows] == Tissue.AIR
+    )
+    cradle = free & (distance >= inner_px) & (distance < inner_px + thickness_px)
+    pad = free & (distance >= back_px) & (distance < inner_px)
+    _set(hu[rows], tissue[rows], cradle, holder.hu, Tissue.TABLE)
+    _set(hu[rows], tissue[rows], pad, FAT_HU, Tissue.FAT)
+
+
+STREAK_FADE = 0.25  # head units over which a streak fades past the bones it joins
+
+
+def _streaks(case: CaseModel, base: float, head: np.ndarray) -> np.ndarray | None:
+    """The case's streaks (`scanner.Streak`) in HU inside the head, at full strength on the
+    lowest slices and fading with the skull base; None where the slice has none."""
+    streaks = case.scanner.streaks
+    if not streaks or base <= 0.0:
+        return None
+    anatomy, grid = case.anatomy, case.grid
+    size = case.params.image_size
+    field = np.zeros((size, size), dtype=np.float32)
+    for streak in streaks:
+        ends = np.array([streak.start, streak.end])
+        box = pixel_box(anatomy, ends, 2.0 * STREAK_FADE, size)
+        if box is None:
+            continue
+        (start_u, start_v), (end_u, end_v) = streak.start, streak.end
+        length = math.hypot(end_u - start_u, end_v - start_v)
+        du, dv = np.float32((end_u - start_u) / length), np.float32((end_v - start_v) / length)
+        u, v = grid.u[box] - np.float32(start_u), grid.v[box] - np.float32(start_v)
+        along = u * du + v * dv
+        across_px = (u * dv - v * du) * np.float32(anatomy.half_width_px)
+        past = np.maximum(np.maximum(-along, along - np.float32(length)), 0.0)
+        width_px = np.float32(streak.width_px * anatomy.px_scale)
+        field[box] += np.float32(streak.hu * base) * exp_f32(
+            -((across_px / width_px) ** 2) - (past / np.float32(STREAK_FADE)) ** 2
+        )
+    field[~head] = 0.0
+    return field
 
 
 def _lookalikes(
@@ -320,9 +409,11 @@ def _scalp_and_skull(
     # skull, at 2.0 against 4.8 ms per 512 px slice (measured 2026-12-05).
     depth = cv2.distanceTransform(head.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
     fat_start = anatomy.skin_px
-    muscle_start = fat_start + anatomy.fat_px
+    muscle_start = fat_start + anatomy.fat_px  # the galea, then the temporal muscles
     skull_start = (
-        muscle_start + 9.0 * scale * float(smoothstep(0.7, 0.45, z)) * grid.temporal_muscle
+        muscle_start
+        + anatomy.galea_px
+        + 9.0 * scale * float(smoothstep(0.7, 0.45, z)) * grid.temporal_muscle
     )
     # Thicker at the skull base and where the top of the skull is cut obliquely.
     skull_px = anatomy.skull_px * grid.skull_profile

@@ -1,0 +1,154 @@
+"""The phantom's scalp, ears, head holder, streaks and out-of-plane tilt
+(pipeline/synthesize/scanner.py and their painting in rendering.py)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.params import ParamsError
+from pipeline.synthesize.anatomy import SKIN_HU, Tissue, head_scale
+from pipeline.synthesize.layout import plan_cases
+from pipeline.synthesize.rendering import CaseModel, PhantomSlice, build_case, render_slice
+from pipeline.synthesize.scanner import EAR_CANAL_HEIGHT
+from tests.conftest import project_params
+from tests.test_synthesize import small_params
+
+UNTILTED = {"tilt_deg": [0.0, 0.0]}
+
+
+def _cases(count: int = 3, **overrides: object) -> list[CaseModel]:
+    params = small_params(image_size=256, slices_per_case=12, **overrides)
+    return [build_case(spec, params) for spec in plan_cases(params, seed=4)[:count]]
+
+
+def _head(case: CaseModel, index: int) -> np.ndarray:
+    """Inside the skin on slice `index` (untilted cases)."""
+    z = float(case.anatomy.heights[index])
+    radius = np.hypot(case.grid.u, case.grid.v)
+    return radius < case.grid.outline_radius * np.float32(head_scale(z))
+
+
+def _ear_slices(case: CaseModel) -> list[int]:
+    return [i for i, z in enumerate(case.anatomy.heights) if abs(z - EAR_CANAL_HEIGHT) < 0.04]
+
+
+def test_the_scalp_is_soft_tissue_with_a_fat_layer_of_the_drawn_thickness():
+    """Away from the temporal muscles, the skull starts phantom.scalp_mm below the skin: no
+    bone above that depth, bone just below it, fat inside the scalp."""
+    scalp_mm, fat_share = 6.0, 0.4
+    overrides = dict(UNTILTED, scalp_mm=[scalp_mm, scalp_mm], scalp_fat_share=[fat_share] * 2)
+    for case in _cases(**overrides, head_holder_probability=0.0):
+        anatomy = case.anatomy
+        scalp_px = scalp_mm / case.params.pixel_spacing_mm * anatomy.px_scale
+        assert anatomy.skin_px + anatomy.fat_px + anatomy.galea_px == pytest.approx(scalp_px)
+        assert anatomy.fat_px == pytest.approx(fat_share * scalp_px)
+        index = len(anatomy.heights) - 4  # above the skull base and the temporal muscles
+        tissue = render_slice(case, index).tissue
+        head = _head(case, index)
+        depth = cv2.distanceTransform(head.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
+        front_back = head & (case.grid.temporal_muscle == 0.0)
+        scalp = front_back & (depth < scalp_px - 1.5)
+        assert not np.any(tissue[scalp] == Tissue.BONE)
+        assert np.any(tissue[scalp] == Tissue.FAT) and np.any(tissue[scalp] == Tissue.SOFT_TISSUE)
+        under = front_back & (depth > scalp_px + 1.5) & (depth < scalp_px + 3.0)
+        assert np.mean(tissue[under] == Tissue.BONE) > 0.9
+
+
+def test_ears_stick_out_at_ear_level_with_their_canals_and_grow_with_their_length():
+    """Soft tissue outside the skin beside the head on the slices near the ear canal's height
+    (and nowhere higher), air in the scalp there (the canal), more of it for longer ears."""
+    areas = {}
+    for length_mm in (50.0, 75.0):
+        overrides = dict(UNTILTED, ear_length_mm=[length_mm, length_mm])
+        total = 0
+        for case in _cases(**overrides, head_holder_probability=0.0):
+            for index in range(len(case.anatomy.heights)):
+                rendered = render_slice(case, index)
+                outside = ~_head(case, index) & (rendered.tissue == Tissue.SOFT_TISSUE)
+                z = float(case.anatomy.heights[index])
+                if z > EAR_CANAL_HEIGHT + 0.25:
+                    assert not outside.any(), z
+                if index in _ear_slices(case):
+                    beside = outside & (np.abs(case.grid.u) > 0.95)
+                    assert beside.sum() > 20 and np.all(rendered.clean_hu[beside] == SKIN_HU)
+                    skin_deep = _head(case, index) & (np.abs(case.grid.u) > 0.9)
+                    assert np.any(skin_deep & (rendered.tissue == Tissue.AIR))
+                    total += int(beside.sum())
+        areas[length_mm] = total
+    assert areas[75.0] > 1.2 * areas[50.0]
+
+
+def _holder_pixels(case: CaseModel, rendered: PhantomSlice) -> tuple[np.ndarray, np.ndarray]:
+    holder = case.scanner.holder
+    cradle = (rendered.tissue == Tissue.TABLE) & (rendered.clean_hu == np.float32(holder.hu))
+    pad = (rendered.tissue == Tissue.FAT) & ~_head(case, 6)
+    return cradle, pad
+
+
+def test_the_head_holder_cradles_the_back_of_the_head_only_when_drawn():
+    """With phantom.head_holder_probability 1: a cradle (its own density, table label) below
+    the head's centre, with a foam pad at fat density between it and the head; with 0: no
+    holder and no fat outside the head."""
+    for case in _cases(**UNTILTED, head_holder_probability=1.0, head_holder_hu=[-50.0, 80.0]):
+        assert case.scanner.holder is not None
+        assert -50.0 <= case.scanner.holder.hu <= 80.0
+        rendered = render_slice(case, 6)
+        cradle, pad = _holder_pixels(case, rendered)
+        rows = np.nonzero(cradle | pad)[0]
+        assert cradle.sum() > 100 and pad.sum() > 100
+        assert rows.min() > case.anatomy.centre[1]
+        assert np.all(rendered.clean_hu[pad] == np.float32(-90.0))
+    for case in _cases(**UNTILTED, head_holder_probability=0.0):
+        assert case.scanner.holder is None
+        rendered = render_slice(case, 6)
+        assert not np.any((rendered.tissue == Tissue.FAT) & ~_head(case, 6))
+
+
+def test_streaks_cross_the_skull_base_slices_only_when_drawn():
+    """phantom.streak_probability 1 against 0 (the same cases otherwise): the final images
+    differ on the skull-base slices only, in and just around the head (blur), by at most the
+    streaks' summed amplitude, along thin lines; the tissue model, labels and lesion masks are
+    the same (a scanner artefact, unlabelled)."""
+    with_streaks = _cases(streak_probability=1.0, streak_hu=[30.0, 30.0], **UNTILTED)
+    without = _cases(streak_probability=0.0, **UNTILTED)
+    changed_slices = 0
+    for case, plain in zip(with_streaks, without, strict=True):
+        assert case.scanner.streaks and not plain.scanner.streaks
+        assert all(abs(streak.hu) == 30.0 for streak in case.scanner.streaks)
+        for index, z in enumerate(case.anatomy.heights):
+            streaked, clean = render_slice(case, index), render_slice(plain, index)
+            for name in ("tissue", "lesion", "clean_hu", "baseline_hu"):
+                assert np.array_equal(getattr(streaked, name), getattr(clean, name)), name
+            difference = streaked.hu - clean.hu
+            changed = np.abs(difference) > 1.0
+            if z > 0.17:
+                assert not changed.any(), z
+                continue
+            near_head = cv2.dilate(_head(case, index).astype(np.uint8), np.ones((9, 9), np.uint8))
+            assert not np.any(changed & (near_head == 0))
+            assert np.all(np.abs(difference) <= 30.0 * len(case.scanner.streaks) + 1e-3)
+            changed_slices += int(changed.any())
+            assert changed.sum() < 0.3 * _head(case, index).sum()  # thin lines
+    assert changed_slices >= 3
+
+
+@pytest.mark.parametrize(
+    ("phantom", "expected"),
+    [
+        ({"streak_hu": [40.0, 10.0]}, "streak_hu must be [low, high]"),
+        ({"streak_probability": 1.5}, "phantom.streak_probability"),
+        ({"tilt_deg": [0.0, 45.0]}, "phantom.tilt_deg"),
+        ({"scalp_mm": [0.0, 5.0]}, "phantom.scalp_mm"),
+        ({"scalp_fat_share": [0.5, 0.9]}, "phantom.scalp_fat_share"),
+        ({"ear_length_mm": [70.0, 50.0]}, "ear_length_mm must be [low, high]"),
+        ({"head_holder_probability": -0.1}, "phantom.head_holder_probability"),
+        ({"head_holder_hu": [-900.0, 0.0]}, "phantom.head_holder_hu"),
+        ({"ears": True}, "phantom.ears: unknown key"),
+    ],
+)
+def test_scanner_params_errors_name_the_key(phantom, expected):
+    with pytest.raises(ParamsError) as caught:
+        project_params({"phantom": phantom})
+    assert expected in str(caught.value)
