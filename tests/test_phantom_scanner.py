@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -10,8 +12,15 @@ import pytest
 from pipeline.params import ParamsError
 from pipeline.synthesize.anatomy import SKIN_HU, Tissue, head_scale
 from pipeline.synthesize.layout import plan_cases
-from pipeline.synthesize.rendering import CaseModel, PhantomSlice, build_case, render_slice
-from pipeline.synthesize.scanner import EAR_CANAL_HEIGHT
+from pipeline.synthesize.rendering import (
+    CaseModel,
+    PhantomSlice,
+    SliceHeights,
+    _skull_base,
+    build_case,
+    render_slice,
+)
+from pipeline.synthesize.scanner import EAR_CANAL_HEIGHT, head_unit_mm, height_unit_mm
 from tests.conftest import project_params
 from tests.test_synthesize import small_params
 
@@ -132,6 +141,41 @@ def test_streaks_cross_the_skull_base_slices_only_when_drawn():
             changed_slices += int(changed.any())
             assert changed.sum() < 0.3 * _head(case, index).sum()  # thin lines
     assert changed_slices >= 3
+
+
+def _skull_base_tissue(case: CaseModel, index: int) -> np.ndarray:
+    parts = _skull_base(case.grid, case.anatomy, SliceHeights(case, index))
+    return parts.bone | parts.air | parts.fat | parts.eyes | parts.posterior_fossa
+
+
+def test_a_tilted_slice_reaches_the_skull_base_on_its_lower_side_only():
+    """Tilted by phantom.tilt_deg, a slice's height grows along the head's front-back axis
+    at tan(tilt) (in head over height units); on slices at heights 0.2-0.3 (above the skull
+    base when untilted) the skull base shows on the side the slice dips to, never on the
+    other, and the image differs from the untilted one."""
+    tilted = _cases(count=6, tilt_deg=[15.0, 15.0])
+    untilted = _cases(count=6, **UNTILTED)
+    signs = set()
+    for case, plain in zip(tilted, untilted, strict=True):
+        scanner = case.scanner
+        assert abs(scanner.tilt_deg) == 15.0 and plain.scanner.tilt_slope == 0.0
+        ratio = head_unit_mm(case.params) / height_unit_mm(case.params)
+        assert scanner.tilt_slope == pytest.approx(math.tan(math.radians(scanner.tilt_deg)) * ratio)
+        signs.add(np.sign(scanner.tilt_deg))
+        lower_side = case.grid.v * np.float32(np.sign(scanner.tilt_deg)) < 0.0
+        checked = 0
+        for index, z in enumerate(case.anatomy.heights):
+            if not 0.2 < z < 0.3:
+                continue
+            assert not _skull_base_tissue(plain, index).any()
+            shown = _skull_base_tissue(case, index)
+            assert shown.sum() > 50 and not np.any(shown & ~lower_side)
+            assert not np.array_equal(
+                render_slice(case, index).tissue, render_slice(plain, index).tissue
+            )
+            checked += 1
+        assert checked >= 1
+    assert signs == {-1.0, 1.0}
 
 
 @pytest.mark.parametrize(

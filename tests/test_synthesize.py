@@ -37,6 +37,7 @@ from pipeline.synthesize.montage import phantom_montage
 from pipeline.synthesize.rendering import (
     CaseModel,
     PhantomSlice,
+    SliceHeights,
     _skull_base,
     _tentorium_points,
     build_case,
@@ -527,6 +528,7 @@ NUISANCE_FACTORS = {
     "ears": lambda case: float(np.ptp(case.scanner.ears[0].points[:, 0])),
     "head holder": lambda case: case.scanner.holder is not None,
     "streaks": lambda case: sum(streak.hu for streak in case.scanner.streaks),
+    "tilt": lambda case: case.scanner.tilt_deg,
     "window level": lambda case: case.acquisition.window_level_hu,
     "window width": lambda case: case.acquisition.window_width_hu,
     "noise": lambda case: case.acquisition.noise_hu,
@@ -538,8 +540,11 @@ NUISANCE_FACTORS = {
 def _skull_base_slices(
     class_name: str = "Ischemic", **overrides: object
 ) -> list[tuple[CaseModel, int, PhantomSlice]]:
-    """The slices of four cases of a class at 256 px where the petrous ridges are drawn."""
-    params = small_params(image_size=256, slices_per_case=12, **overrides)
+    """The slices of four cases of a class at 256 px where the petrous ridges are drawn
+    (untilted unless `overrides` say otherwise: these check the anatomy's own layout)."""
+    params = small_params(
+        image_size=256, slices_per_case=12, **{"tilt_deg": [0.0, 0.0], **overrides}
+    )
     found = []
     for spec in [spec for spec in plan_cases(params, seed=5) if spec.class_name == class_name][:4]:
         case = build_case(spec, params)
@@ -551,8 +556,7 @@ def _skull_base_slices(
 
 def _skull_base_at(case: CaseModel, index: int):
     """The skull-base structures `render_slice` draws on slice `index`."""
-    z = float(case.anatomy.heights[index])
-    return _skull_base(case.grid, case.anatomy, z, float(smoothstep(BASE_TOP, 0.02, z)))
+    return _skull_base(case.grid, case.anatomy, SliceHeights(case, index))
 
 
 def test_skull_base_slices_hold_orbits_air_cells_and_posterior_fossa():
@@ -599,7 +603,7 @@ def test_beam_hardening_darkens_parenchyma_between_the_petrous_bones():
 
 def test_the_tentorium_shows_above_the_petrous_ridges():
     """Falx-dense lines off the midline, in the back half, between heights 0.1 and 0.3."""
-    params = small_params(image_size=256, slices_per_case=16)
+    params = small_params(image_size=256, slices_per_case=16, tilt_deg=[0.0, 0.0])
     seen = 0
     for spec in plan_cases(params, seed=5)[:4]:
         case = build_case(spec, params)

@@ -213,11 +213,16 @@ def smoothstep(edge0: float, edge1: float, x: np.ndarray | float) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-def head_scale(z: float) -> float:
-    """Head cross-section at height z relative to the widest level (z 0.45)."""
-    if z < 0.45:
-        return 1.0 - 0.1 * ((0.45 - z) / 0.45) ** 2
-    return math.sqrt(max(0.05, 1.0 - ((z - 0.45) / 0.8) ** 2))
+def head_scale(z: float | np.ndarray) -> float | np.ndarray:
+    """Head cross-section at height z relative to the widest level (z 0.45); z a height, or
+    a float32 array of them (a tilted slice's height per pixel)."""
+    if np.ndim(z) == 0:
+        if z < 0.45:
+            return 1.0 - 0.1 * ((0.45 - z) / 0.45) ** 2
+        return math.sqrt(max(0.05, 1.0 - ((z - 0.45) / 0.8) ** 2))
+    below = 1.0 - 0.1 * ((0.45 - z) / np.float32(0.45)) ** 2
+    above = np.sqrt(np.maximum(np.float32(0.05), 1.0 - ((z - 0.45) / np.float32(0.8)) ** 2))
+    return np.where(z < 0.45, below, above)
 
 
 def _tube(
