@@ -14,7 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.params import PhantomParams
-from pipeline.synthesize.anatomy import REFERENCE_HEAD_WIDTH_SHARE, REFERENCE_SIZE, Tube
+from pipeline.synthesize.anatomy import (
+    REFERENCE_HEAD_WIDTH_SHARE,
+    REFERENCE_SIZE,
+    Tube,
+    head_scale,
+)
 
 SCANNER_STREAM = 3  # rendering._slice_rng uses 1 and 2, with the slice index after them
 # Heights (z, 0 skull base .. 1 vertex) of the ear canal and the auricle's half-height for
@@ -26,7 +31,7 @@ EAR_HALF_HEIGHT = 0.14
 MEAN_EAR_LENGTH_MM = 62.0
 # An auricle's centre line in an axial cut (mm lateral from the skin, mm posterior), from
 # inside the scalp out and back round the helix, and its half-thickness (skin on cartilage).
-AURICLE_MM = ((-5.0, 0.0), (0.0, 0.0), (7.0, 4.0), (13.0, 12.0), (16.0, 22.0), (14.0, 30.0))
+AURICLE_MM = ((-8.0, 0.0), (0.0, 0.0), (7.0, 4.0), (13.0, 12.0), (16.0, 22.0), (14.0, 30.0))
 AURICLE_HALF_THICKNESS_MM = 2.0
 EAR_CANAL_RADIUS_MM = 3.5
 EAR_CANAL_DEPTH_MM = 14.0  # through the scalp into the tympanic bone
@@ -89,11 +94,12 @@ def sample_scanner(entropy: tuple[int, ...], params: PhantomParams, elongation: 
     ear_scale = rng.uniform(*params.ear_length_mm) / MEAN_EAR_LENGTH_MM
     protrusion = rng.uniform(0.7, 1.3)
     attach_v = rng.uniform(0.08, 0.16) * elongation
+    skin_u = head_scale(EAR_CANAL_HEIGHT)  # the head's side at the ear's level
     ears, canals = [], []
     for side in (1, -1):
         points = [
             (
-                side * (0.98 + protrusion * ear_scale * lateral / unit_mm),
+                side * (skin_u + protrusion * ear_scale * lateral / unit_mm),
                 attach_v + ear_scale * back / unit_mm,
                 EAR_CANAL_HEIGHT,
                 AURICLE_HALF_THICKNESS_MM / unit_mm,
@@ -107,9 +113,9 @@ def sample_scanner(entropy: tuple[int, ...], params: PhantomParams, elongation: 
             Tube(
                 np.array(
                     [
-                        (side * 1.05, attach_v, EAR_CANAL_HEIGHT, radius, 0.04),
+                        (side * (skin_u + 0.05), attach_v, EAR_CANAL_HEIGHT, radius, 0.04),
                         (
-                            side * (1.0 - EAR_CANAL_DEPTH_MM / unit_mm),
+                            side * (skin_u - EAR_CANAL_DEPTH_MM / unit_mm),
                             attach_v,
                             EAR_CANAL_HEIGHT,
                             radius,
