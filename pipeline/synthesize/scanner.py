@@ -70,6 +70,8 @@ class Streak:
 
 @dataclass(frozen=True)
 class Scanner:
+    """What a case draws around its head and from the scanner (the module's docstring)."""
+
     ears: tuple[Tube, ...]  # auricles (3-D tubes, head units)
     ear_canals: tuple[Tube, ...]
     holder: HeadHolder | None
@@ -89,6 +91,7 @@ def height_unit_mm(params: PhantomParams) -> float:
 
 
 def sample_scanner(entropy: tuple[int, ...], params: PhantomParams, elongation: float) -> Scanner:
+    """Ears, head holder, streaks and tilt of the case with seed `entropy` (its own stream)."""
     rng = np.random.default_rng(np.random.SeedSequence([*entropy, SCANNER_STREAM]))
     unit_mm = head_unit_mm(params)
     ear_scale = rng.uniform(*params.ear_length_mm) / MEAN_EAR_LENGTH_MM
