@@ -131,11 +131,8 @@ class SliceHeights:
         self._v = case.grid.v
         self._lookup = case.height_index
         self.tilted = self._lookup is not None
-        if self._lookup is None:
-            self.low = self.high = self.z
-        else:
+        if self._lookup is not None:
             self._samples = np.float32(self.z) + np.float32(self.slope) * self._lookup.v_samples
-            self.low, self.high = float(self._samples.min()), float(self._samples.max())
 
     def at(self, function: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """`function` of the height: one value, or one per pixel."""
