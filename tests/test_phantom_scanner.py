@@ -14,7 +14,6 @@ from pipeline.synthesize.anatomy import SKIN_HU, Tissue, head_scale
 from pipeline.synthesize.layout import plan_cases
 from pipeline.synthesize.rendering import (
     CaseModel,
-    PhantomSlice,
     SliceHeights,
     _skull_base,
     build_case,
@@ -92,11 +91,7 @@ def test_ears_stick_out_at_ear_level_with_their_canals_and_grow_with_their_lengt
     assert all(long > short + 0.03 for short, long in zip(reach[50.0], reach[75.0], strict=True))
 
 
-def _holder_pixels(case: CaseModel, rendered: PhantomSlice) -> tuple[np.ndarray, np.ndarray]:
-    holder = case.scanner.holder
-    cradle = (rendered.tissue == Tissue.TABLE) & (rendered.clean_hu == np.float32(holder.hu))
-    pad = (rendered.tissue == Tissue.FAT) & ~_head(case, 6)
-    return cradle, pad
+HOLDER_SLICE = 6  # mid-head, above the ears
 
 
 def test_the_head_holder_cradles_the_back_of_the_head_only_when_drawn():
@@ -104,18 +99,19 @@ def test_the_head_holder_cradles_the_back_of_the_head_only_when_drawn():
     the head's centre, with a foam pad at fat density between it and the head; with 0: no
     holder and no fat outside the head."""
     for case in _cases(**UNTILTED, head_holder_probability=1.0, head_holder_hu=[-50.0, 80.0]):
-        assert case.scanner.holder is not None
-        assert -50.0 <= case.scanner.holder.hu <= 80.0
-        rendered = render_slice(case, 6)
-        cradle, pad = _holder_pixels(case, rendered)
-        rows = np.nonzero(cradle | pad)[0]
+        holder = case.scanner.holder
+        assert holder is not None and -50.0 <= holder.hu <= 80.0
+        rendered = render_slice(case, HOLDER_SLICE)
+        tissue, clean = rendered.tissue, rendered.clean_hu
+        cradle = (tissue == Tissue.TABLE) & (clean == np.float32(holder.hu))
+        pad = (tissue == Tissue.FAT) & ~_head(case, HOLDER_SLICE)
         assert cradle.sum() > 100 and pad.sum() > 100
-        assert rows.min() > case.anatomy.centre[1]
-        assert np.all(rendered.clean_hu[pad] == np.float32(-90.0))
+        assert np.nonzero(cradle | pad)[0].min() > case.anatomy.centre[1]
+        assert np.all(clean[pad] == np.float32(-90.0))
     for case in _cases(**UNTILTED, head_holder_probability=0.0):
         assert case.scanner.holder is None
-        rendered = render_slice(case, 6)
-        assert not np.any((rendered.tissue == Tissue.FAT) & ~_head(case, 6))
+        tissue = render_slice(case, HOLDER_SLICE).tissue
+        assert not np.any((tissue == Tissue.FAT) & ~_head(case, HOLDER_SLICE))
 
 
 def test_streaks_cross_the_skull_base_slices_only_when_drawn():
