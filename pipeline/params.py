@@ -316,6 +316,25 @@ class PhantomParams(StrictModel):
     periventricular_hypodensity_probability: Probability
     periventricular_drop_hu: tuple[NonNegativeFloat, NonNegativeFloat]
     table_probability: Probability
+    # Around the head and from the scanner (docs/phantom.md), drawn per case for both classes
+    # alike: scalp thickness (skin to skull) and the share of it that is fat; auricle length;
+    # a head holder (a plastic cradle behind the occiput on a foam pad) with its density;
+    # straight streaks between the skull-base bones, their amplitude (sign drawn); and the
+    # out-of-plane tilt of the slices (gantry tilt or head flexion; sign drawn).
+    scalp_mm: tuple[PositiveFloat, PositiveFloat]
+    scalp_fat_share: tuple[
+        Annotated[float, Field(ge=0.0, le=0.8)], Annotated[float, Field(ge=0.0, le=0.8)]
+    ]
+    ear_length_mm: tuple[PositiveFloat, PositiveFloat]
+    head_holder_probability: Probability
+    head_holder_hu: tuple[
+        Annotated[float, Field(ge=-500.0, le=500.0)], Annotated[float, Field(ge=-500.0, le=500.0)]
+    ]
+    streak_probability: Probability
+    streak_hu: tuple[NonNegativeFloat, NonNegativeFloat]
+    tilt_deg: tuple[
+        Annotated[float, Field(ge=0.0, le=30.0)], Annotated[float, Field(ge=0.0, le=30.0)]
+    ]
     lesion_free_slice_share: Annotated[float, Field(ge=0.0, lt=1.0)]
     # The physical scale the phantom declares for its images (written into the archive for
     # `extract` as spacing.json, and into the DICOM series as PixelSpacing, SliceThickness and
@@ -353,6 +372,12 @@ class PhantomParams(StrictModel):
             "sinus_hu",
             "periventricular_drop_hu",
             "beam_hardening_hu",
+            "scalp_mm",
+            "scalp_fat_share",
+            "ear_length_mm",
+            "head_holder_hu",
+            "streak_hu",
+            "tilt_deg",
         ):
             _ordered_range(getattr(self, name), name)
         _shares(self.hemorrhage_subtype_share, HEMORRHAGE_SUBTYPES, "hemorrhage_subtype_share")

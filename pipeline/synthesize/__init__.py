@@ -16,6 +16,7 @@ The parts, in the order a case goes through them:
 - `layout`: which cases the archive holds and where their files go (the Kaggle layout);
 - `anatomy`: tissue densities and the random head of a case;
 - `lesions`: its hemorrhage or infarct;
+- `scanner`: its ears, head holder, streaks and out-of-plane tilt;
 - `rendering`: one slice in HU from the case model;
 - `archive`: every case to PNGs in the zip, with fixed timestamps;
 - `dicom_series`: the cases of `phantom.dicom_subsets` as DICOM CT series;

@@ -83,8 +83,9 @@ class Anatomy:
     rotation: float
     outline: np.ndarray  # (k, 3): harmonic order, amplitude, phase of the head outline
     heights: np.ndarray  # z of each slice
-    skin_px: float
+    skin_px: float  # the scalp, from the skin in: skin, fat, galea (soft tissue)
     fat_px: float
+    galea_px: float
     skull_px: float
     gap_px: float
     cortex_px: float
@@ -212,11 +213,16 @@ def smoothstep(edge0: float, edge1: float, x: np.ndarray | float) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-def head_scale(z: float) -> float:
-    """Head cross-section at height z relative to the widest level (z 0.45)."""
-    if z < 0.45:
-        return 1.0 - 0.1 * ((0.45 - z) / 0.45) ** 2
-    return math.sqrt(max(0.05, 1.0 - ((z - 0.45) / 0.8) ** 2))
+def head_scale(z: float | np.ndarray) -> float | np.ndarray:
+    """Head cross-section at height z relative to the widest level (z 0.45); z a height, or
+    a float32 array of them (a tilted slice's height per pixel)."""
+    if np.ndim(z) == 0:
+        if z < 0.45:
+            return 1.0 - 0.1 * ((0.45 - z) / 0.45) ** 2
+        return math.sqrt(max(0.05, 1.0 - ((z - 0.45) / 0.8) ** 2))
+    below = 1.0 - 0.1 * ((0.45 - z) / np.float32(0.45)) ** 2
+    above = np.sqrt(np.maximum(np.float32(0.05), 1.0 - ((z - 0.45) / np.float32(0.8)) ** 2))
+    return np.where(z < 0.45, below, above)
 
 
 def _tube(
@@ -299,8 +305,9 @@ def sample_anatomy(rng: np.random.Generator, params: PhantomParams) -> Anatomy:
         rotation=rotation,
         outline=outline,
         heights=heights,
-        skin_px=rng.uniform(1.8, 2.8) * scale,
-        fat_px=rng.uniform(2.5, 6.0) * scale,
+        **_scalp(
+            rng.uniform(*params.scalp_mm), rng.uniform(*params.scalp_fat_share), params, scale
+        ),
         skull_px=rng.uniform(7.0, 11.0) * scale,
         gap_px=(0.5 + 1.5 * atrophy) * scale,
         cortex_px=rng.uniform(4.5, 6.0) * scale,
@@ -337,6 +344,16 @@ def sample_anatomy(rng: np.random.Generator, params: PhantomParams) -> Anatomy:
         table=table,
         lookalikes=_sample_lookalikes(rng, params, elongation, atrophy),
     )
+
+
+def _scalp(
+    scalp_mm: float, fat_share: float, params: PhantomParams, scale: float
+) -> dict[str, float]:
+    """Scalp layers in pixels: of the soft tissue that is not fat, 0.6 is skin (dermis) over
+    the fat, the rest the galea and pericranium under it, over the skull."""
+    scalp_px = scalp_mm / params.pixel_spacing_mm * scale
+    soft_px = scalp_px * (1.0 - fat_share)
+    return {"skin_px": 0.6 * soft_px, "fat_px": fat_share * scalp_px, "galea_px": 0.4 * soft_px}
 
 
 def _sample_skull_base(rng: np.random.Generator, params: PhantomParams) -> SkullBase:

@@ -3,9 +3,10 @@ height, then blurred, given noise and windowed to 8-bit by the caller."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -47,6 +48,7 @@ from pipeline.synthesize.lesions import (
     mass_effect,
     sample_lesions,
 )
+from pipeline.synthesize.scanner import Scanner, sample_scanner
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class CaseModel:
     acquisition: Acquisition
     lesions: tuple[Lesion, ...]
     grid: CaseGrid
+    scanner: Scanner
+    height_index: HeightIndex | None  # None: the case is not tilted
 
 
 @baseline_opencv()
@@ -83,10 +87,96 @@ def build_case(spec: CaseSpec, params: PhantomParams) -> CaseModel:
     rng = np.random.default_rng(np.random.SeedSequence(list(spec.entropy)))
     anatomy = sample_anatomy(rng, params)
     acquisition = sample_acquisition(rng, params)
+    scanner = sample_scanner(spec.entropy, params, anatomy.elongation)
     lesions = sample_lesions(rng, spec.class_name, params, anatomy)
     anatomy = mass_effect(rng, anatomy, lesions, params)
     grid = case_grid(anatomy, params.image_size)
-    return CaseModel(spec, params, anatomy, acquisition, lesions, grid)
+    lookup = height_index(grid) if scanner.tilt_slope else None
+    return CaseModel(spec, params, anatomy, acquisition, lesions, grid, scanner, lookup)
+
+
+# A tilted slice's functions of height are read from tables of this many values along v
+# (steps of about 0.0002 in height at 15 degrees): one gather per pixel instead of evaluating
+# each function on the whole image (speed).
+HEIGHT_SAMPLES = 4096
+
+
+@dataclass(frozen=True)
+class HeightIndex:
+    """Each pixel's place among HEIGHT_SAMPLES values of v spanning the image (tilted cases)."""
+
+    v_samples: np.ndarray  # float32
+    index: np.ndarray  # per pixel (intp: `take` converts any other type first)
+
+
+def height_index(grid: CaseGrid) -> HeightIndex:
+    v_low, v_high = float(grid.v.min()), float(grid.v.max())
+    step = np.float32((v_high - v_low) / (HEIGHT_SAMPLES - 1))
+    index = np.rint((grid.v - np.float32(v_low)) / step)
+    return HeightIndex(
+        v_samples=np.float32(v_low) + step * np.arange(HEIGHT_SAMPLES, dtype=np.float32),
+        index=np.minimum(index, HEIGHT_SAMPLES - 1).astype(np.intp),
+    )
+
+
+class SliceHeights:
+    """The height z of each pixel of a slice: the slice's own height where the case is not
+    tilted; tilted out of plane, it grows along the head's front-back axis (`scanner`):
+    z + tilt_slope * v. `at` evaluates a function of the height once where it is the same
+    all over the slice, else per pixel from a table along v (`HeightIndex`)."""
+
+    def __init__(self, case: CaseModel, index: int) -> None:
+        self.z = float(case.anatomy.heights[index])
+        self.slope = case.scanner.tilt_slope
+        self._v = case.grid.v
+        self._lookup = case.height_index
+        self.tilted = self._lookup is not None
+        if self._lookup is not None:
+            self._samples = np.float32(self.z) + np.float32(self.slope) * self._lookup.v_samples
+
+    def at(self, function: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """`function` of the height: one value, or one per pixel."""
+        if self._lookup is None:
+            return function(np.float32(self.z))
+        table = function(self._samples)
+        return table[0] if table.min() == table.max() else table.take(self._lookup.index)
+
+    @functools.cached_property
+    def field(self) -> np.ndarray:
+        return np.float32(self.z) + np.float32(self.slope) * self._v
+
+    def in_box(self, box: tuple[slice, slice]) -> np.ndarray | float:
+        return self.field[box] if self.tilted else self.z
+
+    def at_v(self, v: float) -> float:
+        """The height where the front-back coordinate is v (head units)."""
+        return self.z + self.slope * v
+
+    def span(self, v_low: float, v_high: float) -> tuple[float, float]:
+        """The lowest and highest height between v_low and v_high."""
+        ends = self.at_v(v_low), self.at_v(v_high)
+        return min(ends), max(ends)
+
+    def below(self, z_limit: float, v_low: float, v_high: float) -> tuple[float, float] | None:
+        """The part of v_low..v_high where the height is below z_limit (None: nowhere)."""
+        if self.slope == 0.0:
+            return (v_low, v_high) if self.z < z_limit else None
+        crossing = (z_limit - self.z) / self.slope
+        if self.slope > 0.0:
+            v_high = min(v_high, crossing)
+        else:
+            v_low = max(v_low, crossing)
+        return (v_low, v_high) if v_low < v_high else None
+
+    @functools.cached_property
+    def base(self) -> np.ndarray:
+        """1 at the skull base, 0 higher up."""
+        return self.at(lambda z: smoothstep(BASE_TOP, 0.02, z))
+
+
+def _in_box(values: np.ndarray, box: tuple[slice, slice]) -> np.ndarray:
+    """A per-pixel field's window, or the one value the field holds."""
+    return values[box] if np.ndim(values) == 2 else values
 
 
 @dataclass(frozen=True)
@@ -105,15 +195,22 @@ class _SkullBase:
 
 
 def _paint_ellipsoids(
-    target: np.ndarray, grid: CaseGrid, anatomy: Anatomy, shapes: Sequence[Ellipsoid], z: float
+    target: np.ndarray,
+    grid: CaseGrid,
+    anatomy: Anatomy,
+    shapes: Sequence[Ellipsoid],
+    heights: SliceHeights,
 ) -> None:
-    """Set `target` where any of the 3-D `shapes` cuts the slice at height z."""
+    """Set `target` where any of the 3-D `shapes` cuts the slice."""
     for shape in shapes:
-        z_term = ((z - shape.centre[2]) / shape.axes[2]) ** 2
-        if z_term >= 1.0:
+        centre, axis = shape.centre[2], shape.axes[2]
+        reach = max(shape.axes[:2])
+        low, high = heights.span(shape.centre[1] - reach, shape.centre[1] + reach)
+        if centre - axis >= high or centre + axis <= low:
             continue
         box = pixel_box(anatomy, np.array([shape.centre[:2]]), max(shape.axes[:2]), target.shape[0])
         if box is not None:
+            z_term = ((heights.in_box(box) - centre) / np.float32(axis)) ** 2
             target[box] |= ellipse_field(grid.u[box], grid.v[box], shape) < 1.0 - z_term
 
 
@@ -128,13 +225,22 @@ def _segment_distance(
 
 
 def _paint_tubes(
-    target: np.ndarray, grid: CaseGrid, anatomy: Anatomy, tubes: Sequence[Tube], z: float
+    target: np.ndarray,
+    grid: CaseGrid,
+    anatomy: Anatomy,
+    tubes: Sequence[Tube],
+    heights: SliceHeights,
 ) -> None:
     """Set `target` where any tube (a chain of conical segments in 3-D) cuts the slice."""
     for tube in tubes:
         for start, end in zip(tube.points[:-1], tube.points[1:], strict=True):
             reach_z = max(start[4], end[4])
-            if not min(start[2], end[2]) - reach_z < z < max(start[2], end[2]) + reach_z:
+            lowest, highest = min(start[2], end[2]) - reach_z, max(start[2], end[2]) + reach_z
+            reach_v = max(start[3], end[3])
+            low, high = heights.span(
+                min(start[1], end[1]) - reach_v, max(start[1], end[1]) + reach_v
+            )
+            if high <= lowest or low >= highest:
                 continue
             box = pixel_box(
                 anatomy, np.stack([start[:2], end[:2]]), max(start[3], end[3]), target.shape[0]
@@ -145,6 +251,7 @@ def _paint_tubes(
             radius = start[3] + (end[3] - start[3]) * along
             height = start[2] + (end[2] - start[2]) * along
             vertical = start[4] + (end[4] - start[4]) * along
+            z = heights.in_box(box)
             target[box] |= (distance / radius) ** 2 + ((z - height) / vertical) ** 2 < 1.0
 
 
@@ -170,17 +277,17 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     params, anatomy, grid = case.params, case.anatomy, case.grid
     size = params.image_size
     scale = anatomy.px_scale
-    z = float(anatomy.heights[index])
-    base = float(smoothstep(BASE_TOP, 0.02, z))  # 1 at the skull base, 0 higher up
+    heights = SliceHeights(case, index)
+    base = heights.base
     hu = np.full((size, size), AIR_HU, dtype=np.float32)
     tissue = np.full((size, size), Tissue.AIR, dtype=np.uint8)
 
-    head = _scalp_and_skull(hu, tissue, case, z, base)
+    head = _scalp_and_skull(hu, tissue, case, heights)
     cranium = head.head & (head.inner_depth >= 0.0)
     brain_space = cranium
     skull_base = None
-    if base > 0.0:
-        skull_base = _skull_base(grid, anatomy, z, base)
+    if np.max(base) > 0.0:
+        skull_base = _skull_base(grid, anatomy, heights)
         _set(hu, tissue, cranium & skull_base.bone, params.skull_hu, Tissue.BONE)
         _set(hu, tissue, head.head & skull_base.air, AIR_HU, Tissue.AIR)
         _set(hu, tissue, head.head & skull_base.fat, FAT_HU, Tissue.FAT)
@@ -195,27 +302,29 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
             | skull_base.lens
             | skull_base.muscle
         )
+    _ears(hu, tissue, case, head, heights)
 
     # Brain: surface, sulci, fissures, cisterns and ventricles.
-    gap_px = anatomy.gap_px * (1.0 + 1.5 * float(smoothstep(0.6, 0.95, z)))
+    gap_px = anatomy.gap_px * (1.0 + 1.5 * heights.at(lambda z: smoothstep(0.6, 0.95, z)))
     brain = brain_space & (head.inner_depth >= gap_px)
-    surface_depth = head.inner_depth - np.float32(gap_px)
+    surface_depth = head.inner_depth - gap_px.astype(np.float32)
     open_sulci, sulcal_lines = _sulci(anatomy, grid, index, surface_depth, scale)
-    fissure, falx = _interhemispheric(anatomy, grid, z, brain, scale)
-    falx |= _tentorium(grid, anatomy, z, scale) & brain
+    fissure, falx = _interhemispheric(anatomy, grid, heights, brain, scale)
+    # The tentorium at the height of its middle (not tilted along its own length).
+    falx |= _tentorium(grid, anatomy, heights.at_v(0.5 * anatomy.elongation), scale) & brain
     cisterns = np.zeros_like(brain)
-    _paint_tubes(cisterns, grid, anatomy, anatomy.fissures, z)
+    _paint_tubes(cisterns, grid, anatomy, anatomy.fissures, heights)
     if skull_base is not None:
-        cisterns |= skull_base.csf | _basal_cisterns(grid, anatomy, z)
+        cisterns |= skull_base.csf | _basal_cisterns(grid, anatomy, heights)
     ventricles = np.zeros_like(brain)
-    _paint_tubes(ventricles, grid, anatomy, anatomy.ventricles, z)
-    _paint_ellipsoids(ventricles, grid, anatomy, anatomy.small_ventricles, z)
+    _paint_tubes(ventricles, grid, anatomy, anatomy.ventricles, heights)
+    _paint_ellipsoids(ventricles, grid, anatomy, anatomy.small_ventricles, heights)
     ventricles &= brain & (surface_depth > 3.0 * scale)
     infarct = infarct_region(case.lesions, anatomy, grid, index, brain, head.rho)
     open_sulci &= ~infarct  # swelling effaces the sulci of an infarct
     outer_csf = (brain_space & ~brain) | (brain & (open_sulci | fissure | cisterns))
 
-    grey = _grey_share(case, index, brain & ~(outer_csf | sulcal_lines | falx), skull_base)
+    grey = _grey_share(case, heights, brain & ~(outer_csf | sulcal_lines | falx), skull_base)
     solid = brain & ~(outer_csf | ventricles | falx)
     parenchyma_hu = (
         np.float32(anatomy.white_hu)
@@ -228,9 +337,10 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     tissue[solid] = np.where(grey[solid] >= 0.5, Tissue.GREY_MATTER, Tissue.WHITE_MATTER)
     _set(hu, tissue, outer_csf | ventricles, anatomy.csf_hu, Tissue.CSF)
     _set(hu, tissue, falx, params.falx_hu, Tissue.FALX)
-    _lookalikes(hu, tissue, case, index, brain, ventricles, falx, head.inner_depth)
+    _lookalikes(hu, tissue, case, heights, brain, ventricles, falx, head.inner_depth)
     if grid.table is not None:
         _set(hu, tissue, grid.table & ~head.head, TABLE_HU, Tissue.TABLE)
+    _head_holder(hu, tissue, case)
 
     spaces = Spaces(
         brain_space, brain, head.inner_depth, head.rho, outer_csf & brain_space, ventricles, grey
@@ -238,9 +348,17 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     add_context(hu, tissue, case.lesions, anatomy, grid, params, index, spaces, head.head)
     baseline_hu = hu.copy()
     lesion = add_lesions(hu, tissue, case.lesions, anatomy, grid, params, index, spaces)
+    # Streaks are the scanner's, like blur and noise: over everything in the head, lesions
+    # included, and not part of the tissue model (clean_hu, baseline_hu).
+    scanned = _streaks(case, base, head.head)
+    scanned = hu if scanned is None else scanned + hu
     acquisition = case.acquisition
     sigma = acquisition.blur_sigma_px * size / REFERENCE_SIZE  # the scanner's, not the head's
-    blurred = cv2.GaussianBlur(hu, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE) if sigma else hu
+    blurred = (
+        cv2.GaussianBlur(scanned, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+        if sigma
+        else scanned
+    )
     return PhantomSlice(
         blurred + _noise(case, index),
         hu,
@@ -252,11 +370,91 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     )
 
 
+def _ears(
+    hu: np.ndarray, tissue: np.ndarray, case: CaseModel, head: _Head, heights: SliceHeights
+) -> None:
+    """The auricles outside the skin (soft tissue over cartilage) and the ear canals' air
+    through the scalp and the tympanic bone, at the case's ear level."""
+    scanner = case.scanner
+    auricles = np.zeros_like(head.head)
+    _paint_tubes(auricles, case.grid, case.anatomy, scanner.ears, heights)
+    _set(hu, tissue, auricles & ~head.head, SKIN_HU, Tissue.SOFT_TISSUE)
+    canals = np.zeros_like(head.head)
+    _paint_tubes(canals, case.grid, case.anatomy, scanner.ear_canals, heights)
+    _set(hu, tissue, canals & (head.inner_depth < 0.0), AIR_HU, Tissue.AIR)
+
+
+def _head_holder(hu: np.ndarray, tissue: np.ndarray, case: CaseModel) -> None:
+    """The head holder, where the case has one: a rigid plastic cradle arc round the centre
+    of the head below it, on a foam pad (fat density) that touches the back of the head at its
+    widest level; drawn on air only (the head, ears and table stay)."""
+    holder = case.scanner.holder
+    if holder is None:
+        return
+    anatomy, grid = case.anatomy, case.grid
+    size = case.params.image_size
+    centre_x, centre_y = anatomy.centre
+    # The outline's radius depends on the direction only: read it straight below the centre.
+    row = min(size - 1, max(0, int(centre_y + 0.5 * anatomy.half_width_px)))
+    column = min(size - 1, max(0, round(centre_x)))
+    back_px = float(grid.outline_radius[row, column]) * anatomy.half_width_px
+    pad_px, thickness_px = holder.pad_px * anatomy.px_scale, holder.thickness_px * anatomy.px_scale
+    inner_px = back_px + pad_px
+    rows = slice(
+        min(size, max(0, int(centre_y))), min(size, int(centre_y + inner_px + thickness_px) + 2)
+    )
+    if rows.start >= rows.stop:
+        return
+    below_px = (np.arange(rows.start, rows.stop, dtype=np.float32) - np.float32(centre_y))[:, None]
+    distance = grid.radius_px[rows]
+    free = (below_px > distance * np.float32(math.cos(holder.half_span))) & (
+        tissue[rows] == Tissue.AIR
+    )
+    cradle = free & (distance >= inner_px) & (distance < inner_px + thickness_px)
+    pad = free & (distance >= back_px) & (distance < inner_px)
+    _set(hu[rows], tissue[rows], cradle, holder.hu, Tissue.TABLE)
+    _set(hu[rows], tissue[rows], pad, FAT_HU, Tissue.FAT)
+
+
+STREAK_FADE = 0.25  # head units over which a streak fades past the bones it joins
+
+
+def _streaks(case: CaseModel, base: np.ndarray, head: np.ndarray) -> np.ndarray | None:
+    """The case's streaks (`scanner.Streak`) in HU inside the head, at full strength on the
+    lowest slices and fading with the skull base; None where the slice has none."""
+    streaks = case.scanner.streaks
+    if not streaks or np.max(base) <= 0.0:
+        return None
+    anatomy, grid = case.anatomy, case.grid
+    size = case.params.image_size
+    field = np.zeros((size, size), dtype=np.float32)
+    for streak in streaks:
+        ends = np.array([streak.start, streak.end])
+        box = pixel_box(anatomy, ends, 2.0 * STREAK_FADE, size)
+        if box is None:
+            continue
+        (start_u, start_v), (end_u, end_v) = streak.start, streak.end
+        length = math.hypot(end_u - start_u, end_v - start_v)
+        du, dv = np.float32((end_u - start_u) / length), np.float32((end_v - start_v) / length)
+        u, v = grid.u[box] - np.float32(start_u), grid.v[box] - np.float32(start_v)
+        along = u * du + v * dv
+        across_px = (u * dv - v * du) * np.float32(anatomy.half_width_px)
+        past = np.maximum(np.maximum(-along, along - np.float32(length)), 0.0)
+        width_px = np.float32(streak.width_px * anatomy.px_scale)
+        field[box] += (
+            np.float32(streak.hu)
+            * _in_box(base, box)
+            * exp_f32(-((across_px / width_px) ** 2) - (past / np.float32(STREAK_FADE)) ** 2)
+        )
+    field[~head] = 0.0
+    return field
+
+
 def _lookalikes(
     hu: np.ndarray,
     tissue: np.ndarray,
     case: CaseModel,
-    index: int,
+    heights: SliceHeights,
     brain: np.ndarray,
     ventricles: np.ndarray,
     falx: np.ndarray,
@@ -265,7 +463,6 @@ def _lookalikes(
     """Paint the case's unlabelled look-alikes (`anatomy.LookAlikes`) into the brain."""
     anatomy, grid, params = case.anatomy, case.grid, case.params
     found, scale = anatomy.lookalikes, anatomy.px_scale
-    z = float(anatomy.heights[index])
     if found.periventricular_drop_hu > 0.0 and ventricles.any():
         reach = max(1, round(found.periventricular_px * scale))
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
@@ -275,7 +472,7 @@ def _lookalikes(
         hu[caps] = np.maximum(lowered, np.float32(params.parenchyma_hu[0]))
     if found.old_infarcts:
         old = np.zeros_like(brain)
-        _paint_ellipsoids(old, grid, anatomy, found.old_infarcts, z)
+        _paint_ellipsoids(old, grid, anatomy, found.old_infarcts, heights)
         old &= np.isin(tissue, (Tissue.GREY_MATTER, Tissue.WHITE_MATTER))
         _set(hu, tissue, old, anatomy.csf_hu, Tissue.CSF)
     # Dural sinuses, computed on the thin band under the inner table only (speed): the
@@ -290,18 +487,17 @@ def _lookalikes(
     sinus = (np.abs(v) > 0.5 * anatomy.elongation) & (
         offset_px < np.float32(4.0 * scale) * (1.0 - depth / depth_px)
     )
-    if z < 0.22:
-        sinus |= (depth < np.float32(4.0 * scale)) & (v > 0.55 * anatomy.elongation)
-    elif z < 0.3:
-        sinus &= v < 0.0  # the sagittal sinus begins above the torcula
+    z = heights.field[band] if heights.tilted else np.float32(heights.z)
+    sinus |= (z < 0.22) & (depth < np.float32(4.0 * scale)) & (v > 0.55 * anatomy.elongation)
+    sinus &= ~((z >= 0.22) & (z < 0.3)) | (v < 0.0)  # the sagittal sinus begins above the torcula
     rows, columns = band[0][sinus], band[1][sinus]
     hu[rows, columns] = found.sinus_hu
     tissue[rows, columns] = Tissue.VESSEL
     arteries = np.zeros_like(brain)
-    _paint_tubes(arteries, grid, anatomy, found.arteries, z)
+    _paint_tubes(arteries, grid, anatomy, found.arteries, heights)
     _set(hu, tissue, arteries & brain & ~ventricles, found.artery_hu, Tissue.VESSEL)
     calcified = np.zeros_like(brain)
-    _paint_ellipsoids(calcified, grid, anatomy, found.calcifications, z)
+    _paint_ellipsoids(calcified, grid, anatomy, found.calcifications, heights)
     if found.falx_calcified is not None:
         low, high = found.falx_calcified
         calcified |= falx & (grid.v > low) & (grid.v < high)
@@ -309,24 +505,26 @@ def _lookalikes(
 
 
 def _scalp_and_skull(
-    hu: np.ndarray, tissue: np.ndarray, case: CaseModel, z: float, base: float
+    hu: np.ndarray, tissue: np.ndarray, case: CaseModel, heights: SliceHeights
 ) -> _Head:
     """Paint skin, fat, temporal muscles and skull by depth below the skin."""
     anatomy, grid = case.anatomy, case.grid
     scale = anatomy.px_scale
-    rho = np.hypot(grid.u, grid.v) / (grid.outline_radius * np.float32(head_scale(z)))
+    rho = np.hypot(grid.u, grid.v) / (grid.outline_radius * np.float32(heights.at(head_scale)))
     head = rho < 1.0
     # The 5x5 chamfer distance: within 0.6 px of the exact one over the 30 px of scalp and
     # skull, at 2.0 against 4.8 ms per 512 px slice (measured 2026-12-05).
     depth = cv2.distanceTransform(head.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
     fat_start = anatomy.skin_px
-    muscle_start = fat_start + anatomy.fat_px
+    muscle_start = fat_start + anatomy.fat_px  # the galea, then the temporal muscles
     skull_start = (
-        muscle_start + 9.0 * scale * float(smoothstep(0.7, 0.45, z)) * grid.temporal_muscle
+        muscle_start
+        + anatomy.galea_px
+        + 9.0 * scale * heights.at(lambda z: smoothstep(0.7, 0.45, z)) * grid.temporal_muscle
     )
     # Thicker at the skull base and where the top of the skull is cut obliquely.
     skull_px = anatomy.skull_px * grid.skull_profile
-    skull_px += scale * (7.0 * base + 5.0 * float(smoothstep(0.78, 0.95, z)))
+    skull_px += scale * (7.0 * heights.base + 5.0 * heights.at(lambda z: smoothstep(0.78, 0.95, z)))
     _set(hu, tissue, head, SKIN_HU, Tissue.SOFT_TISSUE)
     _set(hu, tissue, head & (depth >= fat_start), FAT_HU, Tissue.FAT)
     muscle = head & (depth >= muscle_start) & (depth < skull_start)
@@ -336,7 +534,7 @@ def _scalp_and_skull(
 
 
 def _grey_share(
-    case: CaseModel, index: int, cortex_source: np.ndarray, skull_base: _SkullBase | None
+    case: CaseModel, heights: SliceHeights, cortex_source: np.ndarray, skull_base: _SkullBase | None
 ) -> np.ndarray:
     """Share of grey matter per pixel (0 white .. 1 grey): a cortex ribbon of the case's
     thickness along the brain surface, sulci and fissures (`cortex_source` is zero there),
@@ -351,7 +549,7 @@ def _grey_share(
     )
     grey = np.clip((np.float32(anatomy.cortex_px) - depth) / np.float32(1.5 * scale) + 0.5, 0, 1)
     nuclei = np.zeros(grey.shape, dtype=bool)
-    _paint_ellipsoids(nuclei, case.grid, anatomy, anatomy.nuclei, float(anatomy.heights[index]))
+    _paint_ellipsoids(nuclei, case.grid, anatomy, anatomy.nuclei, heights)
     grey[nuclei] = np.maximum(grey[nuclei], 0.8)
     if skull_base is not None:
         fossa = skull_base.posterior_fossa
@@ -429,7 +627,7 @@ def _sulci(
 
 
 def _interhemispheric(
-    anatomy: Anatomy, grid: CaseGrid, z: float, brain: np.ndarray, scale: float
+    anatomy: Anatomy, grid: CaseGrid, heights: SliceHeights, brain: np.ndarray, scale: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Interhemispheric fissure (CSF) and the falx in it; the corpus callosum interrupts
     them between the ventricles, above which they run the whole length."""
@@ -439,10 +637,11 @@ def _interhemispheric(
         along_falx = np.clip(1.0 - (grid.v / np.float32(anatomy.elongation)) ** 2, 0.0, 1.0)
         midline += np.float32(anatomy.midline_shift) * along_falx
     offset_px = np.abs(grid.u - midline) * np.float32(anatomy.half_width_px)
-    half_gap = 0.45 * anatomy.elongation * float(smoothstep(0.7, 0.62, z))
-    along = brain & ((grid.v < -half_gap) | ((grid.v > half_gap) & (z > 0.2)))
-    half_width = (1.3 + 1.0 * float(smoothstep(0.5, 0.95, z))) * scale
-    falx = along & (offset_px < 0.8 * scale) & (z > 0.12)
+    half_gap = 0.45 * anatomy.elongation * heights.at(lambda z: smoothstep(0.7, 0.62, z))
+    back = heights.at(lambda z: z > 0.2)
+    along = brain & ((grid.v < -half_gap) | ((grid.v > half_gap) & back))
+    half_width = (1.3 + 1.0 * heights.at(lambda z: smoothstep(0.5, 0.95, z))) * scale
+    falx = along & (offset_px < 0.8 * scale) & heights.at(lambda z: z > 0.12)
     fissure = along & (offset_px < half_width) & ~falx
     return fissure, falx
 
@@ -478,17 +677,24 @@ def _tentorium(grid: CaseGrid, anatomy: Anatomy, z: float, scale: float) -> np.n
     return tentorium
 
 
-def _basal_cisterns(grid: CaseGrid, anatomy: Anatomy, z: float) -> np.ndarray:
+def _basal_cisterns(grid: CaseGrid, anatomy: Anatomy, heights: SliceHeights) -> np.ndarray:
     """Suprasellar, ambient and quadrigeminal cisterns around the midbrain."""
-    weight = float(smoothstep(0.09, 0.15, z) * smoothstep(0.25, 0.17, z))  # above the pons
-    if weight <= 0.0:
-        return np.zeros(grid.u.shape, dtype=bool)
+    weight = heights.at(lambda z: smoothstep(0.09, 0.15, z)) * heights.at(
+        lambda z: smoothstep(0.25, 0.17, z)
+    )  # above the pons
+    cisterns = np.zeros(grid.u.shape, dtype=bool)
     elongation = anatomy.elongation
-    midbrain = np.hypot(grid.u / 0.12, (grid.v - 0.05 * elongation) / 0.11)
-    ambient = (midbrain > 1.0) & (midbrain < 1.0 + 0.3 * weight) & (grid.v > 0.0)
-    suprasellar = np.hypot(grid.u / 0.13, (grid.v + 0.14 * elongation) / 0.075) < weight
-    quadrigeminal = np.hypot(grid.u / 0.07, (grid.v - 0.2 * elongation) / 0.045) < weight
-    return ambient | suprasellar | quadrigeminal
+    corners = _box_corners((-0.2, 0.2), (-0.3 * elongation, 0.3 * elongation))
+    box = pixel_box(anatomy, corners, 0.0, cisterns.shape[0])
+    if np.max(weight) <= 0.0 or box is None:
+        return cisterns
+    u, v, weight = grid.u[box], grid.v[box], _in_box(weight, box)
+    midbrain = np.hypot(u / 0.12, (v - 0.05 * elongation) / 0.11)
+    ambient = (midbrain > 1.0) & (midbrain < 1.0 + 0.3 * weight) & (v > 0.0)
+    suprasellar = np.hypot(u / 0.13, (v + 0.14 * elongation) / 0.075) < weight
+    quadrigeminal = np.hypot(u / 0.07, (v - 0.2 * elongation) / 0.045) < weight
+    cisterns[box] = ambient | suprasellar | quadrigeminal
+    return cisterns
 
 
 def _paint_air_cells(
@@ -518,7 +724,7 @@ def _box_corners(u_range: tuple[float, float], v_range: tuple[float, float]) -> 
     return np.array([(u, v) for u in u_range for v in v_range])
 
 
-def _skull_base(grid: CaseGrid, anatomy: Anatomy, z: float, base: float) -> _SkullBase:
+def _skull_base(grid: CaseGrid, anatomy: Anatomy, heights: SliceHeights) -> _SkullBase:
     """Orbits, sinuses, petrous bones with mastoid air cells, and the posterior fossa
     (brainstem, fourth ventricle, cerebellar folia) of the lowest slices; what lies between
     them (the temporal lobes in the middle fossae, the cerebellar hemispheres) is brain.
@@ -535,17 +741,20 @@ def _skull_base(grid: CaseGrid, anatomy: Anatomy, z: float, base: float) -> _Sku
         beam_hardening_hu=np.zeros((size, size), dtype=np.float32),
     )
     elongation = anatomy.elongation
-    if base >= 0.35:  # below that only thin slivers of these bones would be left
-        corners = _box_corners((-1.1, 1.1), (-0.3 * elongation, 1.1 * elongation))
-        box = pixel_box(anatomy, corners, 0.0, size)
+    # Below 0.35 only thin slivers of these bones would be left.
+    base = np.where(heights.base >= 0.35, heights.base, np.float32(0.0))
+    # Each part in the v range a tilted slice cuts it in.
+    reach = heights.below(BASE_TOP, -0.3 * elongation, 1.1 * elongation)
+    if np.max(base) > 0.0 and reach is not None:
+        box = pixel_box(anatomy, _box_corners((-1.1, 1.1), reach), 0.0, size)
         if box is not None:
-            _posterior_skull_base(grid, anatomy, base, box, warp, parts)
-    face = float(smoothstep(0.12, 0.04, z))
-    if face > 0.0:
-        corners = _box_corners((-0.8, 0.8), (-1.1 * elongation, -0.25 * elongation))
-        box = pixel_box(anatomy, corners, 0.0, size)
+            _posterior_skull_base(grid, anatomy, _in_box(base, box), box, warp, parts)
+    face = heights.at(lambda z: smoothstep(0.12, 0.04, z))
+    reach = heights.below(0.12, -1.1 * elongation, -0.25 * elongation)
+    if np.max(face) > 0.0 and reach is not None:
+        box = pixel_box(anatomy, _box_corners((-0.8, 0.8), reach), 0.0, size)
         if box is not None:
-            _face(grid, anatomy, face, box, warp, parts)
+            _face(grid, anatomy, _in_box(face, box), box, warp, parts)
     parts.bone[parts.air] = False
     fossa = parts.posterior_fossa
     fossa &= ~(parts.bone | parts.air)
@@ -558,12 +767,14 @@ def _skull_base(grid: CaseGrid, anatomy: Anatomy, z: float, base: float) -> _Sku
 def _posterior_skull_base(
     grid: CaseGrid,
     anatomy: Anatomy,
-    base: float,
+    base: np.ndarray,
     box: tuple[slice, slice],
     warp: tuple[np.ndarray, np.ndarray],
     parts: _SkullBase,
 ) -> None:
-    """Petrous ridges, mastoids, clivus and the posterior fossa, painted into `parts[box]`."""
+    """Petrous ridges, mastoids, clivus and the posterior fossa, painted into `parts[box]`;
+    `base` (one value, or one per pixel of the box on a tilted slice) is 0 where they are
+    absent and grows to 1 at the lowest level."""
     u, v = grid.u[box], grid.v[box]
     shape = anatomy.skull_base
     elongation = anatomy.elongation
@@ -583,22 +794,24 @@ def _posterior_skull_base(
         ridge = distance < (0.03 + 0.07 * along + 0.01 * warp[0][box]) * base
         mastoid = np.hypot(
             (u - side * (end[0] - 0.06)) / 0.15, (v - end[1] - 0.02 * elongation) / 0.14
-        ) < math.sqrt(base)
+        ) < np.sqrt(base)
         bone |= ridge | mastoid
         pneumatised |= mastoid | (ridge & (along > 0.5))
     _paint_air_cells(air, pneumatised, u, v, (warp[0][box], warp[1][box]), shape.mastoid_cell)
     fossa = v > start_v + (end[1] - start_v) / (end[0] - 0.12) * (np.abs(u) - 0.12)
+    present = base > 0.0
+    fossa &= present
     parts.posterior_fossa[box] = fossa
     bone |= np.hypot(u / 0.075, (v + 0.12 * elongation) / 0.09) < base  # clivus
     # The pons behind the clivus, the prepontine cistern between them; the fourth ventricle
     # behind the pons is one of anatomy.MIDLINE_VENTRICLES.
     pons = np.hypot(u / 0.15, (v - 0.15 * elongation) / 0.12) / (0.8 + 0.2 * base)
-    parts.brainstem[box] = pons < 1.0
+    parts.brainstem[box] = (pons < 1.0) & present
     csf = parts.csf[box]
-    csf |= (pons >= 1.0) & (pons < 1.08) & (v < 0.1 * elongation)
+    csf |= (pons >= 1.0) & (pons < 1.08) & (v < 0.1 * elongation) & present
     # Between the cerebellar hemispheres: the vallecula and cisterna magna.
-    csf |= np.hypot(u / 0.05, (v - 0.84 * elongation) / 0.07) < 1.0
-    csf |= (np.abs(u) < 0.012) & (v > 0.6 * elongation)
+    csf |= (np.hypot(u / 0.05, (v - 0.84 * elongation) / 0.07) < 1.0) & present
+    csf |= (np.abs(u) < 0.012) & (v > 0.6 * elongation) & present
     # Folia: fine sulci curving around each hemisphere's root beside the fourth ventricle
     # (meeting at an angle over the vermis), bent by the warp field.
     rows, columns = np.nonzero(fossa & (pons >= 1.0))
@@ -612,13 +825,14 @@ def _posterior_skull_base(
     rows, columns = np.nonzero(fossa)
     fu, fv = u[rows, columns], v[rows, columns]
     band = smoothstep(0.75, 0.4, np.abs(fu)) * exp_f32(-(((fv - centre_v) / np.float32(0.12)) ** 2))
-    parts.beam_hardening_hu[box][rows, columns] = band * np.float32(shape.beam_hardening_hu * base)
+    base = base[rows, columns] if np.ndim(base) == 2 else base
+    parts.beam_hardening_hu[box][rows, columns] = band * np.float32(shape.beam_hardening_hu) * base
 
 
 def _face(
     grid: CaseGrid,
     anatomy: Anatomy,
-    face: float,
+    face: np.ndarray,
     box: tuple[slice, slice],
     warp: tuple[np.ndarray, np.ndarray],
     parts: _SkullBase,
@@ -633,18 +847,21 @@ def _face(
     bone, eyes, lens = parts.bone[box], parts.eyes[box], parts.lens[box]
     fat, muscle = parts.fat[box], parts.muscle[box]
     sockets = np.zeros_like(bone)
-    globe_radius = 0.15 * math.sqrt(face)
+    # `face`: one value, or one per pixel of the box on a tilted slice; 0 where it is absent.
+    root = np.sqrt(face)
+    globe_radius = 0.15 * root
     for side in (1, -1):
         radius = np.hypot(u - side * 0.4, v + 0.62 * elongation)
         eyes |= radius < globe_radius
-        lens |= np.hypot(
-            (u - side * 0.4) / 0.05, (v + 0.62 * elongation + 0.8 * globe_radius) / 0.025
-        ) < math.sqrt(face)
+        lens |= (
+            np.hypot((u - side * 0.4) / 0.05, (v + 0.62 * elongation + 0.8 * globe_radius) / 0.025)
+            < root
+        )
         apex, along = _segment_distance(
             u, v, (side * 0.4, -0.62 * elongation), (side * 0.18, -0.36 * elongation)
         )
-        cone = apex < 0.2 * math.sqrt(face) * (1.0 - 0.6 * along)
-        fat |= (radius < 0.22 * math.sqrt(face)) | cone
+        cone = apex < 0.2 * root * (1.0 - 0.6 * along)
+        fat |= (radius < 0.22 * root) | cone
         for wall in (-1, 1):  # medial and lateral rectus
             rectus, _ = _segment_distance(
                 u,
@@ -662,7 +879,8 @@ def _face(
     fat &= ~(eyes | lens | muscle)
     orbit = eyes | lens | fat | muscle
     air = parts.air[box]
-    ethmoid = (np.abs(u) < 0.12) & (v < -0.5 * elongation) & ~orbit
+    present = face > 0.0
+    ethmoid = (np.abs(u) < 0.12) & (v < -0.5 * elongation) & ~orbit & present
     _paint_air_cells(air, ethmoid, u, v, (warp[0][box], warp[1][box]), shape.ethmoid_cell)
     sphenoid = np.hypot(u / 0.12, (v + 0.38 * elongation) / 0.08) < face
     air |= sphenoid & (np.abs(u - np.float32(shape.sphenoid_septum_u)) > 0.012) & ~orbit
@@ -670,4 +888,4 @@ def _face(
     midline = (np.abs(u) < 0.1 + 0.1 * smoothstep(-0.3, -0.6, v / elongation)) & (
         v < -0.3 * elongation
     )
-    bone |= front & (sockets | midline) & ~orbit
+    bone |= front & (sockets | midline) & ~orbit & present

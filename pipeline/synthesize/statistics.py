@@ -46,6 +46,7 @@ class CaseStatistics:
     window_width_hu: float
     noise_hu: float
     blur_sigma_px: float
+    tilt_deg: float
     lesion_contrast_hu: tuple[float, ...]  # one per lesion slice
     lesion_area_px: tuple[int, ...]
 
@@ -86,6 +87,7 @@ def case_statistics(case: CaseModel, rendered: Sequence[PhantomSlice]) -> CaseSt
         window_width_hu=acquisition.window_width_hu,
         noise_hu=acquisition.noise_hu,
         blur_sigma_px=acquisition.blur_sigma_px,
+        tilt_deg=case.scanner.tilt_deg,
         lesion_contrast_hu=tuple(c for c in contrasts if c is not None),
         lesion_area_px=tuple(int(s.lesion.sum()) for s in rendered if s.lesion.any()),
     )
@@ -101,6 +103,7 @@ NUISANCE = (
     ("window_width_hu", "window_width", "_hu"),
     ("noise_hu", "noise", "_hu"),
     ("blur_sigma_px", "blur_sigma", "_px"),
+    ("tilt_deg", "tilt", "_deg"),
 )
 
 
