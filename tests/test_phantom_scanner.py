@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.params import ParamsError
-from pipeline.synthesize.anatomy import SKIN_HU, Tissue, head_scale
+from pipeline.synthesize.anatomy import SKIN_HU, Tissue, head_scale, head_unit_mm
 from pipeline.synthesize.layout import plan_cases
 from pipeline.synthesize.rendering import (
     CaseModel,
@@ -19,7 +19,7 @@ from pipeline.synthesize.rendering import (
     build_case,
     render_slice,
 )
-from pipeline.synthesize.scanner import EAR_CANAL_HEIGHT, head_unit_mm, height_unit_mm
+from pipeline.synthesize.scanner import EAR_CANAL_HEIGHT, height_unit_mm
 from tests.conftest import project_params
 from tests.test_synthesize import small_params
 

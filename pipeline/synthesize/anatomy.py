@@ -213,6 +213,11 @@ def smoothstep(edge0: float, edge1: float, x: np.ndarray | float) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
+def head_unit_mm(params: PhantomParams) -> float:
+    """Millimetres of one head unit (a head half-width) at the declared pixel spacing."""
+    return params.pixel_spacing_mm * REFERENCE_SIZE * REFERENCE_HEAD_WIDTH_SHARE / 2.0
+
+
 def head_scale(z: float | np.ndarray) -> float | np.ndarray:
     """Head cross-section at height z relative to the widest level (z 0.45); z a height, or
     a float32 array of them (a tilted slice's height per pixel)."""

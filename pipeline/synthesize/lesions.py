@@ -21,14 +21,13 @@ from pipeline.numerics import sin_f32
 from pipeline.params import HEMORRHAGE_SUBTYPES, ISCHEMIA_TERRITORIES, PhantomParams, WedgeSize
 from pipeline.synthesize.anatomy import (
     PARENCHYMA,
-    REFERENCE_HEAD_WIDTH_SHARE,
-    REFERENCE_SIZE,
     Anatomy,
     CaseGrid,
     Ellipsoid,
     Tissue,
     Tube,
     ellipse_field,
+    head_unit_mm,
     pixel_box,
 )
 
@@ -355,8 +354,7 @@ def mass_effect(
             sizes.intraparenchymal_deep.radius_head_units[1],
         )
         size = min(1.0, max(blob.axes[0] for blob in lesion.blobs) / largest)
-    # One head unit (half the head width) of the reference head, in millimetres.
-    unit_mm = params.pixel_spacing_mm * REFERENCE_SIZE * REFERENCE_HEAD_WIDTH_SHARE / 2.0
+    unit_mm = head_unit_mm(params)
     shift = -side * size * rng.uniform(0.0, params.midline_shift_max_mm) / unit_mm
     if shift == 0.0:
         return anatomy

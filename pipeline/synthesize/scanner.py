@@ -15,10 +15,9 @@ import numpy as np
 
 from pipeline.params import PhantomParams
 from pipeline.synthesize.anatomy import (
-    REFERENCE_HEAD_WIDTH_SHARE,
-    REFERENCE_SIZE,
     Tube,
     head_scale,
+    head_unit_mm,
 )
 
 SCANNER_STREAM = 3  # rendering._slice_rng uses 1 and 2, with the slice index after them
@@ -78,11 +77,6 @@ class Scanner:
     streaks: tuple[Streak, ...]
     tilt_deg: float  # signed: above 0 the back of the image is cut higher than the front
     tilt_slope: float  # height units per head unit of v
-
-
-def head_unit_mm(params: PhantomParams) -> float:
-    """Millimetres of one head unit (a head half-width) at the declared pixel spacing."""
-    return params.pixel_spacing_mm * REFERENCE_SIZE * REFERENCE_HEAD_WIDTH_SHARE / 2.0
 
 
 def height_unit_mm(params: PhantomParams) -> float:
