@@ -156,8 +156,13 @@ def test_scratch_of_a_live_writer_is_left_alone(tmp_path):
     assert scratch_of(tmp_path) == []
 
 
+# The stand-in stage makes Ctrl-C live first, as at a terminal: a shell starts background
+# jobs (a test suite run with `&`) with SIGINT ignored, the child would inherit that, and
+# Python then installs no KeyboardInterrupt.
 TERMINATED_STAGE = """
+import signal
 import sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pipeline.io import atomic_path
 from stages.common import run_stage
 
