@@ -66,6 +66,7 @@ def measure_pipeline(project: Path, cores: int, cache: str, epochs: int) -> dict
     tf.config.threading.set_intra_op_parallelism_threads(cores)
     tf.config.threading.set_inter_op_parallelism_threads(cores)
     from pipeline.model.dataset import (
+        OnlineAugmentation,
         PipelineOptions,
         make_train_dataset,
         read_training_tables,
@@ -93,6 +94,7 @@ def measure_pipeline(project: Path, cores: int, cache: str, epochs: int) -> dict
             seed=params.seed,
             shuffle_buffer=params.train.shuffle_buffer,
             flip=params.train.random_flip,
+            augmentation=OnlineAugmentation.from_train(params.train),
         )
         threading = tf.data.Options()
         threading.threading.private_threadpool_size = cores

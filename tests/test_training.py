@@ -39,7 +39,7 @@ from pipeline.model.dataset import (
 )
 from pipeline.model.distribute import Distribution, start_distribution
 from pipeline.model.training import TrainPaths, configure_runtime, train_model
-from pipeline.params import Params
+from pipeline.params import Params, RandomAffineParams, RandomIntensityParams
 from tests.conftest import original_row, project_params, rehash_manifest, with_sha256
 
 SIZE = 32
@@ -317,13 +317,10 @@ def test_online_augmentation_moves_image_and_mask_together_and_is_seeded(tmp_pat
     paths = write_tiny_project(tmp_path)
     train = read_training_tables(paths.augmented_manifest, paths.split_manifest).train
     augmentation = OnlineAugmentation(
-        affine_probability=1.0,
-        rotation_max_deg=30.0,
-        scale=(0.8, 1.25),
-        intensity_probability=1.0,
-        contrast=(0.6, 1.5),
-        brightness_grey=(-20.0, 20.0),
-        gamma=(0.7, 1.4),
+        RandomAffineParams(probability=1.0, rotation_max_deg=30.0, scale=(0.8, 1.25)),
+        RandomIntensityParams(
+            probability=1.0, contrast=(0.6, 1.5), brightness_grey=(-20.0, 20.0), gamma=(0.7, 1.4)
+        ),
     )
 
     def batches(seed: int, augment: OnlineAugmentation | None) -> list[tuple]:

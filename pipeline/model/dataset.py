@@ -21,6 +21,7 @@ import pandas as pd
 import tensorflow as tf
 
 from pipeline.io import DataError, marked_mini_test, read_manifest, resolve_path, verify_content
+from pipeline.params import RandomAffineParams, RandomIntensityParams, TrainParams
 
 AUTOTUNE = tf.data.AUTOTUNE
 BYTES_PER_CACHED_PIXEL = 4  # uint8 RGB image + uint8 class index
@@ -132,24 +133,23 @@ def random_flip(image, labels, seed):
 
 @dataclass(frozen=True)
 class OnlineAugmentation:
-    """Per-slice random rotation, scaling and re-windowing of training slices
-    (`train.random_affine`, `train.random_intensity`), drawn anew every epoch.
+    """Per-slice random rotation and scaling (`train.random_affine`) and re-windowing
+    (`train.random_intensity`) of training slices, drawn anew every epoch.
 
     The phantom draws pose and window once per case; a few dozen training cases leave the
     model to learn them from few examples. Drawing them again per slice and epoch is the
     domain randomisation of nnU-Net's spatial and intensity transforms and of SynthSeg."""
 
-    affine_probability: float = 0.0
-    rotation_max_deg: float = 0.0
-    scale: tuple[float, float] = (1.0, 1.0)
-    intensity_probability: float = 0.0
-    contrast: tuple[float, float] = (1.0, 1.0)
-    brightness_grey: tuple[float, float] = (0.0, 0.0)
-    gamma: tuple[float, float] = (1.0, 1.0)
+    affine: RandomAffineParams
+    intensity: RandomIntensityParams
+
+    @classmethod
+    def from_train(cls, train: TrainParams) -> OnlineAugmentation:
+        return cls(train.random_affine, train.random_intensity)
 
     @property
     def active(self) -> bool:
-        return self.affine_probability > 0.0 or self.intensity_probability > 0.0
+        return self.affine.probability > 0.0 or self.intensity.probability > 0.0
 
 
 def _log_uniform(unit, bounds: tuple[float, float]):
@@ -208,21 +208,22 @@ def augment_online(image, labels, seed, augmentation: OnlineAugmentation):
     back float32 (0-255), the mask unchanged in type."""
     draws = tf.random.stateless_uniform((7,), seed=seed)
     image = tf.cast(image, tf.float32)
-    if augmentation.affine_probability > 0.0:
-        angle_rad = (2.0 * draws[1] - 1.0) * math.radians(augmentation.rotation_max_deg)
-        scale = _log_uniform(draws[2], augmentation.scale)
-        warped = rotate_and_scale(image, labels, angle_rad, scale)
-        apply = draws[0] < augmentation.affine_probability
+    affine, intensity = augmentation.affine, augmentation.intensity
+    if affine.probability > 0.0:
+        angle_rad = (2.0 * draws[1] - 1.0) * math.radians(affine.rotation_max_deg)
+        warped = rotate_and_scale(image, labels, angle_rad, _log_uniform(draws[2], affine.scale))
+        apply = draws[0] < affine.probability
         image = tf.where(apply, warped[0], image)
         labels = tf.where(apply, warped[1], labels)
-    if augmentation.intensity_probability > 0.0:
-        low, high = augmentation.contrast
-        contrast = _log_uniform(draws[4], (low, high))
-        b_low, b_high = augmentation.brightness_grey
-        brightness = b_low + (b_high - b_low) * draws[5]
-        gamma = _log_uniform(draws[6], augmentation.gamma)
-        rewindowed = rewindow(image, contrast, brightness, gamma)
-        image = tf.where(draws[3] < augmentation.intensity_probability, rewindowed, image)
+    if intensity.probability > 0.0:
+        low, high = intensity.brightness_grey
+        rewindowed = rewindow(
+            image,
+            _log_uniform(draws[4], intensity.contrast),
+            low + (high - low) * draws[5],
+            _log_uniform(draws[6], intensity.gamma),
+        )
+        image = tf.where(draws[3] < intensity.probability, rewindowed, image)
     return image, labels
 
 

@@ -208,15 +208,7 @@ def make_datasets(
             shuffle_buffer=train.shuffle_buffer,
             balanced=train.balanced_sampling,
             flip=train.random_flip,
-            augmentation=OnlineAugmentation(
-                affine_probability=train.random_affine.probability,
-                rotation_max_deg=train.random_affine.rotation_max_deg,
-                scale=train.random_affine.scale,
-                intensity_probability=train.random_intensity.probability,
-                contrast=train.random_intensity.contrast,
-                brightness_grey=train.random_intensity.brightness_grey,
-                gamma=train.random_intensity.gamma,
-            ),
+            augmentation=OnlineAugmentation.from_train(train),
             num_shards=num_shards,
             shard_index=shard_index,
         )
