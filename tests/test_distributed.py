@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -307,25 +307,38 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def stop(process: Process, grace: float = 15.0) -> None:
-    """SIGTERM the process group (the worker cleans up), SIGKILL it if it lingers."""
+def signal_group(process: Process, sig: int) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(process.popen.pid, sig)
+
+
+def freeze(processes: Sequence[Process]) -> None:
+    """SIGSTOP every process group at once: not one more training step until `stop`."""
+    for process in processes:
+        signal_group(process, signal.SIGSTOP)
+
+
+def stop(processes: Sequence[Process], grace: float = 15.0) -> None:
+    """SIGTERM every process group together (a worker cleans up; SIGCONT wakes a frozen one),
+    then SIGKILL whatever lingers past `grace`. Together, because a worker that waits on a
+    peer's collective op only reaches its SIGTERM handler once the peer moves too."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        if process.popen.poll() is not None:
-            return
-        try:
-            os.killpg(process.popen.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.popen.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            continue
+        running = [process for process in processes if process.popen.poll() is None]
+        for process in running:
+            signal_group(process, sig)
+            signal_group(process, signal.SIGCONT)
+        deadline = time.monotonic() + grace
+        for process in running:
+            try:
+                process.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                continue
 
 
 @contextmanager
 def cluster(tasks: Sequence[tuple[Path, Sequence[str]]], tmp_path: Path, name: str):
     """One process per (folder, command), task i of the same localhost cluster; every process
-    still running at exit (test failure included) is stopped, the chief last."""
+    still running at exit (test failure included) is stopped."""
     addresses = [f"127.0.0.1:{port}" for port in free_ports(len(tasks))]
     processes: list[Process] = []
     try:
@@ -346,8 +359,7 @@ def cluster(tasks: Sequence[tuple[Path, Sequence[str]]], tmp_path: Path, name: s
             processes.append(Process(popen, log, scratch))
         yield processes
     finally:
-        for process in reversed(processes):
-            stop(process)
+        stop(processes)
 
 
 def wait_for(condition: Callable[[], bool], processes: Sequence[Process], what: str) -> None:
@@ -358,7 +370,7 @@ def wait_for(condition: Callable[[], bool], processes: Sequence[Process], what: 
         ended = any(process.popen.poll() is not None for process in processes)
         if ended or time.monotonic() > deadline:
             raise AssertionError(f"{what}: not reached\n{logs(processes)}")
-        time.sleep(0.1)
+        time.sleep(0.02)
 
 
 def finish(processes: Sequence[Process]) -> None:
@@ -405,12 +417,13 @@ def test_two_workers_train_resume_and_learn_like_one(make_project, tmp_path: Pat
         assert "workers disagree on the params and slices they train on" in process.output()
     assert not checkpoints(project)
 
-    # Two workers, stopped (SIGTERM, as a scheduler would) once the chief committed an epoch.
+    # Two workers, stopped (SIGTERM, as a scheduler would) once the chief committed an epoch:
+    # frozen first, so that the later epochs cannot finish while the signals are on their way.
     here = [(project.path, STAGE), (project.path, STAGE)]
     with cluster(here, tmp_path, "interrupted") as (chief, worker):
         wait_for(lambda: bool(checkpoints(project)), [chief, worker], "a committed epoch")
-        stop(worker)
-        stop(chief)
+        freeze([chief, worker])
+        stop([chief, worker])
     assert worker_leftovers(worker) == []
     done = int(checkpoints(project)[-1].removeprefix("epoch_"))
     assert done < epochs
