@@ -23,6 +23,14 @@ from pipeline.report.page import headline_keys, number
 from tests.browser import browser, offline_problems
 from tests.conftest import DEFAULT_LR, PROJECT_ROOT, DvcProject, create_project
 
+# Learning rates the experiments set, as `-S` and `dvc exp show` write them: any four that
+# differ from the committed default (which these tests compare against), so that a new default
+# never turns an experiment into a no-op.
+EXPERIMENT_LRS = tuple(
+    lr for lr in ("0.0005", "0.003", "0.004", "0.005", "0.006") if float(lr) != DEFAULT_LR
+)[:4]
+SWEEP_LRS = EXPERIMENT_LRS[1:3]
+
 STAGES = (
     "synthesize",
     "extract",
@@ -219,12 +227,13 @@ def test_committed_metrics_are_readable_before_running_anything(built, tmp_path)
 
 def test_metrics_params_and_plots_diff_across_branches(built):
     project, _, _ = built
+    branch_lr = float(EXPERIMENT_LRS[3])
     project.git("checkout", "-q", "-b", "faster-lr")
     try:
-        project.update_params({"lr": 0.005})
+        project.update_params({"lr": branch_lr})
         project.dvc("repro")
         project.git("add", "-A")
-        project.git("commit", "-q", "-m", "lr 0.005")
+        project.git("commit", "-q", "-m", f"lr {branch_lr}")
         diff = project.dvc("metrics", "diff", "main", "faster-lr", "--all", "--json").stdout
         evaluate = json.loads(diff)["metrics/evaluate.json"]
         assert {"dice_hemorrhagic", "dice_ischemic", "dice_mean", "hd95_mm_hemorrhagic"} <= set(
@@ -243,7 +252,7 @@ def test_metrics_params_and_plots_diff_across_branches(built):
         params = json.loads(project.dvc("params", "diff", "main", "faster-lr", "--json").stdout)
         assert (params["params.yaml"]["lr"]["old"], params["params.yaml"]["lr"]["new"]) == (
             DEFAULT_LR,
-            0.005,
+            branch_lr,
         )
         # Every plot of dvc.yaml, both revisions in each: in this working copy, and in a
         # fresh clone with no DVC cache (its sources are kept in git).
@@ -272,7 +281,7 @@ def test_metrics_params_and_plots_diff_across_branches(built):
 
 def test_experiments_with_set_param_and_a_queued_sweep(built):
     project, _, _ = built
-    project.dvc("exp", "run", "-S", "lr=0.0005")
+    project.dvc("exp", "run", "-S", f"lr={EXPERIMENT_LRS[0]}")
     shown = json.loads(project.dvc("exp", "show", "--json").stdout)
     experiments = [e for rev in shown for e in (rev.get("experiments") or [])]
     assert experiments, "dvc exp run produced no experiment"
@@ -285,12 +294,12 @@ def test_experiments_with_set_param_and_a_queued_sweep(built):
 
     baseline = params_and_metrics(next(r for r in shown if r["rev"] != "workspace"))
     experiment = params_and_metrics(experiments[0]["revs"][0])
-    assert experiment[0] == 0.0005 and baseline[0] == DEFAULT_LR
+    assert experiment[0] == float(EXPERIMENT_LRS[0]) and baseline[0] == DEFAULT_LR
     assert experiment[1] != baseline[1]
 
     project.git("checkout", "--", ".")
     project.dvc("checkout", "-q", "--force")
-    for lr in ("0.003", "0.004"):
+    for lr in SWEEP_LRS:
         project.dvc("exp", "run", "--queue", "-S", f"lr={lr}")
     project.dvc("queue", "start", "-j", "1")
     deadline = time.monotonic() + 420
@@ -303,7 +312,7 @@ def test_experiments_with_set_param_and_a_queued_sweep(built):
         pytest.fail(f"queued experiments did not finish:\n{status}")
     assert "Failed" not in status, status
     table = project.dvc("exp", "show", "--md").stdout
-    assert "0.003" in table and "0.004" in table
+    assert all(lr in table for lr in SWEEP_LRS)
 
     # The docs' recipe: one row per experiment, within 120 columns, nothing cut off.
     experiments_doc = (PROJECT_ROOT / "docs" / "experiments.md").read_text()
@@ -323,7 +332,7 @@ def test_experiments_with_set_param_and_a_queued_sweep(built):
         "metrics/headline.json:dice_ischemic",
         "lr",
     ], shown
-    for lr in ("0.0005", "0.003", "0.004"):
+    for lr in EXPERIMENT_LRS[:3]:
         assert lr in shown
 
 
@@ -350,8 +359,8 @@ def test_an_applied_and_committed_experiment_keeps_the_params_tests_green(make_p
     project = make_project()
     # `dvc exp run` applies the finished experiment to the workspace, as `dvc exp apply` does;
     # one cheap stage is enough to make it a real experiment.
-    project.dvc("exp", "run", "--name", "faster", "-S", "lr=0.004", "synthesize")
-    assert project.params()["lr"] == 0.004
+    project.dvc("exp", "run", "--name", "faster", "-S", f"lr={SWEEP_LRS[1]}", "synthesize")
+    assert project.params()["lr"] == float(SWEEP_LRS[1])
     project.git("add", "-A")
     project.git("commit", "-q", "-m", "apply experiment faster")
     (project.path / "tests").mkdir()
