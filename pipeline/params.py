@@ -320,7 +320,9 @@ class PhantomParams(StrictModel):
     # alike: scalp thickness (skin to skull) and the share of it that is fat; auricle length;
     # a head holder (a plastic cradle behind the occiput on a foam pad) with its density;
     # straight streaks between the skull-base bones, their amplitude (sign drawn); and the
-    # out-of-plane tilt of the slices (gantry tilt or head flexion; sign drawn).
+    # out-of-plane tilt of the slices (gantry tilt or head flexion; sign drawn). The skull's
+    # mean thickness over the vault, before its profile (thinner at the temples).
+    skull_mm: tuple[PositiveFloat, PositiveFloat]
     scalp_mm: tuple[PositiveFloat, PositiveFloat]
     scalp_fat_share: tuple[
         Annotated[float, Field(ge=0.0, le=0.8)], Annotated[float, Field(ge=0.0, le=0.8)]
@@ -372,6 +374,7 @@ class PhantomParams(StrictModel):
             "sinus_hu",
             "periventricular_drop_hu",
             "beam_hardening_hu",
+            "skull_mm",
             "scalp_mm",
             "scalp_fat_share",
             "ear_length_mm",

@@ -1,4 +1,4 @@
-"""The phantom's scalp, ears, head holder, streaks and out-of-plane tilt
+"""The phantom's scalp, skull, ears, head holder, streaks and out-of-plane tilt
 (pipeline/synthesize/scanner.py and their painting in rendering.py)."""
 
 from __future__ import annotations
@@ -62,6 +62,26 @@ def test_the_scalp_is_soft_tissue_with_a_fat_layer_of_the_drawn_thickness():
         assert np.any(tissue[scalp] == Tissue.FAT) and np.any(tissue[scalp] == Tissue.SOFT_TISSUE)
         under = front_back & (depth > scalp_px + 1.5) & (depth < scalp_px + 3.0)
         assert np.mean(tissue[under] == Tissue.BONE) > 0.9
+
+
+def test_the_skull_vault_is_as_thick_as_drawn():
+    """phantom.skull_mm sets the vault's thickness: on a mid-height slice, away from the
+    temporal muscles, bone starts under the scalp and reaches skull_mm times the profile
+    (0.78 at the temples to 1.22 front and back) deeper, for a thin and a thick skull alike."""
+    for skull_mm in (4.0, 8.0):
+        overrides = dict(UNTILTED, skull_mm=[skull_mm] * 2, scalp_mm=[5.0, 5.0])
+        for case in _cases(2, **overrides, head_holder_probability=0.0):
+            anatomy = case.anatomy
+            index = int(np.argmin(np.abs(anatomy.heights - 0.5)))  # no skull base, no vertex
+            tissue = render_slice(case, index).tissue
+            head = _head(case, index)
+            depth = cv2.distanceTransform(head.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
+            scalp_px = 5.0 / case.params.pixel_spacing_mm * anatomy.px_scale
+            skull_px = skull_mm / case.params.pixel_spacing_mm * anatomy.px_scale
+            vault = head & (case.grid.temporal_muscle == 0.0) & (depth < scalp_px + 2.0 * skull_px)
+            bone_depth = depth[vault & (tissue == Tissue.BONE)]
+            assert bone_depth.min() == pytest.approx(scalp_px, abs=1.0)
+            assert 0.78 - 0.1 < (bone_depth.max() - scalp_px) / skull_px < 1.22 + 0.1
 
 
 def test_ears_stick_out_at_ear_level_with_their_canals_and_grow_with_their_length():
@@ -184,6 +204,7 @@ def test_a_tilted_slice_reaches_the_skull_base_on_its_lower_side_only():
         ({"streak_probability": 1.5}, "phantom.streak_probability"),
         ({"tilt_deg": [0.0, 45.0]}, "phantom.tilt_deg"),
         ({"scalp_mm": [0.0, 5.0]}, "phantom.scalp_mm"),
+        ({"skull_mm": [8.0, 5.0]}, "skull_mm must be [low, high]"),
         ({"scalp_fat_share": [0.5, 0.9]}, "phantom.scalp_fat_share"),
         ({"ear_length_mm": [70.0, 50.0]}, "ear_length_mm must be [low, high]"),
         ({"head_holder_probability": -0.1}, "phantom.head_holder_probability"),

@@ -313,7 +313,7 @@ def sample_anatomy(rng: np.random.Generator, params: PhantomParams) -> Anatomy:
         **_scalp(
             rng.uniform(*params.scalp_mm), rng.uniform(*params.scalp_fat_share), params, scale
         ),
-        skull_px=rng.uniform(7.0, 11.0) * scale,
+        skull_px=rng.uniform(*params.skull_mm) / params.pixel_spacing_mm * scale,
         gap_px=(0.5 + 1.5 * atrophy) * scale,
         cortex_px=rng.uniform(4.5, 6.0) * scale,
         sulcus_count=sulcus_count,
