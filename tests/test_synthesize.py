@@ -463,10 +463,13 @@ def test_default_size_slice_looks_like_brain_window_ct():
     """One 512 px slice at the ventricle level, against grey-level statistics measured on the
     reference's eight mini_test slices (four are in tests/data/real-ct): black ~50-60 %,
     saturated white 3-15 %, brain median 105-127. Those slices are in W 80 / L 40, so this
-    case is too (the default params draw each case's window from a range)."""
+    case is too (the default params draw each case's window from a range), with a head 0.75 of
+    the image wide (the reference's heads fill 0.64-0.95 of it; the drawn width is not what this
+    test is about)."""
     params = project_params(
         {
             "phantom": {
+                "head_width_share": [0.75, 0.75],
                 "window_low_hu": [0.0, 0.0],
                 "window_width_hu": [80.0, 80.0],
                 "wide_window_share": 0.0,
