@@ -18,11 +18,14 @@ slice holds one; lesion-free phantom slices would differ from them by selection 
 Features per slice, HU through the model's brain window (`infer.window_level_hu` and
 `window_width_hu`, W 80 / L 40: HU = level - width/2 + grey/255 * width; grey 0 is <= 0 HU and
 255 >= 80 HU, so air and fat, bone and calcium each read as one value):
-- head: the largest object above grey 0 once closed and its holes filled; its width over the
-  image width, its share of bone (grey 255) and of air or fat (grey 0);
+- head: the largest object above grey 0 once closed, its holes filled and what is thinner than
+  31 px (per 512 px: the table's arc, head-holder rails, tubes, ears) opened away; its width
+  over the image width, its share of bone (grey 255) and of air or fat (grey 0);
 - intracranial: inside the skull (bone closed and filled), or where the skull is open (skull
   base), the head deeper than 8% of its width; bone, air and fat left out. Its HU quantiles;
-  the head's mean HU in rings of radius r / R (R the head's equivalent radius);
+  the head's mean HU in shells of its own shape: a pixel's distance from the head's centre over
+  the head's extent along the same ray (1 at the head's edge, 1-degree rays), so that the
+  outer shells hold scalp and skull on every side of a long head as of a round one;
 - noise: the SD of the residual after a 5x5 median (grey levels, intracranial, lesions left
   out), its lag-1 autocorrelation, and the noise-power shares in low (< 0.1 cycles/px), mid
   (0.1-0.25) and high (>= 0.25) spatial frequencies of a 64-px intracranial patch (per 512 px)
@@ -85,10 +88,16 @@ REFERENCE_WIDTH_PX = 512
 RING_PX = 10
 NPS_PATCH_PX = 64
 CLOSE_GAPS_PX = 5  # scalp fat and sinus air break the head outline: closed before filling
+# Opened away before the largest object is taken: thinner objects (a table's arc, holder rails,
+# tubes, ears) touching the scalp would otherwise join the head.
+THIN_OBJECT_PX = 31
+REGROW_PX = 5
 SKULL_CLOSE_PX = 15  # gaps in the skull (sutures, foramina) closed before filling it
 OPEN_SKULL_DEPTH = 0.08  # head depth, as a share of its width, taken as intracranial
 MIN_REGION_PX = 400  # per 512 px slice: fewer intracranial pixels make no statistics
-RADIAL_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
+# Shells of the head's own shape: 0.85-1 holds scalp and skull, 0.7-0.85 the outer brain.
+RADIAL_EDGES = (0.0, 0.25, 0.5, 0.7, 0.85, 1.0)
+RAY_COUNT = 360
 NPS_BANDS = {"low": (0.0, 0.1), "mid": (0.1, 0.25), "high": (0.25, 1.0)}  # cycles/px
 INTRACRANIAL_QUANTILES = (5, 25, 50, 75, 95)
 FOLDS = 5
@@ -219,7 +228,26 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 def head_mask(grey: np.ndarray, scale: float) -> np.ndarray:
     tissue = (grey > 0).astype(np.uint8)
     closed = cv2.morphologyEx(tissue, cv2.MORPH_CLOSE, disc(round(CLOSE_GAPS_PX * scale)))
-    return largest_component(ndimage.binary_fill_holes(closed))
+    filled = ndimage.binary_fill_holes(closed)
+    thin = disc(round(THIN_OBJECT_PX * scale))
+    opened = cv2.morphologyEx(filled.astype(np.uint8), cv2.MORPH_OPEN, thin)
+    if not opened.any():  # nothing that thick (a sliver of a slice): the plain largest object
+        return largest_component(filled)
+    # The opening also shaves a pixel or two off the outline's tips: grown back that far.
+    regrown = cv2.dilate(largest_component(opened > 0).astype(np.uint8), disc(REGROW_PX * scale))
+    return filled & (regrown > 0)
+
+
+def shape_radius(head: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Each pixel's distance from `centre` over the head's extent along the same ray (the
+    farthest head pixel within its 1-degree sector): 0 at the centre, 1 at the head's edge."""
+    rows, columns = np.indices(head.shape)
+    distance = np.hypot(rows - centre[0], columns - centre[1])
+    angle = np.arctan2(rows - centre[0], columns - centre[1])
+    ray = np.minimum(((angle + np.pi) / (2 * np.pi) * RAY_COUNT).astype(int), RAY_COUNT - 1)
+    extent = np.zeros(RAY_COUNT)
+    np.maximum.at(extent, ray[head], distance[head])
+    return distance / np.maximum(extent[ray], 1.0)
 
 
 def intracranial_mask(grey: np.ndarray, head: np.ndarray, scale: float) -> np.ndarray:
@@ -332,12 +360,11 @@ def slice_features(
     features["bone_share_of_head"] = float((head & (grey == 255)).sum() / max(head_px, 1))
     features["air_share_of_head"] = float((head & (grey == 0)).sum() / max(head_px, 1))
 
-    rows_grid, columns_grid = np.indices(grey.shape)
     centre = np.array(ndimage.center_of_mass(head)) if head_px else np.array([height, width]) / 2
     radius = max(np.sqrt(head_px / np.pi), 1.0)
-    distance = np.hypot(rows_grid - centre[0], columns_grid - centre[1]) / radius
+    shell = shape_radius(head, centre)
     for low, high in itertools.pairwise(RADIAL_EDGES):
-        ring = head & (distance >= low) & (distance < high)
+        ring = head & (shell >= low) & ((shell < high) | (high == RADIAL_EDGES[-1]))
         features[f"radial_hu_{low:.2f}_{high:.2f}"] = (
             float(hu[ring].mean()) if ring.any() else np.nan
         )

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import ndimage
 
 from benchmarks import (
     augment_speed,
@@ -248,6 +249,42 @@ def test_realism_features_of_a_drawn_head_are_what_was_drawn() -> None:
     infarct = realism.slice_features(dark, 2 * lesion.astype(np.uint8), window, names)
     assert infarct["ischemic_contrast_hu"] == pytest.approx(-20 / 255 * 80, abs=0.3)
     assert np.isnan(infarct["hemorrhagic_lesion_hu"])
+
+
+def long_head() -> np.ndarray:
+    """A long head, semi-axes 220 x 140 px: scalp (grey 120) 5 px, skull (255) 15 px, brain 100."""
+    grey = np.zeros((512, 512), np.uint8)
+    centre = (256, 240)
+    cv2.ellipse(grey, centre, (220, 140), 0, 0, 360, 120, -1)
+    cv2.ellipse(grey, centre, (215, 135), 0, 0, 360, 255, -1)
+    cv2.ellipse(grey, centre, (200, 120), 0, 0, 360, 100, -1)
+    return grey
+
+
+def test_realism_shells_follow_a_long_head() -> None:
+    """The outer shell holds the scalp and skull on every side of a long head, at its ends as at
+    its sides, while the shells inside it hold brain only."""
+    features = realism.slice_features(
+        long_head(), np.zeros((512, 512), np.uint8), realism.Window(40.0, 80.0), []
+    )
+    assert features["head_width_share"] == 441 / 512
+    brain_hu = 100 / 255 * 80
+    for shell in ("0.00_0.25", "0.25_0.50", "0.50_0.70", "0.70_0.85"):
+        assert features[f"radial_hu_{shell}"] == pytest.approx(brain_hu, abs=0.01), shell
+    assert features["radial_hu_0.85_1.00"] > brain_hu + 25
+
+
+def test_realism_head_leaves_the_table_out() -> None:
+    """The long head on a table, a 6-px arc of radius 700 px under its back: the head keeps no
+    more of the arc than the stretch lying flush against the scalp (which no outline can tell
+    from skin)."""
+    grey = long_head()
+    drawn = grey > 0
+    cv2.circle(grey, (256, 380 - 700 + 3), 700, 255, 6)  # its inner edge meets the scalp
+    head = realism.head_mask(grey, 1.0)
+    assert head[drawn].all()
+    beyond_scalp_px = ndimage.distance_transform_edt(~drawn)[head & ~drawn]
+    assert beyond_scalp_px.max() <= 12, "the arc joined the head away from where it touches"
 
 
 def write_real_folder(folder: Path, slices: list, palette) -> Path:
