@@ -295,6 +295,10 @@ class PhantomParams(StrictModel):
     # Unlabelled oedema rim around parenchymal bleeds: width (px at the reference head), drop.
     oedema_rim_px: tuple[NonNegativeFloat, NonNegativeFloat]
     oedema_drop_hu: tuple[NonNegativeFloat, NonNegativeFloat]
+    # A lesion's HU change fades towards its outline, as on real CT, to about half at the
+    # labelled edge (where annotators draw it): 1 - 0.5 exp(-depth / edge), the e-folding depth
+    # `edge` drawn per lesion in mm (0: a crisp edge).
+    lesion_edge_mm: tuple[NonNegativeFloat, NonNegativeFloat]
     # Partial volume: share of a lesion's HU change on its first and last slice, and on
     # every slice of a thin subarachnoid or subdural layer.
     edge_slice_fill: tuple[
@@ -367,6 +371,7 @@ class PhantomParams(StrictModel):
             "epidural_fracture_reach",
             "oedema_rim_px",
             "oedema_drop_hu",
+            "lesion_edge_mm",
             "edge_slice_fill",
             "thin_bleed_fill",
             "parenchyma_hu",

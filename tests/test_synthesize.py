@@ -955,3 +955,35 @@ def test_drawn_shells_and_wedges_keep_within_their_size_ranges(thickness_mm, hal
     )
     for case in wedges:
         assert angles[0] <= case.lesions[0].wedge.half_angle <= angles[1]
+
+
+@pytest.mark.parametrize("kind", ["intraparenchymal_lobar", "middle_cerebral"])
+def test_a_lesions_change_fades_to_about_half_at_its_outline(kind):
+    """Issue 21: real lesions fade towards their outline, drawn where their contrast is about
+    half. The same cases drawn with `lesion_edge_mm` 1.35 (3 px at 0.45 mm) and 0 (a crisp
+    edge) keep the same mask, exactly the changed pixels; pixel by pixel the first changes by
+    1 - 0.5 exp(-depth / e) of what the second does, e = 3 px times the case's head scale: on
+    the border against brain or CSF, depth 0.5 px (0.91 diagonally); nearly all of it (0.99)
+    4 e-folds deep."""
+    crisp, soft = (
+        _one_kind_cases(kind, 512, 3, lesion_edge_mm=[edge_mm, edge_mm])
+        for edge_mm in (0.0, 1.35)
+    )
+    for sharp_case, soft_case in zip(crisp, soft, strict=True):
+        assert soft_case.lesions[0].edge_px == pytest.approx(1.35 / 0.45)
+        sharp, faded = _middle_slice(sharp_case), _middle_slice(soft_case)
+        mask = faded.lesion
+        assert np.array_equal(mask, sharp.lesion)
+        assert np.array_equal(mask, faded.clean_hu != faded.baseline_hu)
+        sharp_change = sharp.clean_hu - sharp.baseline_hu
+        share = (faded.clean_hu - faded.baseline_hu)[mask] / sharp_change[mask]
+        open_tissue = np.isin(faded.tissue, (*PARENCHYMA, Tissue.CSF)).astype(np.uint8)
+        border = (cv2.dilate(open_tissue, np.ones((3, 3), np.uint8)) > 0)[mask]
+        depth_px = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)[mask]
+        measurable = np.abs(sharp_change[mask]) > 1.0  # an infarct's drop floor aside
+        efold_px = 3.0 * soft_case.anatomy.px_scale
+        edge, deep = border & measurable, (depth_px > 4 * efold_px + 1) & measurable
+        assert edge.sum() > 50 and deep.sum() > 20, (kind, edge.sum(), deep.sum())
+        lowest, highest = (1 - 0.5 * np.exp(-depth / efold_px) for depth in (0.5, 0.5**0.5 + 0.5))
+        assert lowest - 0.02 < np.median(share[edge]) < highest + 0.02, kind
+        assert np.median(share[deep]) == pytest.approx(1.0, abs=0.015), kind

@@ -51,6 +51,13 @@ KIND_HEIGHTS: dict[str, tuple[float, float]] = {
 THIN_BLEEDS = ("subarachnoid", "subdural")
 SCALP_HAEMATOMA_HU = 55.0
 MIN_BLOB_AXIS_PX = 2.2  # see _blob_region  # the unlabelled swelling over an epidural haematoma
+# A lesion's HU change at its labelled outline, as a share of the full change: annotators draw
+# a lesion's edge where its contrast has fallen to about half (the half-maximum edge).
+EDGE_SHARE = 0.5
+# The fade is computed within this many e-folding depths of the outline (beyond, it is below
+# 0.5 exp(-8) = 0.0002 of the change).
+EDGE_REACH = 8.0
+LESION_EDGE_STREAM = 4  # the case's seed and this: the edges' own generator (scanner.py: 3)
 # A skull fracture over an epidural haematoma: a gap about a millimetre wide (px at the
 # reference head), filled at the scalp haematoma's density.
 FRACTURE_WIDTH_PX = 2.0
@@ -104,6 +111,9 @@ class Lesion:
     # drawn on the slices within `fracture_reach` of its middle (t in -1..1).
     fracture_angle: float | None
     fracture_reach: float
+    # E-folding depth (px at the reference head) of the HU change's fade towards the outline:
+    # drawn from a stream of its own (`with_soft_edges`); 0 is a crisp edge.
+    edge_px: float = 0.0
 
     @property
     def hemorrhagic(self) -> bool:
@@ -180,6 +190,20 @@ def sample_lesions(
         )
         lesions.append(_lesion(rng, extra_kind, extra_first, extra_last, params, anatomy))
     return tuple(lesions)
+
+
+def with_soft_edges(
+    lesions: tuple[Lesion, ...], entropy: Sequence[int], params: PhantomParams
+) -> tuple[Lesion, ...]:
+    """The lesions with their edge fade drawn (`phantom.lesion_edge_mm`), from a generator of
+    their own, so that every other draw of the case stays as it was."""
+    rng = np.random.default_rng(np.random.SeedSequence([*entropy, LESION_EDGE_STREAM]))
+    return tuple(
+        dataclasses.replace(
+            lesion, edge_px=float(rng.uniform(*params.lesion_edge_mm)) / params.pixel_spacing_mm
+        )
+        for lesion in lesions
+    )
 
 
 def _blob_cluster(
@@ -457,6 +481,7 @@ def add_lesions(
             # Calcifications and vessels stay visible within a bleed.
             region = hemorrhage_region(lesion, anatomy, grid, t, spaces) & ~mask
             region &= ~np.isin(tissue, (Tissue.BONE, Tissue.VESSEL))
+            fill = fill * _edge_share(region, tissue, lesion.edge_px * anatomy.px_scale)
             variation = wave_noise(lesion.waves[2:], grid.u[region], grid.v[region], t)
             bleed = np.clip(
                 np.float32(lesion.level_hu) + np.float32(params.hemorrhage_texture_hu) * variation,
@@ -467,6 +492,7 @@ def add_lesions(
         else:
             region = _infarct_shape(lesion, anatomy, grid, t, spaces.rho) & spaces.brain & ~mask
             region &= np.isin(tissue, PARENCHYMA)
+            fill = fill * _edge_share(region, tissue, lesion.edge_px * anatomy.px_scale)
             low, high = params.ischemic_drop_hu
             variation = wave_noise(lesion.waves[2:], grid.u[region], grid.v[region], t)
             drop = np.clip(lesion.level_hu + 0.2 * (high - low) * variation, low, high)
@@ -478,6 +504,31 @@ def add_lesions(
             tissue[region] = Tissue.ISCHEMIA
         mask |= region
     return mask
+
+
+def _edge_share(region: np.ndarray, tissue: np.ndarray, edge_px: float) -> np.ndarray:
+    """Share of a lesion's full HU change at each pixel of `region` (in its order):
+    1 - (1 - EDGE_SHARE) exp(-depth / edge_px), depth being the distance from the pixel's centre
+    to the outline where the region meets brain or CSF. Where it meets bone, air, a vessel or
+    another lesion its density runs up to the border, as on real CT."""
+    if edge_px <= 0.0 or not region.any():
+        return np.ones(int(region.sum()), dtype=np.float32)
+    rows, columns = np.nonzero(region)
+    margin = math.ceil(EDGE_REACH * edge_px) + 1
+    box = (
+        slice(max(int(rows.min()) - margin, 0), int(rows.max()) + margin + 1),
+        slice(max(int(columns.min()) - margin, 0), int(columns.max()) + margin + 1),
+    )
+    inside = region[box]
+    outline = np.isin(tissue[box], (*PARENCHYMA, Tissue.CSF)) & ~inside
+    # Distance to the nearest outline pixel's centre; a border pixel's own centre lies half a
+    # pixel inside the outline.
+    distance = cv2.distanceTransform(
+        (~outline).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
+    )
+    depth = distance[inside] - np.float32(0.5)
+    fade = np.exp(-depth / np.float32(edge_px)).astype(np.float32)
+    return np.float32(1.0) - np.float32(1.0 - EDGE_SHARE) * fade
 
 
 def add_context(

@@ -47,6 +47,7 @@ from pipeline.synthesize.lesions import (
     infarct_region,
     mass_effect,
     sample_lesions,
+    with_soft_edges,
 )
 from pipeline.synthesize.scanner import Scanner, sample_scanner
 
@@ -88,7 +89,9 @@ def build_case(spec: CaseSpec, params: PhantomParams) -> CaseModel:
     anatomy = sample_anatomy(rng, params)
     acquisition = sample_acquisition(rng, params)
     scanner = sample_scanner(spec.entropy, params, anatomy.elongation)
-    lesions = sample_lesions(rng, spec.class_name, params, anatomy)
+    lesions = with_soft_edges(
+        sample_lesions(rng, spec.class_name, params, anatomy), spec.entropy, params
+    )
     anatomy = mass_effect(rng, anatomy, lesions, params)
     grid = case_grid(anatomy, params.image_size)
     lookup = height_index(grid) if scanner.tilt_slope else None
