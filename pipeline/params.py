@@ -297,7 +297,7 @@ class PhantomParams(StrictModel):
     oedema_drop_hu: tuple[NonNegativeFloat, NonNegativeFloat]
     # A lesion's HU change fades towards its outline, as on real CT, to about half at the
     # labelled edge (where annotators draw it): 1 - 0.5 exp(-depth / edge), the e-folding depth
-    # `edge` drawn per lesion in mm (0: a crisp edge).
+    # `edge` drawn per lesion in mm; 0 draws a step (docs/phantom.md: what 0.7-2.0 did).
     lesion_edge_mm: tuple[NonNegativeFloat, NonNegativeFloat]
     # Partial volume: share of a lesion's HU change on its first and last slice, and on
     # every slice of a thin subarachnoid or subdural layer.
