@@ -91,7 +91,7 @@ CLOSE_GAPS_PX = 5  # scalp fat and sinus air break the head outline: closed befo
 # Opened away before the largest object is taken: thinner objects (a table's arc, holder rails,
 # tubes, ears) touching the scalp would otherwise join the head.
 THIN_OBJECT_PX = 31
-REGROW_PX = 5
+REGROW_PX = 5  # then grown back this far: the opening shaves the outline's tips too
 SKULL_CLOSE_PX = 15  # gaps in the skull (sutures, foramina) closed before filling it
 OPEN_SKULL_DEPTH = 0.08  # head depth, as a share of its width, taken as intracranial
 MIN_REGION_PX = 400  # per 512 px slice: fewer intracranial pixels make no statistics
@@ -233,7 +233,6 @@ def head_mask(grey: np.ndarray, scale: float) -> np.ndarray:
     opened = cv2.morphologyEx(filled.astype(np.uint8), cv2.MORPH_OPEN, thin)
     if not opened.any():  # nothing that thick (a sliver of a slice): the plain largest object
         return largest_component(filled)
-    # The opening also shaves a pixel or two off the outline's tips: grown back that far.
     regrown = cv2.dilate(largest_component(opened > 0).astype(np.uint8), disc(REGROW_PX * scale))
     return filled & (regrown > 0)
 
