@@ -32,9 +32,11 @@ Features per slice, HU through the model's brain window (`infer.window_level_hu`
   with its quadratic trend removed and a Hann window, and the frequency of its peak;
 - texture: the median Sobel gradient (HU/px) and median 7x7 local SD (HU) inside the skull;
 - per lesion class on the slices holding it: its mean HU, its contrast against a 10-px ring
-  around it (per 512 px; the ring's intracranial pixels, lesions left out), its area (px and
-  share of the head), and its centroid from the head's centre over R (distance, and vertical:
-  positive is lower in the image).
+  around it (per 512 px; the ring's intracranial pixels, lesions left out), how that contrast
+  fades towards its outline (the mean HU 1-3 and 3-5 px inside the mask, minus the ring's, over
+  the same for its core deeper than 6 px: 1 for a step, about 0.5 at the outline of a lesion
+  annotated at half contrast), its area (px and share of the head), and its centroid from the
+  head's centre over R (distance, and vertical: positive is lower in the image).
 
 Each feature is compared by the 1-D Wasserstein distance between the real and phantom values
 (in the feature's unit, and over the real values' SD). The overall figure is the cross-validated
@@ -86,6 +88,11 @@ DEFAULT_PHANTOM_SLICES = 64
 # Lengths in pixels are stated for a 512-px slice and scaled with the slice's width.
 REFERENCE_WIDTH_PX = 512
 RING_PX = 10
+# Depth bands (px inside a lesion's mask, per 512 px) for its edge profile, and its core.
+EDGE_BANDS_PX = {"2px": (1.0, 3.0), "4px": (3.0, 5.0)}
+EDGE_CORE_PX = 6.0
+MIN_CORE_PX = 20  # per 512 px slice: a smaller core gives no reference contrast
+MIN_CORE_CONTRAST_HU = 1.0  # below it a share of the contrast means nothing
 NPS_PATCH_PX = 64
 CLOSE_GAPS_PX = 5  # scalp fat and sinus air break the head outline: closed before filling
 # Opened away before the largest object is taken: thinner objects (a table's arc, holder rails,
@@ -312,10 +319,12 @@ def lesion_features(
     centre: np.ndarray,
     radius: float,
     ring_px: int,
+    scale: float,
 ) -> dict[str, float]:
     features = {
         f"{name}_lesion_hu": np.nan,
         f"{name}_contrast_hu": np.nan,
+        **{f"{name}_edge_share_{band}": np.nan for band in EDGE_BANDS_PX},
         f"{name}_area_px": np.nan,
         f"{name}_area_share_of_head": np.nan,
         f"{name}_position_r": np.nan,
@@ -340,7 +349,29 @@ def lesion_features(
             f"{name}_position_y": float(offset[0]),
         }
     )
+    if ring.any():
+        features.update(edge_shares(name, lesion, hu, float(hu[ring].mean()), scale))
     return features
+
+
+def edge_shares(
+    name: str, lesion: np.ndarray, hu: np.ndarray, ring_hu: float, scale: float
+) -> dict[str, float]:
+    """The lesion's contrast over the ring in each band of EDGE_BANDS_PX inside its mask, as a
+    share of its core's; NaN where the core is too small or too faint to divide by."""
+    depth = cv2.distanceTransform(lesion.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    core = depth > EDGE_CORE_PX * scale
+    core_contrast = float(hu[core].mean()) - ring_hu if core.any() else 0.0
+    if core.sum() < MIN_CORE_PX * scale**2 or abs(core_contrast) < MIN_CORE_CONTRAST_HU:
+        return {}
+    shares = {}
+    for band, (low, high) in EDGE_BANDS_PX.items():
+        inside = (depth > low * scale) & (depth <= high * scale)
+        if inside.any():
+            shares[f"{name}_edge_share_{band}"] = (
+                float(hu[inside].mean()) - ring_hu
+            ) / core_contrast
+    return shares
 
 
 def slice_features(
@@ -404,7 +435,16 @@ def slice_features(
     for index, name in enumerate(lesion_names, start=1):
         features.update(
             lesion_features(
-                name, labels == index, labels, hu, intracranial, head, centre, radius, ring_px
+                name,
+                labels == index,
+                labels,
+                hu,
+                intracranial,
+                head,
+                centre,
+                radius,
+                ring_px,
+                scale,
             )
         )
     return features
@@ -422,6 +462,7 @@ FEATURE_UNITS = {
     "nps_": "share of power",
     "texture_gradient_hu_per_px": "HU/px",
     "texture_local_sd_hu": "HU",
+    "_edge_share_": "share of the core's contrast",
     "_lesion_hu": "HU",
     "_contrast_hu": "HU",
     "_area_px": "px",

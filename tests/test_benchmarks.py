@@ -240,6 +240,10 @@ def test_realism_features_of_a_drawn_head_are_what_was_drawn() -> None:
     assert features["hemorrhagic_position_y"] == pytest.approx(60 / radius, abs=0.01)
     assert features["hemorrhagic_position_r"] == pytest.approx(60 / radius, abs=0.01)
     assert np.isnan(features["ischemic_contrast_hu"])  # no ischemic lesion on this slice
+    # A step: the bands inside the outline stand as far above the ring as the core does.
+    assert features["hemorrhagic_edge_share_2px"] == pytest.approx(1.0, abs=0.02)
+    assert features["hemorrhagic_edge_share_4px"] == pytest.approx(1.0, abs=0.02)
+    assert np.isnan(features["ischemic_edge_share_2px"])
     assert 2.0 < features["noise_residual_sd_grey"] < 4.0  # white noise of SD 3
     assert abs(features["noise_lag1_correlation"]) < 0.3
     # White noise spreads its power evenly over frequency: the high band holds the most area.
@@ -249,6 +253,24 @@ def test_realism_features_of_a_drawn_head_are_what_was_drawn() -> None:
     infarct = realism.slice_features(dark, 2 * lesion.astype(np.uint8), window, names)
     assert infarct["ischemic_contrast_hu"] == pytest.approx(-20 / 255 * 80, abs=0.3)
     assert np.isnan(infarct["hemorrhagic_lesion_hu"])
+
+
+def test_realism_edge_shares_follow_a_lesion_that_fades_to_its_outline() -> None:
+    """The drawn head's lesion (radius 20 px, 100 grey levels over the brain) fading as
+    1 - 0.5 exp(-d / 3) with d its depth in px: the bands 1-3 and 3-5 px inside the mask read
+    about what the formula gives there, over the core's contrast, and less than the step's 1."""
+    grey, lesion = drawn_head(lesion_grey=100, seed=0)
+    depth = cv2.distanceTransform(lesion, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    share = np.where(lesion > 0, 1 - 0.5 * np.exp(-(depth - 0.5) / 3.0), 0.0)
+    faded = np.clip(grey + np.rint(100 * share), 0, 254).astype(np.uint8)
+    features = realism.slice_features(
+        faded, lesion, realism.Window(40.0, 80.0), ["hemorrhagic", "ischemic"]
+    )
+    core = share[depth > 6].mean()
+    for band, (low, high) in realism.EDGE_BANDS_PX.items():
+        expected = share[(depth > low) & (depth <= high)].mean() / core
+        assert features[f"hemorrhagic_edge_share_{band}"] == pytest.approx(expected, abs=0.03)
+    assert features["hemorrhagic_edge_share_2px"] < 0.85 < features["hemorrhagic_edge_share_4px"]
 
 
 def long_head() -> np.ndarray:
