@@ -318,7 +318,6 @@ def lesion_features(
     head: np.ndarray,
     centre: np.ndarray,
     radius: float,
-    ring_px: int,
     scale: float,
 ) -> dict[str, float]:
     features = {
@@ -332,6 +331,7 @@ def lesion_features(
     }
     if not lesion.any():
         return features
+    ring_px = max(1, round(RING_PX * scale))
     grown = cv2.dilate(lesion.astype(np.uint8), disc(2 * ring_px + 1)).astype(bool)
     # Inside the skull only: beside a subdural or epidural bleed the scalp is no reference.
     ring = grown & (labels == 0) & intracranial
@@ -431,20 +431,10 @@ def slice_features(
     else:
         features["texture_gradient_hu_per_px"] = features["texture_local_sd_hu"] = np.nan
 
-    ring_px = max(1, round(RING_PX * scale))
     for index, name in enumerate(lesion_names, start=1):
         features.update(
             lesion_features(
-                name,
-                labels == index,
-                labels,
-                hu,
-                intracranial,
-                head,
-                centre,
-                radius,
-                ring_px,
-                scale,
+                name, labels == index, labels, hu, intracranial, head, centre, radius, scale
             )
         )
     return features
