@@ -506,13 +506,14 @@ def add_lesions(
     return mask
 
 
-def _edge_share(region: np.ndarray, tissue: np.ndarray, edge_px: float) -> np.ndarray:
+def _edge_share(region: np.ndarray, tissue: np.ndarray, edge_px: float) -> np.ndarray | np.float32:
     """Share of a lesion's full HU change at each pixel of `region` (in its order):
     1 - (1 - EDGE_SHARE) exp(-depth / edge_px), depth being the distance from the pixel's centre
     to the outline where the region meets brain or CSF. Where it meets bone, air, a vessel or
-    another lesion its density runs up to the border, as on real CT."""
+    another lesion its density runs up to the border, as on real CT. A crisp edge (edge_px 0,
+    the default) is the scalar 1: no work per slice."""
     if edge_px <= 0.0 or not region.any():
-        return np.ones(int(region.sum()), dtype=np.float32)
+        return np.float32(1.0)
     rows, columns = np.nonzero(region)
     margin = math.ceil(EDGE_REACH * edge_px) + 1
     box = (
