@@ -236,6 +236,11 @@ class PhantomParams(StrictModel):
     hemorrhagic_cases: PositiveInt
     ischemic_cases: PositiveInt
     slices_per_case: Annotated[int, Field(ge=4, le=64)]
+    # A case's slice heights (0 skull base .. 1 vertex) are low + (high - low) * s**power over
+    # evenly spaced s: 1 spaces them evenly; above 1 puts more slices through the skull base
+    # and posterior fossa (anatomy.BASE_TOP), as in real head CT, where orbits, petrous bones
+    # and cerebellum span 40-50 mm of the 130-150 mm from foramen magnum to vertex.
+    slice_height_power: Annotated[float, Field(ge=0.5, le=3.0)]
     hemorrhagic_cases_without_mask: NonNegativeInt
     testing_cases_per_class: NonNegativeInt
     files_per_other_modality: NonNegativeInt

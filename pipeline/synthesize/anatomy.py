@@ -280,7 +280,8 @@ def sample_anatomy(rng: np.random.Generator, params: PhantomParams) -> Anatomy:
     )
     # Egg shape: the back of the head (+v) is a little wider than the front.
     outline = np.vstack([outline, [1.0, rng.uniform(0.015, 0.04), -np.pi / 2]])
-    heights = np.linspace(rng.uniform(0.0, 0.04), rng.uniform(0.86, 0.93), slices)
+    low, high = rng.uniform(0.0, 0.04), rng.uniform(0.86, 0.93)
+    heights = low + (high - low) * np.linspace(0.0, 1.0, slices) ** params.slice_height_power
     atrophy = rng.uniform(0.0, 1.0)
     grow = 0.85 + 0.6 * atrophy
     asymmetry = rng.normal(0.0, 0.05)
