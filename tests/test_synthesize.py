@@ -33,6 +33,7 @@ from pipeline.synthesize.anatomy import (
     VITREOUS_HU,
     Tissue,
     sample_acquisition,
+    sample_anatomy,
     smoothstep,
 )
 from pipeline.synthesize.archive import SortedZipWriter, synthesize_archive
@@ -689,6 +690,26 @@ def test_nuisance_factors_do_not_depend_on_the_class():
         }
         result = ks_2samp(values["Hemorrhagic"], values["Ischemic"])
         assert result.pvalue > 0.001, f"{name} differs between the classes: {result}"
+
+
+@pytest.mark.parametrize("power", [1.6, 0.8])
+def test_slice_height_power_moves_slices_towards_the_skull_base(power):
+    """The same case's slices span the same heights; at a power above 1 more of them lie in
+    the skull base (below anatomy.BASE_TOP), below 1 fewer; their positions are s**power."""
+    slices = 16
+    anatomies = {
+        p: sample_anatomy(
+            np.random.default_rng(7), small_params(slices_per_case=slices, slice_height_power=p)
+        )
+        for p in (1.0, power)
+    }
+    even, moved = anatomies[1.0].heights, anatomies[power].heights
+    assert moved[0] == pytest.approx(even[0]) and moved[-1] == pytest.approx(even[-1])
+    assert np.all(np.diff(moved) > 0)
+    share = (moved - moved[0]) / (moved[-1] - moved[0])
+    assert share == pytest.approx(np.linspace(0.0, 1.0, slices) ** power, abs=1e-9)
+    below_even, below_moved = np.sum(even < BASE_TOP), np.sum(moved < BASE_TOP)
+    assert below_moved > below_even if power > 1 else below_moved < below_even
 
 
 def test_lesion_kinds_follow_their_shares_and_heights():
