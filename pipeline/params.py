@@ -237,9 +237,10 @@ class PhantomParams(StrictModel):
     ischemic_cases: PositiveInt
     slices_per_case: Annotated[int, Field(ge=4, le=64)]
     # A case's slice heights (0 skull base .. 1 vertex) are low + (high - low) * s**power over
-    # evenly spaced s: 1 spaces them evenly; above 1 puts more slices through the skull base
-    # and posterior fossa (anatomy.BASE_TOP), as in real head CT, where orbits, petrous bones
-    # and cerebellum span 40-50 mm of the 130-150 mm from foramen magnum to vertex.
+    # evenly spaced s. The slices stay slice_thickness_mm apart: the power sets the head's
+    # proportions along them. 1 spaces the heights evenly; above 1 stretches the skull base and
+    # posterior fossa (below anatomy.BASE_TOP) over more slices (in real heads orbits, petrous
+    # bones and cerebellum span 40-50 mm of the 130-150 mm from foramen magnum to vertex).
     slice_height_power: Annotated[float, Field(ge=0.5, le=3.0)]
     hemorrhagic_cases_without_mask: NonNegativeInt
     testing_cases_per_class: NonNegativeInt
