@@ -361,8 +361,10 @@ def edge_shares(
     share of its core's; NaN where the core is too small or too faint to divide by."""
     depth = cv2.distanceTransform(lesion.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     core = depth > EDGE_CORE_PX * scale
-    core_contrast = float(hu[core].mean()) - ring_hu if core.any() else 0.0
-    if core.sum() < MIN_CORE_PX * scale**2 or abs(core_contrast) < MIN_CORE_CONTRAST_HU:
+    if core.sum() < MIN_CORE_PX * scale**2:
+        return {}
+    core_contrast = float(hu[core].mean()) - ring_hu
+    if abs(core_contrast) < MIN_CORE_CONTRAST_HU:
         return {}
     shares = {}
     for band, (low, high) in EDGE_BANDS_PX.items():
