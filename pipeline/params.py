@@ -679,12 +679,18 @@ class RandomIntensityParams(StrictModel):
         return self
 
 
+REGION_LOSS_NAMES = ("dice", "tversky")  # the losses without a cross-entropy term
+
+
 class TrainParams(StrictModel):
     """Stage `train` (the learning rate is the top-level `lr`)."""
 
     epochs: PositiveInt
     batch_size: PositiveInt
     loss: Literal["categorical_crossentropy", "dice", "dice_ce", "focal", "tversky"]
+    # Each class's pixels weigh this much in the loss's cross-entropy term, one weight per
+    # rgb_map key (background included); all 1 is the plain cross-entropy.
+    cross_entropy_class_weights: dict[str, PositiveFloat]
     optimizer: Literal["adam", "adamw"]
     weight_decay: Annotated[float, Field(ge=0.0)]  # AdamW only
     clipvalue: Annotated[float, Field(gt=0.0)]
@@ -715,6 +721,12 @@ class TrainParams(StrictModel):
             raise ValueError(
                 "lr_schedule cosine and reduce_lr.enabled both set the learning rate; "
                 "disable one of them"
+            )
+        weights = set(self.cross_entropy_class_weights.values())
+        if self.loss in REGION_LOSS_NAMES and weights != {1.0}:
+            raise ValueError(
+                f"cross_entropy_class_weights: loss {self.loss} has no cross-entropy term to "
+                "weigh; set every weight to 1 or use categorical_crossentropy, dice_ce or focal"
             )
         return self
 
@@ -795,6 +807,16 @@ class Params(StrictModel):
         return rgb_map
 
     @model_validator(mode="after")
+    def _check_class_weights(self) -> Params:
+        weighted = list(self.train.cross_entropy_class_weights)
+        if sorted(weighted) != sorted(self.rgb_map):
+            raise ValueError(
+                f"train.cross_entropy_class_weights must weigh exactly the classes of rgb_map "
+                f"{list(self.rgb_map)}, got {weighted}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_runnable(self) -> Params:
         """Rules across sections that decide whether the pipeline can run at all."""
         model = self.model
@@ -825,6 +847,11 @@ class Params(StrictModel):
     def lesion_classes(self) -> tuple[classes.LesionClass, ...]:
         """The lesion classes of rgb_map, in class-index order (pipeline/classes.py)."""
         return classes.lesion_classes(self.rgb_map)
+
+    @property
+    def cross_entropy_class_weights(self) -> tuple[float, ...]:
+        """`train.cross_entropy_class_weights` in class-index order (rgb_map's)."""
+        return tuple(self.train.cross_entropy_class_weights[name] for name in self.rgb_map)
 
 
 def _format_location(location: tuple[int | str, ...]) -> str:

@@ -26,6 +26,7 @@ THREE_CLASSES = {
         "Ischemic": [0, 255, 0],
         "Tumour": [0, 0, 255],
     },
+    "train": {"cross_entropy_class_weights": {"Tumour": 1.0}},
 }
 
 

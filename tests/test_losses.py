@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline.model.losses import LOSS_NAMES, SMOOTH, TVERSKY_ALPHA, TVERSKY_BETA, make_loss
+from pipeline.model.losses import (
+    LOSS_NAMES,
+    SMOOTH,
+    TVERSKY_ALPHA,
+    TVERSKY_BETA,
+    ClassWeightedLoss,
+    make_loss,
+)
 
 
 def one_hot(labels: np.ndarray, classes: int = 3) -> np.ndarray:
@@ -87,3 +94,79 @@ def test_every_loss_is_finite_and_non_negative(labels: np.ndarray, logits: np.nd
     for name in LOSS_NAMES:
         loss = value(make_loss(name)(one_hot(labels), probabilities))
         assert math.isfinite(loss) and loss >= -1e-6, name
+
+
+# ------------------------------------------------------------ cross-entropy class weights
+def test_class_weights_scale_each_class_pixels_cross_entropy() -> None:
+    # One pixel per class: the weighted mean over pixels of -w_c log p_c, by hand.
+    truth = one_hot(np.array([[[0, 1, 2]]]))
+    prediction = np.array([[[[0.5, 0.25, 0.25], [0.2, 0.6, 0.2], [0.1, 0.1, 0.8]]]], np.float32)
+    weights = (1.0, 2.0, 3.0)
+    expected = -(math.log(0.5) + 2 * math.log(0.6) + 3 * math.log(0.8)) / 3
+    loss = make_loss("categorical_crossentropy", weights)
+    assert value(loss(truth, prediction)) == pytest.approx(expected, rel=1e-5)
+    dice_part = value(make_loss("dice")(truth, prediction))
+    weighted_dice_ce = value(make_loss("dice_ce", weights)(truth, prediction))
+    assert weighted_dice_ce == pytest.approx(dice_part + expected, rel=1e-5)
+    focal_weight = [(1 - 0.5) ** 2, (1 - 0.6) ** 2, (1 - 0.8) ** 2]
+    focal_expected = (
+        -sum(
+            w * f * math.log(p)
+            for w, f, p in zip(weights, focal_weight, (0.5, 0.6, 0.8), strict=True)
+        )
+        / 3
+    )
+    assert value(make_loss("focal", weights)(truth, prediction)) == pytest.approx(
+        focal_expected, rel=1e-5
+    )
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    labels=arrays(np.int64, (2, 3, 3), elements=st.integers(0, 2)),
+    logits=arrays(np.float32, (2, 3, 3, 3), elements=st.floats(-5, 5, width=32)),
+)
+def test_weights_of_one_are_the_plain_loss_to_the_bit(
+    labels: np.ndarray, logits: np.ndarray
+) -> None:
+    probabilities = np.asarray(keras.ops.softmax(logits, axis=-1))
+    for name in LOSS_NAMES:
+        plain = value(make_loss(name)(one_hot(labels), probabilities))
+        weighted = value(make_loss(name, (1.0, 1.0, 1.0))(one_hot(labels), probabilities))
+        assert weighted == plain, name
+
+
+def test_a_region_loss_refuses_weights_it_would_ignore() -> None:
+    for name in ("dice", "tversky"):
+        with pytest.raises(ValueError, match="no cross-entropy term"):
+            make_loss(name, (1.0, 1.0, 3.0))
+
+
+def test_a_weighted_loss_is_saved_with_its_weights() -> None:
+    loss = make_loss("dice_ce", (1.0, 1.0, 3.0))
+    again = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(again, ClassWeightedLoss)
+    assert (again.loss, again.class_weights) == ("dice_ce", [1.0, 1.0, 3.0])
+
+
+def _fit_weights(loss) -> list[np.ndarray]:
+    """A tiny softmax model after three steps of plain Adam on fixed data."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(4, 8, 8, 1)).astype("float32")
+    labels = one_hot(rng.integers(0, 3, (4, 8, 8)))
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Conv2D(3, 3, padding="same", activation="softmax")]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss)
+    model.fit(images, labels, batch_size=2, epochs=1, shuffle=False, verbose=0)
+    return model.get_weights()
+
+
+def test_training_with_weights_of_one_is_training_without_them() -> None:
+    # The default params weigh every class 1: the default model must not move by a bit.
+    plain = _fit_weights(make_loss("dice_ce"))
+    weighted = _fit_weights(make_loss("dice_ce", (1.0, 1.0, 1.0)))
+    assert all(np.array_equal(a, b) for a, b in zip(plain, weighted, strict=True))
+    heavier = _fit_weights(make_loss("dice_ce", (1.0, 1.0, 3.0)))
+    assert not all(np.array_equal(a, b) for a, b in zip(plain, heavier, strict=True))

@@ -26,9 +26,10 @@ from pipeline.params import (
     ParamsError,
     excerpt,
     load_params,
+    parse_params,
     parse_params_yaml,
 )
-from tests.conftest import project_params
+from tests.conftest import project_params, project_params_document
 
 PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -349,3 +350,25 @@ def test_alias_bomb_is_refused_with_bounded_memory(tmp_path):
     assert int(length) < 300
     peak_mb = int(lines[-1].split()[1]) / 1024
     assert peak_mb < 250, f"refusing the bomb took {peak_mb:.0f} MB"
+
+
+def test_cross_entropy_class_weights_must_weigh_every_class_of_rgb_map():
+    document = project_params_document()
+    del document["train"]["cross_entropy_class_weights"]["Ischemic"]
+    with pytest.raises(ParamsError) as caught:
+        parse_params(document)
+    assert "train.cross_entropy_class_weights must weigh exactly the classes" in str(caught.value)
+    assert "'Ischemic'" in str(caught.value)
+    with pytest.raises(ParamsError, match=r"cross_entropy_class_weights\.Ischemic"):
+        project_params({"train": {"cross_entropy_class_weights": {"Ischemic": 0.0}}})
+
+
+def test_a_region_loss_refuses_class_weights_it_would_ignore():
+    with pytest.raises(ParamsError, match="loss dice has no cross-entropy term"):
+        project_params(
+            {"train": {"loss": "dice", "cross_entropy_class_weights": {"Ischemic": 3.0}}}
+        )
+    weights = project_params(
+        {"train": {"loss": "focal", "cross_entropy_class_weights": {"Ischemic": 3.0}}}
+    ).cross_entropy_class_weights
+    assert weights[2] == 3.0 and len(weights) == 3

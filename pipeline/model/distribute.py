@@ -45,7 +45,7 @@ import tensorflow as tf
 from keras import ops
 
 from pipeline.io import DataError
-from pipeline.model.losses import Loss, make_loss
+from pipeline.model.losses import ClassWeightedLoss, Loss, make_loss
 from pipeline.params import ParamsError
 
 LOG = logging.getLogger(__name__)
@@ -208,12 +208,13 @@ class Distribution:
         if len(set(per_worker)) > 1:
             raise DataError(f"workers disagree on {what}: {per_worker} (by worker); {hint}")
 
-    def loss(self, name: str) -> Loss | ReplicaLoss:
-        """The loss `name` for `compile` in this strategy's scope: the plain function on one
-        replica (unchanged single-device numbers), `ReplicaLoss` on several."""
+    def loss(self, name: str, class_weights: Sequence[float] | None = None) -> Loss | ReplicaLoss:
+        """The loss `name` (its cross-entropy weighted by `class_weights`, in class-index
+        order) for `compile` in this strategy's scope: `make_loss`'s on one replica (unchanged
+        single-device numbers), `ReplicaLoss` on several."""
         if self.replicas > 1:
-            return ReplicaLoss(name)
-        return make_loss(name)
+            return ReplicaLoss(name, class_weights)
+        return make_loss(name, class_weights)
 
     @contextmanager
     def worker_paths(
@@ -325,8 +326,9 @@ def start_distribution(name: str, environ: Mapping[str, str] = os.environ) -> Di
 
 # ----------------------------------------------------------------------------- the loss
 @keras.saving.register_keras_serializable(package="stroke")
-class ReplicaLoss(keras.losses.Loss):
-    """A loss of `pipeline.model.losses` by name, in the per-sample form tf.distribute needs.
+class ReplicaLoss(ClassWeightedLoss):
+    """A loss of `pipeline.model.losses` by name (and class weights), in the per-sample form
+    tf.distribute needs.
 
     The project's losses return one number per batch (the region losses pool their sums over
     the batch). Keras divides a loss by the number of replicas only when it reduces a vector of
@@ -339,16 +341,8 @@ class ReplicaLoss(keras.losses.Loss):
     Each replica's region loss pools over that replica's batch (per-device "batch Dice").
     """
 
-    def __init__(self, loss: str = "dice_ce", name: str | None = None, **kwargs) -> None:
-        super().__init__(name=name or loss, **kwargs)
-        self.loss = loss
-        self.function = make_loss(loss)
-
     def call(self, y_true, y_pred):
         return ops.broadcast_to(self.function(y_true, y_pred), ops.shape(y_pred)[:1])
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "loss": self.loss}
 
 
 # ------------------------------------------------------------------------- chief-only output

@@ -157,7 +157,7 @@ def build_compiled_model(
             optimizer=make_optimizer(
                 params.train, params.lr, steps_per_epoch * params.train.epochs
             ),
-            loss=distribution.loss(params.train.loss),
+            loss=distribution.loss(params.train.loss, params.cross_entropy_class_weights),
             metrics=make_metrics(params.lesion_classes),
             jit_compile=params.train.jit_compile,
         )
