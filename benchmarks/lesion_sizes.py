@@ -25,9 +25,11 @@ percentile] (numpy's linear interpolation) of each over the cases. A case whose 
 pixel counts with 0 and is reported ("empty"). Rows are keyed by the `kind` the lesions carry:
 a posterior-fossa infarct is one kind whether it lies in a cerebellar hemisphere or the
 brainstem (the lesion does not record which). Intraventricular blood has no `lesion_size` of
-its own (it fills the ventricles below a blood level), so its row measures the ventricles the
-case's anatomy draws. Cases are spread over `phantom.workers` processes (0: one per core), with
-a progress bar on stderr; results do not depend on the number of workers.
+its own (it fills the ventricles' dependent atria below a blood level), so its row measures
+how much of them the case's anatomy and level fill. The plan's case counts and ids follow
+--cases (ids do not change what a case draws). Cases are spread over `phantom.workers`
+processes (0: one per core), with a progress bar on stderr; results do not depend on the
+number of workers.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from pipeline.parallel import bounded_ordered_map, worker_count  # noqa: E402
 from pipeline.params import (  # noqa: E402
     HEMORRHAGE_SUBTYPES,
     ISCHEMIA_TERRITORIES,
+    ISCHEMIC_ID_MAX_STEP,
     PhantomParams,
     load_params,
 )
@@ -59,6 +62,8 @@ from pipeline.synthesize.rendering import build_case, render_slice  # noqa: E402
 
 DEFAULT_CASES = 30
 DEFAULT_SEED = 4
+# The most cases of a class whose ids fit the archive's 7 digits from id 0 (PhantomParams).
+MAX_CASES = 9_999_999 // ISCHEMIC_ID_MAX_STEP
 # Whatever --params says (module docstring); the measured kind's share is 1 besides.
 PINS = {
     "head_width_share": (REFERENCE_HEAD_WIDTH_SHARE, REFERENCE_HEAD_WIDTH_SHARE),
@@ -81,11 +86,13 @@ def measured_phantom(phantom: PhantomParams, kind: str, cases: int) -> PhantomPa
     update = {
         **PINS,
         share_field: {name: float(name == kind) for name in getattr(phantom, share_field)},
-        # How many cases the plan holds, not what they draw.
+        # How many cases the plan holds and their ids, not what they draw.
         "hemorrhagic_cases": cases,
         "ischemic_cases": cases,
         "hemorrhagic_cases_without_mask": 0,
         "testing_cases_per_class": 0,
+        "first_hemorrhagic_case": 0,
+        "first_ischemic_case": 0,
     }
     return PhantomParams.model_validate({**phantom.model_dump(), **update})
 
@@ -230,8 +237,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     parser.add_argument("--json", type=Path, help="write the table's figures here")
     arguments = parser.parse_args(argv)
-    if arguments.cases < 1:
-        parser.error("--cases must be at least 1")
+    if not 1 <= arguments.cases <= MAX_CASES:
+        parser.error(f"--cases must be 1-{MAX_CASES} (the phantom's case ids must fit)")
     try:
         phantom = load_params(arguments.params).phantom
         kinds = list(dict.fromkeys(arguments.kinds))  # each once, in the order given
