@@ -25,11 +25,14 @@ from benchmarks import (
     extract_speed,
     input_speed,
     kaggle_scale,
+    lesion_sizes,
     realism,
 )
+from pipeline.classes import HEMORRHAGIC, ISCHEMIC
 from pipeline.io import read_image, read_manifest, verify_content, write_png
 from pipeline.masks import index_to_colour
-from pipeline.params import parse_params
+from pipeline.params import HEMORRHAGE_SUBTYPES, ISCHEMIA_TERRITORIES, parse_params
+from pipeline.synthesize.anatomy import REFERENCE_HEAD_WIDTH_SHARE
 from pipeline.synthesize.archive import synthesize_archive
 from tests.conftest import (
     PROJECT_ROOT,
@@ -38,6 +41,7 @@ from tests.conftest import (
     deep_merge,
     project_params,
     tool_env,
+    write_project_params,
 )
 from tests.test_augment import folder_hashes
 
@@ -512,3 +516,49 @@ def test_training_seeds_train_and_evaluate_each_seed_beside_the_workspace(tmp_pa
         assert 0 <= repeated[f"real_slices_hit_{lesion.label}"] <= held
     assert "real slices of" in again.stdout
     assert {name: folder_hashes(project.path / name) for name in outputs} == before
+
+
+# ---- the phantom's drawn lesion sizes (benchmarks/lesion_sizes.py) ---------------------------
+
+
+def test_lesion_sizes_measure_every_kind_of_the_params_phantom_at_the_reference_head(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every kind of both classes in the JSON and the printed table; a kind whose size range the
+    params file doubles measures about twice as wide, and the file's head width does not reach
+    the measurement (pinned to the reference head): another kind measures the same."""
+    small = {"phantom": {"image_size": 128, "workers": 1}}  # a sixteenth of 512 px's pixels
+    base = write_project_params(tmp_path / "params.yaml", small)
+    deep = project_params().phantom.lesion_size.intraparenchymal_deep.radius_head_units
+    larger = {
+        "head_width_share": [0.9, 0.95],
+        "lesion_size": {"intraparenchymal_deep": {"radius_head_units": [2 * r for r in deep]}},
+    }
+    changed = write_project_params(tmp_path / "larger.yaml", deep_merge(small, {"phantom": larger}))
+    kinds = [*HEMORRHAGE_SUBTYPES, *ISCHEMIA_TERRITORIES]
+
+    lesion_sizes.main(["--params", str(base), "--cases", "3", "--json", str(tmp_path / "o.json")])
+    printed = capsys.readouterr().out
+    measured = json.loads((tmp_path / "o.json").read_text())
+    again = lesion_sizes.main(
+        ["--params", str(changed), "--cases", "3", "--kinds", "intraparenchymal_deep", "lacunar"]
+    )
+
+    assert list(measured["kinds"]) == kinds
+    for kind in kinds:
+        row = measured["kinds"][kind]
+        assert row["cases"] == 3
+        assert row["class"] == (HEMORRHAGIC if kind in HEMORRHAGE_SUBTYPES else ISCHEMIC)
+        for figure in ("diameter_mm", "volume_ml", "slices"):
+            assert 0 < row[figure]["p10"] <= row[figure]["median"] <= row[figure]["p90"], kind
+        assert row["slices"]["p90"] <= 16
+        assert f"| {kind} | {row['class']} | 3 | " in printed
+    reference = [REFERENCE_HEAD_WIDTH_SHARE] * 2
+    assert measured["pins"]["head_width_share"] == reference and str(reference) in printed
+    assert list(again["kinds"]) == ["intraparenchymal_deep", "lacunar"]
+    assert again["kinds"]["lacunar"] == measured["kinds"]["lacunar"]
+    ratio = (
+        again["kinds"]["intraparenchymal_deep"]["diameter_mm"]["median"]
+        / measured["kinds"]["intraparenchymal_deep"]["diameter_mm"]["median"]
+    )
+    assert 1.6 < ratio < 2.4
