@@ -1,7 +1,7 @@
 """Transfer check: the project's new-images command over real slices, scored against their masks.
 
     .venv/bin/python benchmarks/real_transfer.py --real DIR \
-        [--model models/model.keras] [--tta-flip] [--output DIR] [--json OUT.json]
+        [--model models/model.keras] [--tta-flip] [--output DIR] [--json OUT.json] [--per-slice]
 
 Runs `python -m stages.infer --model M --input DIR/images --output OUT` in a subprocess (the
 command a user runs, with this project's params.yaml), reads OUT/masks/<name>.png, and scores
@@ -17,6 +17,11 @@ in benchmarks/realism.py). Per lesion class, over the slices whose truth holds i
 The same table follows per source, a source being the file name up to its first underscore
 (in the development set: BHSD, barrdistorted (CT-ICH), Ischemic (AISD)). The predictions go
 to a temporary folder unless `--output` names one.
+
+Per slice (the JSON's `per_slice`, and a table with `--per-slice`): its name, its source and
+per lesion class its true, predicted and overlapping pixels, its Dice (None where truth and
+prediction both lack the class) and whether it is hit (Dice above 0). Summed over the slices
+holding a class, these pixel counts are the ones the pooled Dice is taken of.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.realism import Slice, aligned_table, read_real_folder  # noqa: E402
+from pipeline.classes import LesionClass  # noqa: E402
 from pipeline.evaluate.measures import NO_OVERLAP, dice, overlap_counts  # noqa: E402
 from pipeline.io import DataError, read_image, write_json  # noqa: E402
 from pipeline.masks import colour_to_index  # noqa: E402
@@ -111,6 +117,44 @@ def class_scores(slices: Sequence[Scored], index: int) -> dict[str, float | int 
     }
 
 
+def slice_figures(item: Scored, lesion_classes: Sequence[LesionClass]) -> dict:
+    """One slice's figures: {"name", "source", "classes": {class label: counts, Dice, hit}}."""
+    figures = {}
+    for lesion in lesion_classes:
+        counts = overlap_counts(item.truth == lesion.index, item.prediction == lesion.index)
+        value = dice(counts)
+        figures[lesion.label] = {
+            "true_px": counts.truth,
+            "predicted_px": counts.predicted,
+            "overlap_px": counts.intersection,
+            "dice": value,
+            "hit": value is not None and value > 0,
+        }
+    return {"name": item.name, "source": item.source, "classes": figures}
+
+
+def format_dice(figures: dict) -> str:
+    """A slice's Dice of one class: "-" where neither truth nor prediction holds it."""
+    return "-" if figures["dice"] is None else f"{figures['dice']:.2f}"
+
+
+def format_per_slice(per_slice: Sequence[dict]) -> str:
+    """One line a slice: per lesion class its Dice (marked where hit) and its pixel counts."""
+    labels = list(per_slice[0]["classes"])
+    header = ["slice", "source"]
+    for label in labels:
+        header += [f"{label} Dice", f"{label} px true/predicted/overlap"]
+    rows = [header]
+    for row in per_slice:
+        cells = [row["name"], row["source"]]
+        for label in labels:
+            figures = row["classes"][label]
+            cells.append(format_dice(figures) + (" hit" if figures["hit"] else ""))
+            cells.append(f"{figures['true_px']}/{figures['predicted_px']}/{figures['overlap_px']}")
+        rows.append(cells)
+    return "\n".join(aligned_table(rows))
+
+
 def transfer_scores(slices: Sequence[Scored], params: Params) -> dict[str, dict]:
     """{source: {class label: figures}}, "all" first, then each source by name."""
     sources = [ALL_SOURCES, *sorted({item.source for item in slices})]
@@ -167,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--output", type=Path, help="keep the predictions here")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--per-slice", action="store_true", help="print each slice's figures too")
     arguments = parser.parse_args(argv)
     try:
         params = load_params(arguments.params)
@@ -186,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except DataError as error:
         sys.exit(f"real_transfer: {error}")
     table = transfer_scores(scored, params)
+    per_slice = [slice_figures(item, params.lesion_classes) for item in scored]
     result = {
         "real": str(arguments.real),
         "model": str(arguments.model),
@@ -196,7 +242,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             *sorted({s.name for s in real.slices} - {s.name for s in scored}),
         ],
         "scores": table,
+        "per_slice": per_slice,
     }
+    if arguments.per_slice and per_slice:
+        print(format_per_slice(per_slice), end="\n\n")
     print(format_table(table))
     print(
         f"\n{len(scored)} real slices from {arguments.real}; model {arguments.model}\n"

@@ -412,6 +412,7 @@ def test_transfer_check_runs_the_new_images_command_and_scores_its_masks(
         str(output),
         "--json",
         str(tmp_path / "transfer.json"),
+        "--per-slice",
     )
 
     assert done.returncode == 0, done.stderr[-3000:]
@@ -419,7 +420,8 @@ def test_transfer_check_runs_the_new_images_command_and_scores_its_masks(
     assert sorted(p.name for p in (output / "masks").iterdir()) == sorted(
         f"{item.name}.png" for item in slices
     )
-    scores = json.loads((tmp_path / "transfer.json").read_text())["scores"]
+    result = json.loads((tmp_path / "transfer.json").read_text())
+    scores, per_slice = result["scores"], result["per_slice"]
     hemorrhagic, ischemic = scores["all"]["hemorrhagic"], scores["all"]["ischemic"]
     assert hemorrhagic == {
         "slices": 2,
@@ -439,6 +441,38 @@ def test_transfer_check_runs_the_new_images_command_and_scores_its_masks(
         and scores["Ischemic"]["ischemic"]["slices"] == 1
     )
     assert "pooled Dice" in done.stdout
+
+    # Per slice: every slice, in name order, with the counts the pooled figures are made of.
+    assert [(row["name"], row["source"]) for row in per_slice] == [
+        ("BHSD_found.png", "BHSD"),
+        ("BHSD_missed.png", "BHSD"),
+        ("Ischemic_found.png", "Ischemic"),
+    ]
+    found, missed, infarct = (row["classes"] for row in per_slice)
+    square = {"true_px": 256, "predicted_px": 256, "overlap_px": 256, "dice": 1.0, "hit": True}
+    assert found == {
+        "hemorrhagic": square,
+        "ischemic": {"true_px": 0, "predicted_px": 0, "overlap_px": 0, "dice": None, "hit": False},
+    }
+    assert missed == {
+        "hemorrhagic": {**square, "predicted_px": 0, "overlap_px": 0, "dice": 0.0, "hit": False},
+        "ischemic": {**square, "true_px": 0, "overlap_px": 0, "dice": 0.0, "hit": False},
+    }
+    assert infarct["ischemic"] == square and infarct["hemorrhagic"]["predicted_px"] == 256
+    for label, pooled in scores["all"].items():
+        holding = [row["classes"][label] for row in per_slice if row["classes"][label]["true_px"]]
+        overlap_px = sum(figures["overlap_px"] for figures in holding)
+        total_px = sum(figures["true_px"] + figures["predicted_px"] for figures in holding)
+        assert pooled["pooled_dice"] == 2 * overlap_px / total_px
+        assert pooled["slices_hit"] == sum(figures["hit"] for figures in holding)
+        lacking = [
+            row["classes"][label] for row in per_slice if not row["classes"][label]["true_px"]
+        ]
+        assert pooled["false_positive_slices"] == sum(f["predicted_px"] > 0 for f in lacking)
+    table = done.stdout.splitlines()
+    assert table[0].split()[:4] == ["slice", "source", "hemorrhagic", "Dice"]
+    assert table[2].split()[:4] == ["BHSD_found.png", "BHSD", "1.00", "hit"]
+    assert table[3].split()[:4] == ["BHSD_missed.png", "BHSD", "0.00", "256/0/0"]
 
 
 def test_the_classifier_auc_is_near_half_for_one_distribution_and_near_one_for_two() -> None:
