@@ -28,9 +28,9 @@ holding a class, these pixel counts are the ones the pooled Dice is taken of.
 truth | prediction, each blended over the slice (params.yaml's infer.overlay_alpha) in the
 lesion classes' display colours (pipeline/classes.py), each picture shrunk to 192 x 192 px.
 The truth's label is the slice's name (a long one with class names cut to their initial, then
-cut in the middle), the prediction's its Dice per class by initial ("-" where neither truth
-nor prediction holds the class). Pairs run in rows of about the square root of half their
-count: a near-square picture.
+cut in the middle), the prediction's its Dice per class by initial ("pred H 0.41, I 0.00";
+"-" where neither truth nor prediction holds the class). Pairs run in rows of about the
+square root of half their count: a near-square picture.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def write_montage(
     drawn = sorted(zip(scored, per_slice, strict=True), key=lambda pair: pair[0].name)[:count]
     pairs = []
     for item, figures in drawn:
-        scores = " ".join(
+        scores = ", ".join(
             f"{lesion.name[0]} {format_dice(figures['classes'][lesion.label])}"
             for lesion in lesions
         )
