@@ -60,7 +60,7 @@ from pipeline.params import Params, load_params  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "models/model.keras"
 ALL_SOURCES = "all"
-MONTAGE_TILE_PX = 192  # each picture of a pair: 22-100 pairs stay legible on one screen
+MONTAGE_TILE_PX = 192  # each picture of a pair: 100 pairs make a picture of 3172 x 2640 px
 DEFAULT_MONTAGE_SLICES = 100
 PAIR_GAP_PX = 2  # between a slice's truth and its prediction
 MONTAGE_GAP_PX = 12  # between slices: wider, so that the pairs stand apart
@@ -189,7 +189,7 @@ def tile_title(name: str, lesion_names: Sequence[str], chars: int = LABEL_CHARS)
 def overlaid_tile(
     grey: np.ndarray, labels: np.ndarray, palette: Sequence[Rgb], alpha: float, text: str
 ) -> np.ndarray:
-    """The slice with the lesions of `labels` blended in in `palette`'s colours, shrunk to
+    """The slice with the lesions of `labels` blended in `palette`'s colours, shrunk to
     MONTAGE_TILE_PX square (after blending: a small lesion stays as a tint) and labelled."""
     blended = visualize.overlay(
         grey, index_to_colour(labels, palette), alpha, background=palette[0]
