@@ -1,7 +1,8 @@
 """Transfer check: the project's new-images command over real slices, scored against their masks.
 
     .venv/bin/python benchmarks/real_transfer.py --real DIR \
-        [--model models/model.keras] [--tta-flip] [--output DIR] [--json OUT.json]
+        [--model models/model.keras] [--tta-flip] [--output DIR] [--json OUT.json] [--per-slice]
+        [--montage OUT.png] [--montage-slices 100]
 
 Runs `python -m stages.infer --model M --input DIR/images --output OUT` in a subprocess (the
 command a user runs, with this project's params.yaml), reads OUT/masks/<name>.png, and scores
@@ -17,11 +18,25 @@ in benchmarks/realism.py). Per lesion class, over the slices whose truth holds i
 The same table follows per source, a source being the file name up to its first underscore
 (in the development set: BHSD, barrdistorted (CT-ICH), Ischemic (AISD)). The predictions go
 to a temporary folder unless `--output` names one.
+
+Per slice (the JSON's `per_slice`, and a table with `--per-slice`): its name, its source and
+per lesion class its true, predicted and overlapping pixels, its Dice (None where truth and
+prediction both lack the class) and whether it is hit (Dice above 0). Summed over the slices
+holding a class, these pixel counts are the ones the pooled Dice is taken of.
+
+`--montage OUT.png` draws the first `--montage-slices` slices by name (default 100) as pairs,
+truth | prediction, each blended over the slice (params.yaml's infer.overlay_alpha) in the
+lesion classes' display colours (pipeline/classes.py), each picture shrunk to 192 x 192 px.
+The truth's label is the slice's name (a long one with class names cut to their initial, then
+cut in the middle), the prediction's its Dice per class by initial ("pred H 0.41, I 0.00";
+"-" where neither truth nor prediction holds the class). Pairs run in rows of about the
+square root of half their count: a near-square picture.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 import tempfile
@@ -29,26 +44,36 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.realism import Slice, aligned_table, read_real_folder  # noqa: E402
+from benchmarks.realism import Slice, aligned_table, initialled, read_real_folder  # noqa: E402
+from pipeline import visualize  # noqa: E402
+from pipeline.classes import LesionClass, Rgb, display_rgb  # noqa: E402
 from pipeline.evaluate.measures import NO_OVERLAP, dice, overlap_counts  # noqa: E402
-from pipeline.io import DataError, read_image, write_json  # noqa: E402
-from pipeline.masks import colour_to_index  # noqa: E402
+from pipeline.io import DataError, read_image, write_json, write_png  # noqa: E402
+from pipeline.masks import colour_to_index, index_to_colour  # noqa: E402
 from pipeline.params import Params, load_params  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "models/model.keras"
 ALL_SOURCES = "all"
+MONTAGE_TILE_PX = 192  # each picture of a pair: 100 pairs make a picture of 3172 x 2640 px
+DEFAULT_MONTAGE_SLICES = 100
+PAIR_GAP_PX = 2  # between a slice's truth and its prediction
+MONTAGE_GAP_PX = 12  # between slices: wider, so that the pairs stand apart
+LABEL_CHARS = 24  # letters a tile's label holds (visualize.label scales text with the tile)
+NO_LESION_RGB: Rgb = (0, 0, 0)  # the display palette's background: left unblended
 
 
 @dataclass(frozen=True)
 class Scored:
-    """One real slice: truth and predicted class indices at the slice's size."""
+    """One real slice: its 8-bit grey, truth and predicted class indices at the slice's size."""
 
     name: str
+    grey: np.ndarray
     truth: np.ndarray
     prediction: np.ndarray
 
@@ -81,7 +106,7 @@ def read_predictions(real: Sequence[Slice], output: Path, params: Params) -> lis
         except DataError as error:
             print(f"skipped {item.name}: no prediction ({error})", file=sys.stderr)
             continue
-        scored.append(Scored(item.name, item.labels, prediction))
+        scored.append(Scored(item.name, item.grey, item.labels, prediction))
     return scored
 
 
@@ -109,6 +134,94 @@ def class_scores(slices: Sequence[Scored], index: int) -> dict[str, float | int 
         "slices_without_class": len(lacking),
         "false_positive_slices": sum((item.prediction == index).any() for item in lacking),
     }
+
+
+def slice_figures(item: Scored, lesion_classes: Sequence[LesionClass]) -> dict:
+    """One slice's figures: {"name", "source", "classes": {class label: counts, Dice, hit}}."""
+    figures = {}
+    for lesion in lesion_classes:
+        counts = overlap_counts(item.truth == lesion.index, item.prediction == lesion.index)
+        value = dice(counts)
+        figures[lesion.label] = {
+            "true_px": counts.truth,
+            "predicted_px": counts.predicted,
+            "overlap_px": counts.intersection,
+            "dice": value,
+            "hit": value is not None and value > 0,
+        }
+    return {"name": item.name, "source": item.source, "classes": figures}
+
+
+def format_dice(figures: dict) -> str:
+    """A slice's Dice of one class: "-" where neither truth nor prediction holds it."""
+    return "-" if figures["dice"] is None else f"{figures['dice']:.2f}"
+
+
+def format_per_slice(per_slice: Sequence[dict]) -> str:
+    """One line a slice: per lesion class its Dice (marked where hit) and its pixel counts."""
+    labels = list(per_slice[0]["classes"])
+    header = ["slice", "source"]
+    for label in labels:
+        header += [f"{label} Dice", f"{label} px true/predicted/overlap"]
+    rows = [header]
+    for row in per_slice:
+        cells = [row["name"], row["source"]]
+        for label in labels:
+            figures = row["classes"][label]
+            cells.append(format_dice(figures) + (" hit" if figures["hit"] else ""))
+            cells.append(f"{figures['true_px']}/{figures['predicted_px']}/{figures['overlap_px']}")
+        rows.append(cells)
+    return "\n".join(aligned_table(rows))
+
+
+def tile_title(name: str, lesion_names: Sequence[str], chars: int = LABEL_CHARS) -> str:
+    """A slice's name without its suffix; one longer than `chars` letters with its class names
+    cut to their initial (`realism.initialled`) and then cut in the middle, so that its source
+    and slice number stay."""
+    title = Path(name).stem
+    if len(title) <= chars:
+        return title
+    title = initialled(name, lesion_names)
+    head = (chars - 2) // 2
+    return title if len(title) <= chars else f"{title[:head]}..{title[-(chars - 2 - head) :]}"
+
+
+def overlaid_tile(
+    grey: np.ndarray, labels: np.ndarray, palette: Sequence[Rgb], alpha: float, text: str
+) -> np.ndarray:
+    """The slice with the lesions of `labels` blended in `palette`'s colours, shrunk to
+    MONTAGE_TILE_PX square (after blending: a small lesion stays as a tint) and labelled."""
+    blended = visualize.overlay(
+        grey, index_to_colour(labels, palette), alpha, background=palette[0]
+    )
+    small = cv2.resize(blended, (MONTAGE_TILE_PX,) * 2, interpolation=cv2.INTER_AREA)
+    return visualize.label(small, text)
+
+
+def write_montage(
+    path: Path, scored: Sequence[Scored], per_slice: Sequence[dict], params: Params, count: int
+) -> int:
+    """Truth | prediction of the first `count` slices by name (module docstring); the number
+    drawn."""
+    lesions = params.lesion_classes
+    palette = (NO_LESION_RGB, *(display_rgb(lesion.index) for lesion in lesions))
+    names = [lesion.name for lesion in lesions]
+    alpha = params.infer.overlay_alpha
+    drawn = sorted(zip(scored, per_slice, strict=True), key=lambda pair: pair[0].name)[:count]
+    pairs = []
+    for item, figures in drawn:
+        scores = ", ".join(
+            f"{lesion.name[0]} {format_dice(figures['classes'][lesion.label])}"
+            for lesion in lesions
+        )
+        truth = overlaid_tile(item.grey, item.truth, palette, alpha, tile_title(item.name, names))
+        prediction = overlaid_tile(item.grey, item.prediction, palette, alpha, f"pred {scores}")
+        pairs.append(visualize.hstack([truth, prediction], gap=PAIR_GAP_PX))
+    # A pair is twice as wide as it is high: sqrt(n / 2) pairs a row make a near-square picture.
+    write_png(
+        path, visualize.montage(pairs, math.ceil(math.sqrt(len(pairs) / 2)), gap=MONTAGE_GAP_PX)
+    )
+    return len(pairs)
 
 
 def transfer_scores(slices: Sequence[Scored], params: Params) -> dict[str, dict]:
@@ -167,7 +280,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--output", type=Path, help="keep the predictions here")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--per-slice", action="store_true", help="print each slice's figures too")
+    parser.add_argument("--montage", type=Path, help="PNG: truth | prediction, a pair a slice")
+    parser.add_argument(
+        "--montage-slices",
+        type=int,
+        default=DEFAULT_MONTAGE_SLICES,
+        help=f"draw the first N slices by name (default {DEFAULT_MONTAGE_SLICES})",
+    )
     arguments = parser.parse_args(argv)
+    if arguments.montage_slices < 1:
+        parser.error("--montage-slices must be at least 1")
     try:
         params = load_params(arguments.params)
         real = read_real_folder(arguments.real, params)
@@ -186,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except DataError as error:
         sys.exit(f"real_transfer: {error}")
     table = transfer_scores(scored, params)
+    per_slice = [slice_figures(item, params.lesion_classes) for item in scored]
     result = {
         "real": str(arguments.real),
         "model": str(arguments.model),
@@ -196,7 +320,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             *sorted({s.name for s in real.slices} - {s.name for s in scored}),
         ],
         "scores": table,
+        "per_slice": per_slice,
     }
+    if arguments.per_slice and per_slice:
+        print(format_per_slice(per_slice), end="\n\n")
     print(format_table(table))
     print(
         f"\n{len(scored)} real slices from {arguments.real}; model {arguments.model}\n"
@@ -204,6 +331,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "lesion class; missed: called background;\nFP slices: slices without the class in "
         "truth where it is predicted, of those slices"
     )
+    if arguments.montage and not scored:
+        print(f"montage {arguments.montage} not written: no slice was scored", file=sys.stderr)
+    elif arguments.montage:
+        drawn = write_montage(
+            arguments.montage, scored, per_slice, params, arguments.montage_slices
+        )
+        result["montage"] = {"path": str(arguments.montage), "slices_drawn": drawn}
+        print(
+            f"montage {arguments.montage}: the first {drawn} of {len(scored)} slices by name "
+            f"(--montage-slices {arguments.montage_slices}), truth | prediction; the "
+            "prediction's label: slice Dice per class by initial"
+        )
     if arguments.json:
         write_json(arguments.json, result)
     return result

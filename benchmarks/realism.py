@@ -688,20 +688,27 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def initialled(name: str, lesion_names: Sequence[str]) -> str:
+    """A slice's file name without its suffix, lesion class names in it cut to their initial
+    (a tile's label holds about 22 letters)."""
+    title = Path(name).stem
+    for lesion_name in lesion_names:
+        title = title.replace(lesion_name, lesion_name[0])
+    return title
+
+
 def tile(item: Slice, side: str, lesion_names: Sequence[str]) -> np.ndarray:
     """The slice with its lesions outlined in their classes' display colours, labelled with
-    its side and name (class names cut to their initial: the label holds about 22 letters)."""
+    its side and name (`initialled`)."""
     picture = cv2.cvtColor(item.grey, cv2.COLOR_GRAY2RGB)
-    title = Path(item.name).stem
-    for index, name in enumerate(lesion_names, start=1):
+    for index in range(1, len(lesion_names) + 1):
         outline, _ = cv2.findContours(
             (item.labels == index).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
         )
         thickness = max(1, item.grey.shape[1] // 256)
         cv2.drawContours(picture, outline, -1, display_rgb(index), thickness)
-        title = title.replace(name, name[0])
     small = cv2.resize(picture, (MONTAGE_TILE_PX, MONTAGE_TILE_PX), interpolation=cv2.INTER_AREA)
-    return label(small, f"{side} {title[-(21 - len(side)) :]}")
+    return label(small, f"{side} {initialled(item.name, lesion_names)[-(21 - len(side)) :]}")
 
 
 def spread(items: Sequence[Slice], count: int) -> Iterator[Slice]:

@@ -26,9 +26,10 @@ from benchmarks import (
     input_speed,
     kaggle_scale,
     lesion_sizes,
+    real_transfer,
     realism,
 )
-from pipeline.classes import HEMORRHAGIC, ISCHEMIC
+from pipeline.classes import HEMORRHAGIC, ISCHEMIC, display_rgb
 from pipeline.io import read_image, read_manifest, verify_content, write_png
 from pipeline.masks import index_to_colour
 from pipeline.params import HEMORRHAGE_SUBTYPES, ISCHEMIA_TERRITORIES, parse_params
@@ -412,6 +413,8 @@ def test_transfer_check_runs_the_new_images_command_and_scores_its_masks(
         str(output),
         "--json",
         str(tmp_path / "transfer.json"),
+        "--per-slice",
+        *("--montage", str(tmp_path / "montage.png"), "--montage-slices", "2"),
     )
 
     assert done.returncode == 0, done.stderr[-3000:]
@@ -419,7 +422,8 @@ def test_transfer_check_runs_the_new_images_command_and_scores_its_masks(
     assert sorted(p.name for p in (output / "masks").iterdir()) == sorted(
         f"{item.name}.png" for item in slices
     )
-    scores = json.loads((tmp_path / "transfer.json").read_text())["scores"]
+    result = json.loads((tmp_path / "transfer.json").read_text())
+    scores, per_slice = result["scores"], result["per_slice"]
     hemorrhagic, ischemic = scores["all"]["hemorrhagic"], scores["all"]["ischemic"]
     assert hemorrhagic == {
         "slices": 2,
@@ -439,6 +443,92 @@ def test_transfer_check_runs_the_new_images_command_and_scores_its_masks(
         and scores["Ischemic"]["ischemic"]["slices"] == 1
     )
     assert "pooled Dice" in done.stdout
+
+    # Per slice: every slice, in name order, with the counts the pooled figures are made of.
+    assert [(row["name"], row["source"]) for row in per_slice] == [
+        ("BHSD_found.png", "BHSD"),
+        ("BHSD_missed.png", "BHSD"),
+        ("Ischemic_found.png", "Ischemic"),
+    ]
+    found, missed, infarct = (row["classes"] for row in per_slice)
+    square = {"true_px": 256, "predicted_px": 256, "overlap_px": 256, "dice": 1.0, "hit": True}
+    assert found == {
+        "hemorrhagic": square,
+        "ischemic": {"true_px": 0, "predicted_px": 0, "overlap_px": 0, "dice": None, "hit": False},
+    }
+    assert missed == {
+        "hemorrhagic": {**square, "predicted_px": 0, "overlap_px": 0, "dice": 0.0, "hit": False},
+        "ischemic": {**square, "true_px": 0, "overlap_px": 0, "dice": 0.0, "hit": False},
+    }
+    assert infarct["ischemic"] == square and infarct["hemorrhagic"]["predicted_px"] == 256
+    for label, pooled in scores["all"].items():
+        holding = [row["classes"][label] for row in per_slice if row["classes"][label]["true_px"]]
+        overlap_px = sum(figures["overlap_px"] for figures in holding)
+        total_px = sum(figures["true_px"] + figures["predicted_px"] for figures in holding)
+        assert pooled["pooled_dice"] == 2 * overlap_px / total_px
+        assert pooled["slices_hit"] == sum(figures["hit"] for figures in holding)
+        lacking = [
+            row["classes"][label] for row in per_slice if not row["classes"][label]["true_px"]
+        ]
+        assert pooled["false_positive_slices"] == sum(f["predicted_px"] > 0 for f in lacking)
+    table = done.stdout.splitlines()
+    assert table[0].split()[:4] == ["slice", "source", "hemorrhagic", "Dice"]
+    assert table[2].split()[:4] == ["BHSD_found.png", "BHSD", "1.00", "hit"]
+    assert table[3].split()[:4] == ["BHSD_missed.png", "BHSD", "0.00", "256/0/0"]
+
+    # The montage: the first 2 slices by name, a pair a row (ceil(sqrt(2 / 2)) pairs a row).
+    tile_px = real_transfer.MONTAGE_TILE_PX
+    picture = read_image(tmp_path / "montage.png", color=True)
+    assert picture.shape == (
+        2 * tile_px + real_transfer.MONTAGE_GAP_PX,
+        2 * tile_px + real_transfer.PAIR_GAP_PX,
+        3,
+    )
+    assert result["montage"]["slices_drawn"] == 2 and "the first 2 of 3 slices" in done.stdout
+    prediction_left = tile_px + real_transfer.PAIR_GAP_PX
+    second_top = tile_px + real_transfer.MONTAGE_GAP_PX
+
+    def blended(grey: int, index: int) -> list[int]:
+        alpha = project_params().infer.overlay_alpha
+        return np.rint((1 - alpha) * grey + alpha * np.array(display_rgb(index))).tolist()
+
+    # 64 px slices shown at 3x: the squares' centres at 48 (bright) and 120 (mid) px.
+    assert picture[48, 48].tolist() == blended(220, 1)  # BHSD_found: truth
+    assert picture[48, prediction_left + 48].tolist() == blended(220, 1)  # and prediction
+    assert picture[second_top + 120, 120].tolist() == blended(100, 1)  # BHSD_missed: truth,
+    assert picture[second_top + 120, prediction_left + 120].tolist() == blended(100, 2)  # called
+    assert picture[second_top + 48, 48].tolist() == [20, 20, 20]  # no lesion: the slice's grey
+
+
+def test_transfer_montage_draws_the_first_slices_by_name_in_a_near_square_grid(
+    tmp_path: Path,
+) -> None:
+    """Pairs of 2 x 192 px in rows of ceil(sqrt(n / 2)) pairs: 5 slices in 3 rows of 2 pairs,
+    18 in 6 rows of 3; a cap above the slice count draws them all. Given in reverse, the slices
+    are drawn by name: BHSD_00, the one with a lesion, first."""
+    params = project_params()
+    grey = np.full((40, 40), 90, np.uint8)
+    scored = []
+    for number in reversed(range(18)):
+        labels = np.zeros((40, 40), np.uint8)
+        labels[10:20, 10:20] = 1 if number == 0 else 0
+        scored.append(real_transfer.Scored(f"BHSD_{number:02d}.png", grey, labels, labels))
+    per_slice = [real_transfer.slice_figures(item, params.lesion_classes) for item in scored]
+    pair_px = 2 * real_transfer.MONTAGE_TILE_PX + real_transfer.PAIR_GAP_PX
+    gap_px = real_transfer.MONTAGE_GAP_PX
+    for count, columns, rows in ((5, 2, 3), (18, 3, 6), (100, 3, 6)):
+        path = tmp_path / f"montage_{count}.png"
+        drawn = real_transfer.write_montage(path, scored, per_slice, params, count)
+        picture = read_image(path, color=True)
+        assert drawn == min(count, len(scored))
+        assert picture.shape == (
+            rows * real_transfer.MONTAGE_TILE_PX + (rows - 1) * gap_px,
+            columns * pair_px + (columns - 1) * gap_px,
+            3,
+        )
+        # The lesion at 10-20 of 40 px: 48-96 px of the 192-px tile; red over grey 90.
+        red, green, _ = picture[72, 72].tolist()
+        assert red > green + 50
 
 
 def test_the_classifier_auc_is_near_half_for_one_distribution_and_near_one_for_two() -> None:
