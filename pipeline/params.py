@@ -722,8 +722,8 @@ class TrainParams(StrictModel):
                 "lr_schedule cosine and reduce_lr.enabled both set the learning rate; "
                 "disable one of them"
             )
-        weights = set(self.cross_entropy_class_weights.values())
-        if self.loss in REGION_LOSS_NAMES and weights != {1.0}:
+        weights_other_than_one = set(self.cross_entropy_class_weights.values()) - {1.0}
+        if self.loss in REGION_LOSS_NAMES and weights_other_than_one:
             raise ValueError(
                 f"cross_entropy_class_weights: loss {self.loss} has no cross-entropy term to "
                 "weigh; set every weight to 1 or use categorical_crossentropy, dice_ce or focal"
