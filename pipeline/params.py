@@ -848,11 +848,6 @@ class Params(StrictModel):
         """The lesion classes of rgb_map, in class-index order (pipeline/classes.py)."""
         return classes.lesion_classes(self.rgb_map)
 
-    @property
-    def cross_entropy_class_weights(self) -> tuple[float, ...]:
-        """`train.cross_entropy_class_weights` in class-index order (rgb_map's)."""
-        return tuple(self.train.cross_entropy_class_weights[name] for name in self.rgb_map)
-
 
 def _format_location(location: tuple[int | str, ...]) -> str:
     parts: list[str] = []

@@ -19,6 +19,9 @@ from pipeline.model.losses import (
     ClassWeightedLoss,
     make_loss,
 )
+from pipeline.model.training import cross_entropy_class_weights
+from pipeline.params import parse_params
+from tests.conftest import project_params_document
 
 
 def one_hot(labels: np.ndarray, classes: int = 3) -> np.ndarray:
@@ -170,3 +173,14 @@ def test_training_with_weights_of_one_is_training_without_them() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(plain, weighted, strict=True))
     heavier = _fit_weights(make_loss("dice_ce", (1.0, 1.0, 3.0)))
     assert not all(np.array_equal(a, b) for a, b in zip(plain, heavier, strict=True))
+
+
+def test_the_params_weights_reach_the_loss_in_class_index_order() -> None:
+    document = project_params_document()
+    # Written in another order than rgb_map's: the loss must still get them by class index.
+    document["train"]["cross_entropy_class_weights"] = {
+        "Ischemic": 3.0,
+        "Hemorrhagic": 2.0,
+        "background": 0.5,
+    }
+    assert cross_entropy_class_weights(parse_params(document)) == (0.5, 2.0, 3.0)

@@ -370,5 +370,5 @@ def test_a_region_loss_refuses_class_weights_it_would_ignore():
         )
     weights = project_params(
         {"train": {"loss": "focal", "cross_entropy_class_weights": {"Ischemic": 3.0}}}
-    ).cross_entropy_class_weights
-    assert weights[2] == 3.0 and len(weights) == 3
+    ).train.cross_entropy_class_weights
+    assert weights["Ischemic"] == 3.0

@@ -146,6 +146,12 @@ def make_optimizer(train: TrainParams, lr: float, total_steps: int) -> keras.opt
     return keras.optimizers.Adam(rate, clipvalue=train.clipvalue)
 
 
+def cross_entropy_class_weights(params: Params) -> tuple[float, ...]:
+    """`train.cross_entropy_class_weights` in class-index order (rgb_map's), as the loss
+    takes them."""
+    return tuple(params.train.cross_entropy_class_weights[name] for name in params.rgb_map)
+
+
 def build_compiled_model(
     params: Params, steps_per_epoch: int, distribution: Distribution, checkpoint: Path | None = None
 ) -> keras.Model:
@@ -157,7 +163,7 @@ def build_compiled_model(
             optimizer=make_optimizer(
                 params.train, params.lr, steps_per_epoch * params.train.epochs
             ),
-            loss=distribution.loss(params.train.loss, params.cross_entropy_class_weights),
+            loss=distribution.loss(params.train.loss, cross_entropy_class_weights(params)),
             metrics=make_metrics(params.lesion_classes),
             jit_compile=params.train.jit_compile,
         )
