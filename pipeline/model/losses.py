@@ -140,9 +140,10 @@ def weighted_function(name: str, class_weights: Sequence[float] | None) -> Loss:
 
 @keras.saving.register_keras_serializable(package="stroke")
 class ClassWeightedLoss(keras.losses.Loss):
-    """A loss of LOSS_NAMES by name with its cross-entropy's class weights: a Keras loss, so
-    a saved model records both (a bound function would be saved by name alone). It returns the
-    function's one number per batch, which Keras's reduction leaves as it is."""
+    """A loss of LOSS_NAMES by name with its cross-entropy's class weights: a registered Keras
+    loss, so a saved model's compile config records both and loads again. It returns the
+    function's one number per batch, which Keras's reduction leaves as it is (the training test
+    in tests/test_losses.py: the same weights as the plain function)."""
 
     def __init__(
         self,
