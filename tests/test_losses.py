@@ -85,6 +85,11 @@ def test_region_losses_are_zero_for_a_perfect_prediction() -> None:
 def test_unknown_loss_names_the_allowed_ones() -> None:
     with pytest.raises(ValueError, match="dice_ce"):
         make_loss("dce")
+    # Weighted, and rebuilt from a saved model's config: the same message, not a KeyError.
+    with pytest.raises(ValueError, match="dice_ce"):
+        make_loss("dce", (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="dice_ce"):
+        ClassWeightedLoss.from_config({"loss": "dce", "class_weights": None})
 
 
 @settings(max_examples=20, deadline=None)

@@ -114,28 +114,35 @@ _LOSSES: dict[str, Loss] = {
 }
 
 
+def _named(name: str) -> Loss:
+    """The function of loss `name`; ValueError names the allowed ones."""
+    if name not in _LOSSES:
+        raise ValueError(f"unknown loss {name!r}; allowed: {', '.join(LOSS_NAMES)}")
+    return _LOSSES[name]
+
+
 def make_loss(name: str, class_weights: Sequence[float] | None = None) -> Loss:
     """The loss called `name` (one of LOSS_NAMES), its cross-entropy weighted by
     `class_weights` when given (a `ClassWeightedLoss`, which a saved model records);
     ValueError names the allowed losses, or a region loss given weights other than 1."""
-    if name not in _LOSSES:
-        raise ValueError(f"unknown loss {name!r}; allowed: {', '.join(LOSS_NAMES)}")
     if class_weights is None:
-        return _LOSSES[name]
+        return _named(name)
     return ClassWeightedLoss(name, class_weights)
 
 
 def weighted_function(name: str, class_weights: Sequence[float] | None) -> Loss:
     """The function of loss `name` with its class weights bound (None: unweighted); ValueError
-    for weights other than 1 on a loss without a cross-entropy term, which would ignore them."""
+    for an unknown name, and for weights other than 1 on a loss without a cross-entropy term,
+    which would ignore them."""
+    function = _named(name)
     if name in CROSS_ENTROPY_LOSS_NAMES:
-        return functools.partial(_LOSSES[name], class_weights=class_weights)
+        return functools.partial(function, class_weights=class_weights)
     if class_weights is not None and any(weight != 1.0 for weight in class_weights):
         raise ValueError(
             f"loss {name!r} has no cross-entropy term for class weights {list(class_weights)} "
             f"to weigh; use one of {', '.join(CROSS_ENTROPY_LOSS_NAMES)} or weights of 1"
         )
-    return _LOSSES[name]
+    return function
 
 
 @keras.saving.register_keras_serializable(package="stroke")
