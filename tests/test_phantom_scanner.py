@@ -13,6 +13,7 @@ from pipeline.params import ParamsError
 from pipeline.synthesize.anatomy import SKIN_HU, Tissue, head_scale, head_unit_mm
 from pipeline.synthesize.layout import plan_cases
 from pipeline.synthesize.rendering import (
+    TENTORIUM_HEIGHTS,
     CaseModel,
     SliceHeights,
     _skull_base,
@@ -166,7 +167,10 @@ def test_streaks_cross_the_skull_base_slices_only_when_drawn():
 
 
 def _skull_base_tissue(case: CaseModel, index: int) -> np.ndarray:
-    parts = _skull_base(case.grid, case.anatomy, SliceHeights(case, index))
+    """The skull base's bone, air, fat, globes and posterior fossa behind the petrous ridges
+    on slice `index`; not the posterior fossa above the ridges, which is drawn at the
+    tentorium's middle height, not tilted (a tentorium height at its top leaves it out)."""
+    parts = _skull_base(case.grid, case.anatomy, SliceHeights(case, index), TENTORIUM_HEIGHTS[1])
     return parts.bone | parts.air | parts.fat | parts.eyes | parts.posterior_fossa
 
 

@@ -41,11 +41,12 @@ from pipeline.synthesize.layout import ARCHIVE_ROOT, CT_DATA_ROOT, plan_cases
 from pipeline.synthesize.lesions import KIND_HEIGHTS
 from pipeline.synthesize.montage import phantom_montage
 from pipeline.synthesize.rendering import (
+    TENTORIUM_HEIGHTS,
     CaseModel,
     PhantomSlice,
     SliceHeights,
     _skull_base,
-    _tentorium_points,
+    _tentorium_height,
     build_case,
     render_slice,
 )
@@ -580,7 +581,8 @@ def _skull_base_slices(
 
 def _skull_base_at(case: CaseModel, index: int):
     """The skull-base structures `render_slice` draws on slice `index`."""
-    return _skull_base(case.grid, case.anatomy, SliceHeights(case, index))
+    heights = SliceHeights(case, index)
+    return _skull_base(case.grid, case.anatomy, heights, _tentorium_height(case, heights))
 
 
 def test_skull_base_slices_hold_orbits_air_cells_and_posterior_fossa():
@@ -644,7 +646,8 @@ def test_the_tentorium_shows_above_the_petrous_ridges():
 def test_posterior_fossa_infarcts_lie_in_the_cerebellum_or_brainstem():
     """A posterior-fossa infarct lies behind the petrous ridges on the slices that have them
     (in a cerebellar hemisphere or the brainstem, not in the temporal lobes or bone), and
-    mostly below the tentorium (inside its V) on the slices above them."""
+    under the tentorium (inside its V) on the slices above them: on every slice, inside the
+    posterior fossa that `render_slice` draws, and nowhere on a slice above the tentorium."""
     territories = {kind: 0.0 for kind in ISCHEMIA_TERRITORIES} | {"posterior_fossa": 1.0}
     overrides = dict(
         hemorrhagic_cases=2,
@@ -659,21 +662,52 @@ def test_posterior_fossa_infarcts_lie_in_the_cerebellum_or_brainstem():
         lesion_px += int(rendered.lesion.sum())
     assert lesion_px > 500
     params = small_params(image_size=256, slices_per_case=12, **overrides)
-    below = above = 0
+    above_the_ridges = 0
     for spec in [spec for spec in plan_cases(params, seed=5) if spec.class_name == "Ischemic"]:
         case = build_case(spec, params)
-        for index, z in enumerate(case.anatomy.heights):
-            rise = (z - 0.1) / 0.2
-            if not 0.0 < rise < 1.0:
-                continue
+        for index in range(len(case.anatomy.heights)):
             lesion = render_slice(case, index).lesion
-            points = np.array(_tentorium_points(rise))
-            v = case.grid.v[lesion] / case.anatomy.elongation
-            edge_u = np.interp(v, points[:, 1], points[:, 0], left=-1.0, right=-1.0)
-            inside = np.abs(case.grid.u[lesion]) < edge_u
-            below += int(inside.sum())
-            above += int((~inside).sum())
-    assert below > 500 and below > 4 * above
+            if _tentorium_height(case, SliceHeights(case, index)) >= TENTORIUM_HEIGHTS[1]:
+                assert not lesion.any(), index
+                continue
+            fossa = _skull_base_at(case, index)
+            assert not np.any(lesion & ~fossa.posterior_fossa), index
+            if smoothstep(BASE_TOP, 0.02, case.anatomy.heights[index]) < 0.35:
+                above_the_ridges += int(lesion.sum())
+    assert above_the_ridges > 500
+
+
+def test_the_cerebellum_reaches_up_under_the_tentorium():
+    """Above the petrous ridges and below the tentorium's top, the slice holds a posterior
+    fossa (cerebellum inside the tentorium's V, striped by folia, without the cerebrum's
+    sulci); it shrinks as the slices rise, and there is none above the top."""
+    params = small_params(image_size=256, slices_per_case=16, tilt_deg=[0.0, 0.0])
+    seen = 0
+    for spec in plan_cases(params, seed=5)[:4]:
+        case = build_case(spec, params)
+        areas = []
+        for index, z in enumerate(case.anatomy.heights):
+            if z < 0.12:  # the ridges' own slices: test_skull_base_slices_hold_...
+                continue
+            rendered = render_slice(case, index)
+            fossa = _skull_base_at(case, index).posterior_fossa
+            if z >= TENTORIUM_HEIGHTS[1]:
+                assert not fossa.any(), z
+                continue
+            cerebellum = fossa & np.isin(rendered.tissue, PARENCHYMA)
+            assert cerebellum.sum() > 200, z
+            # No CSF-filled sulcus inside it: CSF only in the thin gap under the skull (the
+            # fourth ventricle and cisterns, near the midline, aside).
+            intracranial = np.isin(rendered.tissue, (*PARENCHYMA, Tissue.CSF, Tissue.FALX))
+            deep = cv2.erode(intracranial.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+            behind = deep & fossa & (np.abs(case.grid.u) > 0.2) & (case.grid.v > 0.35)
+            assert not np.any(behind & (rendered.tissue == Tissue.CSF)), z
+            folia = _skull_base_at(case, index).folia & cerebellum
+            assert folia.sum() > 0.1 * cerebellum.sum(), z
+            areas.append(int(cerebellum.sum()))
+            seen += 1
+        assert areas == sorted(areas, reverse=True)
+    assert seen >= 8
 
 
 def test_nuisance_factors_do_not_depend_on_the_class():

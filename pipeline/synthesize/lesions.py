@@ -426,6 +426,7 @@ class Spaces:
     csf: np.ndarray  # sulci, fissures, cisterns and the gap under the skull
     ventricles: np.ndarray
     grey_share: np.ndarray  # 0 white .. 1 grey matter, where the parenchyma is
+    posterior_fossa: np.ndarray | None  # under the tentorium (None: the slice is above it)
 
 
 def infarct_region(
@@ -435,6 +436,7 @@ def infarct_region(
     index: int,
     brain: np.ndarray,
     rho: np.ndarray,
+    posterior_fossa: np.ndarray | None,
 ) -> np.ndarray:
     """Where the case's infarcts cut slice `index`, before the parenchyma is known (the
     caller effaces the sulci there); `add_lesions` keeps its parenchyma."""
@@ -442,16 +444,25 @@ def infarct_region(
     for lesion in lesions:
         t = lesion.height(index)
         if t is not None and not lesion.hemorrhagic:
-            region |= _infarct_shape(lesion, anatomy, grid, t, rho)
+            region |= _infarct_shape(lesion, anatomy, grid, t, rho, posterior_fossa)
     return region & brain
 
 
 def _infarct_shape(
-    lesion: Lesion, anatomy: Anatomy, grid: CaseGrid, t: float, rho: np.ndarray
+    lesion: Lesion,
+    anatomy: Anatomy,
+    grid: CaseGrid,
+    t: float,
+    rho: np.ndarray,
+    posterior_fossa: np.ndarray | None,
 ) -> np.ndarray:
+    """The infarct's territory on the slice; a posterior-fossa infarct stays under the
+    tentorium (none on a slice above it)."""
     region = _blob_region(lesion, anatomy, grid, t)
     if lesion.wedge is not None:
         region |= _wedge_region(lesion, lesion.wedge, grid, rho, t)
+    if lesion.kind == "posterior_fossa":
+        region = np.zeros_like(region) if posterior_fossa is None else region & posterior_fossa
     return region
 
 
@@ -490,7 +501,8 @@ def add_lesions(
             hu[region] += fill * (bleed - hu[region])
             tissue[region] = Tissue.HEMORRHAGE
         else:
-            region = _infarct_shape(lesion, anatomy, grid, t, spaces.rho) & spaces.brain & ~mask
+            region = _infarct_shape(lesion, anatomy, grid, t, spaces.rho, spaces.posterior_fossa)
+            region &= spaces.brain & ~mask
             region &= np.isin(tissue, PARENCHYMA)
             fill = fill * _edge_share(region, tissue, lesion.edge_px * anatomy.px_scale)
             low, high = params.ischemic_drop_hu

@@ -288,9 +288,10 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     head = _scalp_and_skull(hu, tissue, case, heights)
     cranium = head.head & (head.inner_depth >= 0.0)
     brain_space = cranium
+    tentorium_z = _tentorium_height(case, heights)
     skull_base = None
-    if np.max(base) > 0.0:
-        skull_base = _skull_base(grid, anatomy, heights)
+    if np.max(base) > 0.0 or tentorium_z < TENTORIUM_HEIGHTS[1]:
+        skull_base = _skull_base(grid, anatomy, heights, tentorium_z)
         _set(hu, tissue, cranium & skull_base.bone, params.skull_hu, Tissue.BONE)
         _set(hu, tissue, head.head & skull_base.air, AIR_HU, Tissue.AIR)
         _set(hu, tissue, head.head & skull_base.fat, FAT_HU, Tissue.FAT)
@@ -312,9 +313,11 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     brain = brain_space & (head.inner_depth >= gap_px)
     surface_depth = head.inner_depth - gap_px.astype(np.float32)
     open_sulci, sulcal_lines = _sulci(anatomy, grid, index, surface_depth, scale)
+    if skull_base is not None:  # the cerebellum is folded into folia, not the cerebrum's sulci
+        open_sulci &= ~skull_base.posterior_fossa
+        sulcal_lines &= ~skull_base.posterior_fossa
     fissure, falx = _interhemispheric(anatomy, grid, heights, brain, scale)
-    # The tentorium at the height of its middle (not tilted along its own length).
-    falx |= _tentorium(grid, anatomy, heights.at_v(0.5 * anatomy.elongation), scale) & brain
+    falx |= _tentorium(grid, anatomy, tentorium_z, scale) & brain
     cisterns = np.zeros_like(brain)
     _paint_tubes(cisterns, grid, anatomy, anatomy.fissures, heights)
     if skull_base is not None:
@@ -323,7 +326,8 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     _paint_tubes(ventricles, grid, anatomy, anatomy.ventricles, heights)
     _paint_ellipsoids(ventricles, grid, anatomy, anatomy.small_ventricles, heights)
     ventricles &= brain & (surface_depth > 3.0 * scale)
-    infarct = infarct_region(case.lesions, anatomy, grid, index, brain, head.rho)
+    fossa = None if skull_base is None else skull_base.posterior_fossa
+    infarct = infarct_region(case.lesions, anatomy, grid, index, brain, head.rho, fossa)
     open_sulci &= ~infarct  # swelling effaces the sulci of an infarct
     outer_csf = (brain_space & ~brain) | (brain & (open_sulci | fissure | cisterns))
 
@@ -346,7 +350,14 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     _head_holder(hu, tissue, case)
 
     spaces = Spaces(
-        brain_space, brain, head.inner_depth, head.rho, outer_csf & brain_space, ventricles, grey
+        brain_space,
+        brain,
+        head.inner_depth,
+        head.rho,
+        outer_csf & brain_space,
+        ventricles,
+        grey,
+        fossa,
     )
     add_context(hu, tissue, case.lesions, anatomy, grid, params, index, spaces, head.head)
     baseline_hu = hu.copy()
@@ -649,9 +660,26 @@ def _interhemispheric(
     return fissure, falx
 
 
+# The heights over which the tentorium rises from above the petrous ridges to the incisura;
+# below its top the posterior fossa (cerebellum, vermis, brainstem) lies under it.
+TENTORIUM_HEIGHTS = (0.1, 0.3)
+
+
+def _tentorium_height(case: CaseModel, heights: SliceHeights) -> float:
+    """The slice's height at the tentorium's middle: the tentorium and the posterior fossa
+    under it are drawn at this height (not tilted along their own length)."""
+    return heights.at_v(0.5 * case.anatomy.elongation)
+
+
+def _tentorium_rise(z: float) -> float:
+    """0 at TENTORIUM_HEIGHTS[0] (and below) .. 1 at its top."""
+    low, high = TENTORIUM_HEIGHTS
+    return min(max((z - low) / (high - low), 0.0), 1.0)
+
+
 def _tentorium_points(rise: float) -> tuple[tuple[float, float], ...]:
-    """The tentorium's line on one side at `rise` (0 at height 0.1 .. 1 at 0.3), as (u, v over
-    the elongation) points: from beside the midbrain back along the cerebellum to the
+    """The tentorium's line on one side at `rise` (`_tentorium_rise`), as (u, v over the
+    elongation) points: from beside the midbrain back along the cerebellum to the
     straight sinus at the midline. Low down it follows the back of the skull round the
     cerebellar hemispheres; higher up it closes in on the vermis."""
     return (
@@ -664,9 +692,10 @@ def _tentorium_points(rise: float) -> tuple[tuple[float, float], ...]:
 def _tentorium(grid: CaseGrid, anatomy: Anatomy, z: float, scale: float) -> np.ndarray:
     """The tentorium above the petrous ridges, as dense as the falx (`_tentorium_points`)."""
     tentorium = np.zeros(grid.u.shape, dtype=bool)
-    rise = (z - 0.1) / 0.2
-    if not 0.0 < rise < 1.0:
+    low, high = TENTORIUM_HEIGHTS
+    if not low < z < high:
         return tentorium
+    rise = _tentorium_rise(z)
     elongation = anatomy.elongation
     half_width = np.float32(0.8 * scale / anatomy.half_width_px)  # the falx's, in head units
     points = _tentorium_points(rise)
@@ -727,10 +756,13 @@ def _box_corners(u_range: tuple[float, float], v_range: tuple[float, float]) -> 
     return np.array([(u, v) for u in u_range for v in v_range])
 
 
-def _skull_base(grid: CaseGrid, anatomy: Anatomy, heights: SliceHeights) -> _SkullBase:
+def _skull_base(
+    grid: CaseGrid, anatomy: Anatomy, heights: SliceHeights, tentorium_z: float
+) -> _SkullBase:
     """Orbits, sinuses, petrous bones with mastoid air cells, and the posterior fossa
-    (brainstem, fourth ventricle, cerebellar folia) of the lowest slices; what lies between
-    them (the temporal lobes in the middle fossae, the cerebellar hemispheres) is brain.
+    (brainstem, fourth ventricle, cerebellar folia) of the lowest slices, the fossa reaching
+    up under the tentorium (its middle at `tentorium_z`); what lies between them (the
+    temporal lobes in the middle fossae, the cerebellar hemispheres) is brain.
     Each part is computed in the pixel box it can reach, the air cells, folia and beam
     hardening on their regions' pixels only (speed)."""
     size = grid.u.shape[0]
@@ -758,13 +790,62 @@ def _skull_base(grid: CaseGrid, anatomy: Anatomy, heights: SliceHeights) -> _Sku
         box = pixel_box(anatomy, _box_corners((-0.8, 0.8), reach), 0.0, size)
         if box is not None:
             _face(grid, anatomy, _in_box(face, box), box, warp, parts)
+    if tentorium_z < TENTORIUM_HEIGHTS[1]:
+        _under_tentorium(grid, anatomy, tentorium_z, parts)
     parts.bone[parts.air] = False
     fossa = parts.posterior_fossa
     fossa &= ~(parts.bone | parts.air)
-    for inside in (parts.csf, parts.brainstem, parts.folia):
+    for inside in (parts.csf, parts.brainstem):
         inside &= fossa
+    _folia(grid, anatomy, fossa & ~parts.brainstem, warp[1], parts.folia)
     parts.beam_hardening_hu[~fossa] = 0.0
     return parts
+
+
+# The pons behind the clivus (u and v half-axes in head units, v over the elongation, and its
+# centre's v): white matter in the posterior fossa up to where the midbrain takes over.
+PONS_AXES = (0.15, 0.12)
+PONS_CENTRE_V = 0.15
+PONS_TOP = 0.2  # the midbrain (`_basal_cisterns`) above
+
+
+def _under_tentorium(grid: CaseGrid, anatomy: Anatomy, z: float, parts: _SkullBase) -> None:
+    """The posterior fossa above the petrous ridges, added to `parts.posterior_fossa`: the
+    cerebellum and vermis between the two sides' tentorium lines at height z
+    (`_tentorium_points`), from the line joining their front ends back to the straight sinus;
+    and the pons in front of it up to PONS_TOP."""
+    elongation = anatomy.elongation
+    points = _tentorium_points(_tentorium_rise(z))
+    v_knots = np.array([v * elongation for _, v in points], dtype=np.float32)
+    u_knots = np.array([u for u, _ in points], dtype=np.float32)
+    front = PONS_CENTRE_V * elongation - PONS_AXES[1]
+    corners = _box_corners((-float(u_knots.max()), float(u_knots.max())), (front, v_knots[-1]))
+    box = pixel_box(anatomy, corners, 0.0, grid.u.shape[0])
+    if box is None:
+        return
+    u, v = grid.u[box], grid.v[box]
+    # Left and right of 0 outside the knots: nothing in front of the first or behind the last.
+    half_width = np.interp(v, v_knots, u_knots, left=0.0, right=0.0).astype(np.float32)
+    parts.posterior_fossa[box] |= np.abs(u) < half_width
+    if z < PONS_TOP:
+        pons = np.hypot(u / PONS_AXES[0], (v - PONS_CENTRE_V * elongation) / PONS_AXES[1]) < 0.8
+        parts.posterior_fossa[box] |= pons
+        parts.brainstem[box] |= pons
+
+
+def _folia(
+    grid: CaseGrid, anatomy: Anatomy, cerebellum: np.ndarray, warp_v: np.ndarray, folia: np.ndarray
+) -> None:
+    """Set `folia` where the fine sulci of the cerebellum lie: curving around each
+    hemisphere's root beside the fourth ventricle (meeting at an angle over the vermis),
+    bent by the case's warp field."""
+    shape = anatomy.skull_base
+    rows, columns = np.nonzero(cerebellum)
+    fu, fv = grid.u[rows, columns], grid.v[rows, columns]
+    around = np.hypot(np.abs(fu) - np.float32(0.15), fv - np.float32(0.3 * anatomy.elongation))
+    around += np.float32(shape.folia_period) * warp_v[rows, columns]
+    phase = around * np.float32(2 * np.pi / shape.folia_period) + np.float32(shape.folia_phase)
+    folia[rows, columns] = cos_f32(phase) > np.float32(0.75)
 
 
 def _posterior_skull_base(
@@ -794,7 +875,7 @@ def _posterior_skull_base(
     pneumatised = np.zeros_like(bone)
     for side in (1, -1):
         distance, along = _segment_distance(u, v, (side * 0.12, start_v), (side * end[0], end[1]))
-        ridge = distance < (0.03 + 0.07 * along + 0.01 * warp[0][box]) * base
+        ridge = distance < (0.05 + 0.1 * along + 0.01 * warp[0][box]) * base
         mastoid = np.hypot(
             (u - side * (end[0] - 0.06)) / 0.15, (v - end[1] - 0.02 * elongation) / 0.14
         ) < np.sqrt(base)
@@ -808,21 +889,14 @@ def _posterior_skull_base(
     bone |= np.hypot(u / 0.075, (v + 0.12 * elongation) / 0.09) < base  # clivus
     # The pons behind the clivus, the prepontine cistern between them; the fourth ventricle
     # behind the pons is one of anatomy.MIDLINE_VENTRICLES.
-    pons = np.hypot(u / 0.15, (v - 0.15 * elongation) / 0.12) / (0.8 + 0.2 * base)
+    pons = np.hypot(u / PONS_AXES[0], (v - PONS_CENTRE_V * elongation) / PONS_AXES[1])
+    pons /= 0.8 + 0.2 * base
     parts.brainstem[box] = (pons < 1.0) & present
     csf = parts.csf[box]
     csf |= (pons >= 1.0) & (pons < 1.08) & (v < 0.1 * elongation) & present
     # Between the cerebellar hemispheres: the vallecula and cisterna magna.
     csf |= (np.hypot(u / 0.05, (v - 0.84 * elongation) / 0.07) < 1.0) & present
     csf |= (np.abs(u) < 0.012) & (v > 0.6 * elongation) & present
-    # Folia: fine sulci curving around each hemisphere's root beside the fourth ventricle
-    # (meeting at an angle over the vermis), bent by the warp field.
-    rows, columns = np.nonzero(fossa & (pons >= 1.0))
-    fu, fv = u[rows, columns], v[rows, columns]
-    around = np.hypot(np.abs(fu) - np.float32(0.15), fv - np.float32(0.3 * elongation))
-    around += np.float32(shape.folia_period) * warp[1][box][rows, columns]
-    phase = around * np.float32(2 * np.pi / shape.folia_period) + np.float32(shape.folia_phase)
-    parts.folia[box][rows, columns] = cos_f32(phase) > np.float32(0.75)
     # Beam hardening: a dark band across the posterior fossa between the petrous bones.
     centre_v = np.float32(start_v + 0.5 * (end[1] - start_v) + 0.1 * elongation)
     rows, columns = np.nonzero(fossa)
