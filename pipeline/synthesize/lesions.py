@@ -33,12 +33,12 @@ from pipeline.synthesize.anatomy import (
 
 # Heights (0 skull base .. 1 vertex) each kind occupies, from where it occurs in patients.
 KIND_HEIGHTS: dict[str, tuple[float, float]] = {
-    "intraparenchymal_lobar": (0.25, 0.85),
+    "intraparenchymal_lobar": (0.12, 0.85),
     "intraparenchymal_deep": (0.3, 0.55),  # basal ganglia and thalamus
     "intraventricular": (0.38, 0.56),  # atria and occipital horns
     "subarachnoid": (0.1, 0.85),
-    "subdural": (0.2, 0.92),
-    "epidural": (0.25, 0.9),
+    "subdural": (0.1, 0.92),
+    "epidural": (0.1, 0.9),
     "contusion": (0.14, 0.45),  # frontal and temporal poles
     "middle_cerebral": (0.2, 0.8),
     "anterior_cerebral": (0.35, 0.92),
