@@ -690,7 +690,8 @@ def test_the_cerebellum_reaches_up_under_the_tentorium():
             if z < 0.12:  # the ridges' own slices: test_skull_base_slices_hold_...
                 continue
             rendered = render_slice(case, index)
-            fossa = _skull_base_at(case, index).posterior_fossa
+            parts = _skull_base_at(case, index)
+            fossa = parts.posterior_fossa
             if z >= TENTORIUM_HEIGHTS[1]:
                 assert not fossa.any(), z
                 continue
@@ -702,7 +703,7 @@ def test_the_cerebellum_reaches_up_under_the_tentorium():
             deep = cv2.erode(intracranial.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
             behind = deep & fossa & (np.abs(case.grid.u) > 0.2) & (case.grid.v > 0.35)
             assert not np.any(behind & (rendered.tissue == Tissue.CSF)), z
-            folia = _skull_base_at(case, index).folia & cerebellum
+            folia = parts.folia & cerebellum
             assert folia.sum() > 0.1 * cerebellum.sum(), z
             areas.append(int(cerebellum.sum()))
             seen += 1

@@ -824,7 +824,7 @@ def _under_tentorium(grid: CaseGrid, anatomy: Anatomy, z: float, parts: _SkullBa
     if box is None:
         return
     u, v = grid.u[box], grid.v[box]
-    # Left and right of 0 outside the knots: nothing in front of the first or behind the last.
+    # A half-width of 0 outside the knots: nothing in front of the first or behind the last.
     half_width = np.interp(v, v_knots, u_knots, left=0.0, right=0.0).astype(np.float32)
     parts.posterior_fossa[box] |= np.abs(u) < half_width
     if z < PONS_TOP:
