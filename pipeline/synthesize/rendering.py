@@ -809,6 +809,11 @@ PONS_CENTRE_V = 0.15
 PONS_TOP = 0.2  # the midbrain (`_basal_cisterns`) above
 
 
+def _pons_radius(u: np.ndarray, v: np.ndarray, elongation: float) -> np.ndarray:
+    """Each point's radius relative to the pons' outline (PONS_AXES; below 1 inside)."""
+    return np.hypot(u / PONS_AXES[0], (v - PONS_CENTRE_V * elongation) / PONS_AXES[1])
+
+
 def _under_tentorium(grid: CaseGrid, anatomy: Anatomy, z: float, parts: _SkullBase) -> None:
     """The posterior fossa above the petrous ridges, added to `parts.posterior_fossa`: the
     cerebellum and vermis between the two sides' tentorium lines at height z
@@ -828,7 +833,7 @@ def _under_tentorium(grid: CaseGrid, anatomy: Anatomy, z: float, parts: _SkullBa
     half_width = np.interp(v, v_knots, u_knots, left=0.0, right=0.0).astype(np.float32)
     parts.posterior_fossa[box] |= np.abs(u) < half_width
     if z < PONS_TOP:
-        pons = np.hypot(u / PONS_AXES[0], (v - PONS_CENTRE_V * elongation) / PONS_AXES[1]) < 0.8
+        pons = _pons_radius(u, v, elongation) < 0.8  # its size above the ridges
         parts.posterior_fossa[box] |= pons
         parts.brainstem[box] |= pons
 
@@ -889,8 +894,7 @@ def _posterior_skull_base(
     bone |= np.hypot(u / 0.075, (v + 0.12 * elongation) / 0.09) < base  # clivus
     # The pons behind the clivus, the prepontine cistern between them; the fourth ventricle
     # behind the pons is one of anatomy.MIDLINE_VENTRICLES.
-    pons = np.hypot(u / PONS_AXES[0], (v - PONS_CENTRE_V * elongation) / PONS_AXES[1])
-    pons /= 0.8 + 0.2 * base
+    pons = _pons_radius(u, v, elongation) / (0.8 + 0.2 * base)
     parts.brainstem[box] = (pons < 1.0) & present
     csf = parts.csf[box]
     csf |= (pons >= 1.0) & (pons < 1.08) & (v < 0.1 * elongation) & present
