@@ -701,6 +701,9 @@ class TrainParams(StrictModel):
     reduce_lr: ReduceLrParams
     early_stopping: EarlyStoppingParams
     balanced_sampling: bool  # draw Hemorrhagic and Ischemic slices equally often
+    # This share of the training slices is drawn from those holding a lesion, split evenly
+    # over the lesion classes (nnU-Net's foreground oversampling, a third there); 0 = none.
+    foreground_oversampling: Annotated[float, Field(ge=0.0, lt=1.0)]
     random_flip: bool  # left-right flips of training slices
     random_affine: RandomAffineParams
     random_intensity: RandomIntensityParams

@@ -372,6 +372,66 @@ def test_balanced_sampling_draws_both_classes_equally(tmp_path: Path) -> None:
     assert 0.35 < share < 0.65  # 1 hemorrhagic slice of 7, drawn about half of the time
 
 
+def with_empty_slices(root: Path, frame: pd.DataFrame, count: int) -> pd.DataFrame:
+    """`frame` plus `count` lesion-free Hemorrhagic slices (a head, no lesion) written under
+    `root`/data/colorized, as a training table whose paths resolve like `frame`'s."""
+    rows = []
+    for number in range(count):
+        slice_id = f"Hemorrhagic_empty{number}_{number:03d}"
+        image, labels = tiny_slice("Hemorrhagic", seed=number)
+        image[labels > 0] = 110
+        write_png(root / "data/colorized/images" / f"{slice_id}.png", image)
+        write_png(
+            root / "data/colorized/masks" / f"{slice_id}.png",
+            index_to_colour(np.zeros_like(labels), PALETTE),
+        )
+        rows.append(original_row(slice_id, f"empty{number}", "Hemorrhagic", SIZE, 0, "../colorized/"))
+    empty = with_sha256(rows, root / "data/augmented")
+    combined = pd.concat([frame, empty], ignore_index=True)
+    combined.attrs.update(frame.attrs)
+    return combined
+
+
+def drawn_classes(dataset: tf.data.Dataset, batches: int) -> np.ndarray:
+    """The lesion class index each drawn slice holds (0: none), over `batches` batches."""
+    return np.concatenate(
+        [target.numpy().argmax(-1).max(axis=(1, 2)) for _, target in dataset.take(batches)]
+    )
+
+
+def test_foreground_oversampling_draws_lesion_slices_at_its_share(tmp_path: Path) -> None:
+    """1 Hemorrhagic and 1 Ischemic lesion slice among 14 empty ones: drawn 1 in 8 times
+    without oversampling, and a half of the draws plus that share of the rest with a share of
+    a half, split evenly over the two classes."""
+    paths = write_tiny_project(tmp_path, train_per_class=1)
+    train = read_training_tables(paths.augmented_manifest, paths.split_manifest).train
+    train = with_empty_slices(tmp_path, train, 14)
+
+    def lesion_draws(share: float) -> np.ndarray:
+        dataset = make_train_dataset(
+            train, options(), batch_size=8, seed=0, shuffle_buffer=16, foreground_share=share
+        )
+        return drawn_classes(dataset, 60)
+
+    plain = lesion_draws(0.0)
+    assert 0.07 < np.mean(plain > 0) < 0.19  # 2 of 16
+    oversampled = lesion_draws(0.5)
+    assert 0.48 < np.mean(oversampled > 0) < 0.65  # 0.5 + 0.5 x 2/16 = 0.56
+    for lesion_class in CLASS_INDEX.values():
+        assert 0.22 < np.mean(oversampled == lesion_class) < 0.34  # 0.28 each
+    np.testing.assert_array_equal(oversampled, lesion_draws(0.5))  # seeded
+
+
+def test_foreground_oversampling_without_lesion_slices_names_the_param(tmp_path: Path) -> None:
+    paths = write_tiny_project(tmp_path, train_per_class=1)
+    train = read_training_tables(paths.augmented_manifest, paths.split_manifest).train
+    empty_only = with_empty_slices(tmp_path, train.iloc[:0], 4)
+    with pytest.raises(DataError, match="train.foreground_oversampling is 0.3 but no training"):
+        make_train_dataset(
+            empty_only, options(), batch_size=2, seed=0, shuffle_buffer=4, foreground_share=0.3
+        )
+
+
 def test_disk_cache_gives_the_same_batches(tmp_path: Path) -> None:
     paths = write_tiny_project(tmp_path)
     valid = read_training_tables(paths.augmented_manifest, paths.split_manifest).valid

@@ -26,6 +26,7 @@ from pipeline.params import RandomAffineParams, RandomIntensityParams, TrainPara
 AUTOTUNE = tf.data.AUTOTUNE
 BYTES_PER_CACHED_PIXEL = 4  # uint8 RGB image + uint8 class index
 AUGMENT_SEED_OFFSET = 7919  # the online augmentation's seed stream: seed + this
+LESION_STREAM_SEED_OFFSET = 104729  # foreground oversampling's streams and their mix: seed + this
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,7 @@ def make_train_dataset(
     seed: int,
     shuffle_buffer: int,
     balanced: bool = False,
+    foreground_share: float = 0.0,
     flip: bool = False,
     augmentation: OnlineAugmentation | None = None,
     num_shards: int = 1,
@@ -281,7 +283,9 @@ def make_train_dataset(
     """Endless stream of training batches; an epoch is `steps_per_epoch` of them.
 
     `balanced` draws the slices of every class with equal probability (one cached,
-    shuffled, repeated stream per class, mixed by `sample_from_datasets`). Sharding is by
+    shuffled, repeated stream per class, mixed by `sample_from_datasets`).
+    `foreground_share` of the draws come from the slices that hold a lesion, split evenly
+    over the lesion classes (`lesion_streams`), the rest from the stream above. Sharding is by
     file, before decoding, so workers of a distributed run read different slices. A resumed
     run skips the batches already trained (`pipeline.model.distribute.worker_dataset_fn`).
     """
@@ -315,6 +319,18 @@ def make_train_dataset(
         )
     else:
         dataset = shuffled_stream(list(range(len(images))), seed, "train")
+    if foreground_share > 0.0:
+        lesion_classes = lesion_streams(frame, foreground_share, source)
+        streams = [
+            shuffled_stream(indices, seed + LESION_STREAM_SEED_OFFSET + offset, f"lesion_{name}")
+            for offset, (name, indices) in enumerate(lesion_classes.items())
+        ]
+        share = foreground_share / len(streams)
+        dataset = tf.data.Dataset.sample_from_datasets(
+            [dataset, *streams],
+            weights=[1.0 - foreground_share] + [share] * len(streams),
+            seed=seed + LESION_STREAM_SEED_OFFSET,
+        )
     if flip:
         flip_seeds = tf.data.Dataset.random(seed=seed).batch(2)
         dataset = tf.data.Dataset.zip(dataset, flip_seeds).map(
@@ -334,6 +350,28 @@ def make_train_dataset(
     )
     dataset = dataset.batch(batch_size, drop_remainder=True)
     return dataset.prefetch(AUTOTUNE)
+
+
+def lesion_streams(frame: pd.DataFrame, foreground_share: float, source: str) -> dict[str, list[int]]:
+    """Row positions in `frame` of the slices that hold a lesion, by lesion class (a slice's
+    lesion has its case's class: colorize paints a case's lesions in its class's colour).
+
+    Foreground oversampling, as nnU-Net's `oversample_foreground_percent` (a third of its
+    patches are centred on a lesion): a faint class that few slices hold gets more of the
+    loss's pull in every batch (docs/phantom.md, "Choosing the defaults"). DataError when no
+    training slice holds a lesion to draw.
+    """
+    holding = frame["lesion_pixels"].to_numpy() > 0
+    classes = frame["class"].to_numpy()
+    by_class: dict[str, list[int]] = {}
+    for position in np.flatnonzero(holding):
+        by_class.setdefault(str(classes[position]), []).append(int(position))
+    if not by_class:
+        raise DataError(
+            f"{source}: train.foreground_oversampling is {foreground_share} but no training "
+            "slice holds a lesion (lesion_pixels 0 everywhere); set it to 0"
+        )
+    return dict(sorted(by_class.items()))  # a fixed order: stream seeds follow it
 
 
 def steps_per_epoch(frame: pd.DataFrame, batch_size: int, replicas: int = 1) -> int:

@@ -191,9 +191,13 @@ def make_datasets(
     per-replica batches of `train.batch_size`; the stream skips the `skip_epochs` already
     trained by a resumed run."""
     train = params.train
+    # Foreground oversampling caches the lesion slices a second time, in their own streams.
+    lesion_copies = int((tables.train["lesion_pixels"] > 0).sum()) * (
+        train.foreground_oversampling > 0.0
+    )
     cache = resolve_cache(
         train.cache,
-        len(tables.train) + len(tables.valid),
+        len(tables.train) + len(tables.valid) + lesion_copies,
         params.image_size,
         train.cache_memory_mb,
     )
@@ -213,6 +217,7 @@ def make_datasets(
             seed=params.seed,
             shuffle_buffer=train.shuffle_buffer,
             balanced=train.balanced_sampling,
+            foreground_share=train.foreground_oversampling,
             flip=train.random_flip,
             augmentation=OnlineAugmentation.from_train(train),
             num_shards=num_shards,
