@@ -363,6 +363,23 @@ def test_cross_entropy_class_weights_must_weigh_every_class_of_rgb_map():
         project_params({"train": {"cross_entropy_class_weights": {"Ischemic": 0.0}}})
 
 
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"epochs": 3, "warmup_epochs": 3.0}, r"train: .*warmup_epochs 3.0 leaves no epoch"),
+        (
+            {"lr_schedule": "constant", "warmup_epochs": 1, "reduce_lr": {"enabled": True}},
+            r"train: .*warmup_epochs and reduce_lr.enabled both set the learning rate",
+        ),
+        ({"warmup_epochs": -1.0}, r"train\.warmup_epochs"),
+        ({"foreground_oversampling": 1.0}, r"train\.foreground_oversampling"),
+    ],
+)
+def test_warm_up_and_oversampling_values_that_cannot_work_are_refused(train, message):
+    with pytest.raises(ParamsError, match=message):
+        project_params({"train": train})
+
+
 def test_a_region_loss_refuses_class_weights_it_would_ignore():
     with pytest.raises(ParamsError, match="loss dice has no cross-entropy term"):
         project_params(

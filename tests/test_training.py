@@ -38,7 +38,12 @@ from pipeline.model.dataset import (
     steps_per_epoch,
 )
 from pipeline.model.distribute import Distribution, start_distribution
-from pipeline.model.training import TrainPaths, configure_runtime, train_model
+from pipeline.model.training import (
+    TrainPaths,
+    configure_runtime,
+    learning_rate_schedule,
+    train_model,
+)
 from pipeline.params import Params, RandomAffineParams, RandomIntensityParams
 from tests.conftest import original_row, project_params, rehash_manifest, with_sha256
 
@@ -385,7 +390,9 @@ def with_empty_slices(root: Path, frame: pd.DataFrame, count: int) -> pd.DataFra
             root / "data/colorized/masks" / f"{slice_id}.png",
             index_to_colour(np.zeros_like(labels), PALETTE),
         )
-        rows.append(original_row(slice_id, f"empty{number}", "Hemorrhagic", SIZE, 0, "../colorized/"))
+        rows.append(
+            original_row(slice_id, f"empty{number}", "Hemorrhagic", SIZE, 0, "../colorized/")
+        )
     empty = with_sha256(rows, root / "data/augmented")
     combined = pd.concat([frame, empty], ignore_index=True)
     combined.attrs.update(frame.attrs)
@@ -426,7 +433,7 @@ def test_foreground_oversampling_without_lesion_slices_names_the_param(tmp_path:
     paths = write_tiny_project(tmp_path, train_per_class=1)
     train = read_training_tables(paths.augmented_manifest, paths.split_manifest).train
     empty_only = with_empty_slices(tmp_path, train.iloc[:0], 4)
-    with pytest.raises(DataError, match="train.foreground_oversampling is 0.3 but no training"):
+    with pytest.raises(DataError, match=r"train\.foreground_oversampling is 0\.3 but no training"):
         make_train_dataset(
             empty_only, options(), batch_size=2, seed=0, shuffle_buffer=4, foreground_share=0.3
         )
@@ -529,6 +536,30 @@ def test_learning_rate_really_drops_on_a_plateau(tmp_path: Path) -> None:
     run_train(params, paths)
     rates = pd.read_csv(paths.reports_dir / "train_metrics.csv")["lr"].to_numpy()
     np.testing.assert_allclose(rates, [1e-9, 1e-9, 5e-10, 2.5e-10], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "after_warmup"),
+    [("cosine", [0.01, 0.0055, 0.001]), ("constant", [0.01, 0.01, 0.01])],
+)
+def test_the_learning_rate_warms_up_linearly_then_follows_its_schedule(
+    schedule: str, after_warmup: list[float]
+) -> None:
+    """1.5 warm-up epochs of 10 steps: 0 to the rate over 15 steps, then the cosine from it
+    to `min_lr` at step 100 (half-way at step 57.5), or the rate to the end."""
+    train = tiny_params(epochs=10, lr_schedule=schedule, min_lr=0.001, warmup_epochs=1.5).train
+    rate = learning_rate_schedule(train, 0.01, total_steps=100, steps_per_epoch=10)
+    rates = [float(rate(step)) for step in (0, 5, 15, 57.5, 100)]
+    np.testing.assert_allclose(rates, [0.0, 0.01 / 3, *after_warmup], rtol=1e-5, atol=1e-9)
+
+
+def test_without_warm_up_the_rate_starts_at_lr() -> None:
+    cosine = tiny_params(epochs=10, lr_schedule="cosine", min_lr=0.001, warmup_epochs=0).train
+    rate = learning_rate_schedule(cosine, 0.01, total_steps=100, steps_per_epoch=10)
+    rates = [float(rate(step)) for step in (0, 50, 100)]
+    np.testing.assert_allclose(rates, [0.01, 0.0055, 0.001], rtol=1e-5)
+    constant = tiny_params(lr_schedule="constant", warmup_epochs=0).train
+    assert learning_rate_schedule(constant, 0.01, total_steps=100, steps_per_epoch=10) == 0.01
 
 
 def test_early_stopping_ends_a_flat_run(tmp_path: Path) -> None:

@@ -352,7 +352,9 @@ def make_train_dataset(
     return dataset.prefetch(AUTOTUNE)
 
 
-def lesion_streams(frame: pd.DataFrame, foreground_share: float, source: str) -> dict[str, list[int]]:
+def lesion_streams(
+    frame: pd.DataFrame, foreground_share: float, source: str
+) -> dict[str, list[int]]:
     """Row positions in `frame` of the slices that hold a lesion, by lesion class (a slice's
     lesion has its case's class: colorize paints a case's lesions in its class's colour).
 

@@ -132,13 +132,31 @@ def configure_runtime(params: Params) -> None:
     keras.utils.set_random_seed(params.seed)
 
 
-def make_optimizer(train: TrainParams, lr: float, total_steps: int) -> keras.optimizers.Optimizer:
-    """Adam or AdamW with `clipvalue`; a cosine-decayed rate when `lr_schedule` is cosine."""
-    rate: float | keras.optimizers.schedules.LearningRateSchedule = lr
-    if train.lr_schedule == "cosine":
-        rate = keras.optimizers.schedules.CosineDecay(
-            lr, decay_steps=max(1, total_steps), alpha=min(1.0, train.min_lr / lr)
-        )
+def learning_rate_schedule(
+    train: TrainParams, lr: float, total_steps: int, steps_per_epoch: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The rate by optimizer step: rising linearly from 0 to `lr` over the first
+    `warmup_epochs`, then staying (`lr_schedule` constant) or decaying along a cosine to
+    `min_lr` at the last step (cosine); a plain `lr` when constant without warm-up."""
+    warmup_steps = round(train.warmup_epochs * steps_per_epoch)
+    if train.lr_schedule == "constant" and warmup_steps == 0:
+        return lr
+    # alpha 1 keeps the rate at `lr` after the warm-up: the constant schedule.
+    floor = min(1.0, train.min_lr / lr) if train.lr_schedule == "cosine" else 1.0
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup_steps > 0 else lr,
+        decay_steps=max(1, total_steps - warmup_steps),
+        alpha=floor,
+        warmup_target=lr if warmup_steps > 0 else None,
+        warmup_steps=warmup_steps,
+    )
+
+
+def make_optimizer(
+    train: TrainParams, lr: float, total_steps: int, steps_per_epoch: int
+) -> keras.optimizers.Optimizer:
+    """Adam or AdamW with `clipvalue`, at `learning_rate_schedule`'s rate."""
+    rate = learning_rate_schedule(train, lr, total_steps, steps_per_epoch)
     if train.optimizer == "adamw":
         return keras.optimizers.AdamW(
             rate, weight_decay=train.weight_decay, clipvalue=train.clipvalue
@@ -161,7 +179,7 @@ def build_compiled_model(
         model = build_model(params)
         model.compile(
             optimizer=make_optimizer(
-                params.train, params.lr, steps_per_epoch * params.train.epochs
+                params.train, params.lr, steps_per_epoch * params.train.epochs, steps_per_epoch
             ),
             loss=distribution.loss(params.train.loss, cross_entropy_class_weights(params)),
             metrics=make_metrics(params.lesion_classes),
