@@ -696,7 +696,8 @@ class TrainParams(StrictModel):
     clipvalue: Annotated[float, Field(gt=0.0)]
     lr_schedule: Literal["constant", "cosine"]
     # The rate rises linearly from 0 to `lr` over this many epochs first (a fraction is a
-    # share of an epoch's steps); 0 = from `lr` at once.
+    # share of an epoch's steps; a run of fewer epochs ends before the rate reaches `lr`);
+    # 0 = from `lr` at once.
     warmup_epochs: Annotated[float, Field(ge=0.0)]
     # The floor of the learning rate: where the cosine schedule ends, or the lowest rate
     # ReduceLROnPlateau may set.
@@ -732,11 +733,6 @@ class TrainParams(StrictModel):
             raise ValueError(
                 "warmup_epochs and reduce_lr.enabled both set the learning rate; "
                 "set warmup_epochs to 0 or disable reduce_lr"
-            )
-        if self.warmup_epochs >= self.epochs:
-            raise ValueError(
-                f"warmup_epochs {self.warmup_epochs} leaves no epoch after the warm-up "
-                f"(epochs {self.epochs}); lower it"
             )
         weights_other_than_one = set(self.cross_entropy_class_weights.values()) - {1.0}
         if self.loss in REGION_LOSS_NAMES and weights_other_than_one:

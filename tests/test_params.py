@@ -366,7 +366,6 @@ def test_cross_entropy_class_weights_must_weigh_every_class_of_rgb_map():
 @pytest.mark.parametrize(
     ("train", "message"),
     [
-        ({"epochs": 3, "warmup_epochs": 3.0}, r"train: .*warmup_epochs 3.0 leaves no epoch"),
         (
             {"lr_schedule": "constant", "warmup_epochs": 1, "reduce_lr": {"enabled": True}},
             r"train: .*warmup_epochs and reduce_lr.enabled both set the learning rate",

@@ -529,6 +529,7 @@ def test_learning_rate_really_drops_on_a_plateau(tmp_path: Path) -> None:
     params = frozen_params(
         epochs=4,
         lr_schedule="constant",
+        warmup_epochs=0,
         min_lr=0,
         reduce_lr={"enabled": True, "factor": 0.5, "patience": 1},
         early_stopping={"enabled": False},
@@ -551,6 +552,14 @@ def test_the_learning_rate_warms_up_linearly_then_follows_its_schedule(
     rate = learning_rate_schedule(train, 0.01, total_steps=100, steps_per_epoch=10)
     rates = [float(rate(step)) for step in (0, 5, 15, 57.5, 100)]
     np.testing.assert_allclose(rates, [0.0, 0.01 / 3, *after_warmup], rtol=1e-5, atol=1e-9)
+
+
+def test_a_warm_up_longer_than_the_run_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    train = tiny_params(epochs=1, lr_schedule="cosine", warmup_epochs=2).train
+    with caplog.at_level(logging.WARNING):
+        rate = learning_rate_schedule(train, 0.01, total_steps=10, steps_per_epoch=10)
+    assert "outlasts the run (epochs 1): the learning rate ends at 0.5 of lr" in caplog.text
+    np.testing.assert_allclose(float(rate(10)), 0.005, rtol=1e-5)
 
 
 def test_without_warm_up_the_rate_starts_at_lr() -> None:

@@ -139,6 +139,14 @@ def learning_rate_schedule(
     `warmup_epochs`, then staying (`lr_schedule` constant) or decaying along a cosine to
     `min_lr` at the last step (cosine); a plain `lr` when constant without warm-up."""
     warmup_steps = round(train.warmup_epochs * steps_per_epoch)
+    if warmup_steps > total_steps > 0:
+        LOG.warning(
+            "train: the warm-up (warmup_epochs %s) outlasts the run (epochs %d): the learning "
+            "rate ends at %.3g of lr",
+            train.warmup_epochs,
+            train.epochs,
+            total_steps / warmup_steps,
+        )
     if train.lr_schedule == "constant" and warmup_steps == 0:
         return lr
     # alpha 1 keeps the rate at `lr` after the warm-up: the constant schedule.
