@@ -218,8 +218,8 @@ def make_datasets(
     trained by a resumed run."""
     train = params.train
     # Foreground oversampling caches the lesion slices a second time, in their own streams.
-    lesion_copies = int((tables.train["lesion_pixels"] > 0).sum()) * (
-        train.foreground_oversampling > 0.0
+    lesion_copies = (
+        int((tables.train["lesion_pixels"] > 0).sum()) if train.foreground_oversampling > 0 else 0
     )
     cache = resolve_cache(
         train.cache,
