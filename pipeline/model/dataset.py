@@ -352,6 +352,11 @@ def make_train_dataset(
     return dataset.prefetch(AUTOTUNE)
 
 
+def holds_lesion(frame: pd.DataFrame) -> np.ndarray:
+    """Per row of a manifest, whether its slice holds any lesion pixel."""
+    return frame["lesion_pixels"].to_numpy() > 0
+
+
 def lesion_streams(
     frame: pd.DataFrame, foreground_share: float, source: str
 ) -> dict[str, list[int]]:
@@ -363,7 +368,7 @@ def lesion_streams(
     loss's pull in every batch (docs/phantom.md, "Choosing the defaults"). DataError when no
     training slice holds a lesion to draw.
     """
-    holding = frame["lesion_pixels"].to_numpy() > 0
+    holding = holds_lesion(frame)
     classes = frame["class"].to_numpy()
     by_class: dict[str, list[int]] = {}
     for position in np.flatnonzero(holding):

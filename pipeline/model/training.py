@@ -47,6 +47,7 @@ from pipeline.model.dataset import (
     OnlineAugmentation,
     PipelineOptions,
     TrainingTables,
+    holds_lesion,
     load_slices,
     make_eval_dataset,
     make_train_dataset,
@@ -219,7 +220,7 @@ def make_datasets(
     train = params.train
     # Foreground oversampling caches the lesion slices a second time, in their own streams.
     lesion_copies = (
-        int((tables.train["lesion_pixels"] > 0).sum()) if train.foreground_oversampling > 0 else 0
+        int(holds_lesion(tables.train).sum()) if train.foreground_oversampling > 0 else 0
     )
     cache = resolve_cache(
         train.cache,
