@@ -55,8 +55,9 @@ system-packages:
 
 # These two measure against a folder of real slices (--real DIR), which a clone does not hold.
 REAL_CT_BENCHMARKS := benchmarks/realism.py benchmarks/real_transfer.py
-# This one needs a workspace after `dvc repro` and trains the model once per seed.
-WORKSPACE_BENCHMARKS := benchmarks/training_seeds.py
+# These need a workspace after `dvc repro`: the first trains the model once per seed, the
+# second scores its trained model.
+WORKSPACE_BENCHMARKS := benchmarks/training_seeds.py benchmarks/lesion_kinds.py
 
 bench: setup
 	set -e; for script in $(filter-out $(REAL_CT_BENCHMARKS) $(WORKSPACE_BENCHMARKS),$(wildcard benchmarks/*.py)); do \

@@ -25,6 +25,7 @@ from benchmarks import (
     extract_speed,
     input_speed,
     kaggle_scale,
+    lesion_kinds,
     lesion_sizes,
     real_transfer,
     realism,
@@ -652,3 +653,82 @@ def test_lesion_sizes_measure_every_kind_of_the_params_phantom_at_the_reference_
         / measured["kinds"]["intraparenchymal_deep"]["diameter_mm"]["median"]
     )
     assert 1.6 < ratio < 2.4
+
+
+# ---- what a model finds of each lesion kind (benchmarks/lesion_kinds.py) ----------------------
+
+
+def kind_truths(phantom, kinds: list[str], cases: int, seed: int) -> list[np.ndarray]:
+    """The lesion masks lesion_kinds renders, in the order it asks for segmentations."""
+    return [
+        item.lesion
+        for kind in kinds
+        for _, item in lesion_kinds.lesion_slices(phantom, kind, cases, seed)
+    ]
+
+
+def test_lesion_kinds_score_each_kind_against_its_own_cases() -> None:
+    """A segmenter answering each slice's true mask (in the class of the kind) scores 1 on every
+    kind; one calling every pixel hemorrhagic scores each bleed at 2|T| / (|T| + all pixels)
+    with every slice hit, and each infarct at 0 with all of it called the other class."""
+    phantom = project_params().phantom.model_copy(update={"image_size": 128, "workers": 1})
+    kinds = ["subdural", "lacunar", "posterior_fossa"]
+    class_index = {HEMORRHAGIC: 1, ISCHEMIC: 2}
+    truths = kind_truths(phantom, kinds, 2, seed=5)
+    kind_of = [kind for kind in kinds for _ in kind_truths(phantom, [kind], 2, seed=5)]
+    answers = iter(zip(truths, kind_of, strict=True))
+
+    def oracle(greys: list[np.ndarray]) -> list[np.ndarray]:
+        truth, kind = next(answers)
+        assert greys[0].shape == truth.shape and greys[0].dtype == np.uint8
+        return [truth.astype(np.uint8) * class_index[lesion_sizes.KIND_CLASSES[kind]]]
+
+    def all_hemorrhagic(greys: list[np.ndarray]) -> list[np.ndarray]:
+        return [np.ones_like(greys[0])]
+
+    perfect = lesion_kinds.score_kinds(oracle, phantom, class_index, kinds, 2, 5)
+    flooded = lesion_kinds.score_kinds(all_hemorrhagic, phantom, class_index, kinds, 2, 5)
+
+    for kind in kinds:
+        row = perfect[kind]
+        slices = kind_of.count(kind)
+        assert row["cases"] == 2 and row["slices"] == slices > 0, kind
+        assert row["pooled_dice"] == row["mean_slice_dice"] == 1.0 and row["slices_hit"] == slices
+        assert row["called_other_class_share"] == 0.0
+        assert sum(row["slices_by_window"].values()) == slices
+    subdural = [truth for truth, kind in zip(truths, kind_of) if kind == "subdural"]
+    lesion_px = sum(int(truth.sum()) for truth in subdural)
+    expected = 2 * lesion_px / (lesion_px + len(subdural) * 128 * 128)
+    assert flooded["subdural"]["pooled_dice"] == pytest.approx(expected)
+    assert flooded["subdural"]["slices_hit"] == len(subdural)
+    for kind in ("lacunar", "posterior_fossa"):
+        assert flooded[kind]["pooled_dice"] == 0.0 and flooded[kind]["slices_hit"] == 0
+        assert flooded[kind]["called_other_class_share"] == 1.0
+
+
+def test_lesion_kinds_split_the_windows_and_refuse_the_training_plan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Brain windows only: every slice in the brain-window column and none in the wide one;
+    the training plan's seed is refused by name; the table and the JSON say the same."""
+    model = grey_band_model(tmp_path / "model.keras")
+    narrow = {"phantom": {"image_size": 128, "workers": 1, "wide_window_share": 0.0}}
+    params = write_project_params(tmp_path / "params.yaml", narrow)
+    arguments = ["--params", str(params), "--model", str(model), "--cases", "1"]
+
+    result = lesion_kinds.main(
+        [*arguments, "--kinds", "epidural", "middle_cerebral", "--json", str(tmp_path / "k.json")]
+    )
+    printed = capsys.readouterr().out
+    training_seed = project_params().seed
+    refused = run_benchmark("lesion_kinds.py", *arguments, "--seed", str(training_seed))
+
+    assert json.loads((tmp_path / "k.json").read_text()) == result
+    assert list(result["kinds"]) == ["epidural", "middle_cerebral"]
+    for kind, row in result["kinds"].items():
+        assert row["slices_by_window"]["wide_export"] == 0 and row["slices"] > 0
+        assert row["pooled_dice_wide_export"] is None
+        assert row["pooled_dice_brain_window"] == row["pooled_dice"]
+        assert f"| {kind} | {row['class']} | 1 | {row['slices']} | " in printed
+    assert "phantom figures" in printed
+    assert refused.returncode != 0 and f"--seed {training_seed}" in refused.stderr

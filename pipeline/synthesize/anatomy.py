@@ -441,6 +441,7 @@ class Acquisition:
 
     window_level_hu: float
     window_width_hu: float
+    wide_export: bool  # the window drawn from `wide_window_width_hu`, not a brain window's
     noise_hu: float
     noise_filter: np.ndarray  # (n, n // 2 + 1) amplitude of the noise's half-size spectrum
     blur_sigma_px: float
@@ -464,6 +465,7 @@ def sample_acquisition(rng: np.random.Generator, params: PhantomParams) -> Acqui
     return Acquisition(
         window_level_hu=low_hu + width_hu / 2.0,
         window_width_hu=width_hu,
+        wide_export=wide,
         noise_hu=rng.uniform(*params.noise_hu),
         noise_filter=np.sqrt(radial) * window,
         blur_sigma_px=rng.uniform(*params.blur_sigma_px),

@@ -1,0 +1,259 @@
+"""Which of the phantom's lesion kinds a trained model finds: its Dice per kind on fresh cases.
+
+    .venv/bin/python benchmarks/lesion_kinds.py [--params params.yaml] \
+        [--model models/model.keras] [--cases 10] [--seed 7] [--kinds KIND ...] [--json OUT.json]
+
+The evaluate stage scores a model per patient and per class; a class's figure is then mostly
+that of its commonest, largest kind (the middle cerebral territory holds about two thirds of the
+phantom's infarct slices), and a kind the model never learned hides in it. This scores the
+model per kind: for every hemorrhage subtype and ischemia territory (or those of --kinds),
+--cases cases holding one lesion of that kind and nothing else, planned with plan seed --seed
+(it must differ from params.yaml's `seed`, the plan of the cases the model was trained on, so
+these cases are new ones), built and rendered by the synthesize stage's own code with the rest
+of --params' `phantom.*` as it is (pose, window, noise, anatomy drawn per case as always).
+The pins, as in benchmarks/lesion_sizes.py but without its reference head:
+`extra_lesion_probability` 0, the kind's share 1 and every other kind's of its class 0.
+
+Each slice of the lesion's run that holds lesion pixels is windowed to 8 bits as synthesize
+writes it and segmented as the new-images command does (`pipeline.infer.inference.Segmenter`:
+shrunk to the model's size, argmax, enlarged back with nearest). Per kind, over those slices,
+for the kind's class (the case's class):
+- pooled Dice (`pipeline.evaluate.measures.dice` of the pixel counts summed over the slices),
+  and the same over the brain-window slices and over the wide-export ones (`phantom.
+  wide_window_share`);
+- mean slice Dice and slices hit (Dice above 0);
+- called other class: the share of the lesion's pixels predicted as the other lesion class.
+Printed as a markdown table; --json writes the figures. Phantom figures: they say what the model
+learned of each kind the phantom draws, not how it does on real CT (benchmarks/real_transfer.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.lesion_sizes import KIND_CLASSES, MAX_CASES, SHARE_FIELDS  # noqa: E402
+from pipeline.evaluate.measures import OverlapCounts, dice, overlap_counts  # noqa: E402
+from pipeline.io import window_to_uint8, write_json  # noqa: E402
+from pipeline.params import PhantomParams, load_params  # noqa: E402
+from pipeline.synthesize.layout import plan_cases  # noqa: E402
+from pipeline.synthesize.rendering import build_case, render_slice  # noqa: E402
+
+DEFAULT_CASES = 10
+DEFAULT_SEED = 7
+WINDOW_GROUPS = ("brain_window", "wide_export")  # a slice's export (phantom.wide_window_share)
+
+
+@dataclass(frozen=True)
+class RenderedSlice:
+    grey: np.ndarray  # uint8, as synthesize writes it
+    lesion: np.ndarray  # bool
+    wide_export: bool
+
+
+@dataclass
+class KindScore:
+    class_name: str
+    cases: int = 0
+    slices: int = 0
+    slices_by_window: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(WINDOW_GROUPS, 0)
+    )
+    slices_hit: int = 0
+    slice_dice_sum: float = 0.0
+    other_class_px: int = 0
+    counts: dict[str, OverlapCounts] = field(
+        default_factory=lambda: {group: OverlapCounts(0, 0, 0) for group in ("all", *WINDOW_GROUPS)}
+    )
+
+    def add(self, counts: OverlapCounts, other_class_px: int, wide_export: bool) -> None:
+        self.slices += 1
+        self.slices_by_window[WINDOW_GROUPS[wide_export]] += 1
+        slice_dice = dice(counts) or 0.0
+        self.slice_dice_sum += slice_dice
+        self.slices_hit += slice_dice > 0.0
+        self.other_class_px += other_class_px
+        for group in ("all", WINDOW_GROUPS[wide_export]):
+            total = self.counts[group]
+            self.counts[group] = OverlapCounts(
+                total.intersection + counts.intersection,
+                total.truth + counts.truth,
+                total.predicted + counts.predicted,
+            )
+
+    def row(self) -> dict:
+        truth_px = self.counts["all"].truth
+        return {
+            "class": self.class_name,
+            "cases": self.cases,
+            "slices": self.slices,
+            "pooled_dice": dice(self.counts["all"]),
+            **{f"pooled_dice_{group}": dice(self.counts[group]) for group in WINDOW_GROUPS},
+            "slices_by_window": dict(self.slices_by_window),
+            "mean_slice_dice": self.slice_dice_sum / self.slices if self.slices else None,
+            "slices_hit": self.slices_hit,
+            "called_other_class_share": self.other_class_px / truth_px if truth_px else None,
+        }
+
+
+def kind_phantom(phantom: PhantomParams, kind: str, cases: int) -> PhantomParams:
+    """`phantom` with the pins (module docstring): `cases` cases of `kind`'s class, each with
+    one lesion of `kind`; validated as params.yaml's phantom is."""
+    share_field = SHARE_FIELDS[KIND_CLASSES[kind]]
+    update = {
+        "extra_lesion_probability": 0.0,
+        share_field: {name: float(name == kind) for name in getattr(phantom, share_field)},
+        # How many cases the plan holds and their ids, not what they draw.
+        "hemorrhagic_cases": cases,
+        "ischemic_cases": cases,
+        "hemorrhagic_cases_without_mask": 0,
+        "testing_cases_per_class": 0,
+        "first_hemorrhagic_case": 0,
+        "first_ischemic_case": 0,
+    }
+    return PhantomParams.model_validate({**phantom.model_dump(), **update})
+
+
+def lesion_slices(
+    phantom: PhantomParams, kind: str, cases: int, seed: int
+) -> Iterator[tuple[int, RenderedSlice]]:
+    """(case ordinal, slice) for every lesion-holding slice of the kind's cases."""
+    params = kind_phantom(phantom, kind, cases)
+    specs = [spec for spec in plan_cases(params, seed) if spec.class_name == KIND_CLASSES[kind]]
+    for ordinal, spec in enumerate(specs):
+        case = build_case(spec, params)
+        (lesion,) = case.lesions
+        for index in range(lesion.first, lesion.last + 1):
+            rendered = render_slice(case, index)
+            if not rendered.lesion.any():
+                continue
+            grey = window_to_uint8(rendered.hu, rendered.window_level_hu, rendered.window_width_hu)
+            yield ordinal, RenderedSlice(grey, rendered.lesion > 0, case.acquisition.wide_export)
+
+
+def score_kinds(
+    segment: Callable[[list[np.ndarray]], list[np.ndarray]],
+    phantom: PhantomParams,
+    class_index: dict[str, int],
+    kinds: Sequence[str],
+    cases: int,
+    seed: int,
+) -> dict[str, dict]:
+    """Each kind's row; `segment` maps a list of uint8 slices to class-index masks."""
+    rows = {}
+    for kind in kinds:
+        class_name = KIND_CLASSES[kind]
+        score = KindScore(class_name)
+        seen_cases = set()
+        for ordinal, item in lesion_slices(phantom, kind, cases, seed):
+            seen_cases.add(ordinal)
+            (labels,) = segment([item.grey])
+            target = class_index[class_name]
+            counts = overlap_counts(item.lesion, labels == target)
+            other_px = int(np.count_nonzero(item.lesion & (labels != 0) & (labels != target)))
+            score.add(counts, other_px, item.wide_export)
+        score.cases = len(seen_cases)
+        rows[kind] = score.row()
+        print(f"{kind}: {score.slices} slices", file=sys.stderr)
+    return rows
+
+
+def format_number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_table(result: dict) -> str:
+    lines = [
+        "| kind | class | cases | slices | pooled Dice | brain window / wide export | "
+        "mean slice Dice | slices hit | called other class |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for kind, row in result["kinds"].items():
+        other = row["called_other_class_share"]
+        lines.append(
+            f"| {kind} | {row['class']} | {row['cases']} | {row['slices']} | "
+            f"{format_number(row['pooled_dice'])} | "
+            f"{format_number(row['pooled_dice_brain_window'])} / "
+            f"{format_number(row['pooled_dice_wide_export'])} | "
+            f"{format_number(row['mean_slice_dice'])} | {row['slices_hit']} | "
+            f"{'-' if other is None else f'{100 * other:.1f} %'} |"
+        )
+    lines += [
+        "",
+        f"phantom figures: model {result['model']} on {result['cases_per_kind']} new cases per "
+        f"kind (plan seed {result['seed']}; one lesion a case) of {result['params']} `phantom.*`",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "model.keras")
+    parser.add_argument(
+        "--cases", type=int, default=DEFAULT_CASES, help=f"per kind (default {DEFAULT_CASES})"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help=f"plan seed (default {DEFAULT_SEED})"
+    )
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=list(KIND_CLASSES),
+        default=list(KIND_CLASSES),
+        metavar="KIND",
+        help="lesion kinds to score (default: all)",
+    )
+    parser.add_argument("--json", type=Path, help="write the table's figures here")
+    arguments = parser.parse_args(argv)
+    if not 1 <= arguments.cases <= MAX_CASES:
+        parser.error(f"--cases must be 1-{MAX_CASES} (the phantom's case ids must fit)")
+    from pipeline.infer.inference import Segmenter
+    from pipeline.io import DataError
+
+    try:
+        params = load_params(arguments.params)
+        if arguments.seed == params.seed:
+            parser.error(
+                f"--seed {arguments.seed} is {arguments.params}'s `seed`, the plan the model was "
+                "trained on: pick another so that the cases are new"
+            )
+        segmenter = Segmenter.from_file(arguments.model, params.infer.batch_size)
+        class_index = {lesion.name: lesion.index for lesion in params.lesion_classes}
+        kinds = list(dict.fromkeys(arguments.kinds))
+        result = {
+            "params": str(arguments.params),
+            "model": str(arguments.model),
+            "seed": arguments.seed,
+            "cases_per_kind": arguments.cases,
+            "kinds": score_kinds(
+                segmenter.segment,
+                params.phantom,
+                class_index,
+                kinds,
+                arguments.cases,
+                arguments.seed,
+            ),
+        }
+    except (ValueError, DataError) as error:  # ParamsError, a pin the phantom refuses, a model
+        sys.exit(f"lesion_kinds: {error}")
+    print(format_table(result))
+    if arguments.json:
+        write_json(arguments.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
