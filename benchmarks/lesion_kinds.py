@@ -19,8 +19,8 @@ writes it and segmented as the new-images command does (`pipeline.infer.inferenc
 shrunk to the model's size, argmax, enlarged back with nearest). Per kind, over those slices,
 for the kind's class (the case's class):
 - pooled Dice (`pipeline.evaluate.measures.dice` of the pixel counts summed over the slices),
-  and the same over the brain-window slices and over the wide-export ones (`phantom.
-  wide_window_share`);
+  and the same over the brain-window slices and over the wide-export ones
+  (`phantom.wide_window_share`);
 - mean slice Dice and slices hit (Dice above 0);
 - called other class: the share of the lesion's pixels predicted as the other lesion class.
 Printed as a markdown table; --json writes the figures. Phantom figures: they say what the model
@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.lesion_sizes import KIND_CLASSES, MAX_CASES, SHARE_FIELDS  # noqa: E402
+from benchmarks.lesion_sizes import KIND_CLASSES, MAX_CASES, single_kind_phantom  # noqa: E402
 from pipeline.evaluate.measures import OverlapCounts, dice, overlap_counts  # noqa: E402
 from pipeline.io import window_to_uint8, write_json  # noqa: E402
 from pipeline.params import PhantomParams, load_params  # noqa: E402
@@ -50,6 +50,7 @@ from pipeline.synthesize.rendering import build_case, render_slice  # noqa: E402
 DEFAULT_CASES = 10
 DEFAULT_SEED = 7
 WINDOW_GROUPS = ("brain_window", "wide_export")  # a slice's export (phantom.wide_window_share)
+PINS = {"extra_lesion_probability": 0.0}  # and the kind's share 1 (module docstring)
 
 
 @dataclass(frozen=True)
@@ -104,29 +105,11 @@ class KindScore:
         }
 
 
-def kind_phantom(phantom: PhantomParams, kind: str, cases: int) -> PhantomParams:
-    """`phantom` with the pins (module docstring): `cases` cases of `kind`'s class, each with
-    one lesion of `kind`; validated as params.yaml's phantom is."""
-    share_field = SHARE_FIELDS[KIND_CLASSES[kind]]
-    update = {
-        "extra_lesion_probability": 0.0,
-        share_field: {name: float(name == kind) for name in getattr(phantom, share_field)},
-        # How many cases the plan holds and their ids, not what they draw.
-        "hemorrhagic_cases": cases,
-        "ischemic_cases": cases,
-        "hemorrhagic_cases_without_mask": 0,
-        "testing_cases_per_class": 0,
-        "first_hemorrhagic_case": 0,
-        "first_ischemic_case": 0,
-    }
-    return PhantomParams.model_validate({**phantom.model_dump(), **update})
-
-
 def lesion_slices(
     phantom: PhantomParams, kind: str, cases: int, seed: int
 ) -> Iterator[tuple[int, RenderedSlice]]:
     """(case ordinal, slice) for every lesion-holding slice of the kind's cases."""
-    params = kind_phantom(phantom, kind, cases)
+    params = single_kind_phantom(phantom, kind, cases, PINS)
     specs = [spec for spec in plan_cases(params, seed) if spec.class_name == KIND_CLASSES[kind]]
     for ordinal, spec in enumerate(specs):
         case = build_case(spec, params)

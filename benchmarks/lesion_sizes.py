@@ -81,10 +81,17 @@ PERCENTILES = (10.0, 90.0)
 def measured_phantom(phantom: PhantomParams, kind: str, cases: int) -> PhantomParams:
     """`phantom` with the pins (module docstring): `cases` cases of `kind`'s class, all of
     `kind`, one lesion each, at the reference head; validated as params.yaml's phantom is."""
-    class_name = KIND_CLASSES[kind]
-    share_field = SHARE_FIELDS[class_name]
+    return single_kind_phantom(phantom, kind, cases, PINS)
+
+
+def single_kind_phantom(
+    phantom: PhantomParams, kind: str, cases: int, pins: dict[str, object]
+) -> PhantomParams:
+    """`phantom` with `pins` and `cases` cases of `kind`'s class, all of `kind` (its share 1,
+    the class's other kinds' 0), numbered from 0; validated as params.yaml's phantom is."""
+    share_field = SHARE_FIELDS[KIND_CLASSES[kind]]
     update = {
-        **PINS,
+        **pins,
         share_field: {name: float(name == kind) for name in getattr(phantom, share_field)},
         # How many cases the plan holds and their ids, not what they draw.
         "hemorrhagic_cases": cases,

@@ -254,7 +254,7 @@ class PhantomParams(StrictModel):
     # filtered-back-projection spectrum (ramp times a Hann window; the noise is drawn at half
     # resolution, hence at most 0.25), Gaussian blur. The noise std is the field's own; what
     # survives a 5x5 median (the fine noise a slice shows) is about a third of it, so 2-8 HU
-    # reads 1.0-2.8 HU, as real slices' 0.9-4.6 do (docs/phantom.md, row 48).
+    # reads 1.0-2.8 HU, within real slices' 0.9-4.6 (docs/phantom.md, row 48).
     window_low_hu: HuRange
     window_width_hu: tuple[PositiveFloat, PositiveFloat]
     wide_window_share: Annotated[float, Field(ge=0.0, le=1.0)]
