@@ -40,9 +40,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.lesion_sizes import KIND_CLASSES, MAX_CASES, single_kind_phantom  # noqa: E402
+from benchmarks.lesion_sizes import (  # noqa: E402
+    KIND_CLASSES,
+    parse_kind_arguments,
+    single_kind_phantom,
+)
 from pipeline.evaluate.measures import OverlapCounts, dice, overlap_counts  # noqa: E402
-from pipeline.io import window_to_uint8, write_json  # noqa: E402
+from pipeline.infer.inference import Segmenter  # noqa: E402
+from pipeline.io import DataError, window_to_uint8, write_json  # noqa: E402
 from pipeline.params import PhantomParams, load_params  # noqa: E402
 from pipeline.synthesize.layout import plan_cases  # noqa: E402
 from pipeline.synthesize.rendering import build_case, render_slice  # noqa: E402
@@ -185,27 +190,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "model.keras")
-    parser.add_argument(
-        "--cases", type=int, default=DEFAULT_CASES, help=f"per kind (default {DEFAULT_CASES})"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=DEFAULT_SEED, help=f"plan seed (default {DEFAULT_SEED})"
-    )
-    parser.add_argument(
-        "--kinds",
-        nargs="+",
-        choices=list(KIND_CLASSES),
-        default=list(KIND_CLASSES),
-        metavar="KIND",
-        help="lesion kinds to score (default: all)",
-    )
-    parser.add_argument("--json", type=Path, help="write the table's figures here")
-    arguments = parser.parse_args(argv)
-    if not 1 <= arguments.cases <= MAX_CASES:
-        parser.error(f"--cases must be 1-{MAX_CASES} (the phantom's case ids must fit)")
-    from pipeline.infer.inference import Segmenter
-    from pipeline.io import DataError
-
+    arguments = parse_kind_arguments(parser, argv, DEFAULT_CASES, DEFAULT_SEED, "score")
     try:
         params = load_params(arguments.params)
         if arguments.seed == params.seed:

@@ -219,6 +219,36 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def parse_kind_arguments(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    default_cases: int,
+    default_seed: int,
+    verb: str,
+) -> argparse.Namespace:
+    """`parser`'s arguments with --cases, --seed, --kinds and --json added (the options of the
+    benchmarks that plan single-kind cases); --cases must let the case ids fit."""
+    parser.add_argument(
+        "--cases", type=int, default=default_cases, help=f"per kind (default {default_cases})"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=default_seed, help=f"plan seed (default {default_seed})"
+    )
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=list(KIND_CLASSES),
+        default=list(KIND_CLASSES),
+        metavar="KIND",
+        help=f"lesion kinds to {verb} (default: all)",
+    )
+    parser.add_argument("--json", type=Path, help="write the table's figures here")
+    arguments = parser.parse_args(argv)
+    if not 1 <= arguments.cases <= MAX_CASES:
+        parser.error(f"--cases must be 1-{MAX_CASES} (the phantom's case ids must fit)")
+    return arguments
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -228,24 +258,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument(
         "--params", type=Path, default=ROOT / "params.yaml", help="its phantom.* is measured"
     )
-    parser.add_argument(
-        "--cases", type=int, default=DEFAULT_CASES, help=f"per kind (default {DEFAULT_CASES})"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=DEFAULT_SEED, help=f"plan seed (default {DEFAULT_SEED})"
-    )
-    parser.add_argument(
-        "--kinds",
-        nargs="+",
-        choices=list(KIND_CLASSES),
-        default=list(KIND_CLASSES),
-        metavar="KIND",
-        help="lesion kinds to measure (default: all)",
-    )
-    parser.add_argument("--json", type=Path, help="write the table's figures here")
-    arguments = parser.parse_args(argv)
-    if not 1 <= arguments.cases <= MAX_CASES:
-        parser.error(f"--cases must be 1-{MAX_CASES} (the phantom's case ids must fit)")
+    arguments = parse_kind_arguments(parser, argv, DEFAULT_CASES, DEFAULT_SEED, "measure")
     try:
         phantom = load_params(arguments.params).phantom
         kinds = list(dict.fromkeys(arguments.kinds))  # each once, in the order given
