@@ -696,7 +696,7 @@ def test_lesion_kinds_score_each_kind_against_its_own_cases() -> None:
         assert row["pooled_dice"] == row["mean_slice_dice"] == 1.0 and row["slices_hit"] == slices
         assert row["called_other_class_share"] == 0.0
         assert sum(row["slices_by_window"].values()) == slices
-    subdural = [truth for truth, kind in zip(truths, kind_of) if kind == "subdural"]
+    subdural = [truth for truth, kind in zip(truths, kind_of, strict=True) if kind == "subdural"]
     lesion_px = sum(int(truth.sum()) for truth in subdural)
     expected = 2 * lesion_px / (lesion_px + len(subdural) * 128 * 128)
     assert flooded["subdural"]["pooled_dice"] == pytest.approx(expected)
