@@ -45,7 +45,12 @@ from benchmarks.lesion_sizes import (  # noqa: E402
     parse_kind_arguments,
     single_kind_phantom,
 )
-from pipeline.evaluate.measures import OverlapCounts, dice, overlap_counts  # noqa: E402
+from pipeline.evaluate.measures import (  # noqa: E402
+    NO_OVERLAP,
+    OverlapCounts,
+    dice,
+    overlap_counts,
+)
 from pipeline.infer.inference import Segmenter  # noqa: E402
 from pipeline.io import DataError, window_to_uint8, write_json  # noqa: E402
 from pipeline.params import PhantomParams, load_params  # noqa: E402
@@ -67,46 +72,50 @@ class RenderedSlice:
 
 @dataclass
 class KindScore:
+    """A kind's sums over its slices, per window group; the totals are the groups' sums."""
+
     class_name: str
     cases: int = 0
-    slices: int = 0
     slices_by_window: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(WINDOW_GROUPS, 0)
+    )
+    counts_by_window: dict[str, OverlapCounts] = field(
+        default_factory=lambda: dict.fromkeys(WINDOW_GROUPS, NO_OVERLAP)
     )
     slices_hit: int = 0
     slice_dice_sum: float = 0.0
     other_class_px: int = 0
-    counts: dict[str, OverlapCounts] = field(
-        default_factory=lambda: {group: OverlapCounts(0, 0, 0) for group in ("all", *WINDOW_GROUPS)}
-    )
 
     def add(self, counts: OverlapCounts, other_class_px: int, wide_export: bool) -> None:
-        self.slices += 1
-        self.slices_by_window[WINDOW_GROUPS[wide_export]] += 1
+        group = WINDOW_GROUPS[wide_export]
+        self.slices_by_window[group] += 1
+        self.counts_by_window[group] += counts
         slice_dice = dice(counts) or 0.0
         self.slice_dice_sum += slice_dice
         self.slices_hit += slice_dice > 0.0
         self.other_class_px += other_class_px
-        for group in ("all", WINDOW_GROUPS[wide_export]):
-            total = self.counts[group]
-            self.counts[group] = OverlapCounts(
-                total.intersection + counts.intersection,
-                total.truth + counts.truth,
-                total.predicted + counts.predicted,
-            )
+
+    @property
+    def slices(self) -> int:
+        return sum(self.slices_by_window.values())
 
     def row(self) -> dict:
-        truth_px = self.counts["all"].truth
+        pooled = sum(self.counts_by_window.values(), NO_OVERLAP)
         return {
             "class": self.class_name,
             "cases": self.cases,
             "slices": self.slices,
-            "pooled_dice": dice(self.counts["all"]),
-            **{f"pooled_dice_{group}": dice(self.counts[group]) for group in WINDOW_GROUPS},
+            "pooled_dice": dice(pooled),
+            **{
+                f"pooled_dice_{group}": dice(counts)
+                for group, counts in self.counts_by_window.items()
+            },
             "slices_by_window": dict(self.slices_by_window),
             "mean_slice_dice": self.slice_dice_sum / self.slices if self.slices else None,
             "slices_hit": self.slices_hit,
-            "called_other_class_share": self.other_class_px / truth_px if truth_px else None,
+            "called_other_class_share": (
+                self.other_class_px / pooled.truth if pooled.truth else None
+            ),
         }
 
 
