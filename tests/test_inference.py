@@ -98,6 +98,26 @@ def test_labels_back_at_input_size_keep_only_classes():
     assert set(np.unique(labels)) <= set(np.unique(softmax.argmax(-1)))
 
 
+def test_labels_back_at_input_size_follow_probabilities_between_model_pixels():
+    # A disc seen by a model at a quarter of the size: its softmax is the disc's share of each
+    # model pixel. Taken back to full size, the outline should follow those shares, not the
+    # model's 4 x 4 pixel blocks.
+    rows, columns = np.mgrid[:128, :128]
+    disc = (rows - 61.3) ** 2 + (columns - 66.8) ** 2 < 21.5**2
+    share = cv2.resize(disc.astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA)
+    softmax = np.stack([1.0 - share, share, np.zeros_like(share)], axis=-1)
+    labels = labels_at_size(softmax, (128, 128))
+    blocks = cv2.resize(
+        softmax.argmax(-1).astype(np.uint8), (128, 128), interpolation=cv2.INTER_NEAREST
+    )
+
+    def dice(mask: np.ndarray) -> float:
+        return 2.0 * (mask & disc).sum() / (mask.sum() + disc.sum())
+
+    assert set(np.unique(labels)) == {0, 1}
+    assert dice(labels == 1) > 0.99 > dice(blocks == 1)
+
+
 def test_flip_tta_averages_prediction_with_flipped_back_prediction():
     images = np.random.default_rng(1).uniform(0, 255, (3, 8, 8, 3)).astype(np.float32)
     plain = Segmenter(numpy_forward, 8, batch_size=2).softmax(images)

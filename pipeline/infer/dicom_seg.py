@@ -3,7 +3,7 @@ command with DICOM input).
 
 For each series `pipeline.dicom.read_ct_series` accepts: window the HU with the brain window
 the model was trained with (`infer.window_level_hu` / `window_width_hu`), predict each slice
-(resized to the model and back to the slice grid with nearest, as for PNG input), and write
+(resized to the model, its probabilities back to the slice grid, as for PNG input), and write
 
     OUT/<SeriesInstanceUID>/seg.dcm        DICOM Segmentation (highdicom), one segment per class
     OUT/<SeriesInstanceUID>/overlays/NNNN.png, masks/NNNN.png   per slice, NNNN = 1-based

@@ -107,11 +107,18 @@ def to_model_input(grey: np.ndarray, size: int) -> np.ndarray:
 
 
 def labels_at_size(softmax: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Class-index mask (uint8) of a softmax, resized to `shape` (H, W) with nearest."""
-    labels = softmax.argmax(axis=-1).astype(np.uint8)
-    if labels.shape != shape:
-        labels = cv2.resize(labels, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-    return labels
+    """Class-index mask (uint8) of a softmax at `shape` (H, W): the probabilities are resized
+    (linear when enlarging, area when shrinking) and the mask is their argmax there, so that
+    outlines follow the probabilities between the model's pixels instead of its pixel grid."""
+    if softmax.shape[:2] != shape:
+        shrinking = shape[0] <= softmax.shape[0] and shape[1] <= softmax.shape[1]
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        softmax = cv2.resize(
+            np.ascontiguousarray(softmax, dtype=np.float32),
+            (shape[1], shape[0]),
+            interpolation=interpolation,
+        ).reshape(*shape, softmax.shape[-1])
+    return softmax.argmax(axis=-1).astype(np.uint8)
 
 
 @dataclass
