@@ -117,7 +117,7 @@ def labels_at_size(softmax: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
             np.ascontiguousarray(softmax, dtype=np.float32),
             (shape[1], shape[0]),
             interpolation=interpolation,
-        ).reshape(*shape, softmax.shape[-1])
+        ).reshape(*shape, softmax.shape[-1])  # cv2 drops the axis of a single channel
     return softmax.argmax(axis=-1).astype(np.uint8)
 
 
