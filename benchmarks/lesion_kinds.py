@@ -16,7 +16,7 @@ The pins, as in benchmarks/lesion_sizes.py but without its reference head:
 
 Each slice of the lesion's run that holds lesion pixels is windowed to 8 bits as synthesize
 writes it and segmented as the new-images command does (`pipeline.infer.inference.Segmenter`:
-shrunk to the model's size, argmax, enlarged back with nearest). Per kind, over those slices,
+shrunk to the model's size, its probabilities enlarged back, argmax). Per kind, over those slices,
 for the kind's class (the case's class):
 - pooled Dice (`pipeline.evaluate.measures.dice` of the pixel counts summed over the slices),
   and the same over the brain-window slices and over the wide-export ones

@@ -78,12 +78,6 @@ SHARE_FIELDS = {HEMORRHAGIC: "hemorrhage_subtype_share", ISCHEMIC: "ischemia_ter
 PERCENTILES = (10.0, 90.0)
 
 
-def measured_phantom(phantom: PhantomParams, kind: str, cases: int) -> PhantomParams:
-    """`phantom` with the pins (module docstring): `cases` cases of `kind`'s class, all of
-    `kind`, one lesion each, at the reference head; validated as params.yaml's phantom is."""
-    return single_kind_phantom(phantom, kind, cases, PINS)
-
-
 def single_kind_phantom(
     phantom: PhantomParams, kind: str, cases: int, pins: dict[str, object]
 ) -> PhantomParams:
@@ -154,7 +148,7 @@ def measure(phantom: PhantomParams, kinds: Sequence[str], cases: int, seed: int)
     """Every kind's row, keyed by the kind its lesions carry, with the pins."""
     tasks = []
     for kind in kinds:
-        params = measured_phantom(phantom, kind, cases)
+        params = single_kind_phantom(phantom, kind, cases, PINS)  # the module docstring's pins
         tasks += [
             (spec, params)
             for spec in plan_cases(params, seed)
