@@ -205,6 +205,10 @@ DEEP_NUCLEI: tuple[EllipsoidTemplate, ...] = (
 
 
 BASE_TOP = 0.17  # skull-base structures fade out below this height
+# The posterior fossa under the tentorium is drawn at the slice's height this far back (v over
+# the elongation, the tentorium's middle), not tilted along its own length.
+TENTORIUM_MIDDLE_V = 0.5
+PONS_TOP = 0.2  # the pons under it ends here, the midbrain (`_basal_cisterns`) above
 
 
 def smoothstep(edge0: float, edge1: float, x: np.ndarray | float) -> np.ndarray:

@@ -21,6 +21,8 @@ from pipeline.numerics import sin_f32
 from pipeline.params import HEMORRHAGE_SUBTYPES, ISCHEMIA_TERRITORIES, PhantomParams, WedgeSize
 from pipeline.synthesize.anatomy import (
     PARENCHYMA,
+    PONS_TOP,
+    TENTORIUM_MIDDLE_V,
     Anatomy,
     CaseGrid,
     Ellipsoid,
@@ -160,11 +162,65 @@ def _slice_run(
     return start, start + span - 1
 
 
+def _centre_v(lesion: Lesion, elongation: float) -> float:
+    """Where the lesion lies along the head's front-back axis (v, head units, + behind); for
+    a posterior-fossa lesion, where the fossa it stays in is drawn."""
+    if lesion.kind == "posterior_fossa":
+        return TENTORIUM_MIDDLE_V * elongation
+    if lesion.blobs:
+        return float(np.mean([blob.centre[1] for blob in lesion.blobs]))
+    if lesion.wedge is not None:  # midway between the apex and the cortex
+        angle, radius = lesion.wedge.angle, 0.92 * (1.0 + lesion.wedge.inner_radius) / 2.0
+    elif lesion.shell is not None:  # at the inner table
+        angle, radius = lesion.shell.angle, 0.92
+    else:  # subarachnoid: the sulci and cisterns of its sector
+        assert lesion.sector is not None
+        angle, radius = lesion.sector[0], 0.8
+    ellipse = elongation / math.hypot(elongation * math.cos(angle), math.sin(angle))
+    return radius * ellipse * math.sin(angle)
+
+
+def _within_reach(
+    lesion: Lesion, anatomy: Anatomy, tilt_slope: float, ranges: Sequence[tuple[int, int]]
+) -> Lesion | None:
+    """The lesion, its run moved to the nearest slices whose heights at the lesion suit its
+    kind when none of its own does: within the first of `ranges` (first, last) that holds
+    such slices; None when none does. The run was chosen by the heights at the
+    head's centre; a slice tilted out of plane is higher behind and lower in front
+    (z + tilt_slope * v), so with few slices a posterior-fossa run can lie above the fossa, a
+    frontal one among the orbits, and the case would hold no lesion at all. Runs that already
+    reach their kind's heights stay as drawn (all of the default phantom's)."""
+    low, high = KIND_HEIGHTS[lesion.kind]
+    if lesion.kind == "posterior_fossa":  # a brainstem infarct ends with the pons
+        high = min(high, PONS_TOP)
+    heights = anatomy.heights + tilt_slope * _centre_v(lesion, anatomy.elongation)
+    fits = (heights >= low) & (heights <= high)
+    if fits[lesion.first : lesion.last + 1].any():
+        return lesion
+    for first, last in ranges:
+        indices = np.arange(first, last + 1)
+        suitable = indices[fits[indices]]
+        if suitable.size:
+            # Heights rise with the index, so the suitable slices are consecutive.
+            span = min(lesion.last - lesion.first + 1, suitable.size)
+            start = int(np.clip(lesion.first, suitable[0], suitable[-1] - span + 1))
+            return dataclasses.replace(lesion, first=start, last=start + span - 1)
+    return None
+
+
 def sample_lesions(
-    rng: np.random.Generator, class_name: str, params: PhantomParams, anatomy: Anatomy
+    rng: np.random.Generator,
+    class_name: str,
+    params: PhantomParams,
+    anatomy: Anatomy,
+    tilt_slope: float,
 ) -> tuple[Lesion, ...]:
     """The case's lesions: the first over at most 1 - `lesion_free_slice_share` of the slices
-    (never the lowest, the skull base of the montage), an optional second within its run."""
+    (never the lowest, the skull base of the montage, unless its kind reaches only that one),
+    an optional second within its run. Each run reaches its kind's heights at the lesion
+    itself (`_within_reach`); a kind no slice of the tilted stack reaches is drawn again from
+    the others (a few tilted stacks of few slices miss the posterior fossa or the frontal
+    pole)."""
     slices = params.slices_per_case
     longest = max(1, math.floor(slices * (1.0 - params.lesion_free_slice_share)))
     lowest = 1 if slices > 1 else 0
@@ -174,13 +230,22 @@ def sample_lesions(
         if class_name == HEMORRHAGIC
         else (params.ischemia_territory_share)
     )
-    kind = _choose(rng, shares, names)
     run_share = params.lesion_size.slice_run_share
-    first, last = _slice_run(rng, anatomy.heights, kind, lowest, slices - 1, run_share)
-    if last - first + 1 > longest:
-        first += int(rng.integers(0, last - first + 2 - longest))
-        last = first + longest - 1
-    lesions = [_lesion(rng, kind, first, last, params, anatomy)]
+    candidates = names
+    while True:
+        kind = _choose(rng, shares, candidates)
+        first, last = _slice_run(rng, anatomy.heights, kind, lowest, slices - 1, run_share)
+        if last - first + 1 > longest:
+            first += int(rng.integers(0, last - first + 2 - longest))
+            last = first + longest - 1
+        drawn = _lesion(rng, kind, first, last, params, anatomy)
+        reaching = _within_reach(drawn, anatomy, tilt_slope, ((lowest, slices - 1), (0, 0)))
+        candidates = tuple(n for n in candidates if n != kind and shares[n] > 0.0)
+        if reaching is not None or not candidates:
+            lesion = drawn if reaching is None else reaching
+            break
+    first, last = lesion.first, lesion.last
+    lesions = [lesion]
     if rng.uniform() < params.extra_lesion_probability:
         mid = float(anatomy.heights[(first + last) // 2])
         fitting = tuple(n for n in names if KIND_HEIGHTS[n][0] <= mid <= KIND_HEIGHTS[n][1])
@@ -188,7 +253,9 @@ def sample_lesions(
         extra_first, extra_last = _slice_run(
             rng, anatomy.heights, extra_kind, first, last, run_share
         )
-        lesions.append(_lesion(rng, extra_kind, extra_first, extra_last, params, anatomy))
+        extra = _lesion(rng, extra_kind, extra_first, extra_last, params, anatomy)
+        reaching = _within_reach(extra, anatomy, tilt_slope, ((first, last),))
+        lesions.append(extra if reaching is None else reaching)
     return tuple(lesions)
 
 

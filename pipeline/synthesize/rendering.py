@@ -20,9 +20,11 @@ from pipeline.synthesize.anatomy import (
     FAT_HU,
     LENS_HU,
     MUSCLE_HU,
+    PONS_TOP,
     REFERENCE_SIZE,
     SKIN_HU,
     TABLE_HU,
+    TENTORIUM_MIDDLE_V,
     VITREOUS_HU,
     Acquisition,
     Anatomy,
@@ -90,7 +92,9 @@ def build_case(spec: CaseSpec, params: PhantomParams) -> CaseModel:
     acquisition = sample_acquisition(rng, params)
     scanner = sample_scanner(spec.entropy, params, anatomy.elongation)
     lesions = with_soft_edges(
-        sample_lesions(rng, spec.class_name, params, anatomy), spec.entropy, params
+        sample_lesions(rng, spec.class_name, params, anatomy, scanner.tilt_slope),
+        spec.entropy,
+        params,
     )
     anatomy = mass_effect(rng, anatomy, lesions, params)
     grid = case_grid(anatomy, params.image_size)
@@ -668,7 +672,7 @@ TENTORIUM_HEIGHTS = (0.1, 0.3)
 def _tentorium_height(case: CaseModel, heights: SliceHeights) -> float:
     """The slice's height at the tentorium's middle: the tentorium and the posterior fossa
     under it are drawn at this height (not tilted along their own length)."""
-    return heights.at_v(0.5 * case.anatomy.elongation)
+    return heights.at_v(TENTORIUM_MIDDLE_V * case.anatomy.elongation)
 
 
 def _tentorium_rise(z: float) -> float:
@@ -806,7 +810,6 @@ def _skull_base(
 # centre's v): white matter in the posterior fossa up to where the midbrain takes over.
 PONS_AXES = (0.15, 0.12)
 PONS_CENTRE_V = 0.15
-PONS_TOP = 0.2  # the midbrain (`_basal_cisterns`) above
 
 
 def _pons_radius(u: np.ndarray, v: np.ndarray, elongation: float) -> np.ndarray:
