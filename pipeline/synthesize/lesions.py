@@ -185,11 +185,11 @@ def _within_reach(
 ) -> Lesion | None:
     """The lesion, its run moved to the nearest slices whose heights at the lesion suit its
     kind when none of its own does: within the first of `ranges` (first, last) that holds
-    such slices; None when none does. The run was chosen by the heights at the
-    head's centre; a slice tilted out of plane is higher behind and lower in front
-    (z + tilt_slope * v), so with few slices a posterior-fossa run can lie above the fossa, a
-    frontal one among the orbits, and the case would hold no lesion at all. Runs that already
-    reach their kind's heights stay as drawn (all of the default phantom's)."""
+    such slices; None when none does. The run was chosen by the heights at the head's centre;
+    a slice tilted out of plane is higher behind and lower in front (z + tilt_slope * v), so
+    with few slices a posterior-fossa run can lie above the fossa, a frontal one among the
+    orbits, and the case would hold no lesion at all. A run that reaches its kind's heights
+    stays as drawn, so the draws of such cases do not change."""
     low, high = KIND_HEIGHTS[lesion.kind]
     if lesion.kind == "posterior_fossa":  # a brainstem infarct ends with the pons
         high = min(high, PONS_TOP)
