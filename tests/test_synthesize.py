@@ -216,9 +216,9 @@ def test_lesions_stay_inside_the_cranium(rendered_slices):
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), slices=st.integers(4, 12), share=st.floats(0.05, 0.6))
 # Tilted stacks of few slices on which a lesion run chosen by the heights at the head's centre
-# held no lesion pixel (posterior-fossa runs above the fossa or the pons, a frontal contusion,
-# a posterior cerebral infarct above the vertex), and one whose second lesion would have moved
-# out of the first one's run.
+# held no lesion pixel (posterior-fossa runs above the fossa or the pons, a frontal contusion and
+# a posterior cerebral infarct above their kinds' heights), and one whose second lesion would
+# have moved out of the first one's run.
 @example(seed=2007792139, slices=12, share=0.43)
 @example(seed=1146852450, slices=9, share=0.43)
 @example(seed=1481240446, slices=4, share=0.15)
