@@ -139,6 +139,15 @@ def _choose(rng: np.random.Generator, shares: dict[str, float], names: tuple[str
     return str(names[int(rng.choice(len(names), p=weights / weights.sum()))])
 
 
+def _slices_within(
+    heights: np.ndarray, low: float, high: float, first: int, last: int
+) -> np.ndarray:
+    """The slices of first..last whose heights lie within low..high (consecutive: heights rise
+    with the index)."""
+    indices = np.arange(first, last + 1)
+    return indices[(heights[indices] >= low) & (heights[indices] <= high)]
+
+
 def _slice_run(
     rng: np.random.Generator,
     heights: np.ndarray,
@@ -150,9 +159,9 @@ def _slice_run(
     """A run of consecutive slices within first..last whose heights suit `kind`: a share
     within `run_share` of the suitable ones, at least one (the nearest slice when none suits)."""
     low, high = KIND_HEIGHTS[kind]
-    indices = np.arange(first, last + 1)
-    suitable = indices[(heights[indices] >= low) & (heights[indices] <= high)]
+    suitable = _slices_within(heights, low, high, first, last)
     if suitable.size == 0:
+        indices = np.arange(first, last + 1)
         nearest = indices[int(np.argmin(np.abs(heights[indices] - (low + high) / 2.0)))]
         return int(nearest), int(nearest)
     shortest = max(1, math.ceil(run_share[0] * suitable.size))
@@ -162,46 +171,49 @@ def _slice_run(
     return start, start + span - 1
 
 
-def _centre_v(lesion: Lesion, elongation: float) -> float:
-    """Where the lesion lies along the head's front-back axis (v, head units, + behind); for
-    a posterior-fossa lesion, where the fossa it stays in is drawn."""
+def _heights_at(
+    lesion: Lesion, anatomy: Anatomy, tilt_slope: float
+) -> tuple[np.ndarray, float, float]:
+    """Each slice's height where the lesion lies, and the heights its kind occupies there. A
+    tilted slice is higher behind and lower in front (z + tilt_slope * v); the lesion lies at
+    its blobs' centre, or midway along its wedge, at the inner table under its shell, in the
+    sulci of its sector. A posterior-fossa lesion lies where `rendering` draws the fossa (at the
+    tentorium's middle), and a brainstem one ends with the pons."""
+    low, high = KIND_HEIGHTS[lesion.kind]
+    elongation = anatomy.elongation
     if lesion.kind == "posterior_fossa":
-        return TENTORIUM_MIDDLE_V * elongation
+        fossa_v = TENTORIUM_MIDDLE_V * elongation
+        return anatomy.heights + tilt_slope * fossa_v, low, min(high, PONS_TOP)
     if lesion.blobs:
-        return float(np.mean([blob.centre[1] for blob in lesion.blobs]))
-    if lesion.wedge is not None:  # midway between the apex and the cortex
+        v = float(np.mean([blob.centre[1] for blob in lesion.blobs]))
+        return anatomy.heights + tilt_slope * v, low, high
+    if lesion.wedge is not None:
         angle, radius = lesion.wedge.angle, 0.92 * (1.0 + lesion.wedge.inner_radius) / 2.0
-    elif lesion.shell is not None:  # at the inner table
+    elif lesion.shell is not None:
         angle, radius = lesion.shell.angle, 0.92
-    else:  # subarachnoid: the sulci and cisterns of its sector
+    else:
         assert lesion.sector is not None
         angle, radius = lesion.sector[0], 0.8
     ellipse = elongation / math.hypot(elongation * math.cos(angle), math.sin(angle))
-    return radius * ellipse * math.sin(angle)
+    return anatomy.heights + tilt_slope * radius * ellipse * math.sin(angle), low, high
 
 
 def _within_reach(
     lesion: Lesion, anatomy: Anatomy, tilt_slope: float, ranges: Sequence[tuple[int, int]]
 ) -> Lesion | None:
-    """The lesion, its run moved to the nearest slices whose heights at the lesion suit its
-    kind when none of its own does: within the first of `ranges` (first, last) that holds
-    such slices; None when none does. The run was chosen by the heights at the head's centre;
-    a slice tilted out of plane is higher behind and lower in front (z + tilt_slope * v), so
-    with few slices a posterior-fossa run can lie above the fossa, a frontal one among the
-    orbits, and the case would hold no lesion at all. A run that reaches its kind's heights
-    stays as drawn, so the draws of such cases do not change."""
-    low, high = KIND_HEIGHTS[lesion.kind]
-    if lesion.kind == "posterior_fossa":  # a brainstem infarct ends with the pons
-        high = min(high, PONS_TOP)
-    heights = anatomy.heights + tilt_slope * _centre_v(lesion, anatomy.elongation)
-    fits = (heights >= low) & (heights <= high)
-    if fits[lesion.first : lesion.last + 1].any():
+    """The lesion, its run moved to the nearest slices whose heights at the lesion
+    (`_heights_at`) suit its kind when none of its own does: within the first of `ranges`
+    (first, last) that holds such slices; None when none does. The run was chosen by the
+    heights at the head's centre, so on a tilted stack of few slices a posterior-fossa run can
+    lie above the fossa, a frontal one among the orbits, and the case would hold no lesion at
+    all. A run that reaches its kind's heights stays as drawn, so the draws of such cases do
+    not change."""
+    heights, low, high = _heights_at(lesion, anatomy, tilt_slope)
+    if _slices_within(heights, low, high, lesion.first, lesion.last).size:
         return lesion
     for first, last in ranges:
-        indices = np.arange(first, last + 1)
-        suitable = indices[fits[indices]]
+        suitable = _slices_within(heights, low, high, first, last)
         if suitable.size:
-            # Heights rise with the index, so the suitable slices are consecutive.
             span = min(lesion.last - lesion.first + 1, suitable.size)
             start = int(np.clip(lesion.first, suitable[0], suitable[-1] - span + 1))
             return dataclasses.replace(lesion, first=start, last=start + span - 1)
