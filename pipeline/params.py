@@ -8,7 +8,7 @@ and every field is required (a missing key is an error naming it), so no value h
 from the file's.
 
 Validation is strict: a value must already have its type in YAML (`lr: "0.001"`, `epochs: 3.0`
-and `batch_norm: "yes"` are refused, naming the key). The one widening allowed is the
+and `residual: "yes"` are refused, naming the key). The one widening allowed is the
 conventional one: an integer where a float is expected (`lr: 1`). Floats are read by YAML 1.2's
 rule, as DVC reads them, so `lr: 7e-05` (what `dvc exp run -S lr=7e-5` writes) is a number.
 Cross-field rules that decide whether a run can work at all (the UNet's working size) are
@@ -596,7 +596,7 @@ class AugmentParams(StrictModel):
 
 class ModelParams(StrictModel):
     """FlexUNet knobs (pipeline/model/network.py). The reference is base_filters 16, base_kernels 9,
-    num_layers 8, dropout_rate 0.05, dilation 1, no batch_norm, no input_normalize, and a
+    num_layers 8, dropout_rate 0.05, dilation 1, normalization none, no input_normalize, and a
     max_working_size of at least its image size."""
 
     base_filters: PositiveInt
@@ -604,7 +604,9 @@ class ModelParams(StrictModel):
     num_layers: Annotated[int, Field(ge=2, le=9)]  # levels, the bridge included
     dropout_rate: Annotated[float, Field(ge=0.0, lt=1.0)]  # level i drops rate * i
     dilation: PositiveInt
-    batch_norm: bool
+    # after every conv: batch (statistics over the batch, running means at inference),
+    # instance (each image's own statistics, in training and inference alike) or none
+    normalization: Literal["batch", "instance", "none"]
     input_normalize: bool  # x / 255 inside the model
     residual: bool  # 1x1-projected shortcut around every conv block
     # Larger inputs run the UNet behind a strided stem at <= this size (plus one full-size conv)

@@ -61,7 +61,9 @@ def test_level_kernel_shrinks_by_two_per_level_down_to_three() -> None:
 
 
 def test_default_params_build_the_configured_model() -> None:
-    params = project_params({"image_size": 32, "model": {"base_filters": 4, "num_layers": 3}})
+    params = project_params(
+        {"image_size": 32, "model": {"base_filters": 4, "num_layers": 3, "normalization": "batch"}}
+    )
     model = build_model(params)
     assert model.input_shape == (None, 32, 32, 3)
     assert model.output_shape == (None, 32, 32, 3)
@@ -76,6 +78,38 @@ def test_residual_blocks_add_a_projected_shortcut_per_block() -> None:
     assert len(layers_of(model, keras.layers.Add)) == 3 + 2
     plain = build_unet(UNetConfig(image_size=32, num_classes=3, base_filters=4, num_layers=3))
     assert model.count_params() > plain.count_params()
+
+
+def test_instance_normalization_predicts_each_image_from_its_own_statistics() -> None:
+    """Batch normalisation in training mode standardises by the batch's statistics, so an
+    image's prediction depends on its neighbours; instance normalisation uses the image's own,
+    one group per channel, in training and inference alike."""
+    images = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype(np.float32)
+
+    def alone_and_in_a_batch(normalization: str) -> tuple[keras.Model, np.ndarray, np.ndarray]:
+        keras.utils.set_random_seed(0)
+        config = UNetConfig(
+            image_size=16,
+            num_classes=3,
+            base_filters=4,
+            num_layers=2,
+            dropout_rate=0.0,
+            normalization=normalization,
+        )
+        model = build_unet(config)
+        in_a_batch = np.asarray(model(images, training=True))[0]
+        return model, np.asarray(model(images[:1], training=True))[0], in_a_batch
+
+    model, alone, in_a_batch = alone_and_in_a_batch("instance")
+    np.testing.assert_allclose(alone, in_a_batch, atol=1e-5)
+    assert not layers_of(model, keras.layers.BatchNormalization)
+    assert model.get_layer("encoder1_in2").groups == 8  # one group per channel
+    model, alone, in_a_batch = alone_and_in_a_batch("batch")
+    assert np.abs(alone - in_a_batch).max() > 1e-3
+    assert isinstance(model.get_layer("encoder1_bn2"), keras.layers.BatchNormalization)
+    plain = alone_and_in_a_batch("none")[0]
+    assert not layers_of(plain, keras.layers.BatchNormalization)
+    assert not layers_of(plain, keras.layers.GroupNormalization)
 
 
 def test_inputs_above_the_working_size_run_the_unet_behind_a_strided_stem() -> None:
@@ -114,7 +148,7 @@ def test_mixed_precision_keeps_a_float32_softmax() -> None:
     base_kernels=st.sampled_from([1, 3, 5]),
     num_layers=st.integers(2, 4),
     dilation=st.integers(1, 2),
-    batch_norm=st.booleans(),
+    normalization=st.sampled_from(["batch", "instance", "none"]),
     residual=st.booleans(),
     max_working_size=st.sampled_from([8, 16]),
 )
@@ -123,7 +157,7 @@ def test_any_configuration_maps_images_to_per_pixel_probabilities(
     base_kernels: int,
     num_layers: int,
     dilation: int,
-    batch_norm: bool,
+    normalization: str,
     residual: bool,
     max_working_size: int,
 ) -> None:
@@ -134,7 +168,7 @@ def test_any_configuration_maps_images_to_per_pixel_probabilities(
         base_kernels=base_kernels,
         num_layers=num_layers,
         dilation=dilation,
-        batch_norm=batch_norm,
+        normalization=normalization,
         residual=residual,
         max_working_size=max_working_size,
     )

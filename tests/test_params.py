@@ -124,8 +124,12 @@ def test_no_eval_or_exec_anywhere_in_the_code():
     ("document", "expected"),
     [
         ({"lr": "0.001"}, "lr: Input should be a valid number (got '0.001')"),
-        ({"model": {"batch_norm": "yes"}}, "model.batch_norm: Input should be a valid boolean"),
-        ({"model": {"batch_norm": 1}}, "model.batch_norm: Input should be a valid boolean"),
+        ({"model": {"residual": "yes"}}, "model.residual: Input should be a valid boolean"),
+        ({"model": {"residual": 1}}, "model.residual: Input should be a valid boolean"),
+        (
+            {"model": {"normalization": "group"}},
+            "model.normalization: Input should be 'batch', 'instance' or 'none'",
+        ),
         ({"train": {"epochs": 3.0}}, "train.epochs: Input should be a valid integer"),
         ({"train": {"epochs": "3"}}, "train.epochs: Input should be a valid integer"),
         ({"seed": True}, "seed: Input should be a valid integer"),

@@ -115,13 +115,18 @@ def tiny_params(**train: object) -> Params:
 
 
 def frozen_params(**train: object) -> Params:
-    """A model that cannot learn: a vanishing rate and no BatchNorm or dropout keep
+    """A model that cannot learn: a vanishing rate and no normalisation or dropout keep
     val_dice_mean flat, so plateau callbacks must act on schedule."""
     return project_params(
         {
             "image_size": SIZE,
             "lr": 1e-9,
-            "model": {"base_filters": 4, "num_layers": 2, "batch_norm": False, "dropout_rate": 0},
+            "model": {
+                "base_filters": 4,
+                "num_layers": 2,
+                "normalization": "none",
+                "dropout_rate": 0,
+            },
             "train": {"batch_size": 4, "epoch_change_infer": False, **train},
         }
     )

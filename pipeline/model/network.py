@@ -1,8 +1,8 @@
 """FlexUNet: the reference's configurable UNet, rebuilt as a Keras 3 functional model.
 
 With the reference's knobs (512x512x3, base_filters 16, base_kernels 9, num_layers 8, dropout
-0.05, dilation 1, no BatchNorm, no input normalisation, no working-size cap) this builds the
-reference's exact layer structure and parameter count (124,996,883). The default in
+0.05, dilation 1, no normalisation layers, no input normalisation, no working-size cap) this
+builds the reference's exact layer structure and parameter count (124,996,883). The default in
 params.yaml is a smaller, faster configuration chosen by measurement (see docs/stages.md#train and
 benchmarks/train_speed.py).
 
@@ -35,7 +35,7 @@ class UNetConfig:
     num_layers: int = 5
     dropout_rate: float = 0.05
     dilation: int = 1
-    batch_norm: bool = True
+    normalization: str = "batch"  # batch | instance | none (NORMALIZATION_LAYER_TAGS)
     input_normalize: bool = True
     residual: bool = False
     max_working_size: int = 256
@@ -61,7 +61,7 @@ REFERENCE_CONFIG = UNetConfig(
     num_layers=8,
     dropout_rate=0.05,
     dilation=1,
-    batch_norm=False,
+    normalization="none",
     input_normalize=False,
     residual=False,
     max_working_size=512,
@@ -85,12 +85,27 @@ def _conv(filters: int, kernel: int, dilation: int, name: str, activation: str |
     )
 
 
-def _normalized(x, config: UNetConfig, name: str):
-    return layers.BatchNormalization(name=name)(x) if config.batch_norm else x
+# Layer names end in the kind's tag: encoder0_bn1 (batch) or encoder0_in1 (instance).
+NORMALIZATION_LAYER_TAGS = {"batch": "bn", "instance": "in"}
+
+
+def _normalized(x, config: UNetConfig, name: str, index: str = ""):
+    """`x` through the configured normalisation layer, named `{name}_{tag}{index}`.
+
+    Instance normalisation is a GroupNormalization with one group per channel: each image's
+    feature maps are standardised by their own mean and variance, so a prediction does not
+    depend on the rest of the batch, nor on running statistics learned from the training images.
+    """
+    if config.normalization == "none":
+        return x
+    layer_name = f"{name}_{NORMALIZATION_LAYER_TAGS[config.normalization]}{index}"
+    if config.normalization == "instance":
+        return layers.GroupNormalization(groups=-1, name=layer_name)(x)
+    return layers.BatchNormalization(name=layer_name)(x)
 
 
 def _conv_block(x, filters: int, level: int, config: UNetConfig, name: str):
-    """The reference block: Conv(relu) -> [BN] -> Dropout -> Conv(relu) -> [BN].
+    """The reference block: Conv(relu) -> [norm] -> Dropout -> Conv(relu) -> [norm].
 
     Level `level` uses kernel `level_kernel(base_kernels, level)` and dropout
     dropout_rate * level. With `residual`, the second conv's activation moves after the sum
@@ -100,15 +115,15 @@ def _conv_block(x, filters: int, level: int, config: UNetConfig, name: str):
     kernel = level_kernel(config.base_kernels, level)
     shortcut = x
     x = _conv(filters, kernel, config.dilation, f"{name}_conv1")(x)
-    x = _normalized(x, config, f"{name}_bn1")
+    x = _normalized(x, config, name, "1")
     x = layers.Dropout(config.dropout_rate * level, name=f"{name}_dropout")(x)
     if not config.residual:
         x = _conv(filters, kernel, config.dilation, f"{name}_conv2")(x)
-        return _normalized(x, config, f"{name}_bn2")
+        return _normalized(x, config, name, "2")
     x = _conv(filters, kernel, config.dilation, f"{name}_conv2", activation=None)(x)
-    x = _normalized(x, config, f"{name}_bn2")
+    x = _normalized(x, config, name, "2")
     shortcut = _conv(filters, 1, 1, f"{name}_shortcut", activation=None)(shortcut)
-    shortcut = _normalized(shortcut, config, f"{name}_shortcut_bn")
+    shortcut = _normalized(shortcut, config, f"{name}_shortcut")
     x = layers.Add(name=f"{name}_add")([x, shortcut])
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
@@ -161,7 +176,7 @@ def build_unet(config: UNetConfig, name: str = "flexunet") -> keras.Model:
             activation="relu",
             name="stem",
         )(x)
-        x = _normalized(x, config, "stem_bn")
+        x = _normalized(x, config, "stem")
     x = _unet(x, config)
     if stride > 1:
         x = layers.Conv2DTranspose(
@@ -172,10 +187,10 @@ def build_unet(config: UNetConfig, name: str = "flexunet") -> keras.Model:
             activation="relu",
             name="unstem",
         )(x)
-        x = _normalized(x, config, "unstem_bn")
+        x = _normalized(x, config, "unstem")
         x = layers.Concatenate(name="refine_concat")([x, full_resolution])
         x = _conv(config.base_filters, 3, 1, "refine_conv")(x)
-        x = _normalized(x, config, "refine_bn")
+        x = _normalized(x, config, "refine")
     # float32 head: under the mixed_float16 policy the softmax must not run in half precision.
     head = layers.Conv2D(config.num_classes, 1, activation="softmax", dtype="float32", name="head")
     outputs = head(x)
