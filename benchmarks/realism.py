@@ -25,7 +25,9 @@ Features per slice, HU through the model's brain window (`infer.window_level_hu`
   base), the head deeper than 8% of its width; bone, air and fat left out. Its HU quantiles;
   the head's mean HU in shells of its own shape: a pixel's distance from the head's centre over
   the head's extent along the same ray (1 at the head's edge, 1-degree rays), so that the
-  outer shells hold scalp and skull on every side of a long head as of a round one;
+  outer shells hold scalp and skull on every side of a long head as of a round one; and how
+  much denser it reads 1-7 px inside its edge than 13-27 px inside (per 512 px; lesions and a
+  10-px ring around them left out): the inner table's halo;
 - noise: the SD of the residual after a 5x5 median (grey levels, intracranial, lesions left
   out), its lag-1 autocorrelation, and the noise-power shares in low (< 0.1 cycles/px), mid
   (0.1-0.25) and high (>= 0.25) spatial frequencies of a 64-px intracranial patch (per 512 px)
@@ -94,6 +96,9 @@ EDGE_CORE_PX = 6.0
 MIN_CORE_PX = 20  # per 512 px slice: a smaller core gives no reference contrast
 MIN_CORE_CONTRAST_HU = 1.0  # below it a share of the contrast means nothing
 NPS_PATCH_PX = 64
+# Per 512 px from the intracranial edge: 0.5-3 mm and 6-12 mm at 0.45 mm a pixel.
+INNER_TABLE_BAND_PX = (1.0, 7.0)
+DEEP_BAND_PX = (13.0, 27.0)
 CLOSE_GAPS_PX = 5  # scalp fat and sinus air break the head outline: closed before filling
 # Opened away before the largest object is taken: thinner objects (a table's arc, holder rails,
 # tubes, ears) touching the scalp would otherwise join the head.
@@ -269,6 +274,24 @@ def intracranial_mask(grey: np.ndarray, head: np.ndarray, scale: float) -> np.nd
     return inside & (grey > 0) & (grey < 255)
 
 
+def inner_table_excess(
+    hu: np.ndarray, intracranial: np.ndarray, labels: np.ndarray, scale: float
+) -> float:
+    """Mean HU of the intracranial pixels just inside its edge (INNER_TABLE_BAND_PX) minus
+    that deeper in (DEEP_BAND_PX), lesions and RING_PX around them left out (NaN when either
+    band holds too few pixels): how much denser the cavity reads along the inner table."""
+    from_edge = cv2.distanceTransform(intracranial.astype(np.uint8), cv2.DIST_L2, 5) / scale
+    lesions = cv2.dilate((labels > 0).astype(np.uint8), disc(2 * round(RING_PX * scale) + 1))
+    usable = intracranial & (lesions == 0)
+    means = []
+    for low, high in (INNER_TABLE_BAND_PX, DEEP_BAND_PX):
+        band = usable & (from_edge > low) & (from_edge <= high)
+        if band.sum() < MIN_REGION_PX * scale**2 / 4:
+            return np.nan
+        means.append(float(hu[band].mean()))
+    return means[0] - means[1]
+
+
 def noise_power_bands(hu: np.ndarray, region: np.ndarray, patch_px: int) -> dict[str, float]:
     """Noise-power shares by band and the peak frequency of a square patch inside `region`,
     centred where the region is deepest; NaN when no such patch fits."""
@@ -403,6 +426,7 @@ def slice_features(
 
     intracranial = intracranial_mask(grey, head, scale)
     enough = intracranial.sum() >= MIN_REGION_PX * scale**2
+    features["inner_table_excess_hu"] = inner_table_excess(hu, intracranial, labels, scale)
     for quantile, value in zip(
         INTRACRANIAL_QUANTILES,
         np.percentile(hu[intracranial], INTRACRANIAL_QUANTILES) if enough else [np.nan] * 5,
@@ -448,6 +472,7 @@ FEATURE_UNITS = {
     "air_share_of_head": "share",
     "radial_hu": "HU",
     "intracranial_hu": "HU",
+    "inner_table_excess_hu": "HU",
     "noise_residual_sd_grey": "grey levels",
     "noise_lag1_correlation": "correlation",
     "nps_peak_cycles_per_px": "cycles/px",

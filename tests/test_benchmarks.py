@@ -255,6 +255,18 @@ def test_realism_features_of_a_drawn_head_are_what_was_drawn() -> None:
     # White noise spreads its power evenly over frequency: the high band holds the most area.
     assert features["nps_high_share"] > features["nps_low_share"]
 
+    assert abs(features["inner_table_excess_hu"]) < 0.5  # a flat brain
+
+    # A brighter rim 7 px wide inside the skull (grey 120 over 100): the cavity reads denser
+    # along the inner table by 20 grey levels.
+    rimmed = grey.copy()
+    rim = np.zeros_like(grey)
+    cv2.circle(rim, (256, 256), 150, 1, -1)
+    cv2.circle(rim, (256, 256), 143, 0, -1)
+    rimmed[(rim > 0) & (grey < 255)] = 120
+    rim_features = realism.slice_features(rimmed, lesion.astype(np.uint8), window, names)
+    assert rim_features["inner_table_excess_hu"] == pytest.approx(20 / 255 * 80, abs=0.6)
+
     dark, _ = drawn_head(lesion_grey=80, seed=1)
     infarct = realism.slice_features(dark, 2 * lesion.astype(np.uint8), window, names)
     assert infarct["ischemic_contrast_hu"] == pytest.approx(-20 / 255 * 80, abs=0.3)
