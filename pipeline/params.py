@@ -134,11 +134,13 @@ class HemorrhageDensities(StrictModel):
     contusion: float
 
 
-# A [low, high] range of positive sizes, and of angles (radians) up to a half turn.
+# A [low, high] range of positive sizes, of angles (radians) up to a half turn, and of shares
+# strictly between 0 and 1.
 SizeRange = tuple[PositiveFloat, PositiveFloat]
 AngleRange = tuple[
     Annotated[float, Field(gt=0.0, le=math.pi)], Annotated[float, Field(gt=0.0, le=math.pi)]
 ]
+ShareRange = tuple[Annotated[float, Field(gt=0.0, lt=1.0)], Annotated[float, Field(gt=0.0, lt=1.0)]]
 
 
 class _SizeRanges(StrictModel):
@@ -176,15 +178,15 @@ class WedgeSize(_SizeRanges):
     """A vascular territory: its half-angle, and its apex's radius as a share of the brain's."""
 
     half_angle_rad: AngleRange
-    apex_radius_share: tuple[
-        Annotated[float, Field(gt=0.0, lt=1.0)], Annotated[float, Field(gt=0.0, lt=1.0)]
-    ]
+    apex_radius_share: ShareRange
 
 
 class PosteriorFossaSize(_SizeRanges):
-    """An infarct of a cerebellar hemisphere or of the brainstem (head units)."""
+    """An infarct of a cerebellar hemisphere (a territory like `WedgeSize`'s, inside the
+    posterior fossa) or of the brainstem (head units)."""
 
-    cerebellar_radius_head_units: SizeRange
+    cerebellar_half_angle_rad: AngleRange
+    cerebellar_apex_radius_share: ShareRange
     brainstem_radius_head_units: SizeRange
 
 
@@ -346,6 +348,8 @@ class PhantomParams(StrictModel):
     ]
     streak_probability: Probability
     streak_hu: tuple[NonNegativeFloat, NonNegativeFloat]
+    inner_table_halo_hu: tuple[NonNegativeFloat, NonNegativeFloat]
+    inner_table_halo_mm: tuple[PositiveFloat, PositiveFloat]
     tilt_deg: tuple[
         Annotated[float, Field(ge=0.0, le=30.0)], Annotated[float, Field(ge=0.0, le=30.0)]
     ]
@@ -393,6 +397,8 @@ class PhantomParams(StrictModel):
             "ear_length_mm",
             "head_holder_hu",
             "streak_hu",
+            "inner_table_halo_hu",
+            "inner_table_halo_mm",
             "tilt_deg",
         ):
             _ordered_range(getattr(self, name), name)

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from pipeline.params import ParamsError
-from pipeline.synthesize.anatomy import SKIN_HU, Tissue, head_scale, head_unit_mm
+from pipeline.synthesize.anatomy import (
+    PARENCHYMA,
+    SKIN_HU,
+    Tissue,
+    head_scale,
+    head_unit_mm,
+)
 from pipeline.synthesize.layout import plan_cases
 from pipeline.synthesize.rendering import (
     TENTORIUM_HEIGHTS,
@@ -25,6 +31,9 @@ from tests.conftest import project_params
 from tests.test_synthesize import small_params
 
 UNTILTED = {"tilt_deg": [0.0, 0.0]}
+# Drawn after the streaks from the scanner's stream: pinned where a test compares two cases
+# whose streak draws differ.
+NO_HALO = {"inner_table_halo_hu": [0.0, 0.0]}
 
 
 def _cases(count: int = 3, **overrides: object) -> list[CaseModel]:
@@ -143,8 +152,8 @@ def test_streaks_cross_the_skull_base_slices_only_when_drawn():
     differ on the skull-base slices only, in and just around the head (blur), by at most the
     streaks' summed amplitude, along thin lines; the tissue model, labels and lesion masks are
     the same (a scanner artefact, unlabelled)."""
-    with_streaks = _cases(streak_probability=1.0, streak_hu=[30.0, 30.0], **UNTILTED)
-    without = _cases(streak_probability=0.0, **UNTILTED)
+    with_streaks = _cases(streak_probability=1.0, streak_hu=[30.0, 30.0], **UNTILTED, **NO_HALO)
+    without = _cases(streak_probability=0.0, **UNTILTED, **NO_HALO)
     changed_slices = 0
     for case, plain in zip(with_streaks, without, strict=True):
         assert case.scanner.streaks and not plain.scanner.streaks
@@ -164,6 +173,39 @@ def test_streaks_cross_the_skull_base_slices_only_when_drawn():
             changed_slices += int(changed.any())
             assert changed.sum() < 0.3 * _head(case, index).sum()  # thin lines
     assert changed_slices >= 3
+
+
+def test_the_inner_table_halo_brightens_the_cavity_along_the_bone_only_when_drawn():
+    """phantom.inner_table_halo_hu 10 against 0 (the same cases otherwise: drawn last from
+    the scanner's stream): the final images differ inside the head only, by at most 10 HU;
+    brain and CSF within a few pixels of the vault gain several HU, brain far inside none;
+    the tissue model, labels and lesion masks are the same (unlabelled)."""
+    halo_mm = {"inner_table_halo_mm": [4.0, 4.0], **UNTILTED}
+    with_halo = _cases(inner_table_halo_hu=[10.0, 10.0], **halo_mm)
+    without = _cases(inner_table_halo_hu=[0.0, 0.0], **halo_mm)
+    for case, plain in zip(with_halo, without, strict=True):
+        assert case.scanner.inner_table_halo_hu == 10.0 and plain.scanner.inner_table_halo_hu == 0
+        for index in range(0, len(case.anatomy.heights), 3):
+            bright, clean = render_slice(case, index), render_slice(plain, index)
+            for name in ("tissue", "lesion", "clean_hu", "baseline_hu"):
+                assert np.array_equal(getattr(bright, name), getattr(clean, name)), name
+            difference = bright.hu - clean.hu
+            assert difference.min() > -1e-3 and difference.max() <= 10.0 + 1e-3
+            near_head = (
+                cv2.dilate(_head(case, index).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+            )
+            assert not np.any((difference > 0.01) & ~near_head)
+            cavity = np.isin(bright.tissue, [*PARENCHYMA, Tissue.CSF])
+            from_bone = cv2.distanceTransform(
+                (bright.tissue != Tissue.BONE).astype(np.uint8), cv2.DIST_L2, 5
+            )
+            z = float(case.anatomy.heights[index])
+            rho = np.hypot(case.grid.u, case.grid.v) / (case.grid.outline_radius * head_scale(z))
+            along = cavity & (from_bone <= 3.0) & (rho > 0.75)  # the vault, not skull-base bones
+            deep = cavity & (from_bone > 40.0)
+            assert difference[along].mean() > 3.0, index
+            if deep.any():
+                assert difference[deep].max() < 0.1, index
 
 
 def _skull_base_tissue(case: CaseModel, index: int) -> np.ndarray:
@@ -216,6 +258,9 @@ def test_a_tilted_slice_reaches_the_skull_base_on_its_lower_side_only():
         ({"ear_length_mm": [70.0, 50.0]}, "ear_length_mm must be [low, high]"),
         ({"head_holder_probability": -0.1}, "phantom.head_holder_probability"),
         ({"head_holder_hu": [-900.0, 0.0]}, "phantom.head_holder_hu"),
+        ({"inner_table_halo_hu": [12.0, 0.0]}, "inner_table_halo_hu must be [low, high]"),
+        ({"inner_table_halo_hu": [-1.0, 5.0]}, "phantom.inner_table_halo_hu"),
+        ({"inner_table_halo_mm": [0.0, 4.0]}, "phantom.inner_table_halo_mm"),
         ({"ears": True}, "phantom.ears: unknown key"),
     ],
 )

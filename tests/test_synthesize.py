@@ -564,6 +564,7 @@ NUISANCE_FACTORS = {
     "ears": lambda case: float(np.ptp(case.scanner.ears[0].points[:, 0])),
     "head holder": lambda case: case.scanner.holder is not None,
     "streaks": lambda case: sum(streak.hu for streak in case.scanner.streaks),
+    "inner-table halo": lambda case: case.scanner.inner_table_halo_hu,
     "tilt": lambda case: case.scanner.tilt_deg,
     "window level": lambda case: case.acquisition.window_level_hu,
     "window width": lambda case: case.acquisition.window_width_hu,
@@ -686,6 +687,38 @@ def test_posterior_fossa_infarcts_lie_in_the_cerebellum_or_brainstem():
             if smoothstep(BASE_TOP, 0.02, case.anatomy.heights[index]) < 0.35:
                 above_the_ridges += int(lesion.sum())
     assert above_the_ridges > 500
+
+
+def test_cerebellar_infarcts_are_territories_on_the_hemisphere_surface():
+    """A cerebellar infarct is an artery's territory, as real ones are: on its largest slice
+    it lies on one side of the midline and reaches the hemisphere's posterior surface (the
+    occipital bone behind the fourth ventricle is within a few pixels), not a blob inside
+    the cerebellum."""
+    territories = {kind: 0.0 for kind in ISCHEMIA_TERRITORIES} | {"posterior_fossa": 1.0}
+    params = small_params(
+        image_size=256,
+        slices_per_case=12,
+        ischemic_cases=8,
+        ischemia_territory_share=territories,
+        extra_lesion_probability=0.0,
+    )
+    near = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
+    cerebellar = 0
+    for spec in [spec for spec in plan_cases(params, seed=3) if spec.class_name == "Ischemic"]:
+        case = build_case(spec, params)
+        (lesion,) = case.lesions
+        if lesion.wedge is None:  # a brainstem infarct
+            continue
+        slices = [render_slice(case, index) for index in range(lesion.first, lesion.last + 1)]
+        largest = max(slices, key=lambda rendered: int(rendered.lesion.sum()))
+        mask = largest.lesion > 0
+        assert mask.sum() > 0, spec.case_id
+        assert np.all(np.sign(case.grid.u[mask]) == lesion.wedge.side), spec.case_id
+        around = cv2.dilate(mask.astype(np.uint8), near) > 0
+        behind = case.grid.v > 0.5 * case.anatomy.elongation
+        assert np.any(around & behind & (largest.tissue == Tissue.BONE)), spec.case_id
+        cerebellar += 1
+    assert cerebellar >= 4
 
 
 def test_the_cerebellum_reaches_up_under_the_tentorium():

@@ -278,6 +278,11 @@ class _Head:
     inner_depth: np.ndarray  # pixels below the skull's inner table (negative outside it)
 
 
+# Tissues the inner-table halo brightens (indexed by tissue label): all but bone and air.
+HALO_TISSUES = np.ones(256, dtype=bool)
+HALO_TISSUES[[Tissue.BONE, Tissue.AIR]] = False
+
+
 @baseline_opencv()
 def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     """Slice `index` of a case in HU, with its tissue labels and lesion mask."""
@@ -366,10 +371,12 @@ def render_slice(case: CaseModel, index: int) -> PhantomSlice:
     add_context(hu, tissue, case.lesions, anatomy, grid, params, index, spaces, head.head)
     baseline_hu = hu.copy()
     lesion = add_lesions(hu, tissue, case.lesions, anatomy, grid, params, index, spaces)
-    # Streaks are the scanner's, like blur and noise: over everything in the head, lesions
-    # included, and not part of the tissue model (clean_hu, baseline_hu).
-    scanned = _streaks(case, base, head.head)
-    scanned = hu if scanned is None else scanned + hu
+    # Streaks and the inner table's halo are the scanner's, like blur and noise: over
+    # everything in the head, lesions included, and not part of the tissue model (clean_hu,
+    # baseline_hu).
+    streaks = _streaks(case, base, head.head)
+    scanned = hu.copy() if streaks is None else streaks + hu  # `hu` stays the tissue model
+    _add_inner_table_halo(scanned, case, head, tissue)
     acquisition = case.acquisition
     sigma = acquisition.blur_sigma_px * size / REFERENCE_SIZE  # the scanner's, not the head's
     blurred = (
@@ -466,6 +473,24 @@ def _streaks(case: CaseModel, base: np.ndarray, head: np.ndarray) -> np.ndarray 
         )
     field[~head] = 0.0
     return field
+
+
+def _add_inner_table_halo(
+    scanned: np.ndarray, case: CaseModel, head: _Head, tissue: np.ndarray
+) -> None:
+    """Add the case's halo (`Scanner.inner_table_halo_hu`) to `scanned` inside the inner
+    table: everything in the cranial cavity but bone and air cells, fading exponentially with
+    the depth below it. Unlabelled and drawn the same for both classes: a bright rim along the
+    bone that is not an extra-axial bleed."""
+    scanner = case.scanner
+    if scanner.inner_table_halo_hu <= 0.0:
+        return
+    reach_px = scanner.inner_table_halo_mm / case.params.pixel_spacing_mm * case.anatomy.px_scale
+    # Below the inner table is inside the head (inner_depth is negative outside it).
+    inside = (head.inner_depth >= 0.0) & HALO_TISSUES[tissue]
+    depth = head.inner_depth[inside]
+    halo = np.float32(scanner.inner_table_halo_hu) * exp_f32(-depth / np.float32(reach_px))
+    scanned[inside] += halo
 
 
 def _lookalikes(

@@ -1,6 +1,7 @@
 """What lies around the head and what the scanner adds to a case: the ears, a head holder
 (a plastic cradle behind the occiput on a foam pad), straight streak artefacts between the
-skull-base bones, and the out-of-plane tilt of the slices (`rendering` draws them).
+skull-base bones, a faint brightening of the cranial cavity along the inner table, and the
+out-of-plane tilt of the slices (`rendering` draws them).
 
 They are drawn from a stream of their own (the case's seed and SCANNER_STREAM), before the
 lesions and the same way for both classes, so adding them changes none of the case's other
@@ -77,6 +78,11 @@ class Scanner:
     streaks: tuple[Streak, ...]
     tilt_deg: float  # signed: above 0 the back of the image is cut higher than the front
     tilt_slope: float  # height units per head unit of v
+    # Inside the inner table the cavity reads this much denser, fading exponentially inwards
+    # over the reach (mm at the reference head): the skull's partial volume where the curved
+    # vault is cut obliquely, and residual beam-hardening cupping next to bone.
+    inner_table_halo_hu: float
+    inner_table_halo_mm: float
 
 
 def height_unit_mm(params: PhantomParams) -> float:
@@ -146,6 +152,9 @@ def sample_scanner(entropy: tuple[int, ...], params: PhantomParams, elongation: 
                 )
             )
     tilt_deg = rng.uniform(*params.tilt_deg) * (1.0 if rng.uniform() < 0.5 else -1.0)
+    # Drawn last, so that the draws above stay those of a phantom without it.
+    halo_hu = rng.uniform(*params.inner_table_halo_hu)
+    halo_mm = rng.uniform(*params.inner_table_halo_mm)
     return Scanner(
         ears=tuple(ears),
         ear_canals=tuple(canals),
@@ -153,4 +162,6 @@ def sample_scanner(entropy: tuple[int, ...], params: PhantomParams, elongation: 
         streaks=tuple(streaks),
         tilt_deg=tilt_deg,
         tilt_slope=math.tan(math.radians(tilt_deg)) * unit_mm / height_unit_mm(params),
+        inner_table_halo_hu=halo_hu,
+        inner_table_halo_mm=halo_mm,
     )
