@@ -23,8 +23,8 @@ slices x `pixel_spacing_mm`^2 x `slice_thickness_mm` / 1000 (mL); slices are tho
 holding at least one lesion pixel. Printed per kind, as a markdown table: median [10th-90th
 percentile] (numpy's linear interpolation) of each over the cases. A case whose lesion drew no
 pixel counts with 0 and is reported ("empty"). Rows are keyed by the `kind` the lesions carry:
-a posterior-fossa infarct is one kind whether it lies in a cerebellar hemisphere or the
-brainstem (the lesion does not record which). Intraventricular blood has no `lesion_size` of
+a posterior-fossa infarct is one kind whether it lies in a cerebellar hemisphere (a territory,
+`Lesion.wedge`) or the brainstem (blobs). Intraventricular blood has no `lesion_size` of
 its own (it fills the ventricles' dependent atria below a blood level), so its row measures
 how much of them the case's anatomy and level fill. The plan's case counts and ids follow
 --cases (ids do not change what a case draws). Cases are spread over `phantom.workers`

@@ -140,7 +140,9 @@ SizeRange = tuple[PositiveFloat, PositiveFloat]
 AngleRange = tuple[
     Annotated[float, Field(gt=0.0, le=math.pi)], Annotated[float, Field(gt=0.0, le=math.pi)]
 ]
-ShareRange = tuple[Annotated[float, Field(gt=0.0, lt=1.0)], Annotated[float, Field(gt=0.0, lt=1.0)]]
+ShareRange = tuple[
+    Annotated[float, Field(gt=0.0, lt=1.0)], Annotated[float, Field(gt=0.0, lt=1.0)]
+]
 
 
 class _SizeRanges(StrictModel):
