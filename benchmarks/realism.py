@@ -280,7 +280,9 @@ def inner_table_excess(
     """Mean HU of the intracranial pixels just inside its edge (INNER_TABLE_BAND_PX) minus
     that deeper in (DEEP_BAND_PX), lesions and RING_PX around them left out (NaN when either
     band holds too few pixels): how much denser the cavity reads along the inner table."""
-    from_edge = cv2.distanceTransform(intracranial.astype(np.uint8), cv2.DIST_L2, 5) / scale
+    from_edge = (
+        cv2.distanceTransform(intracranial.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5) / scale
+    )
     lesions = cv2.dilate((labels > 0).astype(np.uint8), disc(2 * round(RING_PX * scale) + 1))
     usable = intracranial & (lesions == 0)
     means = []
