@@ -58,9 +58,11 @@ REAL_CT_BENCHMARKS := benchmarks/realism.py benchmarks/real_transfer.py
 # These need a workspace after `dvc repro`: the first trains the model once per seed, the
 # second scores its trained model.
 WORKSPACE_BENCHMARKS := benchmarks/training_seeds.py benchmarks/lesion_kinds.py
+# This compares the runs training_seeds.py leaves (--baseline RUN... --candidate RUN...).
+COMPARISON_BENCHMARKS := benchmarks/seed_compare.py
 
 bench: setup
-	set -e; for script in $(filter-out $(REAL_CT_BENCHMARKS) $(WORKSPACE_BENCHMARKS),$(wildcard benchmarks/*.py)); do \
+	set -e; for script in $(filter-out $(REAL_CT_BENCHMARKS) $(WORKSPACE_BENCHMARKS) $(COMPARISON_BENCHMARKS),$(wildcard benchmarks/*.py)); do \
 	  echo "== $$script"; python $$script; done
 
 lint: setup

@@ -6,9 +6,11 @@ manifest or params schema cannot leave a benchmark broken until someone next run
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -29,6 +31,7 @@ from benchmarks import (
     lesion_sizes,
     real_transfer,
     realism,
+    seed_compare,
 )
 from pipeline.classes import HEMORRHAGIC, ISCHEMIC, display_rgb
 from pipeline.io import read_image, read_manifest, verify_content, write_png
@@ -619,6 +622,148 @@ def test_training_seeds_train_and_evaluate_each_seed_beside_the_workspace(tmp_pa
         assert 0 <= repeated[f"real_slices_hit_{lesion.label}"] <= held
     assert "real slices of" in again.stdout
     assert {name: folder_hashes(project.path / name) for name in outputs} == before
+
+    # benchmarks/seed_compare.py reads both kinds of run it leaves: the --json and a seed folder.
+    compared = seed_compare.main(
+        ["--baseline", str(tmp_path / "two.json"), "--candidate", str(tmp_path / "again/seed_2")]
+    )
+    assert compared["baseline_seeds"] == ["1", "2"] and compared["candidate_seeds"] == ["2"]
+    mean_dice = compared["figures"]["val_dice_mean"]
+    assert mean_dice["baseline"]["seeds"] == 2 and mean_dice["candidate"]["seeds"] == 1
+    assert mean_dice["difference"] == pytest.approx(
+        first["val_dice_mean"] - two["spread"]["val_dice_mean"]["mean"]
+    )
+    for lesion in lesions:  # the baseline ran without --real: only what both sides hold
+        assert f"real_pooled_dice_{lesion.label}" not in compared["figures"]
+        assert f"dice_{lesion.label}" in compared["figures"]
+
+
+# ---- two sets of seeds compared (benchmarks/seed_compare.py) ---------------------------------
+
+
+def exact_permutation_p_value(baseline: list[float], candidate: list[float]) -> Fraction:
+    """The oracle: every split counted in exact rational arithmetic on the figures' decimal
+    values (millionths: SEED_FIGURE), so that ties are ties."""
+    values = [Fraction(value).limit_denominator(10**6) for value in (*baseline, *candidate)]
+    total, chosen = sum(values), len(candidate)
+
+    def distance(indices: tuple[int, ...]) -> Fraction:
+        picked = sum(values[index] for index in indices)
+        return abs(picked / chosen - (total - picked) / (len(values) - chosen))
+
+    observed = distance(tuple(range(len(baseline), len(values))))
+    splits = list(itertools.combinations(range(len(values)), chosen))
+    return Fraction(sum(distance(split) >= observed for split in splits), len(splits))
+
+
+# A seed's figures: Dice and shares to a millionth, with repeats (slices hit, rounded Dice).
+SEED_FIGURE = st.sampled_from([0.0, 0.25, 0.375, 0.5]) | st.integers(0, 10**6).map(
+    lambda millionths: millionths / 10**6
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    baseline=st.lists(SEED_FIGURE, min_size=1, max_size=6),
+    candidate=st.lists(SEED_FIGURE, min_size=1, max_size=6),
+)
+def test_seed_comparison_p_value_counts_every_split_exactly(
+    baseline: list[float], candidate: list[float]
+) -> None:
+    """Repeated values (slices hit, Dice read to a few digits) make ties: they count."""
+    assert seed_compare.permutation_p_value(baseline, candidate) == pytest.approx(
+        float(exact_permutation_p_value(baseline, candidate)), abs=1e-12
+    )
+
+
+def test_seed_comparison_p_value_is_scipys_permutation_test_without_ties() -> None:
+    """The reference implementation agrees where no two splits tie (scipy's tolerance for
+    ties is tighter than the rounding of a mean, so it can miss a tie)."""
+    from scipy import stats
+
+    baseline, candidate = [0.20, 0.17, 0.14, 0.29, 0.03, 0.04, 0.42], [0.03, 0.09, 0.11]
+
+    def statistic(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
+        return np.abs(np.mean(y, axis=axis) - np.mean(x, axis=axis))
+
+    oracle = stats.permutation_test(
+        (baseline, candidate),
+        statistic,
+        permutation_type="independent",
+        alternative="greater",
+        n_resamples=np.inf,
+        vectorized=True,
+    )
+    assert seed_compare.permutation_p_value(baseline, candidate) == pytest.approx(oracle.pvalue)
+
+
+def test_seed_comparison_draws_random_splits_when_there_are_too_many(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above EXACT_SPLITS_MAX the p-value is a Monte Carlo estimate of the exact one."""
+    baseline, candidate = [0.20, 0.17, 0.14, 0.29, 0.03, 0.04, 0.42], [0.03, 0.09, 0.10]
+    exact = seed_compare.permutation_p_value(baseline, candidate)
+    monkeypatch.setattr(seed_compare, "EXACT_SPLITS_MAX", 10)
+    estimate = seed_compare.permutation_p_value(baseline, candidate)
+    assert estimate != exact and estimate == pytest.approx(exact, abs=0.01)
+    assert seed_compare.permutation_p_value(baseline, candidate) == estimate  # seeded
+
+
+@pytest.mark.parametrize(("sizes", "smallest"), [((3, 3), 0.1), ((7, 3), 1 / 120), ((1, 1), 1.0)])
+def test_seed_comparison_smallest_p_is_the_most_extreme_split(
+    sizes: tuple[int, int], smallest: float
+) -> None:
+    baseline = [float(value) for value in range(sizes[0])]
+    candidate = [100.0 + value for value in range(sizes[1])]
+    assert seed_compare.smallest_p_value(*sizes) == pytest.approx(smallest)
+    assert seed_compare.permutation_p_value(baseline, candidate) == pytest.approx(smallest)
+
+
+def test_seed_comparison_pools_runs_leaves_nulls_out_and_refuses_a_seed_twice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run_file(name: str, figures: dict[str, dict]) -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps({"figures": figures}))
+        return path
+
+    first = run_file("a.json", {"42": {"test_cases_ischemic": 7, "dice_ischemic": 0.3}})
+    second = run_file(
+        "b.json",
+        {"1": {"dice_ischemic": 0.2}, "2": {"dice_ischemic": None}, "3": {"dice_ischemic": 0.4}},
+    )
+    candidate = run_file("c.json", {"1": {"dice_ischemic": 0.1}, "2": {"dice_ischemic": 0.05}})
+
+    result = seed_compare.main(
+        [
+            "--baseline",
+            str(first),
+            str(second),
+            "--candidate",
+            str(candidate),
+            "--json",
+            str(tmp_path / "out.json"),
+        ]
+    )
+
+    row = result["figures"]["dice_ischemic"]
+    assert result["baseline_seeds"] == ["42", "1", "2", "3"]
+    assert row["baseline"]["seeds"] == 3 and row["baseline"]["mean"] == pytest.approx(0.3)
+    assert row["difference"] == pytest.approx(0.075 - 0.3)
+    # Of the 10 ways to deal 0.2, 0.3, 0.4, 0.1, 0.05 into 3 and 2, the observed one and
+    # {0.3, 0.4} against the rest (0.233) lie at least 0.225 from 0.
+    assert row["p_value"] == pytest.approx(0.2) and row["smallest_p_value"] == pytest.approx(0.1)
+    assert "dice_ischemic" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out.json").read_text())["figures"]["dice_ischemic"] == row
+    with pytest.raises(SystemExit, match="seed 42 is given twice"):
+        seed_compare.main(["--baseline", str(first), str(first), "--candidate", str(candidate)])
+    no_number = run_file("d.json", {"5": {"devices": "CPU:0 (2 cores)"}})
+    with pytest.raises(SystemExit, match="figure devices: not a number"):
+        seed_compare.main(
+            ["--baseline", str(no_number), "--candidate", str(no_number), "--figures", "devices"]
+        )
+    with pytest.raises(SystemExit, match="not a seed folder"):
+        seed_compare.main(["--baseline", str(tmp_path), "--candidate", str(candidate)])
 
 
 # ---- the phantom's drawn lesion sizes (benchmarks/lesion_sizes.py) ---------------------------
