@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +48,7 @@ from benchmarks.training_seeds import (  # noqa: E402
     format_figure,
     sections,
     seed_figures,
+    spread,
 )
 from pipeline.io import DataError, read_json_object, write_json  # noqa: E402
 
@@ -133,14 +133,7 @@ def smallest_p_value(baseline_size: int, candidate_size: int) -> float:
 
 
 def compare_figure(baseline: Sequence[float], candidate: Sequence[float]) -> dict[str, object]:
-    def side(values: Sequence[float]) -> dict[str, object]:
-        return {
-            "seeds": len(values),
-            "mean": statistics.fmean(values) if values else None,
-            "sd": statistics.stdev(values) if len(values) > 1 else None,
-        }
-
-    row: dict[str, object] = {"baseline": side(baseline), "candidate": side(candidate)}
+    row: dict[str, object] = {"baseline": spread(baseline), "candidate": spread(candidate)}
     if baseline and candidate:
         row["difference"] = row["candidate"]["mean"] - row["baseline"]["mean"]
         row["p_value"] = permutation_p_value(baseline, candidate)
@@ -153,6 +146,7 @@ def compare_figure(baseline: Sequence[float], candidate: Sequence[float]) -> dic
 def default_figures(baseline: dict, candidate: dict) -> list[str]:
     """training_seeds' table figures (with the real rows), in its order, that both sides hold."""
     labels = lesion_labels([*baseline.values(), *candidate.values()])
+    # Any folder gives the real rows' keys (its name only goes into their heading).
     keys = [key for _, section in sections(labels, Path("real")) for key in section]
     return [
         key
@@ -163,6 +157,10 @@ def default_figures(baseline: dict, candidate: dict) -> list[str]:
 
 
 def compare(baseline: dict, candidate: dict, figures: Sequence[str]) -> dict[str, dict]:
+    for key in figures:
+        if not any(key in row for row in (*baseline.values(), *candidate.values())):
+            raise DataError(f"figure {key}: on no seed of either side")
+
     def values(side: dict, key: str) -> list[float]:
         present = [row[key] for row in side.values() if row.get(key) is not None]
         if not all(

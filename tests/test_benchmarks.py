@@ -762,6 +762,17 @@ def test_seed_comparison_pools_runs_leaves_nulls_out_and_refuses_a_seed_twice(
         seed_compare.main(
             ["--baseline", str(no_number), "--candidate", str(no_number), "--figures", "devices"]
         )
+    with pytest.raises(SystemExit, match="figure dice_ischaemic: on no seed of either side"):
+        seed_compare.main(
+            [
+                "--baseline",
+                str(second),
+                "--candidate",
+                str(candidate),
+                "--figures",
+                "dice_ischaemic",
+            ]
+        )
     with pytest.raises(SystemExit, match="not a seed folder"):
         seed_compare.main(["--baseline", str(tmp_path), "--candidate", str(candidate)])
 
