@@ -9,8 +9,8 @@ it was run with --real, real_transfer.json). Each side pools the seeds of its ru
 given twice on one side is an error (the same training counted twice).
 
 One training of the default model moves the figures of the development set as much as most
-changes do (docs/phantom.md, "Over training seeds": the real infarct's Dice spreads 0.03-0.42
-over seven seeds of one model), so a change is judged on several seeds a side, and this says
+changes do (docs/phantom.md, "Over training seeds": the real infarct's Dice spreads 0.00-0.42
+over nine seeds of one model), so a change is judged on several seeds a side, and this says
 whether the difference is more than the seeds' own spread. Per figure (by default every figure
 of training_seeds' tables that both sides hold), over the seeds with a value (a null is left
 out, not taken as 0): each side's mean, SD (n - 1) and count, the difference of the means
