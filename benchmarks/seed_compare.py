@@ -46,6 +46,7 @@ from benchmarks.training_seeds import (  # noqa: E402
     TRAIN_METRICS,
     TRANSFER_METRICS,
     format_figure,
+    real_figure_keys,
     sections,
     seed_figures,
     spread,
@@ -146,8 +147,8 @@ def compare_figure(baseline: Sequence[float], candidate: Sequence[float]) -> dic
 def default_figures(baseline: dict, candidate: dict) -> list[str]:
     """training_seeds' table figures (with the real rows), in its order, that both sides hold."""
     labels = lesion_labels([*baseline.values(), *candidate.values()])
-    # Any folder gives the real rows' keys (its name only goes into their heading).
-    keys = [key for _, section in sections(labels, Path("real")) for key in section]
+    keys = [key for _, section in sections(labels, None) for key in section]
+    keys += real_figure_keys(labels)
     return [
         key
         for key in keys
@@ -181,9 +182,10 @@ def format_report(result: dict) -> str:
         "p (least)",
     )
 
-    def side(row: dict) -> str:
-        sd = "-" if row["sd"] is None else format_figure("", row["sd"])
-        return f"{format_figure('', row['mean'])} ({sd}, {row['seeds']})"
+    def side(key: str, row: dict) -> str:
+        return (
+            f"{format_figure(key, row['mean'])} ({format_figure(key, row['sd'])}, {row['seeds']})"
+        )
 
     rows = [header]
     for key, row in result["figures"].items():
@@ -193,7 +195,9 @@ def format_report(result: dict) -> str:
             if row["p_value"] is None
             else f"{row['p_value']:.3f} ({row['smallest_p_value']:.3f})"
         )
-        rows.append((key, side(row["baseline"]), side(row["candidate"]), difference, p_value))
+        rows.append(
+            (key, side(key, row["baseline"]), side(key, row["candidate"]), difference, p_value)
+        )
     return "\n".join(
         [
             *aligned_table(rows),

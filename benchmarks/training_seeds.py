@@ -145,14 +145,17 @@ def sections(labels: Sequence[str], real: Path | None) -> list[tuple[str, tuple[
         chosen.append(
             (
                 f"real slices of {real}, all sources (benchmarks/real_transfer.py)",
-                tuple(
-                    key
-                    for label in labels
-                    for key in (f"real_pooled_dice_{label}", f"real_slices_hit_{label}")
-                ),
+                real_figure_keys(labels),
             )
         )
     return chosen
+
+
+def real_figure_keys(labels: Sequence[str]) -> tuple[str, ...]:
+    """The transfer check's figures of the table (a run with --real), per lesion label."""
+    return tuple(
+        key for label in labels for key in (f"real_pooled_dice_{label}", f"real_slices_hit_{label}")
+    )
 
 
 def seed_figures(folder: Path, labels: Sequence[str], real: Path | None) -> dict[str, object]:
