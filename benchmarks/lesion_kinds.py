@@ -15,7 +15,8 @@ The pins, as in benchmarks/lesion_sizes.py but without its reference head:
 `extra_lesion_probability` 0, the kind's share 1 and every other kind's of its class 0.
 
 Each slice of the lesion's run that holds lesion pixels is windowed to 8 bits as synthesize
-writes it and segmented as the new-images command does (`pipeline.infer.inference.Segmenter`:
+writes it and segmented as the new-images command segments a loose slice
+(`pipeline.infer.inference.Segmenter.segment_slices`: cropped round its head by `head_crop`,
 shrunk to the model's size, its probabilities enlarged back, argmax). Per kind, over those slices,
 for the kind's class (the case's class):
 - pooled Dice (`pipeline.evaluate.measures.dice` of the pixel counts summed over the slices),
@@ -207,7 +208,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 f"--seed {arguments.seed} is {arguments.params}'s `seed`, the plan the model was "
                 "trained on: pick another so that the cases are new"
             )
-        segmenter = Segmenter.from_file(arguments.model, params.infer.batch_size)
+        segmenter = Segmenter.from_file(
+            arguments.model, params.infer.batch_size, max_head_zoom=params.head_crop.max_zoom
+        )
         class_index = {lesion.name: lesion.index for lesion in params.lesion_classes}
         kinds = list(dict.fromkeys(arguments.kinds))
         result = {
@@ -216,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "seed": arguments.seed,
             "cases_per_kind": arguments.cases,
             "kinds": score_kinds(
-                segmenter.segment,
+                segmenter.segment_slices,
                 params.phantom,
                 class_index,
                 kinds,

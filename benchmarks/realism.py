@@ -73,6 +73,7 @@ from pipeline.data.extract import (  # noqa: E402
     pair_slices,
 )
 from pipeline.evaluate.agreement import roc_auc  # noqa: E402
+from pipeline.headcrop import REFERENCE_WIDTH_PX, disc, head_mask  # noqa: E402
 from pipeline.io import (  # noqa: E402
     IMAGE_SUFFIXES,
     DataError,
@@ -87,8 +88,8 @@ from pipeline.visualize import label, montage  # noqa: E402
 
 DEFAULT_PHANTOM = ROOT / "data/raw/phantom.zip"
 DEFAULT_PHANTOM_SLICES = 64
-# Lengths in pixels are stated for a 512-px slice and scaled with the slice's width.
-REFERENCE_WIDTH_PX = 512
+# Lengths in pixels are stated for a 512-px slice (REFERENCE_WIDTH_PX) and scaled with the
+# slice's width.
 RING_PX = 10
 # Depth bands (px inside a lesion's mask, per 512 px) for its edge profile, and its core.
 EDGE_BANDS_PX = {"2px": (1.0, 3.0), "4px": (3.0, 5.0)}
@@ -99,11 +100,6 @@ NPS_PATCH_PX = 64
 # Per 512 px from the intracranial edge: 0.5-3 mm and 6-12 mm at 0.45 mm a pixel.
 INNER_TABLE_BAND_PX = (1.0, 7.0)
 DEEP_BAND_PX = (13.0, 27.0)
-CLOSE_GAPS_PX = 5  # scalp fat and sinus air break the head outline: closed before filling
-# Opened away before the largest object is taken: thinner objects (a table's arc, holder rails,
-# tubes, ears) touching the scalp would otherwise join the head.
-THIN_OBJECT_PX = 31
-REGROW_PX = 5  # then grown back this far: the opening shaves the outline's tips too
 SKULL_CLOSE_PX = 15  # gaps in the skull (sutures, foramina) closed before filling it
 OPEN_SKULL_DEPTH = 0.08  # head depth, as a share of its width, taken as intracranial
 MIN_REGION_PX = 400  # per 512 px slice: fewer intracranial pixels make no statistics
@@ -222,31 +218,6 @@ def read_phantom(archive: Path, params: Params, count: int, seed: int) -> SliceS
 
 
 # ---------------------------------------------------------------- features
-
-
-def disc(diameter_px: int) -> np.ndarray:
-    size = max(1, int(diameter_px)) | 1  # odd, so that the element has a centre
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    labels, count = ndimage.label(mask)
-    if count == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())[1:]
-    return labels == 1 + int(sizes.argmax())
-
-
-def head_mask(grey: np.ndarray, scale: float) -> np.ndarray:
-    tissue = (grey > 0).astype(np.uint8)
-    closed = cv2.morphologyEx(tissue, cv2.MORPH_CLOSE, disc(round(CLOSE_GAPS_PX * scale)))
-    filled = ndimage.binary_fill_holes(closed)
-    thin = disc(round(THIN_OBJECT_PX * scale))
-    opened = cv2.morphologyEx(filled.astype(np.uint8), cv2.MORPH_OPEN, thin)
-    if not opened.any():  # nothing that thick (a sliver of a slice): the plain largest object
-        return largest_component(filled)
-    regrown = cv2.dilate(largest_component(opened > 0).astype(np.uint8), disc(REGROW_PX * scale))
-    return filled & (regrown > 0)
 
 
 def shape_radius(head: np.ndarray, centre: np.ndarray) -> np.ndarray:

@@ -504,6 +504,15 @@ class ValidateParams(StrictModel):
         return self
 
 
+class HeadCropParams(StrictModel):
+    """Each slice cropped to a square round its head before the resize to `image_size`
+    (pipeline/headcrop.py), in `colorize` and in the new-images command alike."""
+
+    # The most a head is enlarged (the square's side is at least the slice's shorter side over
+    # it); 1.0 keeps every slice whole.
+    max_zoom: Annotated[float, Field(ge=1.0, le=4.0)]
+
+
 class ColorizeParams(StrictModel):
     """Stage `colorize`: image resize interpolation (masks always use nearest)."""
 
@@ -801,6 +810,7 @@ class Params(StrictModel):
     phantom: PhantomParams
     extract: ExtractParams
     validate: ValidateParams  # see the note above the class
+    head_crop: HeadCropParams
     colorize: ColorizeParams
     split: SplitParams
     augment: AugmentParams

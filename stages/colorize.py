@@ -30,6 +30,7 @@ def main(params: Params) -> None:
         size=params.image_size,
         rgb_map=params.rgb_map,
         interpolation=params.colorize.image_interpolation,
+        max_head_zoom=params.head_crop.max_zoom,
         workers=params.colorize.workers,
     )
     seconds = time.perf_counter() - started

@@ -61,7 +61,9 @@ def main(params: Params) -> None:
 
 
 def segment_new_images(params: Params | CommandSettings, arguments: argparse.Namespace) -> None:
-    segmenter = Segmenter.from_file(arguments.model, params.infer.batch_size, arguments.tta_flip)
+    segmenter = Segmenter.from_file(
+        arguments.model, params.infer.batch_size, arguments.tta_flip, params.head_crop.max_zoom
+    )
     if is_dicom_input(arguments.input):
         segment_dicom_series(params, arguments, segmenter)
         return

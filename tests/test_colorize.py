@@ -32,6 +32,7 @@ from tests.conftest import (
     with_sha256,
     write_project_params,
 )
+from tests.test_headcrop import head_slice
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RGB_MAP = project_params().rgb_map
@@ -64,15 +65,105 @@ def write_validated(root: Path) -> Path:
     return root / "validated" / "manifest.csv"
 
 
-def colorize(manifest_path: Path, output: Path, *, interpolation: str = "area", workers: int = 1):
+def colorize(
+    manifest_path: Path,
+    output: Path,
+    *,
+    interpolation: str = "area",
+    workers: int = 1,
+    max_head_zoom: float = 1.0,
+    size: int = SIZE,
+):
     return colorize_dataset(
         read_manifest(manifest_path),
         output,
-        size=SIZE,
+        size=size,
         rgb_map=RGB_MAP,
         interpolation=interpolation,
+        max_head_zoom=max_head_zoom,
         workers=workers,
     )
+
+
+HEAD_SOURCE_SIDE = 256
+
+
+def write_validated_heads(root: Path) -> Path:
+    """Two cases of three slices each, heads of different sizes and places (the top slice of a
+    head is smaller), one lesion inside a head and one on the scalp at the slice's edge."""
+    rows = []
+    heads = {
+        ("Hemorrhagic", "049"): [
+            ((128, 128), (40, 50)),
+            ((120, 130), (70, 80)),
+            ((125, 130), (75, 85)),
+        ],
+        ("Ischemic", "0019983"): [
+            ((100, 110), (60, 60)),
+            ((110, 100), (60, 70)),
+            ((100, 100), (50, 50)),
+        ],
+    }
+    for (class_name, case_id), ellipses in heads.items():
+        for number, (centre, axes) in enumerate(ellipses):
+            slice_id = f"{class_name}_{case_id}_{number:03d}"
+            grey = head_slice((HEAD_SOURCE_SIDE, HEAD_SOURCE_SIDE), centre, axes)
+            mask = np.zeros_like(grey)
+            if number == 1:
+                cv2.circle(mask, centre, 12, 255, -1)
+            if class_name == "Ischemic" and number == 2:
+                mask[0:6, 240:256] = 255  # outside every head of the case: must not be cut off
+            write_png(root / "extracted" / "images" / f"{slice_id}.png", grey)
+            write_png(root / "extracted" / "masks" / f"{slice_id}.png", mask)
+            rows.append(
+                original_row(
+                    slice_id,
+                    case_id,
+                    class_name,
+                    HEAD_SOURCE_SIDE,
+                    int((mask > 0).sum()),
+                    "../extracted/",
+                )
+            )
+    write_manifest(root / "validated" / "manifest.csv", with_sha256(rows, root / "validated"))
+    return root / "validated" / "manifest.csv"
+
+
+def test_each_case_is_cropped_to_one_square_round_its_heads_and_lesions(tmp_path: Path):
+    manifest_path = write_validated_heads(tmp_path)
+    size = 128
+    cropped = colorize(manifest_path, tmp_path / "cropped", size=size, max_head_zoom=2.0)
+    source = read_manifest(manifest_path).set_index("id")
+    # The square's side in source pixels, from the spacing each case's slices now share (one
+    # volume, one geometry: evaluate scores a case in 3-D).
+    sides_px = {
+        case_id: rows["pixel_spacing_mm"].unique() / 0.45 / (512 / HEAD_SOURCE_SIDE) * size
+        for case_id, rows in cropped.groupby("case_id")
+    }
+    # The hemorrhagic case: its largest head, rows 45-215 (171 px). The ischemic one: its heads
+    # span columns 40-170, and the lesion on the scalp at columns 240-255 widens that to 216.
+    assert sides_px["049"].tolist() == pytest.approx([171.0])
+    assert sides_px["0019983"].tolist() == pytest.approx([216.0])
+    # Every lesion is kept whole: its area in mm^2 matches the source's within the pixels its
+    # border straddles.
+    for row in cropped.to_dict("records"):
+        source_mm2 = (
+            source.loc[row["id"], "lesion_pixels"] * source.loc[row["id"], "pixel_spacing_mm"] ** 2
+        )
+        kept_mm2 = row["lesion_pixels"] * row["pixel_spacing_mm"] ** 2
+        assert kept_mm2 == pytest.approx(source_mm2, rel=0.25, abs=1e-9)
+
+
+def test_a_zoom_cap_of_one_keeps_every_slice_whole(tmp_path: Path):
+    manifest_path = write_validated_heads(tmp_path)
+    colorize(manifest_path, tmp_path / "default", size=64)
+    colorize(manifest_path, tmp_path / "one", size=64, max_head_zoom=1.0)
+    files = sorted(p.relative_to(tmp_path / "default") for p in (tmp_path / "default").rglob("*"))
+    for name in files:
+        if (tmp_path / "default" / name).is_file():
+            assert (tmp_path / "default" / name).read_bytes() == (
+                tmp_path / "one" / name
+            ).read_bytes()
 
 
 def test_masks_hold_exactly_the_palette_and_manifest_is_updated(tmp_path: Path):

@@ -105,9 +105,16 @@ def write_series(
     return folder
 
 
-def run_segment(inputs: list[Path], output: Path, settings=None, tta_flip: bool = False):
+def run_segment(
+    inputs: list[Path],
+    output: Path,
+    settings=None,
+    tta_flip: bool = False,
+    max_head_zoom: float = 1.0,
+    segmenter_class: type[Segmenter] = Segmenter,
+):
     return segment_dicom(
-        Segmenter(numpy_forward, MODEL_SIZE, batch_size=4, tta_flip=tta_flip),
+        segmenter_class(numpy_forward, MODEL_SIZE, 4, tta_flip, max_head_zoom),
         inputs,
         output,
         PARAMS.palette,
@@ -387,10 +394,34 @@ def test_seg_uids_follow_the_series_the_model_and_the_settings(tmp_path):
     flipped_window = PARAMS.infer.model_copy(update={"window_width_hu": 100.0})
     run_segment([folder], tmp_path / "window", settings=flipped_window)
     run_segment([folder], tmp_path / "tta", tta_flip=True)
-    others = [seg_uids(tmp_path / name, uid) for name in ("shorter_out", "window", "tta")]
+    run_segment([folder], tmp_path / "crop", max_head_zoom=2.0)
+    others = [
+        seg_uids(tmp_path / name, uid) for name in ("shorter_out", "window", "tta", "crop")
+    ]
     for sop_uid, seg_series_uid in others:
         assert sop_uid != reference[0] and seg_series_uid != reference[1]
     assert len({uids[0] for uids in others}) == len(others)
+
+
+def test_a_series_is_cropped_round_its_head_by_one_square_for_all_its_slices(tmp_path):
+    """As colorize crops a training case: one square per volume, so its slices keep one
+    pixel spacing (the model's batches cut the series in two here)."""
+    boxes_seen: list = []
+
+    class RecordingSegmenter(Segmenter):
+        def segment(self, greys, boxes=None):
+            boxes_seen.extend(boxes)
+            return super().segment(greys, boxes)
+
+    folder = write_series(tmp_path / "in", "cropped", slices=6, size=64)
+    run = run_segment(
+        [folder], tmp_path / "out", max_head_zoom=2.0, segmenter_class=RecordingSegmenter
+    )
+    assert len(run.segmented) == 1 and len(boxes_seen) == 6
+    assert len(set(boxes_seen)) == 1
+    # The head, a disk 0.8 of the slice wide, is enlarged: a square of about 52 of 64 px.
+    (box,) = set(boxes_seen)
+    assert box is not None and 50 <= box.side < 64
 
 
 # ---- 5. memory per series is bounded ------------------------------------------------------

@@ -54,6 +54,9 @@ READERS: list[tuple[str, object, set[str]]] = [
     ("extract.max_uncompressed_mb", 2048.0, {"extract", "export", "report"}),
     ("validate.min_lesion_slice_share", 0.1, {"validate", "report"}),
     ("colorize.image_interpolation", "linear", {"colorize", "report"}),
+    # The crop round the head: colorize crops the training cases, and export records it for
+    # the new-images command, which crops new slices alike.
+    ("head_crop.max_zoom", 1.5, {"colorize", "export", "report"}),
     ("image_size", 48, {"colorize", "train", "report"}),
     (
         "rgb_map",

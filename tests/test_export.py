@@ -18,7 +18,7 @@ from pipeline.evaluate.headline import HEADLINE_FIGURES
 from pipeline.infer.inference import Segmenter, to_model_input
 from pipeline.io import DataError, read_image, sha256_hex
 from pipeline.model.network import build_model
-from pipeline.params import ExtractParams, InferParams
+from pipeline.params import ExtractParams, HeadCropParams, InferParams
 from pipeline.report.export import export_model
 from tests.conftest import PROJECT_ROOT, project_params
 
@@ -149,6 +149,7 @@ def test_metadata_states_the_contract_provenance_figures_and_hashes(exported: Pa
     # The new-images command's settings validate as the params they came from.
     settings = metadata["settings"]
     assert ExtractParams.model_validate(settings["extract"]) == PARAMS.extract
+    assert HeadCropParams.model_validate(settings["head_crop"]) == PARAMS.head_crop
     assert InferParams.model_validate(settings["infer"]) == PARAMS.infer
 
 

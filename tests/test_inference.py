@@ -21,6 +21,7 @@ from pipeline.evaluate.cases import case_groups
 from pipeline.evaluate.run import run_evaluation
 from pipeline.evaluate.scores import CaseResult, Spacing, score_case_class
 from pipeline.evaluate.summary import summarize_cases
+from pipeline.headcrop import volume_box
 from pipeline.infer.inference import (
     Segmenter,
     labels_at_size,
@@ -38,6 +39,7 @@ from tests.conftest import (
     with_sha256,
     write_project_params,
 )
+from tests.test_headcrop import head_slice
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_SAMPLES = ROOT / "tests" / "data" / "real-ct" / "images"
@@ -215,6 +217,79 @@ def test_segment_files_with_flip_tta_and_duplicate_names(tmp_path, tiny_model):
     mask = read_image(tmp_path / "out" / "masks" / "slice.png", color=True)
     np.testing.assert_array_equal(mask[10, 10], PALETTE[1])
     np.testing.assert_array_equal(mask[30, 40], PALETTE[0])
+
+
+def bright_forward(batch: np.ndarray) -> np.ndarray:
+    """A model that calls every pixel above grey 128 hemorrhagic: its labels show where each
+    model pixel came from."""
+    hemorrhagic = (batch[..., 0] > 128).astype(np.float32)
+    return np.stack([1.0 - hemorrhagic, hemorrhagic, np.zeros_like(hemorrhagic)], axis=-1)
+
+
+def test_a_head_box_is_what_the_model_sees_and_its_labels_land_back_in_place():
+    grey = head_slice((256, 256), (110, 120), (60, 70), table=False)  # skull 255, brain 120
+    grey[240:250, 10:60] = 200  # bright, but outside the square round the head
+    seen: list[np.ndarray] = []
+
+    def recording_forward(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch.copy())
+        return bright_forward(batch)
+
+    segmenter = Segmenter(recording_forward, 128, batch_size=2, max_head_zoom=2.0)
+    box = volume_box([grey], segmenter.max_head_zoom)
+    assert box is not None and box.side < 256
+    (labels,) = segmenter.segment([grey], [box])
+    assert labels.shape == grey.shape
+    inside = np.zeros(grey.shape, bool)
+    inside[max(box.top, 0) : box.top + box.side, max(box.left, 0) : box.left + box.side] = True
+    bright = grey > 128
+    # The skull is found where it is (its outline blurs by a model pixel at most) ...
+    agreement = (labels[inside] == 1) == bright[inside]
+    assert agreement.mean() > 0.98
+    # ... and nothing outside the square is called a lesion, though it is bright.
+    assert not labels[~inside].any() and bright[~inside].any()
+    # The model saw the head enlarged: it spans more of its input than of the slice.
+    head_share_seen = (seen[0][0, :, :, 0] > 0).any(axis=0).mean()
+    head_share_in_slice = ((grey > 0) & (grey != 200)).any(axis=0).mean()
+    assert head_share_seen > 1.5 * head_share_in_slice
+    # Without boxes the whole slice is seen, as for slices colorize has already cropped.
+    (whole,) = segmenter.segment([grey])
+    assert whole[245, 30] == 1
+
+
+def test_new_slices_are_cropped_each_round_its_own_head(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    small = head_slice((256, 256), (128, 128), (50, 60), table=False)
+    large = head_slice((256, 256), (128, 128), (110, 120), table=False)
+    write_png(folder / "small.png", small)
+    write_png(folder / "large.png", large)
+    seen: list[np.ndarray] = []
+
+    def recording_forward(batch: np.ndarray) -> np.ndarray:
+        seen.extend(batch.copy())
+        return bright_forward(batch)
+
+    segmenter = Segmenter(recording_forward, 64, batch_size=2, max_head_zoom=4.0)
+    summary = segment_files(
+        segmenter, [folder], tmp_path / "out", PARAMS.palette, 0.5, PARAMS.extract
+    )
+    assert len(summary.segmented) == 2
+    # Each head (5:6 wide to tall) fills its own model input from top to bottom, though the
+    # small one spans 0.39 of its slice's width.
+    for model_input in seen:
+        assert (model_input[..., 0] > 0).any(axis=0).mean() > 0.8
+    for name, grey in (("small", small), ("large", large)):
+        mask = read_image(tmp_path / "out" / "masks" / f"{name}.png", color=True)
+        called = np.all(mask == PALETTE[1], axis=-1)
+        bright = grey > 128
+        # The skull ring lands where it is: same centre, and it overlaps itself but for the
+        # blur of a 64-px model input.
+        dice = 2 * (called & bright).sum() / (called.sum() + bright.sum())
+        assert dice > 0.8, name
+        np.testing.assert_allclose(
+            np.argwhere(called).mean(axis=0), np.argwhere(bright).mean(axis=0), atol=1.5
+        )
 
 
 # Per-class metrics of evaluate.json (each with `_<class>` appended), then the others.

@@ -3,11 +3,15 @@
 Images are resampled with area averaging (or bilinear) to `image_size`; masks are resampled as
 class indices with nearest neighbour and coloured afterwards, so every mask pixel holds exactly
 one palette colour (the reference interpolated masks and got shades of red on every edge).
-Non-square inputs are stretched to the square model input, as the model expects.
+Before the resize each slice is cropped to its case's square round the head
+(`head_crop.max_zoom`, pipeline/headcrop.py): one square per case and slice size, round the
+union of its slices' heads and lesions, so a case keeps one pixel spacing and no labelled pixel
+is cut off. Slices left whole that are not square are stretched to the square model input.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +21,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from pipeline.headcrop import Extent, SquareBox, crop, head_extent, mask_extent, square_box, union
 from pipeline.io import (
     DataError,
     atomic_path,
@@ -60,22 +65,31 @@ def colorize_slice(
     palette: Palette,
     size: int,
     interpolation: str,
+    box: SquareBox | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(resized grey image, resized RGB colour mask) of one slice whose lesions are one class."""
+    """(resized grey image, resized RGB colour mask) of one slice whose lesions are one class,
+    cropped to `box` first (None: the whole slice)."""
     if image.shape[:2] != binary_mask.shape[:2]:
         raise ValueError(f"image {image.shape[:2]} and mask {binary_mask.shape[:2]} sizes differ")
+    image, binary_mask = crop(image, box), crop(binary_mask, box)
     lesion = resize_lesion_mask(binary_mask, size)
     colour = binary_to_colour(lesion, class_index, palette)
     return resize_image(image, size, interpolation), colour
 
 
-def resized_spacing_mm(pixel_spacing_mm: float, width: int, height: int, size: int) -> float:
-    """Pixel spacing after resampling a width x height slice to size x size.
+def resized_spacing_mm(
+    pixel_spacing_mm: float, width: int, height: int, size: int, box: SquareBox | None = None
+) -> float:
+    """Pixel spacing after cropping a width x height slice to `box` and resampling it to
+    size x size.
 
-    A square slice scales by width / size exactly. A non-square one is stretched unevenly and
-    its pixels stop being square; the manifest keeps one spacing, the geometric mean of the two
-    new ones, so each pixel's area and hence every volume in mL stays exact.
+    A square (a box, or a square slice) scales by its side / size exactly. A non-square slice
+    left whole is stretched unevenly and its pixels stop being square; the manifest keeps one
+    spacing, the geometric mean of the two new ones, so each pixel's area and hence every
+    volume in mL stays exact.
     """
+    if box is not None:
+        return pixel_spacing_mm * box.side / size
     return pixel_spacing_mm * math.sqrt(width * height) / size
 
 
@@ -91,6 +105,7 @@ class SliceJob:
     size: int
     interpolation: str
     output_folder: str
+    box: SquareBox | None = None
 
 
 @dataclass(frozen=True)
@@ -102,16 +117,47 @@ class ColorizedSlice:
     mask_sha256: str
 
 
-def colorize_file(job: SliceJob) -> ColorizedSlice:
-    """Read, colorize and write one slice into the output folder; what the manifest needs."""
+def read_pair(job: SliceJob) -> tuple[np.ndarray, np.ndarray]:
     image = read_image(job.image_path)
     mask = read_image(job.mask_path)
     if image.shape != mask.shape:
         raise DataError(
             f"{job.mask_path}: mask size {mask.shape} differs from its image {image.shape}"
         )
+    return image, mask
+
+
+def slice_extent(job: SliceJob) -> Extent | None:
+    """Where one slice's head and lesions lie (what its case's square must hold)."""
+    image, mask = read_pair(job)
+    return union([head_extent(image), mask_extent(mask)])
+
+
+def case_boxes(
+    manifest: pd.DataFrame, jobs: Sequence[SliceJob], max_zoom: float, workers: int
+) -> list[SquareBox | None]:
+    """Each slice's square: one per case and slice size, round all their heads and lesions."""
+    if max_zoom <= 1.0:
+        return [None] * len(jobs)
+    extents = ordered_map(slice_extent, jobs, workers=workers, description="colorize: heads")
+    # A case is one volume (evaluate scores it in 3-D), so all its slices of one size share
+    # one square and hence one pixel spacing.
+    groups = list(zip(manifest["case_id"], manifest["width"], manifest["height"], strict=True))
+    unions: dict[tuple, Extent | None] = {}
+    for group, extent in zip(groups, extents, strict=True):
+        unions[group] = union([unions.get(group), extent])
+    boxes = {
+        group: square_box(extent, (int(group[2]), int(group[1])), max_zoom)
+        for group, extent in unions.items()
+    }
+    return [boxes[group] for group in groups]
+
+
+def colorize_file(job: SliceJob) -> ColorizedSlice:
+    """Read, colorize and write one slice into the output folder; what the manifest needs."""
+    image, mask = read_pair(job)
     resized, colour = colorize_slice(
-        image, mask, job.class_index, job.palette, job.size, job.interpolation
+        image, mask, job.class_index, job.palette, job.size, job.interpolation, job.box
     )
     folder = Path(job.output_folder)
     # Channel by channel: np.any over a last axis of 3 took 7 ms a 512-px slice, a third of
@@ -134,12 +180,14 @@ def colorize_dataset(
     size: int,
     rgb_map: Mapping[str, tuple[int, int, int]],
     interpolation: str,
+    max_head_zoom: float = 1.0,
     workers: int = 0,
 ) -> pd.DataFrame:
     """Write `output_folder/{images,masks}/<id>.png` and its manifest; return the manifest.
 
     The class of each row picks its colour from `rgb_map` (keys: background, then the class
-    names in class-index order). The folder replaces any previous one only when complete.
+    names in class-index order); each case is cropped round its heads with `max_head_zoom`
+    (1.0: whole slices). The folder replaces any previous one only when complete.
     """
     class_names: Sequence[str] = list(rgb_map)
     unknown = sorted(set(manifest["class"]) - set(class_names[1:]))
@@ -163,14 +211,20 @@ def colorize_dataset(
             )
             for row in manifest.to_dict("records")
         ]
+        boxes = case_boxes(manifest, jobs, max_head_zoom, workers)
+        jobs = [dataclasses.replace(job, box=box) for job, box in zip(jobs, boxes, strict=True)]
         written = ordered_map(colorize_file, jobs, workers=workers, description="colorize")
         colorized = manifest.copy()
         colorized["image_path"] = [f"images/{job.slice_id}.png" for job in jobs]
         colorized["mask_path"] = [f"masks/{job.slice_id}.png" for job in jobs]
         colorized["pixel_spacing_mm"] = [
-            resized_spacing_mm(float(spacing), int(width), int(height), size)
-            for spacing, width, height in zip(
-                manifest["pixel_spacing_mm"], manifest["width"], manifest["height"], strict=True
+            resized_spacing_mm(float(spacing), int(width), int(height), size, box)
+            for spacing, width, height, box in zip(
+                manifest["pixel_spacing_mm"],
+                manifest["width"],
+                manifest["height"],
+                boxes,
+                strict=True,
             )
         ]
         colorized["width"] = size

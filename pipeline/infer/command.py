@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from pipeline import classes
 from pipeline.infer.dicom_seg import TRIAGE_METRIC, TriageThreshold, triage_threshold
 from pipeline.io import DataError, read_json_object, sha256_hex
-from pipeline.params import ExtractParams, InferParams, Rgb, StrictModel
+from pipeline.params import ExtractParams, HeadCropParams, InferParams, Rgb, StrictModel
 
 LOG = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class CommandSettings(StrictModel):
 
     rgb_map: dict[str, Rgb]
     extract: ExtractParams
+    head_crop: HeadCropParams
     infer: InferParams
 
     @property

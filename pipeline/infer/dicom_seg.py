@@ -44,6 +44,7 @@ from pipeline.dicom import (
     read_ct_series,
     uid_problem,
 )
+from pipeline.headcrop import volume_box
 from pipeline.infer.inference import Segmenter, batches, write_slice_outputs
 from pipeline.io import (
     DataError,
@@ -140,14 +141,24 @@ def segment_descriptions(model_version: str) -> list[hd.seg.SegmentDescription]:
 
 
 def seg_identity(
-    series: CtSeries, labels: np.ndarray, model_version: str, settings: InferParams, tta_flip: bool
+    series: CtSeries,
+    labels: np.ndarray,
+    model_version: str,
+    settings: InferParams,
+    segmenter: Segmenter,
 ) -> str:
     """sha256 (hex) of everything that determines a SEG: the source instances in order (their
-    SOPInstanceUIDs and HU), the model, the settings that change predictions (the window and
-    flip TTA) and the predicted labels themselves. The SEG's UIDs derive from it, so two
-    different SEGs never share a UID, and the same input gives the same bytes."""
+    SOPInstanceUIDs and HU), the model, the settings that change predictions (the window, flip
+    TTA and the head crop's zoom cap) and the predicted labels themselves. The SEG's UIDs
+    derive from it, so two different SEGs never share a UID, and the same input gives the same
+    bytes."""
     digest = hashlib.sha256()
-    settings_used = (settings.window_level_hu, settings.window_width_hu, tta_flip)
+    settings_used = (
+        settings.window_level_hu,
+        settings.window_width_hu,
+        segmenter.tta_flip,
+        segmenter.max_head_zoom,
+    )
     instances = (str(ds.SOPInstanceUID) for ds in series.datasets)
     for part in (model_version, *settings_used, *instances):
         digest.update(f"{part}\n".encode())
@@ -306,9 +317,12 @@ def segment_series(
         window_to_uint8(slice_hu, settings.window_level_hu, settings.window_width_hu)
         for slice_hu in series.hu
     ]
+    # One square round the whole series' head, as colorize crops a training case: the
+    # volume keeps one pixel spacing.
+    box = volume_box(greys, segmenter.max_head_zoom)
     labels: list[np.ndarray] = []
     for chunk in batches(greys, segmenter.batch_size):
-        labels.extend(segmenter.segment(chunk))
+        labels.extend(segmenter.segment(chunk, [box] * len(chunk)))
     volume = np.stack(labels)
     del labels
     if series.padding is not None:
@@ -317,7 +331,7 @@ def segment_series(
     with atomic_path(target) as folder:
         folder.mkdir(parents=True)
         try:
-            identity = seg_identity(series, volume, model_version, settings, segmenter.tta_flip)
+            identity = seg_identity(series, volume, model_version, settings, segmenter)
             segmentation = build_segmentation(series, volume, model_version, identity)
         except (ValueError, TypeError, AttributeError, KeyError) as error:
             # highdicom checks the source images against the SEG's needs (patient, study, ...)

@@ -21,6 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline import visualize
+from pipeline.headcrop import SquareBox, crop, paste_probabilities, volume_box
 from pipeline.io import (
     IMAGE_SUFFIXES,
     DataError,
@@ -106,10 +107,21 @@ def to_model_input(grey: np.ndarray, size: int) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
 
 
-def labels_at_size(softmax: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def labels_at_size(
+    softmax: np.ndarray, shape: tuple[int, int], box: SquareBox | None = None
+) -> np.ndarray:
     """Class-index mask (uint8) of a softmax at `shape` (H, W): the probabilities are resized
     (linear when enlarging, area when shrinking) and the mask is their argmax there, so that
-    outlines follow the probabilities between the model's pixels instead of its pixel grid."""
+    outlines follow the probabilities between the model's pixels instead of its pixel grid.
+    With a `box` the softmax is the box's: resized to its side, then pasted into the slice,
+    background outside it."""
+    if box is not None:
+        square = resized_probabilities(softmax, (box.side, box.side))
+        return paste_probabilities(square, box, shape).argmax(axis=-1).astype(np.uint8)
+    return resized_probabilities(softmax, shape).argmax(axis=-1).astype(np.uint8)
+
+
+def resized_probabilities(softmax: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if softmax.shape[:2] != shape:
         shrinking = shape[0] <= softmax.shape[0] and shape[1] <= softmax.shape[1]
         interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
@@ -118,22 +130,31 @@ def labels_at_size(softmax: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
             (shape[1], shape[0]),
             interpolation=interpolation,
         ).reshape(*shape, softmax.shape[-1])  # cv2 drops the axis of a single channel
-    return softmax.argmax(axis=-1).astype(np.uint8)
+    return softmax
 
 
 @dataclass
 class Segmenter:
-    """The model's forward pass with batching and optional horizontal-flip TTA."""
+    """The model's forward pass with batching and optional horizontal-flip TTA.
+
+    `max_head_zoom` (`head_crop.max_zoom`) is how new slices are cropped round their heads
+    by the callers that read raw slices (pipeline/headcrop.py); 1.0: whole slices.
+    """
 
     forward: Forward
     size: int
     batch_size: int
     tta_flip: bool = False
+    max_head_zoom: float = 1.0
 
     @classmethod
-    def from_file(cls, path: Path | str, batch_size: int, tta_flip: bool = False) -> Segmenter:
+    def from_file(
+        cls, path: Path | str, batch_size: int, tta_flip: bool = False, max_head_zoom: float = 1.0
+    ) -> Segmenter:
         model = load_model(path)
-        return cls(compile_forward(model), int(model.input_shape[1]), batch_size, tta_flip)
+        return cls(
+            compile_forward(model), int(model.input_shape[1]), batch_size, tta_flip, max_head_zoom
+        )
 
     def softmax(self, images: np.ndarray) -> np.ndarray:
         """Softmax (N, S, S, classes) of model inputs (N, S, S, 3), `batch_size` at a time.
@@ -151,13 +172,28 @@ class Segmenter:
             parts.append(probabilities)
         return np.concatenate(parts)
 
-    def segment(self, greys: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Class-index masks, each at its own slice's size."""
-        inputs = np.stack([to_model_input(grey, self.size) for grey in greys])
+    def segment(
+        self, greys: Sequence[np.ndarray], boxes: Sequence[SquareBox | None] | None = None
+    ) -> list[np.ndarray]:
+        """Class-index masks, each at its own slice's size. `boxes[i]` is the square of slice
+        i that the model sees (pipeline/headcrop.py); None, or no boxes: the whole slice (as
+        for slices that colorize has already cropped)."""
+        boxes = [None] * len(greys) if boxes is None else boxes
+        inputs = np.stack(
+            [
+                to_model_input(crop(grey, box), self.size)
+                for grey, box in zip(greys, boxes, strict=True)
+            ]
+        )
         return [
-            labels_at_size(probabilities, grey.shape)
-            for probabilities, grey in zip(self.softmax(inputs), greys, strict=True)
+            labels_at_size(probabilities, grey.shape, box)
+            for probabilities, grey, box in zip(self.softmax(inputs), greys, boxes, strict=True)
         ]
+
+    def segment_slices(self, greys: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Class-index masks of new slices that are not one volume (loose PNG/JPEG files):
+        each cropped to its own square round its head with `max_head_zoom`."""
+        return self.segment(greys, [volume_box([grey], self.max_head_zoom) for grey in greys])
 
 
 def measure_speed(segmenter: Segmenter, sample: np.ndarray, repeats: int) -> dict[str, float]:
@@ -354,9 +390,8 @@ def empty_folder_reason(folder: Path) -> str:
     if subfolders:
         shown = ", ".join(subfolders[:MAX_SUBFOLDERS_NAMED])
         more = len(subfolders) - MAX_SUBFOLDERS_NAMED
-        reason += (
-            f"; subfolders are not searched, name the one to segment: {shown}"
-            + (f" and {more} more" if more > 0 else "")
+        reason += f"; subfolders are not searched, name the one to segment: {shown}" + (
+            f" and {more} more" if more > 0 else ""
         )
     return reason
 
@@ -388,8 +423,10 @@ def segment_files(
 ) -> SegmentationSummary:
     """New images of any size and colour: colour masks and overlays at each input's size.
 
-    Each file is read, segmented and written on its own terms: one that cannot be (refused,
-    unreadable, a decoder or writer error) is skipped with its reason, the others go on.
+    Each slice is cropped to its own square round its head (the segmenter's `max_head_zoom`,
+    as `colorize` crops the training cases) before the model sees it. Each file is read,
+    segmented and written on its own terms: one that cannot be (refused, unreadable, a decoder
+    or writer error) is skipped with its reason, the others go on.
     """
     output_dir = Path(output_dir)
     summary = SegmentationSummary()
@@ -404,7 +441,8 @@ def segment_files(
                     summary.skip(str(path), str(error).removeprefix(f"{path}: "))
             if readable:
                 greys = [grey for _, grey in readable]
-                for (path, grey), labels in zip(readable, segmenter.segment(greys), strict=True):
+                labels_of = segmenter.segment_slices(greys)
+                for (path, grey), labels in zip(readable, labels_of, strict=True):
                     try:
                         write_slice_outputs(
                             output_dir, output_name(path), grey, labels, palette, alpha

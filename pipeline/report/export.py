@@ -55,10 +55,12 @@ def file_hashes(root: Path, paths: list[Path]) -> dict[str, str]:
 
 def command_settings(params: Params) -> dict[str, Any]:
     """What the new-images command reads from params.yaml in the project: the mask colours,
-    the input rules (`extract`) and the inference settings (`infer`)."""
+    the input rules (`extract`), the crop round the head (`head_crop`) and the inference
+    settings (`infer`)."""
     return {
         "rgb_map": {name: list(colour) for name, colour in params.rgb_map.items()},
         "extract": params.extract.model_dump(mode="json"),
+        "head_crop": params.head_crop.model_dump(mode="json"),
         "infer": params.infer.model_dump(mode="json"),
     }
 
@@ -123,9 +125,8 @@ def build_metadata(
             "provenance": (
                 f"{PHANTOM_PROVENANCE} {PHANTOM_CAVEAT}" if phantom else kaggle_provenance(archive)
             ),
-            "licences": (
-                "The phantom needs none. " if phantom else ""
-            ) + f"Real data in the Kaggle layout: {KAGGLE_LICENCES}",
+            "licences": ("The phantom needs none. " if phantom else "")
+            + f"Real data in the Kaggle layout: {KAGGLE_LICENCES}",
         },
         "evaluation": {
             "source": evaluate_metrics_path.as_posix(),
