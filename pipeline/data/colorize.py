@@ -139,6 +139,8 @@ def case_boxes(
     """Each slice's square: one per case and slice size, round all their heads and lesions."""
     if max_zoom <= 1.0:
         return [None] * len(jobs)
+    # Each slice is read here and again when it is colorized: holding a case's slices until
+    # its square is known would bound memory by the largest case rather than by one slice.
     extents = ordered_map(slice_extent, jobs, workers=workers, description="colorize: heads")
     # A case is one volume (evaluate scores it in 3-D), so all its slices of one size share
     # one square and hence one pixel spacing.
