@@ -122,6 +122,7 @@ def labels_at_size(
 
 
 def resized_probabilities(softmax: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """`softmax` (H', W', classes) resized to `shape` (H, W): area when shrinking, else linear."""
     if softmax.shape[:2] != shape:
         shrinking = shape[0] <= softmax.shape[0] and shape[1] <= softmax.shape[1]
         interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
@@ -390,8 +391,9 @@ def empty_folder_reason(folder: Path) -> str:
     if subfolders:
         shown = ", ".join(subfolders[:MAX_SUBFOLDERS_NAMED])
         more = len(subfolders) - MAX_SUBFOLDERS_NAMED
-        reason += f"; subfolders are not searched, name the one to segment: {shown}" + (
-            f" and {more} more" if more > 0 else ""
+        reason += (
+            f"; subfolders are not searched, name the one to segment: {shown}"
+            + (f" and {more} more" if more > 0 else "")
         )
     return reason
 

@@ -125,8 +125,9 @@ def build_metadata(
             "provenance": (
                 f"{PHANTOM_PROVENANCE} {PHANTOM_CAVEAT}" if phantom else kaggle_provenance(archive)
             ),
-            "licences": ("The phantom needs none. " if phantom else "")
-            + f"Real data in the Kaggle layout: {KAGGLE_LICENCES}",
+            "licences": (
+                "The phantom needs none. " if phantom else ""
+            ) + f"Real data in the Kaggle layout: {KAGGLE_LICENCES}",
         },
         "evaluation": {
             "source": evaluate_metrics_path.as_posix(),
