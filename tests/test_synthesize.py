@@ -35,6 +35,7 @@ from pipeline.synthesize.anatomy import (
     sample_acquisition,
     sample_anatomy,
     smoothstep,
+    tissue_in,
 )
 from pipeline.synthesize.archive import SortedZipWriter, synthesize_archive
 from pipeline.synthesize.layout import ARCHIVE_ROOT, CT_DATA_ROOT, plan_cases
@@ -113,6 +114,23 @@ def test_window_is_monotonic_and_clipped(values, level, width):
     assert np.all(np.diff(image.astype(int)) >= 0)
     assert image[hu <= level - width / 2].max(initial=0) == 0
     assert image[hu >= level + width / 2].min(initial=255) == 255
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    labels=st.lists(st.sampled_from(list(Tissue)), max_size=len(Tissue)),
+    box=st.tuples(st.integers(0, 20), st.integers(1, 40), st.integers(0, 20), st.integers(1, 40)),
+)
+def test_tissue_in_is_isin_on_whole_maps_and_windows(seed, labels, box):
+    """The lookup-table membership the renderer uses in place of np.isin (speed) answers as
+    np.isin does, for any label set (none and all included), on a window of a map as well."""
+    tissue = np.random.default_rng(seed).integers(0, 256, (60, 61), dtype=np.uint8)
+    top, height, left, width = box
+    for tissue_map in (tissue, tissue[top : top + height, left : left + width]):
+        found = tissue_in(tissue_map, labels)
+        assert found.dtype == bool
+        assert np.array_equal(found, np.isin(tissue_map, labels))
 
 
 def test_slice_arrays_have_the_image_shape(rendered_slices):

@@ -55,6 +55,14 @@ class Tissue(IntEnum):
 PARENCHYMA = (Tissue.GREY_MATTER, Tissue.WHITE_MATTER)
 
 
+def tissue_in(tissue: np.ndarray, labels: Sequence[Tissue]) -> np.ndarray:
+    """Where a tissue map (uint8 labels) holds any of `labels`: `np.isin`'s answer through
+    OpenCV's lookup table, 0.04 against 0.6-2 ms on a 512-px slice (integers: exact)."""
+    table = np.zeros(256, dtype=np.uint8)
+    table[list(labels)] = 1
+    return cv2.LUT(tissue, table).view(bool)
+
+
 @dataclass(frozen=True)
 class Ellipsoid:
     """Ellipsoid in head units (u to the image right, v posterior; 1 = head half-width)
@@ -150,10 +158,12 @@ class CaseGrid:
     u: np.ndarray  # head units, to the image right
     v: np.ndarray  # head units, posterior
     angle: np.ndarray  # atan2(v, u)
+    radius: np.ndarray  # hypot(u, v): distance from the head centre in head units
     radius_px: np.ndarray  # distance from the head centre in pixels
     outline_radius: np.ndarray  # head outline radius (head units) in each pixel's direction
     temporal_muscle: np.ndarray  # 0..1, where the temporal muscles lie (the head's sides)
     skull_profile: np.ndarray  # skull thickness by direction (thinner at the temples)
+    falx_offset_px: np.ndarray  # distance from the falx's line (bent, shifted by a mass), px
     sulcus_phase: np.ndarray  # sulcus_count * angle
     meander_sin: tuple[np.ndarray, ...]  # sin / cos of each sulcus meander term's angle part
     meander_cos: tuple[np.ndarray, ...]
@@ -502,6 +512,11 @@ def case_grid(anatomy: Anatomy, size: int) -> CaseGrid:
         np.float32(order) * angle + np.float32(offset)
         for order, _, offset, _ in anatomy.sulcus_meander
     ]
+    bend_linear, bend_square = anatomy.falx_bend
+    midline = np.float32(bend_linear) * v + np.float32(bend_square) * v * v
+    if anatomy.midline_shift:  # bowed by a mass, anchored front and back
+        along_falx = np.clip(1.0 - (v / elongation) ** 2, 0.0, 1.0)
+        midline += np.float32(anatomy.midline_shift) * along_falx
     table = None
     if anatomy.table is not None:
         lowest, radius, thickness = anatomy.table
@@ -516,10 +531,12 @@ def case_grid(anatomy: Anatomy, size: int) -> CaseGrid:
         u=u,
         v=v,
         angle=angle,
+        radius=np.hypot(u, v),
         radius_px=np.hypot(dx, dy),
         outline_radius=outline * ellipse,
         temporal_muscle=smoothstep(0.5, 0.9, np.abs(cos_f32(angle))),
         skull_profile=1.0 - 0.22 * cos_f32(2.0 * angle),
+        falx_offset_px=np.abs(u - midline) * np.float32(anatomy.half_width_px),
         sulcus_phase=np.float32(anatomy.sulcus_count) * angle,
         meander_sin=tuple(sin_f32(term) for term in meander),
         meander_cos=tuple(cos_f32(term) for term in meander),

@@ -31,6 +31,7 @@ from pipeline.synthesize.anatomy import (
     ellipse_field,
     head_unit_mm,
     pixel_box,
+    tissue_in,
 )
 
 # Heights (0 skull base .. 1 vertex) each kind occupies, from where it occurs in patients.
@@ -579,7 +580,7 @@ def add_lesions(
         if lesion.hemorrhagic:
             # Calcifications and vessels stay visible within a bleed.
             region = hemorrhage_region(lesion, anatomy, grid, t, spaces) & ~mask
-            region &= ~np.isin(tissue, (Tissue.BONE, Tissue.VESSEL))
+            region &= ~tissue_in(tissue, (Tissue.BONE, Tissue.VESSEL))
             fill = fill * _edge_share(region, tissue, lesion.edge_px * anatomy.px_scale)
             variation = wave_noise(lesion.waves[2:], grid.u[region], grid.v[region], t)
             bleed = np.clip(
@@ -591,7 +592,7 @@ def add_lesions(
         else:
             region = _infarct_shape(lesion, anatomy, grid, t, spaces.rho, spaces.posterior_fossa)
             region &= spaces.brain & ~mask
-            region &= np.isin(tissue, PARENCHYMA)
+            region &= tissue_in(tissue, PARENCHYMA)
             fill = fill * _edge_share(region, tissue, lesion.edge_px * anatomy.px_scale)
             low, high = params.ischemic_drop_hu
             variation = wave_noise(lesion.waves[2:], grid.u[region], grid.v[region], t)
@@ -621,7 +622,7 @@ def _edge_share(region: np.ndarray, tissue: np.ndarray, edge_px: float) -> np.nd
         slice(max(int(columns.min()) - margin, 0), int(columns.max()) + margin + 1),
     )
     inside = region[box]
-    outline = np.isin(tissue[box], (*PARENCHYMA, Tissue.CSF)) & ~inside
+    outline = tissue_in(tissue[box], (*PARENCHYMA, Tissue.CSF)) & ~inside
     # Distance to the nearest outline pixel's centre; a border pixel's own centre lies half a
     # pixel inside the outline.
     distance = cv2.distanceTransform(
@@ -657,12 +658,12 @@ def add_context(
             reach = max(1, round(lesion.oedema_px * scale))
             kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
             rim = cv2.dilate(region.astype(np.uint8), kernel).astype(bool) & ~region
-            rim &= np.isin(tissue, PARENCHYMA)
+            rim &= tissue_in(tissue, PARENCHYMA)
             hu[rim] = np.maximum(hu[rim] - np.float32(lesion.oedema_drop_hu), low)
         if lesion.kind == "epidural" and lesion.shell is not None:
             offset = _angle_offset(grid.angle, lesion.shell.angle)
             swelling = head & (spaces.inner_depth < 0.0) & (offset < lesion.shell.half_angle)
-            swelling &= np.isin(tissue, (Tissue.FAT, Tissue.SOFT_TISSUE))
+            swelling &= tissue_in(tissue, (Tissue.FAT, Tissue.SOFT_TISSUE))
             hu[swelling] = SCALP_HAEMATOMA_HU
             tissue[swelling] = Tissue.SOFT_TISSUE
             if lesion.fracture_angle is not None and abs(t) <= lesion.fracture_reach:
@@ -720,18 +721,20 @@ def hemorrhage_region(
         shell = lesion.shell
         most = shell.thickness_px * anatomy.px_scale
         offset = _angle_offset(grid.angle, shell.angle)
-        candidates = np.nonzero(
+        candidates = np.flatnonzero(  # flat: `take` is fast
             (spaces.inner_depth >= 0.0)
             & (spaces.inner_depth < 1.3 * most)
             & (offset < shell.half_angle)
         )
         profile = np.clip(
-            1.0 - (offset[candidates] / shell.half_angle) ** shell.power - t * t, 0.0, None
+            1.0 - (offset.take(candidates) / shell.half_angle) ** shell.power - t * t, 0.0, None
         )
-        rough = 1.0 + 0.15 * wave_noise(lesion.waves, grid.u[candidates], grid.v[candidates], t)
+        rough = 1.0 + 0.15 * wave_noise(
+            lesion.waves, grid.u.take(candidates), grid.v.take(candidates), t
+        )
         # At least a pixel deep wherever the profile is open: no slice of its run is empty.
         thickness = np.where(profile > 0.0, np.maximum(most * np.sqrt(profile) * rough, 1.0), 0.0)
-        region[candidates] = spaces.inner_depth[candidates] < thickness
+        region.ravel()[candidates] = spaces.inner_depth.take(candidates) < thickness
     if lesion.sector is not None:
         angle, half_angle = lesion.sector
         widest = half_angle * math.sqrt(max(0.0, 1.0 - t * t))
@@ -751,9 +754,10 @@ def _wedge_region(
     near = (radial > 0.0) & (offset < 1.6 * widest)
     if wedge.side:
         near &= np.sign(grid.u) == wedge.side
-    candidates = np.nonzero(near)
-    rough = 1.0 + 0.25 * wave_noise(lesion.waves, grid.u[candidates], grid.v[candidates], t)
-    taper = np.sqrt(np.minimum(radial[candidates], 1.0) + 0.1)
+    candidates = np.flatnonzero(near)  # flat: `take` is fast
+    u, v = grid.u.take(candidates), grid.v.take(candidates)
+    rough = 1.0 + 0.25 * wave_noise(lesion.waves, u, v, t)
+    taper = np.sqrt(np.minimum(radial.take(candidates), 1.0) + 0.1)
     region = np.zeros(grid.u.shape, dtype=bool)
-    region[candidates] = offset[candidates] < widest * rough * taper
+    region.ravel()[candidates] = offset.take(candidates) < widest * rough * taper
     return region

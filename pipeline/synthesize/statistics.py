@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from pipeline.classes import SOURCE_CLASSES
-from pipeline.synthesize.anatomy import REFERENCE_SIZE, Tissue
+from pipeline.synthesize.anatomy import REFERENCE_SIZE, Tissue, tissue_in
 from pipeline.synthesize.rendering import CaseModel, PhantomSlice
 
 RING_PX = 10  # at 512 px, as benchmarks/realism.py
@@ -63,7 +63,7 @@ def lesion_contrast_hu(rendered: PhantomSlice) -> float | None:
     lesion = rendered.lesion[top:bottom, left:right]
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
     ring = cv2.dilate(lesion.astype(np.uint8), kernel).astype(bool) & ~lesion
-    ring &= np.isin(rendered.tissue[top:bottom, left:right], RING_TISSUES)
+    ring &= tissue_in(rendered.tissue[top:bottom, left:right], RING_TISSUES)
     if not ring.any():
         return None
     half = rendered.window_width_hu / 2.0
