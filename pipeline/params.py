@@ -321,12 +321,14 @@ class PhantomParams(StrictModel):
     ]
     # Unlabelled look-alikes, in both classes alike (docs/phantom.md): calcified choroid
     # plexus and pineal (each with calcification_probability), a calcified falx; dural sinuses
-    # and arteries at blood density, a hyperdense middle cerebral artery; an old infarct at
-    # CSF density; periventricular hypodensity (more likely with atrophy).
+    # and arteries at blood density, the transverse sinuses this deep under the occipital inner
+    # table, a hyperdense middle cerebral artery; an old infarct at CSF density; periventricular
+    # hypodensity (more likely with atrophy).
     calcification_probability: Probability
     falx_calcification_probability: Probability
     calcification_hu: HuRange
     sinus_hu: HuRange
+    transverse_sinus_mm: tuple[PositiveFloat, PositiveFloat]
     hyperdense_artery_probability: Probability
     old_infarct_probability: Probability
     periventricular_hypodensity_probability: Probability
@@ -391,6 +393,7 @@ class PhantomParams(StrictModel):
             "parenchyma_hu",
             "calcification_hu",
             "sinus_hu",
+            "transverse_sinus_mm",
             "periventricular_drop_hu",
             "beam_hardening_hu",
             "skull_mm",

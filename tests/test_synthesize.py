@@ -581,6 +581,7 @@ NUISANCE_FACTORS = {
     "calcifications": lambda case: len(case.anatomy.lookalikes.calcifications),
     "old infarcts": lambda case: len(case.anatomy.lookalikes.old_infarcts),
     "sinus density": lambda case: case.anatomy.lookalikes.sinus_hu,
+    "transverse sinus": lambda case: case.anatomy.lookalikes.transverse_sinus_px,
     "artery density": lambda case: case.anatomy.lookalikes.artery_hu,
     "periventricular": lambda case: case.anatomy.lookalikes.periventricular_drop_hu,
     "petrous ridges": lambda case: case.anatomy.skull_base.petrous_angle,
@@ -665,6 +666,25 @@ def test_beam_hardening_darkens_parenchyma_between_the_petrous_bones():
         assert not np.any((drop > 0) & ~fossa.posterior_fossa)
         darkened += int(np.count_nonzero(drop > 2.0))
     assert darkened > 100
+
+
+def test_transverse_sinuses_follow_their_depth_param():
+    """`transverse_sinus_mm` sets how deep the transverse sinuses reach under the occipital inner
+    table on the skull-base slices: deeper ones add vessel pixels behind the cerebellum and
+    change nothing else of the tissue map (their depth has a generator of its own)."""
+    shallow = _skull_base_slices(transverse_sinus_mm=[1.8, 1.8])
+    deep = _skull_base_slices(transverse_sinus_mm=[6.0, 6.0])
+    assert len(shallow) == len(deep) > 0
+    added_px = 0
+    for (case, _, before), (deep_case, _, after) in zip(shallow, deep, strict=True):
+        assert deep_case.anatomy.lookalikes.transverse_sinus_px == pytest.approx(
+            6.0 / case.params.pixel_spacing_mm
+        )
+        added = (after.tissue == Tissue.VESSEL) & (before.tissue != Tissue.VESSEL)
+        assert np.array_equal(before.tissue[~added], after.tissue[~added])
+        assert np.all(case.grid.v[added] > 0.55 * case.anatomy.elongation)  # the back only
+        added_px += int(np.count_nonzero(added))
+    assert added_px > 100
 
 
 def test_the_tentorium_shows_above_the_petrous_ridges():

@@ -6,6 +6,7 @@ Lengths in pixels are given for a head of the reference size (REFERENCE_HEAD_WID
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,6 +150,9 @@ class LookAlikes:
     old_infarcts: tuple[Ellipsoid, ...]
     periventricular_drop_hu: float  # 0: none
     periventricular_px: float  # reach from the ventricles (reference head)
+    # Depth of the transverse sinuses under the inner table (reference head's pixels), drawn
+    # by `with_transverse_sinuses` from a generator of its own.
+    transverse_sinus_px: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -389,6 +393,22 @@ def _sample_skull_base(rng: np.random.Generator, params: PhantomParams) -> Skull
         folia_phase=rng.uniform(0.0, 2 * np.pi),
         beam_hardening_hu=rng.uniform(*params.beam_hardening_hu),
     )
+
+
+# The case's seed and this: the transverse sinuses' own generator (rendering._slice_rng uses
+# 1 and 2, scanner.py 3, lesions.py 4).
+TRANSVERSE_SINUS_STREAM = 11
+
+
+def with_transverse_sinuses(
+    anatomy: Anatomy, entropy: Sequence[int], params: PhantomParams
+) -> Anatomy:
+    """The anatomy with its transverse sinuses' depth drawn (`phantom.transverse_sinus_mm`),
+    from a generator of its own, so that every other draw of the case stays as it was."""
+    rng = np.random.default_rng(np.random.SeedSequence([*entropy, TRANSVERSE_SINUS_STREAM]))
+    depth_px = float(rng.uniform(*params.transverse_sinus_mm)) / params.pixel_spacing_mm
+    lookalikes = dataclasses.replace(anatomy.lookalikes, transverse_sinus_px=depth_px)
+    return dataclasses.replace(anatomy, lookalikes=lookalikes)
 
 
 def _sample_lookalikes(

@@ -41,6 +41,7 @@ from pipeline.synthesize.anatomy import (
     sample_anatomy,
     smoothstep,
     tissue_in,
+    with_transverse_sinuses,
 )
 from pipeline.synthesize.layout import CaseSpec
 from pipeline.synthesize.lesions import (
@@ -90,7 +91,7 @@ def build_case(spec: CaseSpec, params: PhantomParams) -> CaseModel:
     the first two before anything depends on the class, so they are drawn the same way for
     both classes."""
     rng = np.random.default_rng(np.random.SeedSequence(list(spec.entropy)))
-    anatomy = sample_anatomy(rng, params)
+    anatomy = with_transverse_sinuses(sample_anatomy(rng, params), spec.entropy, params)
     acquisition = sample_acquisition(rng, params)
     scanner = sample_scanner(spec.entropy, params, anatomy.elongation)
     lesions = with_soft_edges(
@@ -517,9 +518,10 @@ def _lookalikes(
         _set(hu, tissue, old, anatomy.csf_hu, Tissue.CSF)
     # Dural sinuses, computed on the thin band under the inner table only (speed): the
     # superior sagittal one a triangle at the midline, front and back; the transverse ones
-    # along the back of the skull at the skull base.
-    depth_px = np.float32(7.0 * scale)
-    band = np.flatnonzero(brain & (inner_depth < depth_px))  # flat: `take` is fast (_sulci)
+    # along the back of the skull at the skull base, the case's depth deep.
+    depth_px = np.float32(7.0 * scale)  # the sagittal triangle's height
+    transverse_px = np.float32(found.transverse_sinus_px * scale)
+    band = np.flatnonzero(brain & (inner_depth < max(depth_px, transverse_px)))  # flat: (_sulci)
     u, v, depth = grid.u.take(band), grid.v.take(band), inner_depth.take(band)
     bend_linear, bend_square = anatomy.falx_bend
     midline = np.float32(bend_linear) * v + np.float32(bend_square) * v * v
@@ -528,7 +530,7 @@ def _lookalikes(
         offset_px < np.float32(4.0 * scale) * (1.0 - depth / depth_px)
     )
     z = heights.field.take(band) if heights.tilted else np.float32(heights.z)
-    sinus |= (z < 0.22) & (depth < np.float32(4.0 * scale)) & (v > 0.55 * anatomy.elongation)
+    sinus |= (z < 0.22) & (depth < transverse_px) & (v > 0.55 * anatomy.elongation)
     sinus &= ~((z >= 0.22) & (z < 0.3)) | (v < 0.0)  # the sagittal sinus begins above the torcula
     hu.ravel()[band[sinus]] = found.sinus_hu
     tissue.ravel()[band[sinus]] = Tissue.VESSEL
