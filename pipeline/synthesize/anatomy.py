@@ -396,7 +396,8 @@ def _sample_skull_base(rng: np.random.Generator, params: PhantomParams) -> Skull
 
 
 # The case's seed and this: the transverse sinuses' own generator (rendering._slice_rng uses
-# 1 and 2, scanner.py 3, lesions.py 4).
+# 1 and 2, scanner.py 3, lesions.py 4; 11 is the stream row 89 of docs/phantom.md was judged
+# with, so this param reproduces that phantom).
 TRANSVERSE_SINUS_STREAM = 11
 
 
