@@ -32,6 +32,7 @@ from pipeline.synthesize.anatomy import (
     TABLE_HU,
     VITREOUS_HU,
     Tissue,
+    flat,
     sample_acquisition,
     sample_anatomy,
     smoothstep,
@@ -131,6 +132,16 @@ def test_tissue_in_is_isin_on_whole_maps_and_windows(seed, labels, box):
         found = tissue_in(tissue_map, labels)
         assert found.dtype == bool
         assert np.array_equal(found, np.isin(tissue_map, labels))
+
+
+def test_flat_writes_reach_the_array_and_refuse_a_window():
+    """`flat` is a view (a write at flat indices lands in the array); on a window of an array,
+    where `ravel()` would copy and the write be lost, it refuses."""
+    image = np.zeros((4, 5), dtype=np.float32)
+    flat(image)[[0, 7]] = 1.0
+    assert image[0, 0] == 1.0 and image[1, 2] == 1.0 and image.sum() == 2.0
+    with pytest.raises(ValueError, match="contiguous"):
+        flat(image[:, 1:3])
 
 
 def test_slice_arrays_have_the_image_shape(rendered_slices):

@@ -58,10 +58,19 @@ PARENCHYMA = (Tissue.GREY_MATTER, Tissue.WHITE_MATTER)
 
 def tissue_in(tissue: np.ndarray, labels: Sequence[Tissue]) -> np.ndarray:
     """Where a tissue map (uint8 labels) holds any of `labels`: `np.isin`'s answer through
-    OpenCV's lookup table, 0.04 against 0.6-2 ms on a 512-px slice (integers: exact)."""
+    OpenCV's lookup table, 0.04 against 0.4-2 ms on a 512-px slice (integers: exact)."""
     table = np.zeros(256, dtype=np.uint8)
     table[list(labels)] = 1
     return cv2.LUT(tissue, table).view(bool)
+
+
+def flat(array: np.ndarray) -> np.ndarray:
+    """`array` as one flat view, to write through at `np.flatnonzero` indices (gathers by
+    `take` and writes at flat indices cost a fifth of indexing by rows and columns). Refuses
+    an array that is not contiguous, whose `ravel()` would be a copy and the writes lost."""
+    if not array.flags.c_contiguous:
+        raise ValueError("flat() needs a contiguous array: writes through a copy are lost")
+    return array.ravel()
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from pipeline.synthesize.anatomy import (
     Tissue,
     Tube,
     ellipse_field,
+    flat,
     head_unit_mm,
     pixel_box,
     tissue_in,
@@ -721,7 +722,7 @@ def hemorrhage_region(
         shell = lesion.shell
         most = shell.thickness_px * anatomy.px_scale
         offset = _angle_offset(grid.angle, shell.angle)
-        candidates = np.flatnonzero(  # flat: `take` is fast
+        candidates = np.flatnonzero(
             (spaces.inner_depth >= 0.0)
             & (spaces.inner_depth < 1.3 * most)
             & (offset < shell.half_angle)
@@ -734,7 +735,7 @@ def hemorrhage_region(
         )
         # At least a pixel deep wherever the profile is open: no slice of its run is empty.
         thickness = np.where(profile > 0.0, np.maximum(most * np.sqrt(profile) * rough, 1.0), 0.0)
-        region.ravel()[candidates] = spaces.inner_depth.take(candidates) < thickness
+        flat(region)[candidates] = spaces.inner_depth.take(candidates) < thickness
     if lesion.sector is not None:
         angle, half_angle = lesion.sector
         widest = half_angle * math.sqrt(max(0.0, 1.0 - t * t))
@@ -754,10 +755,10 @@ def _wedge_region(
     near = (radial > 0.0) & (offset < 1.6 * widest)
     if wedge.side:
         near &= np.sign(grid.u) == wedge.side
-    candidates = np.flatnonzero(near)  # flat: `take` is fast
+    candidates = np.flatnonzero(near)
     u, v = grid.u.take(candidates), grid.v.take(candidates)
     rough = 1.0 + 0.25 * wave_noise(lesion.waves, u, v, t)
     taper = np.sqrt(np.minimum(radial.take(candidates), 1.0) + 0.1)
     region = np.zeros(grid.u.shape, dtype=bool)
-    region.ravel()[candidates] = offset.take(candidates) < widest * rough * taper
+    flat(region)[candidates] = offset.take(candidates) < widest * rough * taper
     return region
